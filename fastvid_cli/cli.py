@@ -1,0 +1,362 @@
+"""The `fastvid` command line. Thin: parse options, call the engine, hand results to ui.py.
+
+Importing this module must not import torch or transformers (keeps `fastvid --help` instant); heavy modules
+are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from fastvid_cli import __version__
+from fastvid_cli.errors import (EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError,
+                                VideoNotFoundError)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Answer questions about videos with a local Video LLM, made fast by FastVID token pruning.",
+    epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items() if k),
+)
+
+MODEL_HELP = "Alias (see `fastvid models`), hub id (org/name) or local checkpoint folder."
+SPEEDUP_NOTE = ("The prefill speedup is MEASURED with --baseline (an extra unpruned prefill of the same prompt, "
+                "timed the same way); otherwise it is an ESTIMATE labelled 'est.', the ratio of LLM prefill "
+                "FLOPs (projections, causal attention, MLP) at the full and the pruned prompt length.")
+
+
+def _run(debug: bool, body: Callable[[], int | None]) -> None:
+    """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
+    try:
+        code = body() or 0
+    except FastVidError as e:
+        _error(e.one_line(), debug)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        from fastvid_cli.ui import err_console
+
+        err_console.print("\n[yellow]interrupted[/]")
+        code = EXIT_INTERRUPTED
+    except typer.Exit:
+        raise
+    except Exception as e:  # a bug: still one line, unless --debug
+        from fastvid_cli.errors import OutOfMemoryError
+
+        if type(e).__name__ == "OutOfMemoryError":
+            _error(OutOfMemoryError("out of memory", "try fewer --frames or a lower --ratio").one_line(), debug)
+            code = OutOfMemoryError.exit_code
+        else:
+            msg = " ".join(str(e).split()) or type(e).__name__
+            _error(f"internal error: {type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)", debug)
+            code = EXIT_INTERNAL
+    raise typer.Exit(code)
+
+
+def _error(message: str, debug: bool) -> None:
+    from fastvid_cli.ui import error_line
+
+    if debug:
+        traceback.print_exc()
+    error_line(message)
+
+
+def _check_ratio(ratio: float | None) -> None:
+    if ratio is not None and (math.isnan(ratio) or not 0 < ratio <= 1):
+        raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
+
+
+def _check_video(video: Path) -> None:
+    """Fail before the model loads: a missing video should cost no load time."""
+    if not video.exists():
+        raise VideoNotFoundError(f"video not found: {video}")
+    if not video.is_file():
+        raise VideoNotFoundError(f"not a regular file: {video}")
+
+
+@app.command()
+def ask(
+    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, mov, …). Use `--` before a path that "
+                                          "starts with '-'.", show_default=False),
+    question: str = typer.Argument(..., help="The question to answer.", show_default=False),
+    model: str = typer.Option("llava-ov-7b", "--model", "-m", help=MODEL_HELP, rich_help_panel="Model"),
+    device: str = typer.Option("auto", help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU "
+                                            "across all GPUs (accelerate device_map).", rich_help_panel="Model"),
+    dtype: str = typer.Option("auto", help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
+                              rich_help_panel="Model"),
+    attn_implementation: str = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.",
+                                            rich_help_panel="Model"),
+    saliency_model: Optional[str] = typer.Option(
+        None, help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives "
+                   "FastVID's saliency; default google/siglip-so400m-patch14-384, falling back (with a warning) "
+                   "to last-layer attention when unavailable. 'fallback' forces the fallback.",
+        rich_help_panel="Model"),
+    offline: bool = typer.Option(False, "--offline", help="Never touch the network (same as HF_HUB_OFFLINE=1).",
+                                 rich_help_panel="Model"),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
+                                         help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV).",
+                                         rich_help_panel="Video"),
+    method: str = typer.Option("fastvid", help="Pruning method: fastvid | none.", rich_help_panel="Pruning"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
+                                          "token (default: the model's, 0.10 for LLaVA-OV).",
+                                          rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = typer.Option(None, help="DySeg: minimum number of segments (8).", min=1,
+                                          rich_help_panel="Pruning"),
+    dyseg_tau: Optional[float] = typer.Option(None, help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
+                                              rich_help_panel="Pruning"),
+    stprune_d: Optional[float] = typer.Option(None, help="Share of each frame's budget for merged context tokens "
+                                              "(0.4).", min=0.0, max=1.0, rich_help_panel="Pruning"),
+    dtm_p: Optional[int] = typer.Option(None, help="Anchor-frame period inside a segment (4).", min=1,
+                                        rich_help_panel="Pruning"),
+    dtm_beta: Optional[float] = typer.Option(None, help="Lower bound of the anchor's weight in a merge (0.6).",
+                                             min=0.0, max=1.0, rich_help_panel="Pruning"),
+    max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy.", rich_help_panel="Generation"),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).",
+                                rich_help_panel="Generation"),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling.", rich_help_panel="Generation"),
+    system: Optional[str] = typer.Option(None, help="System prompt.", rich_help_panel="Generation"),
+    baseline: bool = typer.Option(False, "--baseline", help="Also time an unpruned prefill of the same prompt "
+                                  "and report the MEASURED prefill speedup. " + SPEEDUP_NOTE,
+                                  rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
+                                 rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Answer only: no progress, no summary.",
+                               rich_help_panel="Output"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output"),
+) -> None:
+    """Answer a question about a video, FastVID-pruned, streamed with live stats.
+
+    The answer streams to stdout; progress and a summary (tokens kept, stage times, decode speed, peak memory,
+    prefill speedup) go to stderr.
+    """
+
+    def body() -> int:
+        from fastvid_cli import hub
+
+        hub.set_offline(offline)
+        _check_video(video)
+        _check_ratio(ratio)
+        if method not in ("fastvid", "none"):
+            raise InvalidOptionError(f"--method must be fastvid or none (got '{method}')")
+        if not question.strip():
+            raise InvalidOptionError("the question is empty")
+        from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+        from fastvid_cli.models import resolve_model
+        from fastvid_cli.ui import StageDisplay, print_summary, warn_line, write_answer_piece
+
+        resolve_model(model)  # a bad name fails now, not after sampling
+        gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                system=system)
+        gen.validate()
+        display = StageDisplay(enabled=not (as_json or quiet))
+        # Load the model on a worker thread while this thread samples frames: the two overlap, and a bad video
+        # is reported at once instead of after a long load.
+        loaded: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                loaded["engine"] = Engine.load(model, device=device, dtype=dtype,
+                                               attn_implementation=attn_implementation,
+                                               saliency_model=saliency_model)
+            except BaseException as e:  # handed to the main thread
+                loaded["error"] = e
+
+        display("load", "start")
+        loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
+        loader.start()
+        from fastvid_cli.video import sample_frames
+
+        n_frames = frames or _family_default_frames(model)
+        t0 = time.perf_counter()
+        clip = sample_frames(str(video), n_frames)
+        t_sampled = time.perf_counter()
+        sample_ms = (t_sampled - t0) * 1e3
+        loader.join()
+        t_loaded = time.perf_counter()
+        if "error" in loaded:
+            raise loaded["error"]
+        display("load", "done")
+        engine = loaded["engine"]
+        if not (as_json or quiet):
+            for w in engine.adapter.warnings:
+                warn_line(w)
+        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta).items()
+                  if v is not None}
+        if method == "fastvid":
+            params = {**{k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}, **params}
+        prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
+                             params=params if method == "fastvid" else {})
+        report = engine.ask(str(video), question, prune=prune, gen=gen, baseline=baseline, clip=clip,
+                            sample_ms=sample_ms, sample_wait_ms=max(0.0, (t_sampled - t_loaded) * 1e3),
+                            on_stage=display, on_text=None if as_json else write_answer_piece)
+        display.stop()
+        data = report.to_dict()
+        data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
+        if as_json:
+            sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            if not report.answer.endswith("\n"):
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            if not quiet:
+                print_summary(data, engine.load_ms)
+        return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
+
+    _run(debug, body)
+
+
+def _family_default_frames(model: str) -> int:
+    from fastvid_cli.models import ALIASES
+
+    alias = ALIASES.get(model)
+    return alias.frames if alias else 32
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List model aliases, their hub ids, and whether each is in the local cache."""
+
+    def body() -> int:
+        from fastvid_cli import hub
+        from fastvid_cli.models import ALIASES, FAMILIES, ModelRef
+
+        rows = []
+        for a in ALIASES.values():
+            try:
+                cached = hub.is_cached(ModelRef(a.repo, a.name, False))
+            except Exception:
+                cached = False
+            rows.append({"alias": a.name, "repo": a.repo, "family": a.family, "params": a.params,
+                         "default_frames": a.frames, "cached": cached, "notes": a.notes})
+        if as_json:
+            print(json.dumps({"models": rows, "families": list(FAMILIES)}, indent=2))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="fastvid models", title_justify="left")
+        for col in ("alias", "hub id", "size", "frames", "cached", "notes"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["alias"], r["repo"], r["params"], str(r["default_frames"]),
+                          "[green]yes[/]" if r["cached"] else "no", r["notes"])
+        Console().print(table)
+        print("Any checkpoint whose config.json has model_type in: " + ", ".join(FAMILIES)
+              + " also works, by hub id or local folder.")
+        return 0
+
+    _run(False, body)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Check the installation: versions, devices and memory, caches, cached models, PyAV decoders."""
+
+    def body() -> int:
+        info = _doctor_info()
+        if as_json:
+            print(json.dumps(info, indent=2))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(show_header=False, title="fastvid doctor", title_justify="left")
+        t.add_column(style="bold cyan")
+        t.add_column()
+        for k, v in info["versions"].items():
+            t.add_row(k, str(v))
+        t.add_row("python", info["python"])
+        t.add_row("cpu cores", str(info["cpu_cores"]))
+        if info["gpus"]:
+            for g in info["gpus"]:
+                t.add_row(f"cuda:{g['index']}", f"{g['name']} · {g['free_gb']:.1f} / {g['total_gb']:.1f} GiB free")
+        else:
+            t.add_row("gpu", "[yellow]none (CUDA not available): runs on CPU[/]")
+        t.add_row("hf cache", info["hf_cache"])
+        t.add_row("fastvid cache", info["fastvid_cache"])
+        t.add_row("offline", str(info["offline"]))
+        t.add_row("cached models", ", ".join(info["cached_models"]) or "none")
+        t.add_row("saliency weights", info["saliency_weights"])
+        t.add_row("PyAV decoders", ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in info["decoders"].items()))
+        Console().print(t)
+        return 0
+
+    _run(False, body)
+
+
+def _doctor_info() -> dict[str, Any]:
+    import platform
+
+    from fastvid_cli import hub
+    from fastvid_cli.models import ALIASES, ModelRef
+    from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, _extracted_path
+
+    vers: dict[str, str] = {"fastvid": __version__}
+    for mod in ("torch", "transformers", "accelerate", "av", "typer", "rich", "huggingface_hub", "safetensors"):
+        try:
+            vers[mod] = __import__(mod).__version__
+        except Exception:
+            vers[mod] = "MISSING"
+    gpus = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(i)
+                gpus.append({"index": i, "name": torch.cuda.get_device_name(i), "free_gb": free / 2**30,
+                             "total_gb": total / 2**30})
+    except Exception:
+        pass
+    cached = [a.name for a in ALIASES.values() if hub.is_cached(ModelRef(a.repo, a.name, False))]
+    extracted = _extracted_path(DEFAULT_SALIENCY_MODEL)
+    if extracted.is_file():
+        sal = f"{DEFAULT_SALIENCY_MODEL}: extracted head at {extracted}"
+    elif hub.is_cached(ModelRef(DEFAULT_SALIENCY_MODEL, None, False)):
+        sal = f"{DEFAULT_SALIENCY_MODEL}: in the HF cache (head is extracted on first use)"
+    else:
+        sal = (f"{DEFAULT_SALIENCY_MODEL}: NOT cached (FastVID falls back to last-layer attention; "
+               f"hf download {DEFAULT_SALIENCY_MODEL} model.safetensors config.json)")
+    try:
+        from fastvid_cli.video import decoder_support
+
+        decoders = decoder_support()
+    except Exception:
+        decoders = {}
+    return {"versions": vers, "python": platform.python_version(), "cpu_cores": os.cpu_count(), "gpus": gpus,
+            "hf_cache": hub.cache_dir(), "fastvid_cache": str(hub.fastvid_cache_dir()), "offline": hub.is_offline(),
+            "cached_models": cached, "saliency_weights": sal, "decoders": decoders}
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"fastvid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

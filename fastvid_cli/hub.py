@@ -1,0 +1,134 @@
+"""Finding checkpoints: local folders, the Hugging Face cache, offline mode, and the errors users see.
+
+Cache first: a model that is already in the local cache is loaded with `local_files_only=True`, so a cached
+model starts without any network round trip (and works with no network at all). Only a model missing from
+the cache is downloaded, unless offline mode is on (`--offline` or `HF_HUB_OFFLINE=1`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastvid_cli.errors import ModelUnavailableError, UnknownModelError
+from fastvid_cli.models import ModelRef
+
+
+def set_offline(flag: bool) -> None:
+    """Must run before huggingface_hub is imported: it reads HF_HUB_OFFLINE once, at import."""
+    if flag:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def download_hint(repo: str) -> str:
+    return f"download it first with: hf download {repo}"
+
+
+def _local_path(ref: ModelRef, filename: str) -> str | None:
+    """Path of `filename` for `ref` if it is on disk (local folder or hub cache), else None."""
+    if ref.is_local:
+        p = Path(ref.source) / filename
+        return str(p) if p.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(ref.source, filename)
+    return hit if isinstance(hit, str) else None
+
+
+def is_cached(ref: ModelRef) -> bool:
+    return _local_path(ref, "config.json") is not None
+
+
+def get_file(ref: ModelRef, filename: str, *, required: bool = True) -> str | None:
+    """Local path of one file of a checkpoint; downloads it when missing and allowed."""
+    hit = _local_path(ref, filename)
+    if hit or ref.is_local:
+        if hit is None and required:
+            raise ModelUnavailableError(f"{filename} missing in {ref.source}")
+        return hit
+    if is_offline():
+        if required:
+            raise ModelUnavailableError(f"{ref.source} is not in the local cache and offline mode is on",
+                                        download_hint(ref.source))
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return hf_hub_download(ref.source, filename)
+    except EntryNotFoundError:
+        if required:
+            raise ModelUnavailableError(f"{ref.source} has no file {filename}") from None
+        return None
+    except RepositoryNotFoundError:
+        raise UnknownModelError(f"no model '{ref.source}' on the Hugging Face hub (or it is private/gated)") from None
+    except Exception as e:  # network errors of every flavour
+        if required:
+            raise ModelUnavailableError(f"could not download {ref.source}: {type(e).__name__}",
+                                        "check the network, or " + download_hint(ref.source)) from None
+        return None
+
+
+def read_json(ref: ModelRef, filename: str) -> dict[str, Any] | None:
+    path = get_file(ref, filename, required=False)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def load_config(ref: ModelRef):
+    """The checkpoint's transformers config; maps every failure to a one-line error."""
+    path = get_file(ref, "config.json")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(os.path.dirname(path), trust_remote_code=False)
+    except ValueError as e:
+        raise UnknownModelError(f"unsupported architecture in {ref.display}: {str(e).splitlines()[0]}") from None
+    except (OSError, KeyError) as e:
+        raise ModelUnavailableError(f"could not read config of {ref.display}: {str(e).splitlines()[0]}") from None
+
+
+def snapshot_folder(ref: ModelRef, patterns: list[str]) -> str:
+    """A local folder holding the checkpoint's files matching `patterns` (downloads what is missing)."""
+    if ref.is_local:
+        return ref.source
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(ref.source, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        if is_offline():
+            raise ModelUnavailableError(f"{ref.source} is not fully in the local cache and offline mode is on",
+                                        download_hint(ref.source)) from None
+    try:
+        return snapshot_download(ref.source, allow_patterns=patterns)
+    except Exception as e:
+        raise ModelUnavailableError(f"could not download {ref.source}: {type(e).__name__}",
+                                    "check the network, or " + download_hint(ref.source)) from None
+
+
+def fastvid_cache_dir() -> Path:
+    """Our own cache (extracted saliency weights, later per-video features): $FASTVID_CACHE or the XDG cache."""
+    root = os.environ.get("FASTVID_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "fastvid"

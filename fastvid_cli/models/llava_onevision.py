@@ -1,0 +1,272 @@
+"""LLaVA-OneVision family (every checkpoint with model_type == "llava_onevision").
+
+Data path: uint8 frames -> own preprocessing (bicubic+antialias, checkpoint mean/std) -> SigLIP tower (run layer
+by layer, so frames go in chunks and no hidden-state list is kept) -> projector -> 2x2 bilinear pooling, exactly
+as the stock `get_video_features` does, plus FastVID's saliency (SigLIP MAP-head attention) and frame features.
+The prompt is the checkpoint's chat template with one `<video>` placeholder standing for F*N video tokens and
+ONE trailing newline token; pruned tokens are spliced in with their original position ids.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastvid_cli import hub
+from fastvid_cli.errors import ModelUnavailableError
+from fastvid_cli.models import ModelRef
+from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures
+from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, load_saliency_head
+
+FAMILY = "llava_onevision"
+# The paper's LLaVA-OV settings (fastvid-spec.md §2.13).
+DEFAULTS: dict[str, Any] = dict(frames=32, method="fastvid", ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
+SIGLIP_MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+FALLBACK_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+                     "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n"
+                     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def read_mean_std(ref: ModelRef) -> tuple[list[float], list[float], str]:
+    """The checkpoint's normalisation constants, from its (video) processor config files."""
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json"):
+        cfg = hub.read_json(ref, name)
+        if not cfg:
+            continue
+        for block in (cfg, cfg.get("video_processor") or {}, cfg.get("image_processor") or {}):
+            if "image_mean" in block and "image_std" in block:
+                return list(block["image_mean"]), list(block["image_std"]), name
+    return *SIGLIP_MEAN_STD, "default (SigLIP 0.5/0.5)"
+
+
+def resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T,3,H,W) uint8 -> float (T,3,h,w) with values 0..255, bicubic + antialias like torchvision.
+
+    On CPU the uint8 kernel is used: it rounds its intermediate pass exactly as torchvision (and so the HF
+    processors) do; the float path can differ by several grey levels on noisy frames."""
+    if frames.device.type == "cpu":
+        return F.interpolate(frames, size=size, mode="bicubic", antialias=True, align_corners=False).float()
+    x = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_()
+
+
+class LlavaOnevisionAdapter:
+    family = FAMILY
+    defaults = DEFAULTS
+
+    def __init__(self, model, tokenizer, ref: ModelRef, *, mean, std, norm_source: str, saliency_head,
+                 saliency_source: str, warnings_: list[str]):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.ref = ref
+        self.config = model.config
+        self.mean, self.std, self.norm_source = mean, std, norm_source
+        self.saliency_head = saliency_head
+        self.saliency_source = saliency_source
+        self.warnings = warnings_
+        vcfg = self.config.vision_config
+        self.image_size = int(vcfg.image_size)
+        self.patch_grid = self.image_size // int(vcfg.patch_size)
+        self.pooled_grid = math.ceil(self.patch_grid / 2)
+        self.video_token_id = int(self.config.video_token_id)
+        core = model.model
+        self.vision = getattr(core.vision_tower, "vision_model", core.vision_tower)
+        self.vision_device = _device_of(self.vision)
+        self.embed_device = model.get_input_embeddings().weight.device
+        self.dtype = next(model.parameters()).dtype
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, ref: ModelRef, config, *, device: str, dtype: torch.dtype, attn_implementation: str,
+             saliency_model: str | None = None, device_map: Any = None) -> "LlavaOnevisionAdapter":
+        from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+        local_only = ref.is_local or hub.is_cached(ref) or hub.is_offline()
+        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
+                      trust_remote_code=False, local_files_only=local_only)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = LlavaOnevisionForConditionalGeneration.from_pretrained(ref.source, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(ref.source, local_files_only=local_only,
+                                                          trust_remote_code=False)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelUnavailableError(f"could not load {ref.display}: {first}",
+                                        None if ref.is_local else hub.download_hint(ref.source)) from None
+        if device_map is None:
+            model = model.to(device)
+        model.eval()
+        mean, std, norm_source = read_mean_std(ref)
+        notes: list[str] = []
+        tower_hidden = int(config.vision_config.hidden_size)
+        head, source = None, "fallback: last-layer attention received + mean-pooled frame features"
+        wanted = saliency_model or DEFAULT_SALIENCY_MODEL
+        if wanted != FALLBACK:
+            try:
+                head = load_saliency_head(wanted, tower_hidden, _device_of(model.model.vision_tower), dtype)
+                source = f"siglip-head: {wanted}"
+            except ModelUnavailableError as e:
+                if saliency_model:  # asked for explicitly: an error, not a silent substitute
+                    raise
+                notes.append(f"saliency head {wanted} unavailable ({e.message}); using the fallback saliency "
+                             "(mean attention received in the last vision layer, mean-pooled frame features)")
+        return cls(model, tokenizer, ref, mean=mean, std=std, norm_source=norm_source, saliency_head=head,
+                   saliency_source=source, warnings_=notes)
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess(self, frames: np.ndarray | torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
+        """uint8 (T,H,W,3) -> normalised (T,3,S,S) in the model dtype on the vision device.
+
+        `device` picks where the resize runs (default: CPU, which is bit-exact with the HF processor)."""
+        x = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
+        x = x.permute(0, 3, 1, 2)  # channels-last strides: the fast layout for the uint8 resize kernel
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        x = resize_uint8(x, (self.image_size, self.image_size))
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = (x * (1.0 / 255.0) - mean) / std
+        return x.to(device=self.vision_device, dtype=self.dtype).contiguous()
+
+    # ------------------------------------------------------------------ features
+    def _feature_layer_count(self) -> int:
+        """How many encoder layers to run: hidden_states[k] of the stock model is the output of layer k."""
+        layer = self.config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ModelUnavailableError("checkpoints that concatenate several vision layers are not supported")
+        n = len(self.vision.encoder.layers)
+        return layer if layer >= 0 else n + 1 + layer
+
+    @staticmethod
+    def _attention_received(layer, h: torch.Tensor) -> torch.Tensor:
+        """Mean attention each patch receives (over heads and queries) in `layer`, from its own q/k: (B,P)."""
+        attn = layer.self_attn
+        x = layer.layer_norm1(h)
+        B, P, _ = x.shape
+        q = attn.q_proj(x).view(B, P, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(B, P, attn.num_heads, attn.head_dim).transpose(1, 2)
+        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * attn.scale, dim=-1)
+        return probs.mean(dim=(1, 2))
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P, C) on the patch grid -> (B, n*n, C) with the stock bilinear 2x down-sampling."""
+        B, P, C = x.shape
+        g = self.patch_grid
+        x = x.view(B, g, g, C).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(self.pooled_grid, self.pooled_grid), mode="bilinear")
+        return x.permute(0, 2, 3, 1).reshape(B, -1, C)
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, chunk_frames: int = 32) -> VideoFeatures:
+        """(T,3,S,S) -> VideoFeatures: embeds (T,N,D), saliency (T,N), frame_features (T,Dg), newline (1,D)."""
+        core = self.model.model
+        n_layers = self._feature_layer_count()
+        layers = self.vision.encoder.layers[:n_layers]
+        drop_first = self.config.vision_feature_select_strategy == "default"
+        embeds, sal, glob = [], [], []
+        for start in range(0, pixels.shape[0], chunk_frames):
+            x = pixels[start:start + chunk_frames]
+            h = self.vision.embeddings(x)
+            received = None
+            for i, layer in enumerate(layers):
+                if self.saliency_head is None and i == len(layers) - 1:
+                    received = self._attention_received(layer, h)
+                out = layer(h, None)
+                h = out[0] if isinstance(out, tuple) else out
+            if drop_first:
+                h = h[:, 1:]
+                received = None if received is None else received[:, 1:]
+            proj = core.multi_modal_projector(h.to(_device_of(core.multi_modal_projector)))
+            embeds.append(self._pool(proj))
+            if self.saliency_head is not None:
+                weights, pooled = self.saliency_head(h)
+            else:
+                weights, pooled = received, h.float().mean(dim=1)
+            sal.append(self._pool(weights.float()[..., None])[..., 0])
+            glob.append(pooled)
+        emb = torch.cat(embeds)
+        newline = core.image_newline.to(device=emb.device, dtype=emb.dtype)[None]
+        saliency = torch.cat(sal).to(emb.device)
+        return VideoFeatures(embeds=emb, saliency=saliency, frame_features=torch.cat(glob).to(emb.device),
+                             extra_embeds=newline, grid=(self.pooled_grid, self.pooled_grid),
+                             saliency_source=self.saliency_source)
+
+    # ------------------------------------------------------------------ prompt
+    def build_prompt(self, question: str, system: str | None = None) -> Prompt:
+        """Chat-template prompt with one video placeholder; ids split around it."""
+        tok = self.tokenizer
+        messages = []
+        if system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        template = tok.chat_template or None
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                       chat_template=template or FALLBACK_TEMPLATE)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        where = (ids == self.video_token_id).nonzero().flatten()
+        if where.numel() != 1:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                           chat_template=FALLBACK_TEMPLATE)
+            ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            where = (ids == self.video_token_id).nonzero().flatten()
+        v = int(where[0])
+        return Prompt(prefix_ids=ids[:v], suffix_ids=ids[v + 1:], text=text)
+
+    def full_input_ids(self, prompt: Prompt, feats: VideoFeatures) -> torch.Tensor:
+        """The unpruned prompt as the stock processor would build it: (1, L) ids with the expanded video run."""
+        run = torch.full((feats.total_tokens,), self.video_token_id, dtype=torch.long)
+        return torch.cat([prompt.prefix_ids, run, prompt.suffix_ids])[None]
+
+    # ------------------------------------------------------------------ splice
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        emb = self.model.get_input_embeddings()
+        return emb(ids.to(self.embed_device))
+
+    def assemble(self, prompt: Prompt, feats: VideoFeatures, kept_embeds: torch.Tensor,
+                 kept_index: torch.Tensor) -> Assembled:
+        """Splice kept video tokens (+ the newline) between the text embeddings, with ORIGINAL positions."""
+        dev = self.embed_device
+        pre = self.embed_ids(prompt.prefix_ids)
+        suf = self.embed_ids(prompt.suffix_ids)
+        video = torch.cat([kept_embeds.to(dev, pre.dtype), feats.extra_embeds.to(dev, pre.dtype)])
+        v0 = pre.shape[0]
+        grid_tokens = feats.num_frames * feats.tokens_per_frame
+        n_extra = feats.extra_embeds.shape[0]
+        after = v0 + grid_tokens
+        pos = torch.cat([
+            torch.arange(v0, device=dev),
+            v0 + kept_index.to(dev, torch.long),
+            after + torch.arange(n_extra, device=dev),
+            after + n_extra + torch.arange(suf.shape[0], device=dev),
+        ])
+        full = after + n_extra + suf.shape[0]
+        embeds = torch.cat([pre, video, suf])[None]
+        return Assembled(inputs_embeds=embeds, position_ids=pos[None], full_length=full,
+                         video_span=(v0, v0 + video.shape[0]))
+
+    # ------------------------------------------------------------------ cost model
+    def llm_prefill_flops(self, length: int) -> float:
+        """Matmul FLOPs of an LLM prefill of `length` tokens (GQA projections, causal attention, gated MLP)."""
+        t = self.config.text_config
+        d, m, layers = t.hidden_size, t.intermediate_size, t.num_hidden_layers
+        heads = t.num_attention_heads
+        kv = getattr(t, "num_key_value_heads", None) or heads
+        hd = getattr(t, "head_dim", None) or d // heads
+        L = float(length)
+        proj = 2 * L * d * (heads * hd + 2 * kv * hd) + 2 * L * heads * hd * d
+        attn = 2 * L * L * heads * hd  # QK^T and AV, each 2*L*L*hd per head, halved by the causal mask
+        mlp = 6 * L * d * m
+        return layers * (proj + attn + mlp)

@@ -1,0 +1,133 @@
+"""Everything the user sees on stderr: stage progress while working, and the summary panel when done.
+
+The answer itself goes to stdout (plain text, flushed per piece) so it can be piped; rich only ever writes to
+stderr, and the live spinner is stopped before the first token so the two never interleave on a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+STAGE_LABELS = {
+    "load": "load model",
+    "sample": "sample frames",
+    "encode": "encode (preprocess + vision)",
+    "prune": "prune",
+    "prefill": "prefill",
+    "decode": "decode",
+    "baseline": "baseline prefill (unpruned)",
+}
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def error_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+
+
+def warn_line(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+class StageDisplay:
+    """A spinner naming the current stage, and one line per finished stage with its wall time."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.live = err_console.is_terminal and enabled
+        self.status = None
+        self.started: dict[str, float] = {}
+
+    def __call__(self, stage: str, event: str) -> None:
+        if not self.enabled:
+            return
+        label = STAGE_LABELS.get(stage, stage)
+        if event == "start":
+            self.started[stage] = time.perf_counter()
+            if stage == "decode":  # the answer streams now: get the spinner out of the way
+                self.stop()
+                return
+            if self.live:
+                if self.status is None:
+                    self.status = err_console.status(f"{label}…", spinner="dots")
+                    self.status.start()
+                else:
+                    self.status.update(f"{label}…")
+            else:
+                err_console.print(f"[dim]… {label}[/]")
+        elif event == "done" and stage != "decode":
+            dt = time.perf_counter() - self.started.get(stage, time.perf_counter())
+            err_console.print(f"[green]✓[/] {label} [dim]{_fmt_s(dt)}[/]")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.1f} ms" if v < 1000 else f"{v / 1e3:.2f} s"
+
+
+def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
+    t = r.get("timings_ms", {})
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan", no_wrap=True)
+    grid.add_column()
+    ts = r.get("frame_timestamps") or [0.0]
+    frames = f"{r['frames']} sampled, t = {ts[0]:.2f}–{ts[-1]:.2f} s of {r.get('video_duration_s', 0):.2f} s"
+    if r["frames"] < r.get("frames_requested", r["frames"]):
+        frames += f" [yellow](clip has only {r['frames']} frames; asked for {r['frames_requested']})[/]"
+    grid.add_row("frames", frames)
+    total, kept = r["video_tokens_total"], r["video_tokens_kept"]
+    pct = 100.0 * kept / total if total else 0.0
+    method = r["method"] if r["method"] == "none" else f"{r['method']} r={r['ratio']:g}"
+    grid.add_row("video tokens", f"{total} → [bold]{kept}[/] ({pct:.1f}% kept, {method})")
+    segs = r.get("segments") or []
+    if segs:
+        grid.add_row("segments", f"{len(segs)} by DySeg: {' '.join(map(str, segs))}")
+    grid.add_row("prompt", f"{r['prompt_tokens_total']} → [bold]{r['prompt_tokens_kept']}[/] tokens")
+    grid.add_row("saliency", r.get("saliency_source", ""))
+    stages = [("sample", "sample"), ("preprocess", "preprocess"), ("vision", "vision"), ("prune", "prune"),
+              ("prefill", "prefill"), ("ttft", "TTFT"), ("decode", "decode")]
+    times = "  ".join(f"{label} [bold]{_ms(t.get(key))}[/]" for key, label in stages if key in t)
+    if load_ms is not None:
+        times = f"load [bold]{_ms(load_ms)}[/]  " + times
+    grid.add_row("time", times)
+    tps = r.get("decode_tokens_per_s")
+    grid.add_row("decode", f"{r['new_tokens']} new tokens" + (f", {tps:.1f} tok/s" if tps else "")
+                 + (f" (stopped: {r['stop_reason']})" if r.get("stop_reason") not in ("", "eos") else ""))
+    if r.get("peak_gpu_mem_mb") is not None:
+        grid.add_row("peak GPU mem", f"{r['peak_gpu_mem_mb'] / 1024:.2f} GiB")
+    sp = r.get("prefill_speedup")
+    if sp:
+        if r.get("prefill_speedup_measured"):
+            grid.add_row("prefill speedup", f"[bold green]{sp:.2f}x[/] measured "
+                         f"({_ms(r.get('baseline_prefill_ms'))} unpruned vs {_ms(t.get('prefill_1tok'))})")
+        else:
+            grid.add_row("prefill speedup", f"[bold]{sp:.2f}x[/] est. (LLM prefill FLOPs; --baseline measures it)")
+    grid.add_row("device", f"{r['device']} · {r['dtype']} · {r.get('attn_implementation', '')} · {r['model']}")
+    for note in r.get("notes", []):
+        grid.add_row("[yellow]note[/]", note)
+    return Panel(grid, title="fastvid", title_align="left", border_style="dim", expand=False)
+
+
+def print_summary(r: dict[str, Any], load_ms: float | None = None) -> None:
+    err_console.print(summary_panel(r, load_ms))
+
+
+def write_answer_piece(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
