@@ -157,7 +157,10 @@ def ask(
         from fastvid_cli.models import resolve_model
         from fastvid_cli.ui import StageDisplay, print_summary, warn_line, write_answer_piece
 
-        resolve_model(model)  # a bad name fails now, not after sampling
+        from fastvid_cli.models.base import resolve_device, resolve_dtype
+
+        resolve_model(model)  # bad names and values fail now, not after a long load
+        resolve_dtype(dtype, resolve_device(device))
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 system=system)
         gen.validate()
@@ -249,8 +252,9 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         from rich.table import Table
 
         table = Table(title="fastvid models", title_justify="left")
-        for col in ("alias", "hub id", "size", "frames", "cached", "notes"):
-            table.add_column(col)
+        for col in ("alias", "hub id", "size", "frames", "cached"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("notes")
         for r in rows:
             table.add_row(r["alias"], r["repo"], r["params"], str(r["default_frames"]),
                           "[green]yes[/]" if r["cached"] else "no", r["notes"])

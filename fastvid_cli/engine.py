@@ -129,20 +129,39 @@ def _timed_streamer_class():
     from transformers import TextIteratorStreamer
 
     class TimedStreamer(TextIteratorStreamer):
-        """Records the host time of every generated token at `put` (not when text is released)."""
+        """Streams text token by token (not word by word) and records the host time of every generated token.
+
+        The time is taken at `put`, when the token exists, not when text is released. Text is held back only
+        while it ends in an incomplete UTF-8 sequence (at most 3 tokens), so a multi-byte character is never
+        printed in halves."""
 
         def __init__(self, tokenizer, **kw):
             super().__init__(tokenizer, skip_prompt=True, **kw)
             self.token_times: list[float] = []
-            self.token_count = 0
+            self.pending = 0
 
         def put(self, value):
-            if not (self.skip_prompt and self.next_tokens_are_prompt):
-                now = time.perf_counter()
-                n = int(value.numel())
-                self.token_times.extend([now] * n)
-                self.token_count += n
-            super().put(value)
+            if value.dim() > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            now = time.perf_counter()
+            ids = value.tolist()
+            self.token_times.extend([now] * len(ids))
+            self.token_cache.extend(ids)
+            self.pending += len(ids)
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd") and self.pending < 4:
+                return
+            piece = text[self.print_len:]
+            self.pending = 0
+            if text.endswith("\n"):  # start a fresh cache so decoding stays O(line), not O(answer)
+                self.token_cache, self.print_len = [], 0
+            else:
+                self.print_len = len(text)
+            if piece:
+                self.on_finalized_text(piece)
 
     return TimedStreamer
 

@@ -90,7 +90,9 @@ class LlavaOnevisionAdapter:
     def load(cls, ref: ModelRef, config, *, device: str, dtype: torch.dtype, attn_implementation: str,
              saliency_model: str | None = None, device_map: Any = None) -> "LlavaOnevisionAdapter":
         from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own display shows the load stage
         local_only = ref.is_local or hub.is_cached(ref) or hub.is_offline()
         kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
                       trust_remote_code=False, local_files_only=local_only)

@@ -1,5 +1,8 @@
 """Tiny, randomly initialised checkpoints of the real architectures, saved like hub checkpoints.
 
+Used by the test suite and by `examples/make_tiny_model.py` (a smoke test of the whole pipeline on any machine:
+the answers of random weights are gibberish, but every stage, count and timing is real).
+
 Everything is built in memory (no files, no network): a byte-level Qwen2 tokenizer (256 byte tokens + the
 special tokens, no merges), a LLaVA-OneVision model with a small SigLIP tower and Qwen2 LLM, and a small SigLIP
 vision model WITH its attention-pooling head (FastVID's saliency source). `save_pretrained` writes them as
@@ -82,8 +85,15 @@ def tiny_siglip_with_head(*, hidden: int = 32, seed: int = 1):
     return SiglipVisionModel(cfg).eval()
 
 
+def _quiet() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def save_llava_checkpoint(folder: Path, *, patch_grid: int = 27, mean_std: float = 0.5) -> Path:
     """Write a tiny LLaVA-OV checkpoint folder (weights, config, tokenizer, processor config)."""
+    _quiet()
     folder.mkdir(parents=True, exist_ok=True)
     tok = byte_tokenizer()
     model = tiny_llava_onevision(tok, patch_grid=patch_grid)
@@ -97,6 +107,7 @@ def save_llava_checkpoint(folder: Path, *, patch_grid: int = 27, mean_std: float
 
 
 def save_saliency_checkpoint(folder: Path) -> Path:
+    _quiet()
     folder.mkdir(parents=True, exist_ok=True)
     tiny_siglip_with_head().save_pretrained(folder)
     return folder

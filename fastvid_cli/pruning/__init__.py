@@ -1,0 +1,49 @@
+"""Video-token pruning methods: pure tensor code, looked up by name.
+
+Every method is a callable ``(embeds (F,N,D), saliency (F,N), frame_features (F,Dg), ratio, **params)
+-> PruneResult``; ``DEFAULTS[name]`` holds its default parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import InvalidOptionError
+from .density import dpc_scores, topk_lowest_index
+from .fastvid import PruneResult, expected_kept, fastvid, keep_all, prune_fastvid
+
+PruneMethod = Callable[..., PruneResult]
+
+METHODS: dict[str, PruneMethod] = {
+    "fastvid": fastvid,
+    "none": keep_all,
+}
+
+DEFAULTS: dict[str, dict[str, float | int]] = {
+    "fastvid": dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4),
+    "none": dict(ratio=1.0),
+}
+
+
+def get_method(name: str) -> PruneMethod:
+    """The pruning method called ``name``; ``InvalidOptionError`` naming the known ones otherwise."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(METHODS))
+        raise InvalidOptionError(f"unknown pruning method {name!r}", hint=f"known: {known}") from None
+
+
+__all__ = [
+    "DEFAULTS",
+    "METHODS",
+    "PruneMethod",
+    "PruneResult",
+    "dpc_scores",
+    "expected_kept",
+    "fastvid",
+    "get_method",
+    "keep_all",
+    "prune_fastvid",
+    "topk_lowest_index",
+]

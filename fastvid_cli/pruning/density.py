@@ -1,0 +1,127 @@
+"""Density-peak (DPC-kNN) scoring and deterministic top-k, shared by the token-merging methods.
+
+Pure tensor code. Everything here is batched over a leading dimension and works on any device.
+
+Deviation from the reference implementations: they add ``U(0,1)·1e-6`` noise (global torch RNG) to the
+densities to break ties. Here ties are broken by index instead, so the same input always gives the same
+scores: token ``v`` counts as denser than ``u`` when ``rho[v] > rho[u]``, or ``rho[v] == rho[u]`` and
+``v < u``. Without exact ties both rules pick the same parent, up to the noise's own 1e-6 perturbation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+# (device type, dtype) -> whether matmul with out_dtype=float32 works there; filled on first use.
+_OUT_DTYPE_OK: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def topk_lowest_index(values: Tensor, k: int, dim: int = -1) -> Tensor:
+    """Indices of the ``k`` largest ``values`` along ``dim``, ties broken by the lowest index.
+
+    Unlike ``torch.topk`` (whose tie order is unspecified and differs between CPU and CUDA), this is a
+    stable descending sort, so the result is deterministic. The indices come in descending value order
+    (equal values in increasing index order). NaN sorts as the largest value, as in ``torch.sort``.
+    Returns an int64 tensor shaped like ``values`` with ``dim`` cut to ``k``.
+    """
+    size = values.shape[dim]
+    if not 0 <= k <= size:
+        raise ValueError(f"k={k} is out of range for a dimension of size {size}")
+    order = torch.sort(values, dim=dim, descending=True, stable=True).indices
+    return order.narrow(dim, 0, k)
+
+
+def bmm_fp32(a: Tensor, b: Tensor) -> Tensor:
+    """Batched ``a @ b`` with float32 accumulation and a float32 result, for any float input dtype.
+
+    On CUDA, fp16/bf16 inputs go straight to the tensor cores with an fp32 output (``out_dtype``), which is
+    as exact as upcasting first (half × half products are exact in fp32) but needs no fp32 copies and runs
+    at half-precision speed. Elsewhere the inputs are upcast.
+    """
+    if a.dtype == b.dtype and a.dtype in _HALF_DTYPES:
+        key = (a.device.type, a.dtype)
+        if _OUT_DTYPE_OK.get(key, a.device.type == "cuda"):
+            try:
+                out = torch.bmm(a, b, out_dtype=torch.float32)
+            except (TypeError, RuntimeError, NotImplementedError):
+                _OUT_DTYPE_OK[key] = False
+            else:
+                _OUT_DTYPE_OK[key] = True
+                return out
+    return torch.bmm(a.float(), b.float())
+
+
+def pairwise_sq_distances(x: Tensor) -> Tensor:
+    """Squared Euclidean distances within each batch item: (B, M, D) -> (B, M, M), float32.
+
+    Uses the Gram form ``|u|² + |v|² − 2⟨u,v⟩`` (as ``torch.cdist`` does for more than 25 points), with the
+    diagonal exactly zero and the matrix exactly symmetric.
+    """
+    gram = bmm_fp32(x, x.transpose(1, 2))
+    sq = torch.diagonal(gram, dim1=1, dim2=2)
+    # (|u|²+|v|²) first keeps the result symmetric; 2·gram is exact, so the diagonal is exactly 0.
+    d2 = (sq[:, :, None] + sq[:, None, :]).sub_(gram, alpha=2.0)
+    return d2.clamp_min_(0.0)
+
+
+def dpc_scores(x: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """DPC-kNN density-peak scores of the points of each batch item.
+
+    ``x``: (B, M, D), any float dtype; the math runs in float32. ``valid``: optional (B, M) bool mask for
+    padded rows (invalid points are neither neighbours nor parents; their outputs are rho = delta = 0 and
+    score = -inf, so a top-k never prefers them).
+
+    With ``δ(u,v) = ||x_u − x_v||₂ / sqrt(D)``:
+
+    * ``rho(u)   = exp(−mean of δ(u,v)² over the k nearest v, u itself included at distance 0)``
+      (fewer than k valid points: the mean over those there are);
+    * ``delta(u) = min δ(u,v) over the v denser than u`` (see the module docstring for the tie rule), or the
+      largest pairwise δ within the batch item when no point is denser;
+    * ``score    = delta · rho``.
+
+    Returns ``(rho, delta, score)``, each (B, M) float32.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"dpc_scores expects x of shape (B, M, D), got {tuple(x.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    B, M, D = x.shape
+    if valid is not None and tuple(valid.shape) != (B, M):
+        raise ValueError(f"valid must have shape {(B, M)}, got {tuple(valid.shape)}")
+    if M == 0:
+        empty = x.new_zeros((B, 0), dtype=torch.float32)
+        return empty, empty.clone(), empty.clone()
+
+    d2 = pairwise_sq_distances(x).div_(float(max(D, 1)))  # δ², (B, M, M)
+    kk = min(k, M)
+    if valid is None:
+        knn = torch.topk(d2, kk, dim=-1, largest=False).values  # values only: their tie order is irrelevant
+        rho = torch.exp(-knn.mean(dim=-1))
+    else:
+        valid = valid.to(device=x.device, dtype=torch.bool)
+        knn = torch.topk(d2.masked_fill(~valid[:, None, :], float("inf")), kk, dim=-1, largest=False).values
+        finite = torch.isfinite(knn)
+        count = finite.sum(dim=-1).clamp_min(1)
+        rho = torch.exp(-knn.where(finite, 0.0).sum(dim=-1) / count)
+        rho = rho.where(valid, 0.0)
+
+    dist = d2.sqrt_()  # δ, reusing the buffer
+    idx = torch.arange(M, device=x.device)
+    rho_u = rho[:, :, None]
+    rho_v = rho[:, None, :]
+    denser = (rho_v > rho_u) | ((rho_v == rho_u) & (idx[None, :] < idx[:, None]))  # [b, u, v]
+    if valid is None:
+        dmax = dist.amax(dim=(1, 2), keepdim=True)
+    else:
+        pair_ok = valid[:, :, None] & valid[:, None, :]
+        denser &= valid[:, None, :]
+        dmax = dist.masked_fill(~pair_ok, 0.0).amax(dim=(1, 2), keepdim=True)
+    # min over {δ(u,v): v denser} ∪ {dmax}: every δ ≤ dmax, so this is the nearest denser point, else dmax.
+    delta = torch.where(denser, dist, dmax).amin(dim=-1)
+    score = delta * rho
+    if valid is not None:
+        delta = delta.where(valid, 0.0)
+        score = score.masked_fill(~valid, float("-inf"))
+    return rho, delta, score

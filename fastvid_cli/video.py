@@ -1,0 +1,397 @@
+"""Read N uniformly spaced frames from a video file with PyAV.
+
+Only PyAV and numpy here: the model code receives plain uint8 arrays.
+
+Strategy (measured in shared/docs/transformers-notes.md section 7): demux once without decoding to learn every
+frame's presentation timestamp and the keyframes, pick the target indices, then decode sparsely - seek to the
+target's keyframe only when the decoder is not already inside (or just before) that GOP, else decode forward. The
+frames are bit-identical to a full sequential decode that keeps the same indices; when anything about the stream
+makes that mapping uncertain (missing or duplicate timestamps, frames the decoder never outputs), we fall back to
+a sequential decode, which is correct by construction.
+"""
+
+from __future__ import annotations
+
+import bisect
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from .errors import InvalidOptionError, VideoDecodeError, VideoNotFoundError
+
+__all__ = ["Clip", "sample_frames", "sample_indices", "decoder_support"]
+
+# Errors PyAV raises for unreadable input. FFmpegError covers every libav* error code (InvalidDataError,
+# EOFError, PermissionError, ...); OSError covers Python-level I/O failures while reading the file.
+_AV_ERRORS = (av.error.FFmpegError, OSError, EOFError)
+_ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
+# Frames that decoding forward must be able to skip before a seek pays off (see _decode_sparse).
+_MIN_SKIP = 16
+# Stream.discard and Stream.index_entries are recent PyAV API (present in 18); pyproject allows av>=14.
+_CAN_DISCARD = hasattr(av.stream, "Discard")
+
+
+@dataclass
+class Clip:
+    """Frames sampled from one video.
+
+    frames: uint8 (T, H, W, 3) RGB, display rotation already applied (T = len(indices)).
+    indices: 0-based indices of the sampled frames in presentation order, increasing.
+    timestamps: seconds from the stream start of each sampled frame.
+    fps: average frame rate, or None when the container does not say.
+    duration: seconds.
+    total_frames: exact number of frames in the stream (counted by demuxing, not read from the header).
+    requested: the num_frames asked for.
+    rotation: counter-clockwise degrees applied to upright the frames (0/90/180/270), the convention of PyAV's
+        ``VideoFrame.rotation`` and ffprobe's display matrix; a phone's portrait clip tagged ``rotate=90`` reads 270.
+    codec: FFmpeg decoder name (e.g. "h264", "vp9").
+    """
+
+    frames: np.ndarray
+    indices: list[int]
+    timestamps: list[float]
+    fps: float | None
+    duration: float
+    total_frames: int
+    requested: int
+    path: str
+    width: int
+    height: int
+    rotation: int
+    codec: str
+
+    @property
+    def short(self) -> bool:
+        """True when the video has fewer frames than requested (then every frame was returned)."""
+        return self.total_frames < self.requested
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """(first, last) sampled timestamp in seconds."""
+        return (self.timestamps[0], self.timestamps[-1])
+
+
+def sample_indices(total: int, num_frames: int) -> list[int]:
+    """Uniform indices into ``total`` frames: ``np.linspace(0, total-1, n, dtype=int)`` (floor, lmms-eval's rule),
+    with n = min(num_frames, total) so that a short clip yields each of its frames once."""
+    n = min(num_frames, total)
+    return np.linspace(0, total - 1, n, dtype=int).tolist()
+
+
+def sample_frames(path, num_frames: int, *, threads: int | None = None) -> Clip:
+    """Decode ``num_frames`` uniformly spaced frames of the first video stream of ``path``.
+
+    Returns a :class:`Clip` whose ``frames`` are uint8 (n, H, W, 3) RGB with n = min(num_frames, total_frames).
+    threads: FFmpeg decoder threads; None or 0 lets FFmpeg use every core.
+
+    Raises InvalidOptionError (num_frames < 1, threads < 0), VideoNotFoundError (no such path, or not a regular
+    file), VideoDecodeError (not a video, no video stream, no decodable frame, truncated or corrupt data).
+    """
+    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
+        raise InvalidOptionError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0):
+        raise InvalidOptionError(f"threads must be an integer >= 0, got {threads!r}")
+    num_frames = int(num_frames)
+    name = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise VideoNotFoundError(f"video not found: {name}")
+    if not p.is_file():
+        raise VideoNotFoundError(f"not a regular file: {name}")
+
+    try:
+        return _sample(p, name, num_frames, int(threads or 0))
+    except VideoDecodeError:
+        raise
+    except _AV_ERRORS as e:
+        raise VideoDecodeError(f"cannot decode {name}: corrupt or truncated data ({_reason(e)})") from e
+
+
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return " ".join(str(text).split())
+
+
+def _open(p: Path, name: str):
+    try:
+        return av.open(str(p), mode="r")
+    except _AV_ERRORS as e:
+        raise VideoDecodeError(f"not a video or unreadable: {name} ({_reason(e)})") from e
+
+
+def _pick_stream(container, name: str):
+    """The first real video stream; cover art (attached_pic) is a one-image 'video' stream and does not count."""
+    videos = [s for s in container.streams.video if not (int(s.disposition) & _ATTACHED_PIC)]
+    if videos:
+        return videos[0]
+    if container.streams.video:
+        raise VideoDecodeError(f"no video stream in {name} (only an attached picture, e.g. cover art)")
+    if container.streams.audio:
+        raise VideoDecodeError(f"no video stream in {name} (audio only)")
+    raise VideoDecodeError(f"no video stream in {name}")
+
+
+def _open_stream(p: Path, name: str, threads: int):
+    """Open ``p`` and return (container, the video stream) ready to decode; the caller closes the container."""
+    container = _open(p, name)
+    try:
+        stream = _pick_stream(container, name)
+        if stream.codec_context is None:
+            raise VideoDecodeError(f"no decoder for the video stream in {name} (unsupported codec)")
+        if _CAN_DISCARD:
+            for other in container.streams:
+                if other.index != stream.index:
+                    # The demuxer then skips other streams' payloads instead of reading them for nothing.
+                    other.discard = av.stream.Discard.all
+        # Must happen before the first decode opens the codec; 0 threads = FFmpeg picks (all cores).
+        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+@dataclass
+class _Info:
+    fps: float | None
+    duration: float | None  # from the header; None when it does not say
+    codec: str
+    time_base: object  # Fraction
+    start: int | None  # stream.start_time, in time_base units
+
+
+def _sample(p: Path, name: str, num_frames: int, threads: int) -> Clip:
+    container, stream = _open_stream(p, name, threads)
+    frames = None
+    with container:
+        info = _stream_info(stream, container)
+        _check_complete(stream, p, name)
+        pts, keys, exact = _demux_index(container, stream)
+        if exact and pts:
+            indices = sample_indices(len(pts), num_frames)
+            got = _decode_sparse(container, stream, pts, keys, indices)
+            if got is not None:
+                frames, rotation = got
+                total = len(pts)
+
+    if frames is None:
+        # Timestamps unusable, or the decoder's output disagreed with the demuxed index: decode sequentially.
+        frames, rotation, indices, pts, total, info = _sample_sequential(p, name, num_frames, threads)
+
+    tb, fps = info.time_base, info.fps
+    if pts:
+        origin = info.start if info.start is not None else pts[0]
+        timestamps = [float((pts[i] - origin) * tb) for i in indices]
+        # The last frame's start plus one frame is as long as the clip plays. The header can say less: mp4 sums
+        # sample durations in decode order, which with B-frames and a variable rate ends before the last pts.
+        last_gap = float((pts[-1] - pts[-2]) * tb) if len(pts) > 1 else (1.0 / fps if fps else 0.0)
+        played = float((pts[-1] - origin) * tb) + last_gap
+        duration = played if info.duration is None else max(info.duration, played)
+    else:  # no timestamps at all (raw elementary stream): assume a constant rate
+        timestamps = [i / fps if fps else 0.0 for i in indices]
+        duration = info.duration if info.duration is not None else (total / fps if fps else 0.0)
+
+    frames, degrees = _upright(frames, rotation)
+    return Clip(
+        frames=frames,
+        indices=[int(i) for i in indices],
+        timestamps=timestamps,
+        fps=fps,
+        duration=float(duration),
+        total_frames=int(total),
+        requested=num_frames,
+        path=name,
+        width=int(frames.shape[2]),
+        height=int(frames.shape[1]),
+        rotation=degrees,
+        codec=info.codec,
+    )
+
+
+def _check_complete(stream, p: Path, name: str) -> None:
+    """Reject a file cut short (an interrupted download) whose index (mp4/mov: every sample's byte range, read
+    from the header) points past the end of the file. Containers without such an index (mkv, webm, ts) keep the
+    frames that are present; a partial last packet is then dropped like FFmpeg drops it."""
+    entries = getattr(stream, "index_entries", None)
+    n = len(entries) if entries is not None else 0
+    if n == 0:
+        return
+    size = p.stat().st_size
+    # Samples are stored roughly in time order, so the last few entries hold the file's last video bytes.
+    end = max(entries[k].pos + entries[k].size for k in range(max(0, n - 16), n))
+    if end > size:
+        raise VideoDecodeError(
+            f"truncated or incomplete video: {name} (its index needs {end} bytes, the file has {size})"
+        )
+
+
+def _stream_info(stream, container) -> _Info:
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else None
+    if stream.duration is not None and stream.duration > 0:
+        duration = float(stream.duration * stream.time_base)  # None for mkv/webm
+    elif container.duration is not None and container.duration > 0:
+        duration = container.duration / av.time_base
+    else:
+        duration = None
+    return _Info(fps, duration, stream.codec_context.name, stream.time_base, stream.start_time)
+
+
+def _demux_index(container, stream) -> tuple[list[int], list[int], bool]:
+    """Read every packet of ``stream`` without decoding.
+
+    Returns (presentation timestamps of all frames, sorted; keyframe timestamps, sorted; exact) where exact is
+    False when the timestamps cannot identify frames (missing or duplicate pts, no keyframe flags).
+    """
+    pts: list[int] = []
+    keys: list[int] = []
+    missing = False
+    for pkt in container.demux(stream):
+        t = pkt.pts
+        if t is None:
+            if pkt.size == 0:
+                continue  # PyAV's trailing flush packet
+            t = pkt.dts  # e.g. raw elementary streams; only trustworthy if it matches the decoder's output
+            if t is None:
+                missing = True
+                continue
+        if pkt.is_keyframe:
+            keys.append(t)
+        if pkt.is_discard:
+            continue  # the decoder drops these (mp4 edit lists): not frames of the clip, but valid seek points
+        pts.append(t)
+    if missing or not keys:
+        return pts, keys, False
+    pts.sort()
+    keys.sort()
+    return pts, keys, len(set(pts)) == len(pts)
+
+
+def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: list[int]):
+    """Decode only what is needed to produce the frames at ``indices`` (increasing).
+
+    Every frame the decoder hands out is checked against the demuxed list, so a packet that yields no frame or a
+    seek that lands elsewhere is noticed instead of shifting the indices. Returns (uint8 (n, H, W, 3) RGB as
+    stored, rotation of the first frame), or None on any disagreement (the caller then decodes sequentially).
+    """
+    out = None
+    rotation = 0
+    it = None
+    pos = 0  # index in pts of the next frame the decoder should hand out; it only moves forward
+    fresh = False  # just seeked: frames before the keyframe (open-GOP leading pictures) may come out first
+    n_pts = len(pts)
+    for j, i in enumerate(indices):
+        target = pts[i]
+        key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
+        k = bisect.bisect_left(pts, key)
+        # Seek only when forward decoding would pass more than _MIN_SKIP frames before the target's keyframe. A
+        # seek flushes the decoder (its frame-thread pipeline and B-frame delay) and costs about as much as
+        # decoding several frames: seeking into every next GOP made dense sampling of short-GOP clips ~1.6x
+        # slower than decoding everything (measured: 320x240, GOP 12, 300 of 600 frames).
+        if it is None or k - pos > _MIN_SKIP:
+            container.seek(key, stream=stream, backward=True, any_frame=False)
+            it = container.decode(stream)
+            pos, fresh = k, True
+        frame = None
+        for f in it:
+            fp = f.pts
+            if fp is None:
+                fp = f.dts  # packets without pts were listed by dts; frames then carry only that
+                if fp is None:
+                    return None
+            if pos >= n_pts or fp != pts[pos]:
+                if fresh and pos < n_pts and fp < pts[pos]:
+                    continue
+                return None
+            fresh = False
+            pos += 1
+            if fp == target:
+                frame = f
+                break
+        if frame is None:
+            return None  # the stream ended before the target (e.g. a partial last packet)
+        if out is None:
+            rotation = frame.rotation
+            out = np.empty((len(indices), frame.height, frame.width, 3), np.uint8)
+        out[j] = _rgb(frame, out.shape[2], out.shape[1])
+    return out, rotation
+
+
+def _rgb(frame, width: int, height: int) -> np.ndarray:
+    if frame.width == width and frame.height == height:
+        return frame.to_ndarray(format="rgb24")
+    # The resolution changed mid-stream: scale to the first frame's size so the clip stacks.
+    return frame.to_ndarray(format="rgb24", width=width, height=height)
+
+
+def _sample_sequential(p: Path, name: str, num_frames: int, threads: int):
+    """Fallback: count the frames the decoder outputs, then decode again keeping the wanted ones.
+
+    Returns (frames uint8 (n, H, W, 3) as stored, rotation, indices, pts of every frame or [] when the decoder
+    gives none, total, _Info).
+    """
+    container, stream = _open_stream(p, name, threads)
+    with container:
+        info = _stream_info(stream, container)
+        frame_pts = [f.pts for f in container.decode(stream)]
+    total = len(frame_pts)
+    if total == 0:
+        raise VideoDecodeError(f"no decodable video frames in {name}")
+    indices = sample_indices(total, num_frames)
+
+    out = None
+    rotation = 0
+    j = 0
+    container, stream = _open_stream(p, name, threads)
+    with container:
+        for k, f in enumerate(container.decode(stream)):
+            if k != indices[j]:
+                continue
+            if out is None:
+                rotation = f.rotation
+                out = np.empty((len(indices), f.height, f.width, 3), np.uint8)
+            out[j] = _rgb(f, out.shape[2], out.shape[1])
+            j += 1
+            if j == len(indices):
+                break
+    if out is None or j != len(indices):
+        raise VideoDecodeError(f"cannot decode {name}: the decoder's output changed between two passes")
+    have_pts = None not in frame_pts
+    return out, rotation, indices, (frame_pts if have_pts else []), total, info
+
+
+def _upright(frames: np.ndarray, rotation) -> tuple[np.ndarray, int]:
+    """Apply the display matrix's rotation (counter-clockwise degrees, any value) in steps of 90 degrees."""
+    k = int(round((rotation or 0) / 90.0)) % 4
+    if k == 0:
+        return frames, 0
+    # np.rot90 over (H, W) turns counter-clockwise, the display matrix's convention; copy to make it contiguous.
+    return np.ascontiguousarray(np.rot90(frames, k, axes=(1, 2))), 90 * k
+
+
+def decoder_support() -> dict[str, bool]:
+    """Which of the common codecs this PyAV build can decode: {"h264", "hevc", "vp9", "av1"} -> bool.
+
+    FFmpeg's native "av1" decoder only drives hardware decoding, so av1 counts only with a software decoder
+    (libdav1d or libaom-av1).
+    """
+    candidates = {
+        "h264": ("h264",),
+        "hevc": ("hevc",),
+        "vp9": ("vp9", "libvpx-vp9"),
+        "av1": ("libdav1d", "libaom-av1"),
+    }
+    return {codec: any(_has_decoder(n) for n in names) for codec, names in candidates.items()}
+
+
+def _has_decoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "r")
+    except Exception:  # UnknownCodecError, or a build without the codec registry entry
+        return False
+    return True

@@ -1,0 +1,217 @@
+"""The command line as a user meets it: exit codes, one-line errors, streaming, --json, models, doctor."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fastvid_cli.cli import app
+from fastvid_cli.errors import EXIT_CODES
+
+REQUIRED_JSON_KEYS = {
+    "answer", "model", "video", "question", "method", "ratio", "frames", "frame_timestamps", "video_tokens_total",
+    "video_tokens_kept", "prompt_tokens_total", "prompt_tokens_kept", "segments", "saliency_source", "timings_ms",
+    "decode_tokens_per_s", "new_tokens", "prefill_speedup", "prefill_speedup_measured", "peak_gpu_mem_mb", "device",
+    "dtype", "versions",
+}
+TIMING_KEYS = {"sample", "preprocess", "vision", "prune", "prefill", "ttft", "decode", "total"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def base_args(tiny_llava, tiny_saliency):
+    return ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu",
+            "--frames", "8", "--max-new-tokens", "6"]
+
+
+def one_line_error(result) -> str:
+    """The error is one line starting with 'error: ' (progress lines may precede it), and no traceback."""
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and result.stderr.strip().endswith(lines[0])
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_json_output_has_every_key(runner, base_args, index_video):
+    result = runner.invoke(app, ["ask", str(index_video), "What happens?", *base_args, "--json", "--ratio", "0.25"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)  # exactly one JSON object, nothing else on stdout
+    assert REQUIRED_JSON_KEYS <= data.keys()
+    assert TIMING_KEYS <= data["timings_ms"].keys()
+    assert data["ratio"] == 0.25 and data["method"] == "fastvid" and data["frames"] == 8
+    assert data["video_tokens_total"] == 8 * 196 and 0 < data["video_tokens_kept"] < 8 * 196 * 0.25 + 1
+    assert data["prefill_speedup_measured"] is False and data["prefill_speedup"] > 1
+    assert set(data["versions"]) == {"fastvid", "torch", "transformers"}
+    assert data["new_tokens"] == 6
+    assert sum(data["segments"]) == 8
+
+
+def test_plain_output_streams_answer_to_stdout_and_summary_to_stderr(runner, base_args, index_video):
+    result = runner.invoke(app, ["ask", str(index_video), "What happens?", *base_args, "--baseline"])
+    assert result.exit_code == 0, result.stderr
+    assert "video tokens" in result.stderr and "prefill speedup" in result.stderr and "measured" in result.stderr
+    assert "video tokens" not in result.stdout
+    js = runner.invoke(app, ["ask", str(index_video), "What happens?", *base_args, "--json"])
+    assert result.stdout.strip() == json.loads(js.stdout)["answer"].strip()
+
+
+def test_estimated_speedup_is_labelled(runner, base_args, index_video):
+    result = runner.invoke(app, ["ask", str(index_video), "Q?", *base_args])
+    assert result.exit_code == 0
+    assert "est." in result.stderr
+
+
+@pytest.mark.parametrize("args,code", [
+    (["--ratio", "0"], 2), (["--ratio", "1.5"], 2), (["--ratio", "nan"], 2), (["--device", "tpu"], 2),
+    (["--dtype", "int3"], 2), (["--method", "magic"], 2), (["--top-p", "0"], 2),
+    (["--model", "no-such-alias"], 5),
+    (["--model", "llava-hf/not-downloaded-model", "--offline"], 6),
+])
+def test_bad_options_exit_with_their_code(runner, base_args, index_video, args, code):
+    result = runner.invoke(app, ["ask", str(index_video), "Q?", *base_args, *args])
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    one_line_error(result)
+
+
+def test_bad_frames_value_is_a_usage_error(runner, base_args, index_video):
+    result = runner.invoke(app, ["ask", str(index_video), "Q?", *base_args, "--frames", "0"])
+    assert result.exit_code == 2
+
+
+def test_missing_video_and_directory(runner, base_args, tmp_path):
+    r1 = runner.invoke(app, ["ask", str(tmp_path / "nope.mp4"), "Q?", *base_args])
+    assert r1.exit_code == 3 and "nope.mp4" in one_line_error(r1)
+    r2 = runner.invoke(app, ["ask", str(tmp_path), "Q?", *base_args])
+    assert r2.exit_code == 3
+    one_line_error(r2)
+
+
+def test_not_a_video(runner, base_args, tmp_path):
+    from videogen import text_as_video, write_audio_only
+
+    fake = text_as_video(tmp_path / "notes.mp4")
+    r1 = runner.invoke(app, ["ask", str(fake), "Q?", *base_args])
+    assert r1.exit_code == 4 and "notes.mp4" in one_line_error(r1)
+    audio = write_audio_only(tmp_path / "sound.m4a")
+    r2 = runner.invoke(app, ["ask", str(audio), "Q?", *base_args])
+    assert r2.exit_code == 4
+    one_line_error(r2)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    r3 = runner.invoke(app, ["ask", str(empty), "Q?", *base_args])
+    assert r3.exit_code == 4
+
+
+def test_unsupported_architecture(runner, base_args, index_video, tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    result = runner.invoke(app, ["ask", str(index_video), "Q?", *base_args, "--model", str(folder)])
+    assert result.exit_code == 5
+    assert "bert" in one_line_error(result)
+
+
+def test_out_of_memory_is_reported_with_a_hint(runner, base_args, index_video, monkeypatch):
+    import torch
+
+    from fastvid_cli.models.llava_onevision import LlavaOnevisionAdapter
+
+    def boom(self, pixels, chunk_frames=32):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(LlavaOnevisionAdapter, "encode", boom)
+    result = runner.invoke(app, ["ask", str(index_video), "Q?", *base_args])
+    assert result.exit_code == 7
+    assert "--frames" in one_line_error(result)
+
+
+def test_debug_shows_traceback(runner, base_args, tmp_path):
+    result = runner.invoke(app, ["ask", str(tmp_path / "x.mp4"), "Q?", *base_args, "--debug"])
+    assert result.exit_code == 3
+
+
+def test_models_lists_aliases(runner):
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    names = {m["alias"] for m in data["models"]}
+    assert {"llava-ov-0.5b", "llava-ov-7b", "llava-ov-72b", "llava-video-7b"} <= names
+    assert all(m["cached"] is False for m in data["models"])  # hermetic, empty cache
+    assert "llava_onevision" in data["families"]
+    table = runner.invoke(app, ["models"])
+    assert "llava-hf/llava-onevision-qwen2-7b-ov-hf" in table.stdout
+
+
+def test_doctor_reports_environment(runner):
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    assert info["versions"]["torch"] != "MISSING" and info["versions"]["av"] != "MISSING"
+    assert info["decoders"]["h264"] is True
+    assert info["offline"] is True and info["cached_models"] == []
+    assert "NOT cached" in info["saliency_weights"]
+
+
+def test_exit_codes_are_documented_in_readme():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for code in EXIT_CODES:
+        assert f"| {code} |" in readme, f"exit code {code} missing from README"
+
+
+# ---------------------------------------------------------------- real processes
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "fastvid_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys, fastvid_cli.cli; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--ratio" in out.stdout and "est." in out.stdout
+
+
+def test_path_starting_with_dash_after_double_dash(base_args, index_video, tmp_path):
+    shutil.copy(index_video, tmp_path / "-clip.mp4")
+    p = _cli("ask", *base_args, "--json", "--", "-clip.mp4", "What?", cwd=tmp_path)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert json.loads(out)["video"] == "-clip.mp4"
+
+
+def test_ctrl_c_keeps_partial_answer_and_exits_130(tiny_llava, tiny_saliency, index_video):
+    import threading
+
+    p = _cli("ask", str(index_video), "Tell me everything.", "--model", str(tiny_llava), "--saliency-model",
+             str(tiny_saliency), "--device", "cpu", "--frames", "8", "--max-new-tokens", "100000")
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stdout.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while len(chunks) < 20 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    before = "".join(chunks)
+    assert before, "no streamed output before the deadline"
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    reader.join(timeout=10)
+    after = "".join(chunks)
+    assert p.returncode == 130, err
+    assert after.startswith(before)  # what was printed stays printed
+    assert "interrupted" in err and "Traceback" not in err

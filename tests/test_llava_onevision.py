@@ -1,0 +1,198 @@
+"""Integration tests on a tiny random LLaVA-OneVision checkpoint loaded with from_pretrained from a folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+from fastvid_cli.pruning import expected_kept
+from fastvid_cli.video import sample_frames
+
+GREEDY = GenerationOptions(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llava, tiny_saliency):
+    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
+
+
+@pytest.fixture(scope="module")
+def clip(index_video):
+    return sample_frames(str(index_video), 8)
+
+
+def stock_generate(engine, clip, question, max_new_tokens=12):
+    """The stock transformers path: expanded <video> run + pixel_values_videos through generate()."""
+    a = engine.adapter
+    pixels = a.preprocess(clip.frames)
+    feats = a.encode(pixels)
+    ids = a.full_input_ids(a.build_prompt(question), feats)
+    with torch.inference_mode():
+        out = a.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None],
+                               max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, ids.shape[1]:].tolist(), ids.shape[1]
+
+
+def answer_ids(engine, report):
+    return engine.adapter.tokenizer(report.answer, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("method", ["none", "fastvid"])
+def test_keep_all_reproduces_stock_generate(engine, clip, index_video, method):
+    ref_ids, full_len = stock_generate(engine, clip, "What happens in this video?")
+    report = engine.ask(str(index_video), "What happens in this video?", clip=clip, sample_ms=1.0,
+                        prune=PruneOptions(method=method, ratio=1.0), gen=GREEDY)
+    ref_text = engine.adapter.tokenizer.decode(ref_ids, skip_special_tokens=True)
+    assert report.answer == ref_text
+    assert report.prompt_tokens_kept == report.prompt_tokens_total == full_len
+    assert report.video_tokens_kept == report.video_tokens_total == 8 * 196
+
+
+def test_generation_options_change_the_answer_only_when_they_should(engine, clip, index_video):
+    a = engine.ask(str(index_video), "Q?", clip=clip, sample_ms=1.0, gen=GenerationOptions(max_new_tokens=5))
+    b = engine.ask(str(index_video), "Q?", clip=clip, sample_ms=1.0, gen=GenerationOptions(max_new_tokens=5))
+    assert a.answer == b.answer  # greedy is deterministic
+    assert a.new_tokens == 5 and a.stop_reason == "max_new_tokens"
+    s1 = engine.ask(str(index_video), "Q?", clip=clip, sample_ms=1.0,
+                    gen=GenerationOptions(max_new_tokens=8, temperature=1.5, seed=3))
+    s2 = engine.ask(str(index_video), "Q?", clip=clip, sample_ms=1.0,
+                    gen=GenerationOptions(max_new_tokens=8, temperature=1.5, seed=3))
+    assert s1.answer == s2.answer  # same seed, same sample
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.45])
+def test_pruned_run_keeps_predicted_count(engine, clip, index_video, ratio):
+    report = engine.ask(str(index_video), "How many?", clip=clip, sample_ms=1.0,
+                        prune=PruneOptions(method="fastvid", ratio=ratio, params=dict(c=4)), gen=GREEDY)
+    predicted = expected_kept(8, 196, ratio, 0.4, 4, report.segments)
+    assert sum(report.segments) == 8 and len(report.segments) >= 4
+    assert report.video_tokens_kept == predicted
+    text = report.prompt_tokens_total - 8 * 196 - 1
+    assert report.prompt_tokens_kept == text + predicted + 1  # + the newline token, never pruned
+    assert report.video_tokens_kept < report.video_tokens_total * ratio + 1
+
+
+def _spy_positions(model):
+    """Record the position_ids the language model sees on every forward."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append(kwargs["position_ids"].detach().clone())
+
+    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen, handle
+
+
+def test_pruned_prompt_uses_original_positions_and_decodes_after_full_length(engine, clip):
+    a = engine.adapter
+    feats = a.encode(a.preprocess(clip.frames))
+    from fastvid_cli.pruning import fastvid
+
+    result = fastvid(feats.embeds, feats.saliency, feats.frame_features, ratio=0.1, c=4)
+    prompt = a.build_prompt("Where?")
+    asm = a.assemble(prompt, feats, result.embeds, result.index)
+    v0 = prompt.prefix_ids.numel()
+    n_suffix = prompt.suffix_ids.numel()
+    expected = torch.cat([torch.arange(v0), v0 + result.index, torch.tensor([v0 + 8 * 196]),
+                          v0 + 8 * 196 + 1 + torch.arange(n_suffix)])
+    assert torch.equal(asm.position_ids[0], expected)
+    assert asm.full_length == v0 + 8 * 196 + 1 + n_suffix
+    seen, handle = _spy_positions(a.model)
+    try:
+        with torch.inference_mode():
+            a.model.generate(inputs_embeds=asm.inputs_embeds, attention_mask=torch.ones(asm.inputs_embeds.shape[:2],
+                             dtype=torch.long), position_ids=asm.position_ids, max_new_tokens=4, do_sample=False)
+    finally:
+        handle.remove()
+    assert torch.equal(seen[0][0], expected)  # prefill: original positions, gaps included
+    assert [int(p[0, -1]) for p in seen[1:]] == [asm.full_length + i for i in range(3)]  # decode after Ltot
+
+
+def test_pruned_generate_equals_manual_prefill_and_decode(engine, clip):
+    """Greedy generate on the pruned prompt == prefill with original ids, then decode at Ltot, Ltot+1, ..."""
+    from transformers import DynamicCache
+
+    from fastvid_cli.pruning import fastvid
+
+    a = engine.adapter
+    feats = a.encode(a.preprocess(clip.frames))
+    result = fastvid(feats.embeds, feats.saliency, feats.frame_features, ratio=0.25, c=4)
+    asm = a.assemble(a.build_prompt("Why?"), feats, result.embeds, result.index)
+    with torch.inference_mode():
+        out = a.model.generate(inputs_embeds=asm.inputs_embeds, attention_mask=torch.ones(asm.inputs_embeds.shape[:2],
+                               dtype=torch.long), position_ids=asm.position_ids, max_new_tokens=6, do_sample=False)
+        cache = DynamicCache(config=a.model.config)
+        o = a.model(inputs_embeds=asm.inputs_embeds, position_ids=asm.position_ids, past_key_values=cache,
+                    use_cache=True)
+        tokens = [int(o.logits[0, -1].argmax())]
+        for i in range(5):
+            o = a.model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=torch.tensor([[asm.full_length + i]]),
+                        past_key_values=o.past_key_values, use_cache=True)
+            tokens.append(int(o.logits[0, -1].argmax()))
+    assert out[0].tolist() == tokens
+
+
+def test_features_match_stock_model_and_siglip_head(engine, clip, tiny_saliency):
+    from transformers import SiglipVisionModel
+
+    a = engine.adapter
+    pixels = a.preprocess(clip.frames)
+    feats = a.encode(pixels)
+    with torch.inference_mode():
+        stock = a.model.model.get_video_features(pixels[None], vision_feature_layer=-1,
+                                                 vision_feature_select_strategy="full").pooler_output[0]
+        assert torch.allclose(stock[: 8 * 196].view(8, 196, -1), feats.embeds, atol=1e-6)
+        assert torch.allclose(stock[-1], feats.extra_embeds[0], atol=1e-6)  # the single trailing newline
+        # FastVID's frame features are the SigLIP MAP head's pooled output on the LLaVA tower output.
+        sig = SiglipVisionModel.from_pretrained(tiny_saliency).eval()
+        tower = a.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+        pooled = sig.head(sig.post_layernorm(tower))
+    assert torch.allclose(pooled, feats.frame_features, atol=1e-5)
+    assert feats.saliency.shape == (8, 196)
+    assert feats.saliency_source.startswith("siglip-head")
+    assert torch.all(feats.saliency >= 0)
+
+
+def test_encode_in_chunks_equals_one_pass(engine, clip):
+    a = engine.adapter
+    pixels = a.preprocess(clip.frames)
+    whole, parts = a.encode(pixels), a.encode(pixels, chunk_frames=3)
+    assert torch.allclose(whole.embeds, parts.embeds, atol=1e-6)
+    assert torch.allclose(whole.saliency, parts.saliency, atol=1e-7)
+
+
+def test_fallback_saliency_when_head_unavailable(tiny_llava, clip, index_video):
+    eng = Engine.load(str(tiny_llava), device="cpu", dtype="float32")  # default head: not cached, offline
+    assert eng.adapter.saliency_head is None
+    report = eng.ask(str(index_video), "What?", clip=clip, sample_ms=1.0, gen=GenerationOptions(max_new_tokens=2))
+    assert report.saliency_source.startswith("fallback")
+    assert any("fallback" in n for n in report.notes)
+    feats = eng.adapter.encode(eng.adapter.preprocess(clip.frames))
+    # mean attention received: a distribution over the 729 patches, pooled to the 14x14 grid
+    assert torch.all(feats.saliency >= 0) and feats.frame_features.shape == (8, 32)
+
+
+def test_preprocessing_uses_checkpoint_mean_std(tmp_path):
+    from fastvid_cli.tiny import save_llava_checkpoint
+
+    folder = save_llava_checkpoint(tmp_path / "m", patch_grid=5, mean_std=0.25)
+    eng = Engine.load(str(folder), device="cpu", dtype="float32", saliency_model="fallback")
+    frames = torch.full((2, 20, 30, 3), 200, dtype=torch.uint8)
+    px = eng.adapter.preprocess(frames)
+    assert px.shape == (2, 3, 70, 70)
+    assert torch.allclose(px, torch.full_like(px, (200 / 255 - 0.25) / 0.25), atol=1e-5)
+
+
+def test_report_numbers_are_consistent(engine, clip, index_video):
+    r = engine.ask(str(index_video), "What?", clip=clip, sample_ms=3.0, gen=GenerationOptions(max_new_tokens=6))
+    t = r.timings_ms
+    for key in ("sample", "preprocess", "vision", "prune", "prefill", "ttft", "decode", "total"):
+        assert t[key] >= 0
+    assert t["ttft"] >= t["prefill"] and t["total"] >= t["ttft"]
+    assert r.new_tokens == 6 and r.decode_tokens_per_s > 0
+    assert r.prefill_speedup > 1 and r.prefill_speedup_measured is False
+    assert r.frames == 8 and len(r.frame_timestamps) == 8
+    b = engine.ask(str(index_video), "What?", clip=clip, sample_ms=3.0, gen=GenerationOptions(max_new_tokens=2),
+                   baseline=True)
+    assert b.prefill_speedup_measured is True and b.baseline_prefill_ms > 0 and b.prefill_speedup > 0
