@@ -176,19 +176,26 @@ def ask(
                                                saliency_model=saliency_model)
             except BaseException as e:  # handed to the main thread
                 loaded["error"] = e
+            loaded["t"] = time.perf_counter()
 
+        from fastvid_cli.video import probe_video, sample_frames
+
+        probe_video(video)  # ms: bad files fail before any load starts, so no load is ever abandoned
         display("load", "start")
         loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
         loader.start()
-        from fastvid_cli.video import sample_frames
-
         n_frames = frames or _family_default_frames(model)
         t0 = time.perf_counter()
-        clip = sample_frames(str(video), n_frames)
+        try:
+            clip = sample_frames(str(video), n_frames)
+        finally:
+            # Also on a decode error found mid-file: an interpreter exiting under a running load aborts.
+            loader.join()
         t_sampled = time.perf_counter()
         sample_ms = (t_sampled - t0) * 1e3
-        loader.join()
-        t_loaded = time.perf_counter()
+        display.started["sample"] = t0
+        display("sample", "done")
+        t_loaded = loaded["t"]
         if "error" in loaded:
             raise loaded["error"]
         display("load", "done")
@@ -359,7 +366,16 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        # Interrupted while the model was still loading on its worker thread: an interpreter that exits under a
+        # running load can abort (exit 134), so leave at once with the code we meant.
+        if any(t.name == "fastvid-load" and t.is_alive() for t in threading.enumerate()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else EXIT_INTERNAL)
+        raise
 
 
 if __name__ == "__main__":

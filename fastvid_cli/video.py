@@ -111,6 +111,25 @@ def sample_frames(path, num_frames: int, *, threads: int | None = None) -> Clip:
         raise VideoDecodeError(f"cannot decode {name}: corrupt or truncated data ({_reason(e)})") from e
 
 
+def probe_video(path) -> None:
+    """Cheap validity check (milliseconds): the path is a file that PyAV opens and has a decodable video stream.
+
+    Raises the same errors as sample_frames; lets callers fail fast before starting expensive work."""
+    name = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise VideoNotFoundError(f"video not found: {name}")
+    if not p.is_file():
+        raise VideoNotFoundError(f"not a regular file: {name}")
+    try:
+        container, _ = _open_stream(p, name, 1)
+    except VideoDecodeError:
+        raise
+    except _AV_ERRORS as e:
+        raise VideoDecodeError(f"not a video or unreadable: {name} ({_reason(e)})") from e
+    container.close()
+
+
 def _reason(e: BaseException) -> str:
     text = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return " ".join(str(text).split())
