@@ -1,4 +1,7 @@
-"""Where does decode time go? generate() variants vs a plain forward loop on the 7B-shaped model."""
+"""Where does the time go? generate() vs a plain forward/decode loop on the 7B-shaped model (see RESULTS.md).
+
+    python benchmarks/diag_decode.py
+"""
 import sys, time
 from pathlib import Path
 import torch
