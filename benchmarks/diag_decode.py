@@ -6,6 +6,7 @@ import sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ask import build_7b_shaped  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
