@@ -19,8 +19,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from fastvid_cli import __version__
-from fastvid_cli.errors import (EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError,
-                                VideoNotFoundError)
+from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
 
 app = typer.Typer(
     add_completion=False,
@@ -76,14 +75,6 @@ def _error(message: str, debug: bool) -> None:
 def _check_ratio(ratio: float | None) -> None:
     if ratio is not None and (math.isnan(ratio) or not 0 < ratio <= 1):
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
-
-
-def _check_video(video: Path) -> None:
-    """Fail before the model loads: a missing video should cost no load time."""
-    if not video.exists():
-        raise VideoNotFoundError(f"video not found: {video}")
-    if not video.is_file():
-        raise VideoNotFoundError(f"not a regular file: {video}")
 
 
 @app.command()
@@ -147,7 +138,10 @@ def ask(
         from fastvid_cli import hub
 
         hub.set_offline(offline)
-        _check_video(video)
+        from fastvid_cli.video import probe_video, sample_frames
+
+        # ms: a bad video fails before any load starts (so no load is ever abandoned mid-way)
+        probe_video(video)
         _check_ratio(ratio)
         if method not in ("fastvid", "none"):
             raise InvalidOptionError(f"--method must be fastvid or none (got '{method}')")
@@ -178,9 +172,6 @@ def ask(
                 loaded["error"] = e
             loaded["t"] = time.perf_counter()
 
-        from fastvid_cli.video import probe_video, sample_frames
-
-        probe_video(video)  # ms: bad files fail before any load starts, so no load is ever abandoned
         display("load", "start")
         loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
         loader.start()

@@ -96,13 +96,7 @@ def sample_frames(path, num_frames: int, *, threads: int | None = None) -> Clip:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0):
         raise InvalidOptionError(f"threads must be an integer >= 0, got {threads!r}")
     num_frames = int(num_frames)
-    name = str(path)
-    p = Path(path)
-    if not p.exists():
-        raise VideoNotFoundError(f"video not found: {name}")
-    if not p.is_file():
-        raise VideoNotFoundError(f"not a regular file: {name}")
-
+    p, name = _existing_file(path)
     try:
         return _sample(p, name, num_frames, int(threads or 0))
     except VideoDecodeError:
@@ -115,12 +109,7 @@ def probe_video(path) -> None:
     """Cheap validity check (milliseconds): the path is a file that PyAV opens and has a decodable video stream.
 
     Raises the same errors as sample_frames; lets callers fail fast before starting expensive work."""
-    name = str(path)
-    p = Path(path)
-    if not p.exists():
-        raise VideoNotFoundError(f"video not found: {name}")
-    if not p.is_file():
-        raise VideoNotFoundError(f"not a regular file: {name}")
+    p, name = _existing_file(path)
     try:
         container, _ = _open_stream(p, name, 1)
     except VideoDecodeError:
@@ -128,6 +117,16 @@ def probe_video(path) -> None:
     except _AV_ERRORS as e:
         raise VideoDecodeError(f"not a video or unreadable: {name} ({_reason(e)})") from e
     container.close()
+
+
+def _existing_file(path) -> tuple[Path, str]:
+    name = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise VideoNotFoundError(f"video not found: {name}")
+    if not p.is_file():
+        raise VideoNotFoundError(f"not a regular file: {name}")
+    return p, name
 
 
 def _reason(e: BaseException) -> str:
