@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastvid_cli.decoding import Sampling, decode, new_cache, prefill  # noqa: E402
 from fastvid_cli.engine import Engine, PruneOptions, versions  # noqa: E402
 from fastvid_cli.models import ModelRef  # noqa: E402
 from fastvid_cli.models.llava_onevision import LlavaOnevisionAdapter  # noqa: E402
@@ -135,20 +136,13 @@ def main() -> None:
         for _ in range(args.repeat):
             prefill_ms.append(engine.timed_prefill(asm))
         peak = torch.cuda.max_memory_allocated() / 2**30
-        # decode: steady-state tokens/s of HF generate (dynamic cache) after this prompt
-        from fastvid_cli.engine import _timed_streamer_class
-
-        with torch.inference_mode():  # one untimed run first: the first long generate pays allocator growth
-            a.model.generate(inputs_embeds=asm.inputs_embeds, attention_mask=engine._mask(asm),
-                             position_ids=asm.position_ids, max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                             temperature=None, top_p=None, top_k=None)
-        streamer = _timed_streamer_class()(a.tokenizer)
-        with torch.inference_mode():
-            a.model.generate(inputs_embeds=asm.inputs_embeds, attention_mask=engine._mask(asm),
-                             position_ids=asm.position_ids, max_new_tokens=args.decode_tokens,
-                             min_new_tokens=args.decode_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, streamer=streamer)
-        tt = streamer.token_times
+        # decode: steady-state tokens/s of our decode loop (dynamic cache) after this prompt; one untimed run first
+        for n in (8, args.decode_tokens):
+            with torch.inference_mode():
+                cache = new_cache(a.model)
+                logits = prefill(a.model, asm.inputs_embeds, asm.position_ids, cache)
+                res = decode(a.model, logits, cache, asm.full_length, Sampling(max_new_tokens=n))
+        tt = res.token_times
         tok_s = (len(tt) - 1) / (tt[-1] - tt[0])
         pf = med(prefill_ms)
         if base_prefill is None and ratio >= 1:

@@ -74,10 +74,9 @@ def tiny_keep_all_on_cuda():
     with torch.inference_mode():
         ref = a.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels[None],
                                max_new_tokens=16, do_sample=False)[0, ids.shape[1]:].tolist()
-        flat = feats.embeds.flatten(0, 1)
-        asm = a.assemble(prompt, feats, flat, torch.arange(flat.shape[0], device="cuda"))
-        ours = a.model.generate(inputs_embeds=asm.inputs_embeds, attention_mask=eng._mask(asm),
-                                position_ids=asm.position_ids, max_new_tokens=16, do_sample=False)[0].tolist()
+    ours_text = eng.ask("frames", "What happens?", clip=_fake_clip(frames), sample_ms=0.0,
+                        prune=PruneOptions(method="none", ratio=1.0), gen=GenerationOptions(max_new_tokens=16)).answer
+    ours, ref = ours_text, a.tokenizer.decode(ref, skip_special_tokens=True)
     record(f"tiny LLaVA-OV on CUDA: ratio 1.0 == stock generate token for token: {ref == ours}")
     res = fastvid(feats.embeds, feats.saliency, feats.frame_features, ratio=0.1, c=4)
     res_cpu = fastvid(feats.embeds.cpu(), feats.saliency.cpu(), feats.frame_features.cpu(), ratio=0.1, c=4)
