@@ -122,6 +122,11 @@ def ask(
     baseline: bool = typer.Option(False, "--baseline", help="Also time an unpruned prefill of the same prompt "
                                   "and report the MEASURED prefill speedup. " + SPEEDUP_NOTE,
                                   rich_help_panel="Output"),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where sampled-and-encoded video features are cached "
+                                             "(default: ~/.cache/fastvid/features, or $FASTVID_CACHE/features).",
+                                             rich_help_panel="Video"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.",
+                                  rich_help_panel="Video"),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
                                  rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Answer only: no progress, no summary.",
@@ -200,9 +205,13 @@ def ask(
             params = {**{k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}, **params}
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
                              params=params if method == "fastvid" else {})
+        from fastvid_cli.feature_cache import FeatureCache
+
+        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         report = engine.ask(str(video), question, prune=prune, gen=gen, baseline=baseline, clip=clip,
                             sample_ms=sample_ms, sample_wait_ms=max(0.0, (t_sampled - t_loaded) * 1e3),
-                            on_stage=display, on_text=None if as_json else write_answer_piece)
+                            feature_cache=fcache, on_stage=display,
+                            on_text=None if as_json else write_answer_piece)
         display.stop()
         data = report.to_dict()
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)

@@ -87,6 +87,7 @@ class Report:
     device: str = ""
     dtype: str = ""
     attn_implementation: str = ""
+    cache: str = "off"  # feature cache: hit | miss | off
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -134,6 +135,7 @@ class Engine:
         self.device = device
         self.dtype = dtype
         self.attn_implementation = attn_implementation
+        self.model_source = model_name
         self.load_ms: float | None = None
         self.warmup_ms: float | None = None
         devs = {p.device for p in self.model.parameters()}
@@ -169,6 +171,7 @@ class Engine:
         label = "auto (" + ", ".join(sorted({str(d) for d in device_map.values()})) + ")" if device_map else dev
         engine = cls(adapter, model_name=ref.display, device=label, dtype=torch_dtype,
                      attn_implementation=attn_implementation)
+        engine.model_source = ref.source
         engine.load_ms = (time.perf_counter() - t0) * 1e3
         on_stage("load", "done")
         if warmup and engine.cuda:
@@ -234,33 +237,56 @@ class Engine:
         return (t1 - t0) * 1e3
 
     # ------------------------------------------------------------------ one video, many questions
+    def feature_cache_key(self, video: str, frames: int) -> str:
+        from fastvid_cli.feature_cache import cache_key
+
+        return cache_key(video, model=self.model_source, frames=frames, dtype=dtype_name(self.dtype),
+                         saliency=self.adapter.saliency_source, image_size=self.adapter.image_size,
+                         mean=self.adapter.mean, std=self.adapter.std)
+
     def session(self, video: str, *, frames: int | None = None, prune: PruneOptions | None = None,
                 clip: Clip | None = None, sample_ms: float | None = None, system: str | None = None,
-                on_stage: Stage | None = None) -> "VideoSession":
+                feature_cache=None, on_stage: Stage | None = None) -> "VideoSession":
         """Sample, encode and prune `video` once; the session then answers any number of questions about it.
 
         `clip` may be given when frames were sampled elsewhere (e.g. on the main thread while the model loaded),
-        with `sample_ms` the time that took."""
+        with `sample_ms` the time that took. With a `feature_cache` (fastvid_cli.feature_cache.FeatureCache),
+        sampled-and-encoded features are looked up first and stored after a miss."""
         on_stage = on_stage or (lambda *_: None)
         prune = prune or PruneOptions(ratio=self.defaults["ratio"])
+        frames = clip.requested if clip is not None else (frames or self.defaults["frames"])
         timings: dict[str, float] = {}
-        if clip is None:
-            on_stage("sample", "start")
-            clip, sample_ms = self.sample(video, frames or self.defaults["frames"])
-            on_stage("sample", "done")
-        timings["sample"] = sample_ms or 0.0
-        on_stage("encode", "start")
-        feats = self.features(clip, timings)
-        on_stage("encode", "done")
+        status, key, hit = "off", None, None
+        if feature_cache is not None:
+            key = self.feature_cache_key(video, frames)
+            hit = feature_cache.load(key, self.adapter.vision_device)
+            status = "hit" if hit is not None else "miss"
+        if hit is not None:
+            clip, feats = hit
+            timings.update(sample=0.0, preprocess=0.0, vision=0.0)
+        else:
+            if clip is None:
+                on_stage("sample", "start")
+                clip, sample_ms = self.sample(video, frames)
+                on_stage("sample", "done")
+            timings["sample"] = sample_ms or 0.0
+            on_stage("encode", "start")
+            feats = self.features(clip, timings)
+            on_stage("encode", "done")
+            if feature_cache is not None:
+                feature_cache.store(key, clip, feats)
         on_stage("prune", "start")
         result = self.prune(feats, prune, timings)
         on_stage("prune", "done")
-        return VideoSession(self, video, clip, feats, result, prune, timings, system)
+        sess = VideoSession(self, video, clip, feats, result, prune, timings, system)
+        sess.cache_status = status
+        return sess
 
     def ask(self, video: str, question: str, *, frames: int | None = None, prune: PruneOptions | None = None,
             gen: GenerationOptions | None = None, baseline: bool = False, clip: Clip | None = None,
-            sample_ms: float | None = None, sample_wait_ms: float = 0.0, on_stage: Stage | None = None,
-            on_text: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> Report:
+            sample_ms: float | None = None, sample_wait_ms: float = 0.0, feature_cache=None,
+            on_stage: Stage | None = None, on_text: Callable[[str], None] | None = None,
+            stop: threading.Event | None = None) -> Report:
         """Answer one question about one video (a session used once).
 
         When frames were sampled elsewhere (`clip`, `sample_ms`), `sample_wait_ms` is how long the caller still
@@ -273,7 +299,7 @@ class Engine:
         t_start = time.perf_counter()
         sampled_here = clip is None
         sess = self.session(video, frames=frames, prune=prune, clip=clip, sample_ms=sample_ms, system=gen.system,
-                            on_stage=on_stage)
+                            feature_cache=feature_cache, on_stage=on_stage)
         lead_ms = (time.perf_counter() - t_start) * 1e3 + (0.0 if sampled_here else sample_wait_ms)
         return sess.answer(question, gen, baseline=baseline, on_stage=on_stage, on_text=on_text, stop=stop,
                            lead_ms=lead_ms, reuse_prefix=False)
@@ -299,6 +325,7 @@ class VideoSession:
         self.prefix_len = 0
         self.prefix_ms: float | None = None
         self.notes: list[str] = []
+        self.cache_status = "off"
 
     def _assemble(self, question: str, system: str | None):
         a = self.engine.adapter
@@ -332,7 +359,7 @@ class VideoSession:
             video_tokens_total=feats.num_frames * feats.tokens_per_frame, video_tokens_kept=int(result.index.numel()),
             prompt_tokens_total=asm.full_length, prompt_tokens_kept=asm.length, segments=list(result.segments),
             saliency_source=feats.saliency_source, device=eng.device, dtype=dtype_name(eng.dtype),
-            attn_implementation=eng.attn_implementation, versions=versions())
+            attn_implementation=eng.attn_implementation, versions=versions(), cache=self.cache_status)
         r.notes.extend(eng.adapter.warnings)
         r.notes.extend(result.notes)
         r.notes.extend(self.notes)

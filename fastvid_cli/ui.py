@@ -100,6 +100,9 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
         grid.add_row("segments", f"{len(segs)} by DySeg: {' '.join(map(str, segs))}")
     grid.add_row("prompt", f"{r['prompt_tokens_total']} → [bold]{r['prompt_tokens_kept']}[/] tokens")
     grid.add_row("saliency", r.get("saliency_source", ""))
+    if r.get("cache", "off") != "off":
+        grid.add_row("feature cache", "[green]hit[/] (sampling and vision skipped)" if r["cache"] == "hit"
+                     else "miss (features stored for the next run)")
     stages = [("sample", "sample"), ("preprocess", "preprocess"), ("vision", "vision"), ("prune", "prune"),
               ("prefill", "prefill"), ("ttft", "TTFT"), ("decode", "decode")]
     times = "  ".join(f"{label} [bold]{_ms(t.get(key))}[/]" for key, label in stages if key in t)

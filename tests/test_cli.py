@@ -215,3 +215,28 @@ def test_ctrl_c_keeps_partial_answer_and_exits_130(tiny_llava, tiny_saliency, in
     assert p.returncode == 130, err
     assert after.startswith(before)  # what was printed stays printed
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_feature_cache_hit_miss_and_invalidation(runner, base_args, index_video, tmp_path):
+    video = tmp_path / "v.mp4"
+    shutil.copy(index_video, video)
+    args = ["ask", str(video), "Q?", *base_args, "--json", "--cache-dir", str(tmp_path / "fc")]
+    first = json.loads(runner.invoke(app, args + ["--ratio", "0.1"]).stdout)
+    second = json.loads(runner.invoke(app, args + ["--ratio", "0.25"]).stdout)
+    assert first["cache"] == "miss" and second["cache"] == "hit"
+    assert second["timings_ms"]["vision"] == 0.0 and second["frame_indices"] == first["frame_indices"]
+    again = json.loads(runner.invoke(app, args + ["--ratio", "0.1"]).stdout)
+    assert again["answer"] == first["answer"] and again["video_tokens_kept"] == first["video_tokens_kept"]
+    other_frames = json.loads(runner.invoke(app, args + ["--frames", "6"]).stdout)
+    assert other_frames["cache"] == "miss"  # frames are part of the key
+    # a changed file (same path) misses; a corrupt entry is ignored and rewritten
+    from videogen import index_frames, write_video
+
+    write_video(str(video), index_frames(40, 48, 64)[::-1].copy(), fps=24)
+    assert json.loads(runner.invoke(app, args).stdout)["cache"] == "miss"
+    for entry in (tmp_path / "fc").rglob("*.safetensors"):
+        entry.write_bytes(b"garbage")
+    assert json.loads(runner.invoke(app, args).stdout)["cache"] == "miss"
+    assert json.loads(runner.invoke(app, args).stdout)["cache"] == "hit"
+    off = json.loads(runner.invoke(app, args + ["--no-cache"]).stdout)
+    assert off["cache"] == "off"

@@ -198,3 +198,16 @@ def test_report_numbers_are_consistent(engine, clip, index_video):
     b = engine.ask(str(index_video), "What?", clip=clip, sample_ms=3.0, gen=GenerationOptions(max_new_tokens=2),
                    baseline=True)
     assert b.prefill_speedup_measured is True and b.baseline_prefill_ms > 0 and b.prefill_speedup > 0
+
+
+def test_session_with_shared_prefix_answers_like_separate_asks(engine, clip, index_video):
+    """FastVID is query-agnostic: one session (prefix KV cache reused, cropped back) == one ask per question."""
+    prune = PruneOptions(method="fastvid", ratio=0.25, params=dict(c=4))
+    sess = engine.session(str(index_video), clip=clip, sample_ms=0.0, prune=prune)
+    questions = ["What happens?", "What colour is the left half?", "Count the frames, please."]
+    shared = [sess.answer(q, GREEDY, reuse_prefix=True) for q in questions]
+    assert sess.prefix_cache is not None and sess.prefix_len > 0
+    alone = [engine.ask(str(index_video), q, clip=clip, sample_ms=0.0, prune=prune, gen=GREEDY) for q in questions]
+    assert [r.answer for r in shared] == [r.answer for r in alone]
+    assert all("prefix_prefill" in r.timings_ms for r in shared)
+    assert shared[1].video_tokens_kept == alone[1].video_tokens_kept

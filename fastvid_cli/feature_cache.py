@@ -1,0 +1,93 @@
+"""On-disk cache of a video's sampled-and-encoded features, so `fastvid ask ... --ratio X` in a shell loop only
+pays for sampling and the vision tower once per video.
+
+Key: the file's identity (absolute path, size, mtime, and a hash of its first and last MiB, so an edited file
+with a restored mtime still misses) plus everything that changes the features (model, frames, dtype, saliency
+source, format version). Entries are written atomically (temp file + rename); an entry that cannot be read is
+ignored and rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastvid_cli.models.base import VideoFeatures
+from fastvid_cli.video import Clip
+
+FORMAT = 1
+_MIB = 1 << 20
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path).resolve()
+    st = p.stat()
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(_MIB))
+        if st.st_size > 2 * _MIB:
+            f.seek(-_MIB, os.SEEK_END)
+            h.update(f.read(_MIB))
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_tail_sha256": h.hexdigest()}
+
+
+def cache_key(video: str | os.PathLike, **settings: Any) -> str:
+    blob = json.dumps({"format": FORMAT, "file": file_identity(video), **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def load(self, key: str, device) -> tuple[Clip, VideoFeatures] | None:
+        from safetensors import safe_open
+
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = json.loads(f.metadata()["fastvid"])
+                t = {k: f.get_tensor(k) for k in ("embeds", "saliency", "frame_features", "extra_embeds")}
+            c = meta["clip"]
+            clip = Clip(frames=np.empty((len(c["indices"]), 0, 0, 3), np.uint8), indices=c["indices"],
+                        timestamps=c["timestamps"], fps=c["fps"], duration=c["duration"],
+                        total_frames=c["total_frames"], requested=c["requested"], path=c["path"], width=c["width"],
+                        height=c["height"], rotation=c["rotation"], codec=c["codec"])
+            feats = VideoFeatures(embeds=t["embeds"].to(device), saliency=t["saliency"].to(device),
+                                  frame_features=t["frame_features"].to(device),
+                                  extra_embeds=t["extra_embeds"].to(device), grid=tuple(meta["grid"]),
+                                  saliency_source=meta["saliency_source"])
+            if feats.embeds.dim() != 3 or feats.saliency.shape != feats.embeds.shape[:2]:
+                return None
+            return clip, feats
+        except Exception:  # corrupt, truncated, or from another format: a miss, rewritten later
+            return None
+
+    def store(self, key: str, clip: Clip, feats: VideoFeatures) -> None:
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"clip": {k: getattr(clip, k) for k in ("indices", "timestamps", "fps", "duration", "total_frames",
+                                                        "requested", "path", "width", "height", "rotation", "codec")},
+                "grid": list(feats.grid), "saliency_source": feats.saliency_source}
+        tensors = {"embeds": feats.embeds, "saliency": feats.saliency, "frame_features": feats.frame_features,
+                   "extra_embeds": feats.extra_embeds}
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata={"fastvid": json.dumps(meta, default=float)})
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk must not fail the answer: the cache is an optimisation
