@@ -141,75 +141,29 @@ def ask(
 
     def body() -> int:
         from fastvid_cli import hub
+        from fastvid_cli.engine import GenerationOptions, PruneOptions
+        from fastvid_cli.ui import StageDisplay, print_summary, write_answer_piece
 
-        hub.set_offline(offline)
-        from fastvid_cli.video import probe_video, sample_frames
-
-        # ms: a bad video fails before any load starts (so no load is ever abandoned mid-way)
-        probe_video(video)
         _check_ratio(ratio)
         if method not in ("fastvid", "none"):
             raise InvalidOptionError(f"--method must be fastvid or none (got '{method}')")
         if not question.strip():
             raise InvalidOptionError("the question is empty")
-        from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
-        from fastvid_cli.models import resolve_model
-        from fastvid_cli.ui import StageDisplay, print_summary, warn_line, write_answer_piece
-
-        from fastvid_cli.models.base import resolve_device, resolve_dtype
-
-        resolve_model(model)  # bad names and values fail now, not after a long load
-        resolve_dtype(dtype, resolve_device(device))
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 system=system)
         gen.validate()
         display = StageDisplay(enabled=not (as_json or quiet))
-        # Load the model on a worker thread while this thread samples frames: the two overlap, and a bad video
-        # is reported at once instead of after a long load.
-        loaded: dict[str, Any] = {}
-
-        def load() -> None:
-            try:
-                loaded["engine"] = Engine.load(model, device=device, dtype=dtype,
-                                               attn_implementation=attn_implementation,
-                                               saliency_model=saliency_model)
-            except BaseException as e:  # handed to the main thread
-                loaded["error"] = e
-            loaded["t"] = time.perf_counter()
-
-        display("load", "start")
-        loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
-        loader.start()
-        n_frames = frames or _family_default_frames(model)
-        t0 = time.perf_counter()
-        try:
-            clip = sample_frames(str(video), n_frames)
-        finally:
-            # Also on a decode error found mid-file: an interpreter exiting under a running load aborts.
-            loader.join()
-        t_sampled = time.perf_counter()
-        sample_ms = (t_sampled - t0) * 1e3
-        display.started["sample"] = t0
-        display("sample", "done")
-        t_loaded = loaded["t"]
-        if "error" in loaded:
-            raise loaded["error"]
-        display("load", "done")
-        engine = loaded["engine"]
-        if not (as_json or quiet):
-            for w in engine.adapter.warnings:
-                warn_line(w)
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta).items()
-                  if v is not None}
-        if method == "fastvid":
-            params = {**{k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}, **params}
+        engine, clip, sample_ms, wait_ms = _load_and_sample(
+            video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
+            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet))
+        params = _fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
                              params=params if method == "fastvid" else {})
         from fastvid_cli.feature_cache import FeatureCache
 
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         report = engine.ask(str(video), question, prune=prune, gen=gen, baseline=baseline, clip=clip,
-                            sample_ms=sample_ms, sample_wait_ms=max(0.0, (t_sampled - t_loaded) * 1e3),
+                            sample_ms=sample_ms, sample_wait_ms=wait_ms,
                             feature_cache=fcache, on_stage=display,
                             on_text=None if as_json else write_answer_piece)
         display.stop()
@@ -227,6 +181,62 @@ def ask(
         return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
 
     _run(debug, body)
+
+
+def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
+                     attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool):
+    """Validate cheaply, then load the model on a worker thread while this thread samples the frames.
+
+    The two overlap, and a bad video or option fails at once instead of after a long load. Returns
+    (engine, clip, sample_ms, wait_ms) where wait_ms is how long sampling outlasted the load."""
+    from fastvid_cli import hub
+
+    hub.set_offline(offline)
+    from fastvid_cli.engine import Engine
+    from fastvid_cli.models import resolve_model
+    from fastvid_cli.models.base import resolve_device, resolve_dtype
+    from fastvid_cli.video import probe_video, sample_frames
+
+    probe_video(video)  # ms: bad files fail before any load starts, so no load is ever abandoned mid-way
+    resolve_model(model)
+    resolve_dtype(dtype, resolve_device(device))
+    loaded: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            loaded["engine"] = Engine.load(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                                           saliency_model=saliency_model)
+        except BaseException as e:  # handed to the main thread
+            loaded["error"] = e
+        loaded["t"] = time.perf_counter()
+
+    display("load", "start")
+    loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
+    loader.start()
+    t0 = time.perf_counter()
+    try:
+        clip = sample_frames(str(video), frames or _family_default_frames(model))
+    finally:
+        loader.join()  # also on a decode error found mid-file: an interpreter exiting under a running load aborts
+    t_sampled = time.perf_counter()
+    display.started["sample"] = t0
+    display("sample", "done")
+    if "error" in loaded:
+        raise loaded["error"]
+    display("load", "done")
+    engine = loaded["engine"]
+    if show_warnings:
+        from fastvid_cli.ui import warn_line
+
+        for w in engine.adapter.warnings:
+            warn_line(w)
+    return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
+
+
+def _fastvid_params(engine, c, tau, d, p, beta) -> dict[str, Any]:
+    """The family's FastVID defaults, overridden by the options the user gave."""
+    given = {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta).items() if v is not None}
+    return {**{k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}, **given}
 
 
 def _family_default_frames(model: str) -> int:

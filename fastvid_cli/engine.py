@@ -275,12 +275,20 @@ class Engine:
             on_stage("encode", "done")
             if feature_cache is not None:
                 feature_cache.store(key, clip, feats)
+        sess = self.session_from_features(video, clip, feats, prune, timings, system=system, on_stage=on_stage)
+        sess.cache_status = status
+        return sess
+
+    def session_from_features(self, video: str, clip: Clip, feats: VideoFeatures, prune: PruneOptions,
+                              timings: dict[str, float] | None = None, *, system: str | None = None,
+                              on_stage: Stage | None = None) -> "VideoSession":
+        """Prune already-encoded features with `prune` (e.g. one pruning setting after another in `compare`)."""
+        on_stage = on_stage or (lambda *_: None)
+        timings = dict(timings or {})
         on_stage("prune", "start")
         result = self.prune(feats, prune, timings)
         on_stage("prune", "done")
-        sess = VideoSession(self, video, clip, feats, result, prune, timings, system)
-        sess.cache_status = status
-        return sess
+        return VideoSession(self, video, clip, feats, result, prune, timings, system)
 
     def ask(self, video: str, question: str, *, frames: int | None = None, prune: PruneOptions | None = None,
             gen: GenerationOptions | None = None, baseline: bool = False, clip: Clip | None = None,

@@ -34,7 +34,7 @@ def runner():
 @pytest.fixture(scope="module")
 def base_args(tiny_llava, tiny_saliency):
     return ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu",
-            "--frames", "8", "--max-new-tokens", "6"]
+            "--frames", "8", "--max-new-tokens", "6", "--no-cache"]
 
 
 def one_line_error(result) -> str:
@@ -220,7 +220,8 @@ def test_ctrl_c_keeps_partial_answer_and_exits_130(tiny_llava, tiny_saliency, in
 def test_feature_cache_hit_miss_and_invalidation(runner, base_args, index_video, tmp_path):
     video = tmp_path / "v.mp4"
     shutil.copy(index_video, video)
-    args = ["ask", str(video), "Q?", *base_args, "--json", "--cache-dir", str(tmp_path / "fc")]
+    base = [a for a in base_args if a != "--no-cache"]
+    args = ["ask", str(video), "Q?", *base, "--json", "--cache-dir", str(tmp_path / "fc")]
     first = json.loads(runner.invoke(app, args + ["--ratio", "0.1"]).stdout)
     second = json.loads(runner.invoke(app, args + ["--ratio", "0.25"]).stdout)
     assert first["cache"] == "miss" and second["cache"] == "hit"

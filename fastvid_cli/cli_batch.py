@@ -1,0 +1,261 @@
+"""`fastvid batch`: answer a CSV of questions about videos into a resumable JSON Lines file.
+
+Registered in cli.py with ``app.command()(batch)``. Like cli.py, importing this module must not import torch
+or transformers: everything heavy is imported inside the command.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+CSV_HELP = ("Questions CSV. Header row required: columns video,question; optional id (default: the 1-based data "
+            "row number), ratio and frames (per-row overrides of --ratio/--frames). UTF-8 with or without BOM. "
+            "Relative video paths are relative to the CSV's folder.")
+OUTPUT_HELP = ("JSON Lines output, one record per row: the fields of `ask --json` plus id, row, status (ok|error), "
+               "error, settings and fingerprint. Rerunning the same command resumes: rows already answered with "
+               "the same settings are skipped. Default: QUESTIONS with the suffix .answers.jsonl.")
+
+
+def batch(
+    questions: Path = typer.Argument(..., help=CSV_HELP, show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
+                                          rich_help_panel="Output"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv-out", help="Also write a flat CSV when the run ends (id, "
+                                           "video, question, answer, status, error, video_tokens_kept, "
+                                           "video_tokens_total, ttft_ms, decode_tokens_per_s), in the questions' "
+                                           "order, covering rows answered in earlier runs too.",
+                                           rich_help_panel="Output"),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Answer again the rows whose last record "
+                                      "with the same settings is an error (otherwise they are skipped too).",
+                                      rich_help_panel="Output"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: empty the output (and its shard "
+                                   "files) instead of resuming.", rich_help_panel="Output"),
+    model: str = typer.Option("llava-ov-7b", "--model", "-m", help="Alias (see `fastvid models`), hub id "
+                              "(org/name) or local checkpoint folder.", rich_help_panel="Model"),
+    device: str = typer.Option("auto", help="auto | cuda | cuda:N | cpu. Under torchrun / accelerate launch every "
+                                            "process takes cuda:<local rank> (or cpu).", rich_help_panel="Model"),
+    dtype: str = typer.Option("auto", help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
+                              rich_help_panel="Model"),
+    attn_implementation: str = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.",
+                                            rich_help_panel="Model"),
+    saliency_model: Optional[str] = typer.Option(
+        None, help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives "
+                   "FastVID's saliency; default google/siglip-so400m-patch14-384, falling back (with a warning) "
+                   "to last-layer attention when unavailable. 'fallback' forces the fallback.",
+        rich_help_panel="Model"),
+    offline: bool = typer.Option(False, "--offline", help="Never touch the network (same as HF_HUB_OFFLINE=1).",
+                                 rich_help_panel="Model"),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
+                                         help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
+                                              "a frames column overrides it per row.", rich_help_panel="Video"),
+    method: str = typer.Option("fastvid", help="Pruning method: fastvid | none.", rich_help_panel="Pruning"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
+                                          "token (default: the model's, 0.10 for LLaVA-OV); a ratio column "
+                                          "overrides it per row.", rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = typer.Option(None, help="DySeg: minimum number of segments (8).", min=1,
+                                          rich_help_panel="Pruning"),
+    dyseg_tau: Optional[float] = typer.Option(None, help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
+                                              rich_help_panel="Pruning"),
+    stprune_d: Optional[float] = typer.Option(None, help="Share of each frame's budget for merged context tokens "
+                                              "(0.4).", min=0.0, max=1.0, rich_help_panel="Pruning"),
+    dtm_p: Optional[int] = typer.Option(None, help="Anchor-frame period inside a segment (4).", min=1,
+                                        rich_help_panel="Pruning"),
+    dtm_beta: Optional[float] = typer.Option(None, help="Lower bound of the anchor's weight in a merge (0.6).",
+                                             min=0.0, max=1.0, rich_help_panel="Pruning"),
+    max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy.", rich_help_panel="Generation"),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).",
+                                rich_help_panel="Generation"),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling (each answer starts from it).",
+                                       rich_help_panel="Generation"),
+    system: Optional[str] = typer.Option(None, help="System prompt.", rich_help_panel="Generation"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output"),
+) -> None:
+    """Answer every question of a CSV, one video session per (video, frames, ratio), into a resumable JSONL.
+
+    Each row's record is appended and fsync'd as it finishes; rerun the same command to resume (rows already
+    answered with the same settings fingerprint are skipped). Ctrl-C stops after the current row (a second
+    Ctrl-C aborts at once), exit code 130. Under `torchrun --nproc_per_node N` or `accelerate launch`, whole
+    video groups are split over the processes (one per GPU, or gloo on CPU) and merged into the output in CSV
+    order at the end. Progress (done/failed, ETA, mean tokens kept, mean TTFT) goes to stderr.
+    """
+    from fastvid_cli.cli import _run
+
+    def body() -> int:
+        from fastvid_cli import hub
+
+        hub.set_offline(offline)
+        from fastvid_cli.batch import BatchConfig, format_exception, run_batch
+        from fastvid_cli.errors import EXIT_INTERRUPTED
+
+        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta).items()
+                  if v is not None}
+        out = output if output is not None else questions.with_name(questions.stem + ".answers.jsonl")
+        cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, device=device, dtype=dtype,
+                          attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
+                          method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, seed=seed, system=system,
+                          retry_errors=retry_errors, overwrite=overwrite)
+        stop = threading.Event()
+        progress = BatchProgress()
+        restore = _stop_on_sigint(stop, progress)
+
+        def on_exception(e: BaseException) -> None:
+            if debug:
+                progress.note(format_exception(e).rstrip())
+
+        try:
+            result = run_batch(cfg, progress=progress, stop=stop, on_exception=on_exception)
+        finally:
+            restore()
+        if result.final:
+            progress.summary(result, out, csv_out)
+        return EXIT_INTERRUPTED if result.interrupted else 0
+
+    _run(debug, body)
+
+
+def _stop_on_sigint(stop: threading.Event, progress: "BatchProgress"):
+    """First Ctrl-C: finish the current row, then stop. Second: KeyboardInterrupt now. Returns the undo."""
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        progress.note("interrupt: stopping after the current row (Ctrl-C again to abort now)")
+
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        return lambda: None
+    return lambda: signal.signal(signal.SIGINT, old)
+
+
+class BatchProgress:
+    """A rich progress bar over this process's rows on a terminal; one plain line per row otherwise (and under a
+    multi-process launch, where several bars would fight over one terminal)."""
+
+    def __init__(self) -> None:
+        from fastvid_cli.ui import err_console
+
+        self.console = err_console
+        self.bar = None
+        self.task = None
+        self.prefix = ""
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.kept: list[int] = []
+        self.ttft: list[float] = []
+        self.t0 = time.perf_counter()
+        self.done_at_t0 = 0
+
+    # -- Progress protocol (fastvid_cli.batch.Progress)
+    def start(self, *, rows: int, pending: int, mine: int, skipped: int, dist: Any) -> None:
+        self.total = mine
+        self.t0 = time.perf_counter()
+        if dist.world > 1:
+            self.prefix = f"[rank {dist.rank}/{dist.world}] "
+        if dist.is_main:
+            self.note(f"{rows} rows: {skipped} already answered with these settings, {pending} to do"
+                      + (f" over {dist.world} processes" if dist.world > 1 else ""))
+        if dist.world > 1:
+            self.note(f"{mine} rows for this process")
+        if mine and self.console.is_terminal and dist.world == 1:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]} · ETA {task.fields[eta]}"),
+                                console=self.console, transient=False)
+            self.task = self.bar.add_task("batch", total=mine, stats=self._stats(), eta="?")
+            self.bar.start()
+
+    def answering(self) -> None:
+        # Rows written before the model was ready were invalid rows (instant): keep them out of the rate.
+        self.t0 = time.perf_counter()
+        self.done_at_t0 = self.done
+
+    def note(self, message: str) -> None:
+        text = f"{self.prefix}{message}"
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def row_done(self, rec: dict[str, Any]) -> None:
+        self.done += 1
+        ok = rec.get("status") == "ok"
+        if ok:
+            if rec.get("video_tokens_kept") is not None:
+                self.kept.append(rec["video_tokens_kept"])
+            ttft = (rec.get("timings_ms") or {}).get("ttft")
+            if ttft is not None:
+                self.ttft.append(ttft)
+        else:
+            self.failed += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, stats=self._stats(), eta=self._eta())
+            if not ok:
+                self.bar.console.print(f"[red]✗[/] row {rec.get('row')} (id {_id(rec)}): {rec.get('error')}",
+                                       highlight=False, soft_wrap=True)
+            return
+        what = (f"ok · {rec.get('video_tokens_kept')}/{rec.get('video_tokens_total')} tokens kept · TTFT "
+                f"{_ms((rec.get('timings_ms') or {}).get('ttft'))}" if ok else f"error: {rec.get('error')}")
+        self.note(f"[{self.done}/{self.total}] row {rec.get('row')} (id {_id(rec)}) {what} · {self._stats()}"
+                  f" · ETA {self._eta()}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    # -- end of run
+    def summary(self, result: Any, output: Path, csv_out: Path | None) -> None:
+        parts = [f"{result.final_ok} ok", f"{result.final_failed} failed"]
+        if result.final_pending:
+            parts.append(f"{result.final_pending} not answered yet (rerun the same command to resume)")
+        self.note(f"{result.rows} rows: " + ", ".join(parts) + f" → {output}"
+                  + (f" and {csv_out}" if csv_out is not None else ""))
+
+    def _stats(self) -> str:
+        s = f"✓ {self.done - self.failed}  ✗ {self.failed}"
+        if self.kept:
+            s += f" · kept {sum(self.kept) / len(self.kept):.0f} tok"
+        if self.ttft:
+            s += f" · TTFT {_ms(sum(self.ttft) / len(self.ttft))}"
+        return s
+
+    def _eta(self) -> str:
+        """Remaining rows times the mean time of the rows answered since the model was ready."""
+        left = self.total - self.done
+        timed = self.done - self.done_at_t0
+        if left <= 0:
+            return "0 s"
+        if timed <= 0:
+            return "?"
+        return _secs((time.perf_counter() - self.t0) / timed * left)
+
+
+def _id(rec: dict[str, Any]) -> str:
+    return str(rec.get("id") if rec.get("id") is not None else rec.get("duplicate_id"))
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.0f} ms" if v < 1000 else f"{v / 1e3:.2f} s"
+
+
+def _secs(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+if __name__ == "__main__":  # pragma: no cover - handy before batch is registered in cli.py
+    sys.exit("register with app.command()(batch) in fastvid_cli/cli.py")
