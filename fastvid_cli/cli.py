@@ -247,6 +247,88 @@ def _family_default_frames(model: str) -> int:
 
 
 @app.command()
+def compare(
+    video: Path = typer.Argument(..., help="Video file.", show_default=False),
+    question: str = typer.Argument(..., help="The question to answer.", show_default=False),
+    ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio; repeat it to compare several "
+                                      "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", help="fastvid | none; repeat for several (default fastvid).",
+                                     rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = typer.Option(None, min=1, help="DySeg: minimum number of segments (8).",
+                                          rich_help_panel="Pruning"),
+    dyseg_tau: Optional[float] = typer.Option(None, help="DySeg similarity threshold (0.9).", rich_help_panel="Pruning"),
+    stprune_d: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Context share of the budget (0.4).",
+                                              rich_help_panel="Pruning"),
+    dtm_p: Optional[int] = typer.Option(None, min=1, help="Anchor-frame period (4).", rich_help_panel="Pruning"),
+    dtm_beta: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Anchor weight floor (0.6).",
+                                             rich_help_panel="Pruning"),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
+                                     "speedups are then not shown.", rich_help_panel="Pruning"),
+    repeat: int = typer.Option(3, min=1, max=100, help="Runs per setting; the table shows medians.",
+                               rich_help_panel="Output"),
+    model: str = typer.Option("llava-ov-7b", "--model", "-m", help=MODEL_HELP, rich_help_panel="Model"),
+    device: str = typer.Option("auto", help="auto | cuda | cuda:N | cpu.", rich_help_panel="Model"),
+    dtype: str = typer.Option("auto", help="auto | bfloat16 | float16 | float32.", rich_help_panel="Model"),
+    attn_implementation: str = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.",
+                                            rich_help_panel="Model"),
+    saliency_model: Optional[str] = typer.Option(None, help="As for `ask`.", rich_help_panel="Model"),
+    offline: bool = typer.Option(False, "--offline", help="Never touch the network.", rich_help_panel="Model"),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096, help="Frames to sample.",
+                                         rich_help_panel="Video"),
+    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache folder.", rich_help_panel="Video"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the feature cache.", rich_help_panel="Video"),
+    max_new_tokens: int = typer.Option(128, min=1, help="Most tokens per answer.", rich_help_panel="Generation"),
+    system: Optional[str] = typer.Option(None, help="System prompt.", rich_help_panel="Generation"),
+    full: bool = typer.Option(False, "--full", help="Print whole answers instead of shortened ones.",
+                              rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with a list of rows.",
+                                 rich_help_panel="Output"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output"),
+) -> None:
+    """Compare pruning settings on one video and question: one table, every cell measured.
+
+    Loads the model once, samples and encodes the video once, warms up, then prunes and answers each setting
+    --repeat times (greedy) and reports medians, with prefill and TTFT speedups measured against ratio 1.0.
+    """
+
+    def body() -> int:
+        from fastvid_cli import hub
+        from fastvid_cli.compare import run_compare
+        from fastvid_cli.engine import GenerationOptions
+        from fastvid_cli.feature_cache import FeatureCache
+        from fastvid_cli.ui import StageDisplay, print_compare
+
+        ratios = ratio or [0.5, 0.25, 0.1]
+        for r in ratios:
+            _check_ratio(r)
+        methods = method or ["fastvid"]
+        for m in methods:
+            if m not in ("fastvid", "none"):
+                raise InvalidOptionError(f"--method must be fastvid or none (got '{m}')")
+        if not question.strip():
+            raise InvalidOptionError("the question is empty")
+        gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system)
+        display = StageDisplay(enabled=not as_json)
+        engine, clip, sample_ms, _ = _load_and_sample(
+            video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
+            saliency_model=saliency_model, offline=offline, show_warnings=not as_json)
+        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
+        display("compare", "start")
+        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios,
+                             params=_fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta),
+                             frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
+                             sample_ms=sample_ms, feature_cache=fcache)
+        display.stop()
+        if as_json:
+            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        else:
+            print_compare(result, full=full)
+        return 0
+
+    _run(debug, body)
+
+
+@app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List model aliases, their hub ids, and whether each is in the local cache."""
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fastvid_cli.models.base import VideoFeatures
 from fastvid_cli.video import Clip

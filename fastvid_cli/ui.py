@@ -22,6 +22,7 @@ STAGE_LABELS = {
     "prefill": "prefill",
     "decode": "decode",
     "baseline": "baseline prefill (unpruned)",
+    "compare": "compare settings",
 }
 
 err_console = Console(stderr=True, highlight=False)
@@ -134,3 +135,39 @@ def print_summary(r: dict[str, Any], load_ms: float | None = None) -> None:
 def write_answer_piece(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
+
+
+def _short(text: str, width: int = 48) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_compare(result: dict[str, Any], full: bool = False) -> None:
+    """The `compare` table on stdout (it is the command's output), then each row's answer (shortened unless
+    `full`); context lines on stderr."""
+    table = Table(title=f"{result['model']} · {result['frames']} frames · median of {result['repeat']}",
+                  title_justify="left")
+    for col in ("method", "r", "kept", "seg", "prune ms", "prefill ms", "TTFT ms", "tok/s", "prefill×", "TTFT×"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in result["rows"]:
+        sp = f"{r['prefill_speedup']:.2f}x" if r.get("prefill_speedup") else "–"
+        st = f"{r['ttft_speedup']:.2f}x" if r.get("ttft_speedup") else "–"
+        tps = f"{r['decode_tokens_per_s']:.1f}" if r.get("decode_tokens_per_s") else "–"
+        table.add_row(r["method"], f"{r['ratio']:g}", f"{r['video_tokens_kept']} ({r['kept_pct']:.0f}%)",
+                      str(r["segments"] or "–"), f"{r['prune_ms']:.2f}", f"{r['prefill_ms']:.1f}",
+                      f"{r['ttft_ms']:.1f}", tps, sp, st)
+    probe = Console()
+    out = Console(highlight=False, width=None if probe.is_terminal else max(probe.width, 120))
+    out.print(table)
+    for r in result["rows"]:
+        text = r["answer"].strip() if full else _short(r["answer"], 100)
+        out.print(f"[bold]{r['method']} {r['ratio']:g}:[/] {text}", markup=True, highlight=False)
+    shared = result["shared_ms"]
+    err_console.print(f"[dim]shared by every row: sample {_ms(shared.get('sample'))} · preprocess "
+                      f"{_ms(shared.get('preprocess'))} · vision {_ms(shared.get('vision'))} · feature cache "
+                      f"{result['cache']} · speedups measured against the ratio 1.0 row[/]")
+    for n in result.get("notes", []):
+        warn_line(n)
+    for r in result["rows"]:
+        for n in r.get("notes", []):
+            err_console.print(f"[yellow]note[/] ({r['method']} {r['ratio']:g}): {n}")

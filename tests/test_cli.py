@@ -241,3 +241,29 @@ def test_feature_cache_hit_miss_and_invalidation(runner, base_args, index_video,
     assert json.loads(runner.invoke(app, args).stdout)["cache"] == "hit"
     off = json.loads(runner.invoke(app, args + ["--no-cache"]).stdout)
     assert off["cache"] == "off"
+
+
+def test_compare_json_rows(runner, base_args, index_video):
+    args = [a for a in base_args if a not in ("--max-new-tokens", "6")]
+    result = runner.invoke(app, ["compare", str(index_video), "What happens?", *args, "--max-new-tokens", "4",
+                                 "--ratio", "0.1", "--ratio", "0.25", "--repeat", "2", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    rows = data["rows"]
+    assert [(r["method"], r["ratio"]) for r in rows] == [("none", 1.0), ("fastvid", 0.25), ("fastvid", 0.1)]
+    assert rows[0]["video_tokens_kept"] == rows[0]["video_tokens_total"] == 8 * 196
+    assert rows[2]["video_tokens_kept"] < rows[1]["video_tokens_kept"] < rows[0]["video_tokens_kept"]
+    assert rows[0]["prefill_speedup"] == 1.0 and all(r["prefill_speedup"] > 0 for r in rows)
+    assert all(r["runs"] == 2 and r["new_tokens"] == 4 for r in rows)
+    # the same greedy answer as `ask` at that ratio
+    ask = json.loads(runner.invoke(app, ["ask", str(index_video), "What happens?", *args, "--max-new-tokens", "4",
+                                         "--ratio", "0.1", "--json"]).stdout)
+    assert rows[2]["answer"] == ask["answer"] and rows[2]["video_tokens_kept"] == ask["video_tokens_kept"]
+    nob = json.loads(runner.invoke(app, ["compare", str(index_video), "Q?", *args, "--max-new-tokens", "2",
+                                         "--ratio", "0.1", "--no-baseline", "--repeat", "1", "--json"]).stdout)
+    assert [r["ratio"] for r in nob["rows"]] == [0.1] and nob["rows"][0]["prefill_speedup"] is None
+    table = runner.invoke(app, ["compare", str(index_video), "Q?", *args, "--max-new-tokens", "2", "--ratio", "0.1",
+                                "--repeat", "1"])
+    assert table.exit_code == 0 and "prefill×" in table.stdout
+    bad = runner.invoke(app, ["compare", str(index_video), "Q?", *args, "--ratio", "2"])
+    assert bad.exit_code == 2

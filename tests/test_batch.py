@@ -1,0 +1,465 @@
+"""`fastvid batch`: CSV validation, settings fingerprint, grouped answers, resume, kills, data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fastvid_cli import batch as B
+from fastvid_cli.errors import InvalidOptionError
+
+RUNNER = str(Path(__file__).with_name("batch_runner.py"))
+QUESTIONS = ["What happens?", "Is there any text, and where?", "Describe the colours.", "Count the bands.",
+             "What moves?", "Is it day or night?"]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory, index_video) -> Path:
+    """A folder holding two short clips: a.mp4 (the index clip) and b.mp4 (a different, reversed one)."""
+    from videogen import index_frames, write_video
+
+    folder = tmp_path_factory.mktemp("batch") / "clips"
+    folder.mkdir()
+    shutil.copy(index_video, folder / "a.mp4")
+    write_video(str(folder / "b.mp4"), index_frames(40, 48, 64)[::-1].copy(), fps=24)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llava, tiny_saliency):
+    from fastvid_cli.engine import Engine
+
+    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
+
+
+@pytest.fixture(scope="module")
+def cli_args(tiny_llava, tiny_saliency):
+    return ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu",
+            "--frames", "8", "--max-new-tokens", "24", "--temperature", "1.0", "--seed", "11"]
+
+
+def config(tiny_llava, tiny_saliency, csv: Path, out: Path, **kw) -> B.BatchConfig:
+    """The BatchConfig that `cli_args` builds (in-process runs must agree with the CLI's fingerprints)."""
+    base = dict(model=str(tiny_llava), device="cpu", dtype="auto", saliency_model=str(tiny_saliency), frames=8,
+                max_new_tokens=24, temperature=1.0, seed=11)
+    return B.BatchConfig(questions=csv, output=out, **{**base, **kw})
+
+
+def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def six_rows(folder: Path) -> Path:
+    """6 rows over 2 videos, interleaved so that groups are not contiguous in the CSV."""
+    lines = ["id,video,question"]
+    for i, q in enumerate(QUESTIONS):
+        lines.append(f'r{i + 1},clips/{"ab"[i % 2]}.mp4,"{q}"')
+    return write_csv(folder / "questions.csv", "\n".join(lines) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every line of the output; each must be one complete JSON record."""
+    text = path.read_text(encoding="utf-8")
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def final_view(path: Path) -> dict[str, dict]:
+    """The final view as the issue defines it, read naively: the last record per id (id null = duplicate rows)."""
+    view: dict[str, dict] = {}
+    for rec in read_jsonl(path):
+        if rec["id"] is not None:
+            view[rec["id"]] = rec
+    return view
+
+
+def assert_no_duplicate_ok(path: Path) -> None:
+    seen = set()
+    for rec in read_jsonl(path):
+        if rec["status"] == "ok":
+            key = (rec["id"], rec["fingerprint"])
+            assert key not in seen, f"two ok records for {key}"
+            seen.add(key)
+
+
+class NoLoad:
+    """Stands in for Engine.load where a run must not need the model."""
+
+    def __call__(self, *a, **k):
+        raise AssertionError("the model was loaded although nothing was left to do")
+
+
+# ---------------------------------------------------------------------------------------------- CSV input
+def test_csv_bom_quotes_newlines_relative_paths_and_overrides(clips, tmp_path, monkeypatch):
+    text = ("\ufeffID, Video ,question,ratio,frames\n"
+            'x1,clips/a.mp4,"What, exactly, happens?",,\n'
+            'x2,clips/b.mp4,"Line one\nline two ""quoted""",0.25,6\n'
+            f',{clips / "a.mp4"},Absolute path?, 0.5 ,\n'
+            ",,,,\n"  # a spreadsheet's empty row: skipped, does not count
+            "\n")
+    csv = write_csv(clips.parent / "q.csv", text)
+    monkeypatch.chdir(tmp_path)  # relative video paths follow the CSV's folder, not the working directory
+    rows = B.read_questions(csv)
+    assert [r.row for r in rows] == [1, 2, 3]
+    assert [r.id for r in rows] == ["x1", "x2", "3"]  # no id -> the 1-based data row number
+    assert rows[0].question == "What, exactly, happens?"
+    assert rows[1].question == 'Line one\nline two "quoted"'
+    assert rows[0].path == str(clips / "a.mp4") and rows[0].video == "clips/a.mp4"
+    assert all(r.error is None for r in rows)
+    assert (rows[0].ratio, rows[0].frames) == (None, None)
+    assert (rows[1].ratio, rows[1].frames) == (0.25, 6)
+    assert rows[2].ratio == 0.5
+    base = {"model": "m", "method": "fastvid", "ratio": 0.1, "frames": 8, "params": {}}
+    s = [B.row_settings(r, base) for r in rows]
+    assert (s[0]["ratio"], s[0]["frames"]) == (0.1, 8)
+    assert (s[1]["ratio"], s[1]["frames"]) == (0.25, 6)
+    groups = B.make_groups(rows, {r.row: x for r, x in zip(rows, s)})
+    assert [[r.row for r in g.rows] for g in groups] == [[1], [2], [3]]  # ratio/frames split groups
+
+
+def test_bad_rows_become_row_errors(clips):
+    csv = write_csv(clips.parent / "bad.csv", (
+        "id,video,question,ratio,frames\n"
+        "ok,clips/a.mp4,Fine?,,\n"
+        "noq,clips/a.mp4,  ,,\n"
+        "novid,clips/nope.mp4,Where?,,\n"
+        "dir,clips,Folder?,,\n"
+        "ok,clips/b.mp4,Same id?,,\n"
+        "r1,clips/a.mp4,Ratio?,abc,\n"
+        "r2,clips/a.mp4,Ratio?,1.5,\n"
+        "r3,clips/a.mp4,Ratio?,nan,\n"
+        "f1,clips/a.mp4,Frames?,,0\n"
+        "f2,clips/a.mp4,Frames?,,8.5\n"
+        "wide,clips/a.mp4,Too,many,fields,here\n"))
+    rows = {(r.id, r.row): r for r in B.read_questions(csv)}
+    err = {k: r.error for k, r in rows.items()}
+    assert err[("ok", 1)] is None
+    assert err[("noq", 2)] == "empty question"
+    assert "video not found: clips/nope.mp4" in err[("novid", 3)]
+    assert "not a regular file" in err[("dir", 4)]
+    assert err[("ok", 5)].startswith("duplicate id 'ok' (first used in row 1)")
+    assert rows[("ok", 5)].key != rows[("ok", 1)].key
+    for k in [("r1", 6), ("r2", 7), ("r3", 8)]:
+        assert "bad ratio" in err[k]
+    for k in [("f1", 9), ("f2", 10)]:
+        assert "bad frames" in err[k]
+    assert "fields but the header has 5" in err[("wide", 11)]
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "not found"),
+    ("video,prompt\na.mp4,Q?\n", "missing required column question"),
+    ("id;video;question\n1;a.mp4;Q?\n", "missing required columns video, question"),
+    ("", "empty"),
+    ("\n\n", "empty"),
+    ("video,question,video\na,b,c\n", "appears twice"),
+    (b"video,question\na.mp4,Qu\xe9?\n", "not UTF-8"),
+])
+def test_whole_file_problems_are_usage_errors(tmp_path, content, match):
+    path = tmp_path / "q.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(InvalidOptionError, match=match) as e:
+        B.read_questions(path)
+    assert e.value.exit_code == 2
+    with pytest.raises(InvalidOptionError, match="not a regular file"):
+        B.read_questions(tmp_path)
+
+
+def test_cli_rejects_bad_csv_before_loading_anything(clips, cli_args, monkeypatch):
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    bad = write_csv(clips.parent / "nocol.csv", "video,prompt\nclips/a.mp4,Q?\n")
+    out = clips.parent / "nocol.jsonl"
+    result = CliRunner().invoke(build_app(), ["batch", str(bad), "-o", str(out), *cli_args])
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and "missing required column question" in errors[0]
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_batch_module_imports_no_torch():
+    code = ("import sys, fastvid_cli.cli_batch; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def test_fingerprint_changes_with_every_answer_setting(tmp_path, tiny_saliency):
+    defaults = dict(frames=32, method="fastvid", ratio=0.1, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
+
+    def fp(dtype="float32", **kw):
+        cfg = B.BatchConfig(questions=tmp_path / "q.csv", output=tmp_path / "o.jsonl",
+                            **{"model": "llava-ov-7b", "saliency_model": None, **kw})
+        return B.fingerprint(B.base_settings(cfg, defaults, dtype))
+
+    ref = fp()
+    assert ref == fp() and len(ref) == 12 and int(ref, 16) >= 0
+    # Not answer-affecting, or the same values spelt differently: same fingerprint.
+    assert fp(device="cpu", attn_implementation="eager", csv_out=tmp_path / "x.csv", retry_errors=True) == ref
+    assert fp(ratio=0.1, frames=32, params={"c": 8, "tau": 0.9}) == ref
+    assert fp(model="llava-hf/llava-onevision-qwen2-7b-ov-hf") == ref  # alias and hub id are one model
+    assert fp(saliency_model="google/siglip-so400m-patch14-384") == ref
+    changed = [fp(model="llava-ov-0.5b"), fp(dtype="bfloat16"), fp(method="none"), fp(ratio=0.25), fp(frames=16),
+               fp(params={"c": 4}), fp(params={"tau": 0.8}), fp(params={"d": 0.5}), fp(params={"p": 2}),
+               fp(params={"beta": 0.5}), fp(max_new_tokens=64), fp(temperature=0.7), fp(top_p=0.9), fp(seed=1),
+               fp(system="Be brief."), fp(saliency_model=str(tiny_saliency)), fp(saliency_model="fallback")]
+    assert len({ref, *changed}) == len(changed) + 1
+    # a row's overrides change it too; its invalid cell text enters the settings
+    rows_base = B.base_settings(B.BatchConfig(questions=tmp_path / "q", output=tmp_path / "o", model="llava-ov-7b"),
+                                defaults, "float32")
+    row = B.Row(row=1, id="1", video="v", path="v", question="q")
+    assert B.fingerprint(B.row_settings(row, rows_base)) == B.fingerprint(rows_base)
+    row.ratio, row.raw_ratio = 0.2, "0.2"
+    assert B.fingerprint(B.row_settings(row, rows_base)) != B.fingerprint(rows_base)
+    row.ratio = None
+    assert B.row_settings(row, rows_base)["ratio"] == "0.2"
+
+
+# ---------------------------------------------------------------------------------------------- answers
+@pytest.mark.parametrize("temperature,seed", [(0.0, None), (1.0, 5)], ids=["greedy", "sampled"])
+def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_saliency, monkeypatch, temperature,
+                                             seed):
+    from fastvid_cli.engine import GenerationOptions, PruneOptions
+
+    csv = write_csv(clips.parent / f"grouped-{temperature}.csv", (
+        "id,video,question,ratio,frames\n"
+        'a1,clips/a.mp4,"What happens, first?",,\n'
+        "b1,clips/b.mp4,Who is there?,,\n"
+        "a2,clips/a.mp4,Describe the colours.,,\n"
+        "b2,clips/b.mp4,What moves?,,\n"
+        "a3,clips/a.mp4,Count the bands.,,\n"
+        "a4,clips/a.mp4,What happens?,0.25,\n"
+        "b3,clips/b.mp4,Who is there?,,6\n"))
+    out = csv.with_suffix(".jsonl")
+    opened = []
+    real_session = engine.session
+    monkeypatch.setattr(engine, "session", lambda video, **kw: opened.append(video) or real_session(video, **kw))
+    cfg = config(tiny_llava, tiny_saliency, csv, out, dtype="float32", max_new_tokens=10, temperature=temperature,
+                 seed=seed)
+    result = B.run_batch(cfg, engine=engine)
+    assert len(opened) == 4  # (a, 8, 0.1) (b, 8, 0.1) (a, 8, 0.25) (b, 6, 0.1): one session each
+    view = final_view(out)
+    assert list(view) == ["a1", "b1", "a2", "b2", "a3", "a4", "b3"]  # the output ends in CSV order
+    assert result.final_ok == 7 and all(r["status"] == "ok" for r in view.values())
+    gen = GenerationOptions(max_new_tokens=10, temperature=temperature, seed=seed)
+    params = {k: engine.defaults[k] for k in B.PRUNE_PARAM_NAMES}
+    for rec in view.values():
+        alone = engine.ask(str(clips / Path(rec["video"]).name), rec["question"], frames=rec["settings"]["frames"],
+                           prune=PruneOptions("fastvid", rec["settings"]["ratio"], params), gen=gen)
+        assert rec["answer"] == alone.answer, rec["id"]
+        assert rec["new_tokens"] == alone.new_tokens
+        assert rec["video_tokens_kept"] == alone.video_tokens_kept and rec["frames"] == alone.frames
+        assert "prefix_prefill" in rec["timings_ms"]  # answered from the shared prefix KV cache
+    assert view["a4"]["ratio"] == 0.25 and view["b3"]["frames"] == 6
+    if temperature:
+        assert len({r["answer"] for r in view.values()}) > 2  # the comparison can tell answers apart
+    expected = {"id", "row", "status", "error", "settings", "fingerprint", *B._report_keys()}
+    assert expected <= set(view["a1"]) and view["a1"]["error"] is None
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_resume_retry_errors_overwrite_and_csv_out(engine, clips, tiny_llava, tiny_saliency, monkeypatch):
+    from fastvid_cli.engine import Engine
+
+    csv = write_csv(clips.parent / "resume.csv", (
+        "id,video,question\n"
+        "1,clips/a.mp4,First?\n"
+        "2,clips/later.mp4,Second?\n"
+        "3,clips/b.mp4,Third?\n"
+        "4,clips/a.mp4,\n"))
+    out = clips.parent / "resume.jsonl"
+    csv_out = clips.parent / "resume-flat.csv"
+    cfg = config(tiny_llava, tiny_saliency, csv, out, csv_out=csv_out, max_new_tokens=6)
+    B.run_batch(cfg, engine=engine)
+    first = out.read_bytes()
+    view = final_view(out)
+    assert {k: v["status"] for k, v in view.items()} == {"1": "ok", "2": "error", "3": "ok", "4": "error"}
+    assert "video not found" in view["2"]["error"] and view["4"]["error"] == "empty question"
+
+    # Rerun: nothing to do, no model needed, not a byte changed.
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    again = B.run_batch(cfg)
+    assert out.read_bytes() == first and again.answered == 0 and again.skipped == 4
+
+    # --retry-errors redoes only the error rows; with the video now there, row 2 is answered.
+    shutil.copy(clips / "b.mp4", clips / "later.mp4")
+    monkeypatch.undo()
+    retry = B.run_batch(config(tiny_llava, tiny_saliency, csv, out, csv_out=csv_out, max_new_tokens=6,
+                               retry_errors=True), engine=engine)
+    assert retry.answered == 2 and retry.skipped == 2
+    view = final_view(out)
+    assert view["2"]["status"] == "ok" and view["4"]["status"] == "error"
+    assert len(read_jsonl(out)) == 6  # history kept: the old errors stay before their replacements
+    assert_no_duplicate_ok(out)
+
+    import csv as csvmod
+
+    flat = list(csvmod.DictReader(csv_out.open(encoding="utf-8", newline="")))
+    assert [r["id"] for r in flat] == ["1", "2", "3", "4"]
+    assert list(flat[0]) == list(B.CSV_OUT_COLUMNS)
+    assert [r["status"] for r in flat] == ["ok", "ok", "ok", "error"]
+    assert flat[0]["answer"] == view["1"]["answer"] and flat[0]["video_tokens_kept"] == "152"
+    assert float(flat[0]["ttft_ms"]) > 0 and flat[3]["error"] == "empty question"
+
+    # Other settings: every row again; back to the first settings: nothing to do, their answers are final again.
+    other = B.run_batch(config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=7), engine=engine)
+    assert other.answered == 4 and final_view(out)["1"]["settings"]["max_new_tokens"] == 7
+    back = B.run_batch(cfg, engine=engine)
+    assert back.answered == 0 and final_view(out)["1"]["settings"]["max_new_tokens"] == 6
+    assert final_view(out)["1"]["answer"] == view["1"]["answer"]
+
+    # --overwrite starts over.
+    over = B.run_batch(config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=6, overwrite=True),
+                       engine=engine)
+    assert over.answered == 4 and len(read_jsonl(out)) == 4
+
+
+def test_torn_last_line_is_cut_and_its_row_redone(engine, clips, tiny_llava, tiny_saliency):
+    csv = six_rows(clips.parent)
+    out = clips.parent / "torn.jsonl"
+    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=6)
+    B.run_batch(cfg, engine=engine)
+    complete = read_jsonl(out)
+    data = out.read_bytes()
+    last = data[:-1].rfind(b"\n") + 1
+    out.write_bytes(data[: last + (len(data) - last) // 2])  # killed halfway through writing the last record
+    with pytest.raises(json.JSONDecodeError):
+        read_jsonl(out)
+    again = B.run_batch(cfg, engine=engine)
+    assert again.answered == 1 and again.skipped == 5
+    recs = read_jsonl(out)  # every line whole again
+    assert len(recs) == 6 and [r["id"] for r in recs] == [f"r{i}" for i in range(1, 7)]
+    assert {r["id"]: r["answer"] for r in recs} == {r["id"]: r["answer"] for r in complete}
+
+
+def test_shards_of_any_process_count_are_read_and_merged(engine, clips, tiny_llava, tiny_saliency, monkeypatch):
+    """Resume after a change of N: records spread over the output and shard files of an earlier 3-process run
+    (one with a torn tail, one repeating a record) count as done and end up merged, in CSV order."""
+    from fastvid_cli.engine import Engine
+
+    csv = six_rows(clips.parent)
+    out = clips.parent / "shards.jsonl"
+    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=6)
+    B.run_batch(cfg, engine=engine)
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    out.write_text(lines[5])
+    B.shard_path(out, 0, 3).write_text(lines[3] + lines[0])
+    B.shard_path(out, 1, 3).write_text(lines[1] + lines[4] + lines[0][:40])
+    B.shard_path(out, 2, 3).write_text(lines[2] + lines[5])
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    result = B.run_batch(cfg)
+    assert result.answered == 0 and result.final_ok == 6
+    assert out.read_text(encoding="utf-8").splitlines(keepends=True) == lines
+    assert B.shard_files(out) == []
+
+
+# ---------------------------------------------------------------------------------------------- real processes
+def _batch_proc(args: list[str], cwd: Path, *, torchrun: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if torchrun:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_addr",
+               "127.0.0.1", "--master_port", str(port), RUNNER, "batch", *args]
+    else:
+        cmd = [sys.executable, RUNNER, "batch", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no record appeared (exit {proc.poll()})")
+
+
+@pytest.fixture(scope="module")
+def reference(engine, clips, tiny_llava, tiny_saliency) -> dict[str, dict]:
+    """An uninterrupted single-process run of six_rows with cli_args' settings: id -> record."""
+    csv = six_rows(clips.parent)
+    out = clips.parent / "reference.jsonl"
+    B.run_batch(config(tiny_llava, tiny_saliency, csv, out), engine=engine)
+    view = final_view(out)
+    assert len(view) == 6 and all(r["status"] == "ok" for r in view.values())
+    return view
+
+
+def test_ctrl_c_then_sigkill_then_resume_answers_each_row_once(clips, cli_args, reference):
+    csv = six_rows(clips.parent)
+    out = clips.parent / "killed.jsonl"
+    args = [str(csv), "-o", str(out), *cli_args]
+    # 1. Ctrl-C once: the row being answered is finished and recorded, then exit 130.
+    p = _batch_proc(args, clips.parent)
+    _wait_for_records(out, 1, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "stopping after the current row" in err and "Traceback" not in err
+    done = read_jsonl(out)
+    assert 1 <= len(done) < 6 and all(r["status"] == "ok" for r in done)
+    # 2. SIGKILL at a random moment after the next record appears (possibly mid-write).
+    p = _batch_proc(args, clips.parent)
+    _wait_for_records(out, len(done) + 1, p)
+    time.sleep(random.Random(20261121).uniform(0.0, 0.6))
+    p.kill()
+    p.communicate(timeout=60)
+    # 3. Rerun to completion.
+    p = _batch_proc(args, clips.parent)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err
+    recs = read_jsonl(out)
+    assert sorted(r["id"] for r in recs) == sorted(reference)  # each row answered exactly once, nothing torn
+    assert [r["id"] for r in recs] == list(reference)  # in CSV order
+    assert_no_duplicate_ok(out)
+    for rec in recs:
+        ref = reference[rec["id"]]
+        assert rec["status"] == "ok" and rec["answer"] == ref["answer"], rec["id"]
+        assert rec["fingerprint"] == ref["fingerprint"]  # the CLI resolves settings as run_batch does
+
+
+def test_data_parallel_torchrun_gloo(clips, cli_args, reference, monkeypatch, tiny_llava, tiny_saliency):
+    csv = six_rows(clips.parent)
+    out = clips.parent / "dp.jsonl"
+    # Start from a file where an earlier single-process run answered one row.
+    out.write_text(json.dumps(reference["r2"], ensure_ascii=False) + "\n", encoding="utf-8")
+    p = _batch_proc([str(csv), "-o", str(out), "--csv-out", str(clips.parent / "dp.csv"), *cli_args],
+                    clips.parent, torchrun=2)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "[rank 1/2]" in err and "over 2 processes" in err
+    recs = read_jsonl(out)
+    assert [r["id"] for r in recs] == list(reference)  # merged in CSV order, each row once
+    assert B.shard_files(out) == []
+    for rec in recs:
+        assert rec["status"] == "ok" and rec["answer"] == reference[rec["id"]]["answer"], rec["id"]
+    assert recs[1]["finished_at"] == reference["r2"]["finished_at"]  # the earlier answer was kept, not redone
+    # Resume with N = 1: nothing left to do.
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = out.read_bytes()
+    result = B.run_batch(config(tiny_llava, tiny_saliency, csv, out))
+    assert result.answered == 0 and result.skipped == 6 and out.read_bytes() == before
