@@ -53,6 +53,43 @@ def bmm_fp32(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.float(), b.float())
 
 
+def mm_fp32(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for 2-D operands, with float32 accumulation and a float32 result (see ``bmm_fp32``)."""
+    if a.dtype == b.dtype and a.dtype in _HALF_DTYPES:
+        key = (a.device.type, a.dtype)
+        if _OUT_DTYPE_OK.get(key, a.device.type == "cuda"):
+            try:
+                out = torch.mm(a, b, out_dtype=torch.float32)
+            except (TypeError, RuntimeError, NotImplementedError):
+                _OUT_DTYPE_OK[key] = False
+            else:
+                _OUT_DTYPE_OK[key] = True
+                return out
+    return torch.mm(a.float(), b.float())
+
+
+# (device, M) -> int64 (M,) tensor [M-1, ..., 1, 0]: the index part of the density keys below.
+_REVERSED_INDEX: dict[tuple[torch.device, int], Tensor] = {}
+
+
+def density_keys(rho: Tensor) -> Tensor:
+    """Integer keys that order the points of each row of ``rho`` (B, M) by the tie rule of the module docstring.
+
+    ``key[v] > key[u]`` exactly when ``rho[v] > rho[u]``, or ``rho[v] == rho[u]`` and ``v < u``. The key is
+    the bit pattern of the non-negative float32 ``rho`` (monotone in its value), times M, plus ``M−1−v``:
+    one kernel instead of the five comparisons of the rule written out.
+    """
+    M = rho.shape[-1]
+    cache_key = (rho.device, M)
+    rev = _REVERSED_INDEX.get(cache_key)
+    if rev is None:
+        if len(_REVERSED_INDEX) >= 64:
+            _REVERSED_INDEX.clear()
+        rev = _REVERSED_INDEX[cache_key] = torch.arange(M - 1, -1, -1, device=rho.device)
+    bits = rho.to(torch.float32).contiguous().view(torch.int32)
+    return torch.add(rev, bits, alpha=M)
+
+
 def pairwise_sq_distances(x: Tensor) -> Tensor:
     """Squared Euclidean distances within each batch item: (B, M, D) -> (B, M, M), float32.
 
@@ -98,7 +135,7 @@ def dpc_scores(x: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, 
     kk = min(k, M)
     if valid is None:
         knn = torch.topk(d2, kk, dim=-1, largest=False).values  # values only: their tie order is irrelevant
-        rho = torch.exp(-knn.mean(dim=-1))
+        rho = knn.mean(dim=-1).neg_().exp_()
     else:
         valid = valid.to(device=x.device, dtype=torch.bool)
         knn = torch.topk(d2.masked_fill(~valid[:, None, :], float("inf")), kk, dim=-1, largest=False).values
@@ -108,10 +145,8 @@ def dpc_scores(x: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, 
         rho = rho.where(valid, 0.0)
 
     dist = d2.sqrt_()  # δ, reusing the buffer
-    idx = torch.arange(M, device=x.device)
-    rho_u = rho[:, :, None]
-    rho_v = rho[:, None, :]
-    denser = (rho_v > rho_u) | ((rho_v == rho_u) & (idx[None, :] < idx[:, None]))  # [b, u, v]
+    key = density_keys(rho)  # rho ≥ 0 is never NaN for finite inputs
+    denser = key[:, None, :] > key[:, :, None]  # [b, u, v]: v is denser than u
     if valid is None:
         dmax = dist.amax(dim=(1, 2), keepdim=True)
     else:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
-from .density import bmm_fp32, dpc_scores, topk_lowest_index
+from .density import dpc_scores, mm_fp32
 
 
 @dataclass
@@ -204,51 +205,53 @@ def _host_copy_async(t: Tensor) -> tuple[Tensor, Callable[[], None]]:
     return t.cpu(), lambda: None
 
 
-def _ints_to_device(device: torch.device, *lists: list[int]) -> list[Tensor]:
-    """Several small host int lists -> int64 tensors on ``device``, in one (non-blocking) transfer."""
-    lengths = [len(values) for values in lists]
-    if not any(lengths):
-        return [torch.empty(0, dtype=torch.int64, device=device) for _ in lists]
-    host = torch.tensor([v for values in lists for v in values], dtype=torch.int64)
+def _to_device(device: torch.device, ints: list[int], flags: bytes) -> tuple[Tensor, Tensor]:
+    """Small host int64 values and bool flags -> (ints (n,), flags (m,)) on ``device``, in one transfer.
+
+    Both are packed into one byte buffer (int64 first, so the int64 view is aligned) that travels as one
+    non-blocking copy from pinned memory; the device tensors are views into it.
+    """
+    n = len(ints)
+    host = torch.frombuffer(bytearray(array("q", ints).tobytes() + flags), dtype=torch.uint8)
     if device.type == "cuda":
         dev = host.pin_memory().to(device, non_blocking=True)
     else:
         dev = host.to(device)
-    return list(dev.split(lengths))
+    return dev[: 8 * n].view(torch.int64), dev[8 * n :].view(torch.bool)
 
 
-def _merge(x: Tensor, xn: Tensor, targets: Tensor, col_ok: Tensor | None, pair_ok: Tensor | None, beta: float) -> Tensor:
-    """Density-based token merging (DTM) for a batch of groups of source tokens.
+# Small constant device tensors, built once per key: (name, device, *sizes) -> tensor.
+_CONSTANTS: dict[tuple, Tensor] = {}
 
-    ``x``/``xn``: (G, S, D) sources and their L2-normalised copies (input dtype). ``targets``: (G, A, K)
-    int64, for each of A anchors the rows of its K context tokens among the S sources, in selection order
-    (a similarity tie goes to the earlier one, like argmax in the reference). ``col_ok``: (A, K) bool,
-    which of the K columns are real (anchors with fewer than K tokens), or None for all. ``pair_ok``:
-    (G, S, A) bool, whether source s merges into anchor a at all, or None for all.
 
-    Every source is assigned, independently for each anchor, to that anchor's most cosine-similar context
-    token; each context token c then becomes ``w·x_c + (1−w)·mean(assigned)``, ``w = max(1/(n_c+1), beta)``.
-    Returns (G, A·K, D) float32; rows of unused columns are meaningless.
-    """
-    G, S, D = x.shape
-    A, K = targets.shape[1:]
-    gather_idx = targets.reshape(G, A * K, 1).expand(G, A * K, D)
-    sim = torch.bmm(xn, xn.gather(1, gather_idx).transpose(1, 2)).view(G, S, A, K)
-    if col_ok is not None:
-        sim = sim.masked_fill(~col_ok, float("-inf"))
-    assign = sim.argmax(dim=-1)  # (G, S, A): first maximum, as torch documents
-    rows = assign + torch.arange(0, A * K, K, device=x.device)  # flat target of each (source, anchor)
-    onehot = x.new_zeros((G, A * K, S))  # (target, source); one-hot values are exact in any dtype
-    if pair_ok is None:
-        onehot.scatter_(1, rows.transpose(1, 2), 1.0)
-    else:  # (source, anchor) pairs never collide, so writing zeros for the excluded ones is safe
-        onehot.scatter_(1, rows.transpose(1, 2), pair_ok.transpose(1, 2).to(x.dtype))
-    counts = onehot.sum(dim=-1, dtype=torch.float32)[..., None]  # n_c, (G, A·K, 1)
-    sums = bmm_fp32(onehot, x)  # (G, A·K, D)
-    own = x.gather(1, gather_idx).float()
-    w = (counts + 1.0).reciprocal_().clamp_min_(beta)
-    # w·x_c + (1−w)·mean, written as one lerp
-    return torch.lerp(sums.div_(counts.clamp_min(1.0)), own, w)
+def _constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
+    value = _CONSTANTS.get(key)
+    if value is None:
+        if len(_CONSTANTS) >= 64:
+            _CONSTANTS.clear()
+        value = _CONSTANTS[key] = make()
+    return value
+
+
+def _row_offsets(device: torch.device, rows: int, width: int) -> Tensor:
+    """(rows, 1) int64 ``[0, width, 2·width, …]``: adds row starts to per-row column indices."""
+    return _constant(("rows", device, rows, width), lambda: torch.arange(0, rows * width, width, device=device)[:, None])
+
+
+def _blend_table(device: torch.device, beta: float, n_max: int) -> Tensor:
+    """(≥ n_max+1, 2) float32, row n = ``[max(n, 1), max(1/(n+1), beta)]``: the divisor of the mean and the
+    own weight of a context token that absorbed n tokens (the same float32 arithmetic as computing them
+    from the counts directly)."""
+    key = ("blend", device, beta)
+    table = _CONSTANTS.get(key)
+    if table is None or table.shape[0] <= n_max:
+        size = max(1024, 1 << n_max.bit_length())
+        n = torch.arange(size, device=device, dtype=torch.float32)[:, None]
+        table = torch.cat([n.clamp_min(1.0), (n + 1.0).reciprocal_().clamp_min_(beta)], dim=1)
+        if len(_CONSTANTS) >= 64:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = table
+    return table
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -302,59 +305,71 @@ def fastvid(
         return keep_all(embeds, note="ratio 1.0: no pruning")
 
     device = embeds.device
-    saliency = saliency.to(device)
-    frame_features = frame_features.to(device)
+    if saliency.device != device:
+        saliency = saliency.to(device)
+    if frame_features.device != device:
+        frame_features = frame_features.to(device)
     notes: list[str] = []
 
     R, s, q = frame_budget(N, ratio, d)
     if int(N * ratio) == 0:
         notes.append(f"per-frame budget raised from 0 to 1 token: {N} tokens x ratio {ratio:g} < 1")
     M = N - s  # non-salient tokens per frame (≥ q, and ≥ 1 since R < N)
+    flat = embeds.reshape(F * N, D)
 
-    # 1. DySeg similarities, sent to the host while the density work below runs on the device.
+    # 1. DySeg similarities, sent to the host while the work below runs on the device.
     if F > 1:
         sims_host, wait_for_sims = _host_copy_async(_adjacent_similarities(frame_features))
 
-    # 2. ATS and density scores: they do not depend on the segmentation.
-    frames = torch.arange(F, device=device)
-    by_saliency = topk_lowest_index(saliency, N, dim=1)  # (F, N), most salient first
-    salient_idx = by_saliency[:, :s]
-    rest_idx = torch.sort(by_saliency[:, s:], dim=1).values  # (F, M), increasing token index
+    # 2. Everything that does not depend on the segmentation, queued before the one wait for the host.
+    # ATS: flat slots f·N + n of each frame's tokens, most salient first (ties: lowest index).
+    order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
+    order += _row_offsets(device, F, N)
     if q > 0:
-        x_rest = embeds[frames[:, None], rest_idx]  # (F, M, D)
+        rest = torch.sort(order[:, s:], dim=1).values  # (F, M) non-salient slots, increasing
+        x_rest = flat.index_select(0, rest.view(-1))  # (F·M, D), row f·M + m
         kk = min(k, M)
         if kk < k:
             notes.append(f"density neighbours k lowered from {k} to {kk}: only {M} non-salient tokens per frame")
-        _, _, score = dpc_scores(x_rest, kk)
-        by_score = topk_lowest_index(score, M, dim=1)  # (F, M), context candidates in selection order
+        score = dpc_scores(x_rest.view(F, M, D), kk)[2]
+        # rows of x_rest, each frame's context candidates in selection order (ties: lowest index)
+        cand = torch.sort(score, dim=1, descending=True, stable=True).indices
+        cand += _row_offsets(device, F, M)
+        xn_rest = _l2_normalize(x_rest)
 
     # 3. Segmentation and anchor budgets, on the host.
     if F > 1:
         wait_for_sims()
-        similarities = [float(v) for v in sims_host.tolist()]
+        similarities = sims_host.tolist()
     else:
         similarities = []
     if c > F:
         notes.append(f"c lowered from {c} to {F}: only {F} frame{'s' if F != 1 else ''}")
     sizes = dyseg_segments(similarities, min(c, F), tau)
 
-    single: list[int] = []  # anchors whose budget is exactly q: merged within their own frame (as the reference)
-    multi: list[tuple[int, int, int, int]] = []  # (frame, budget, first frame, end frame) of the segment
+    # Anchors: (frame, context tokens kept, group). A multi-frame anchor merges the non-salient tokens of
+    # its whole segment (group = segment number); an anchor whose budget is exactly q merges within its own
+    # frame only, as the reference does (group = n_segments + frame). Every frame gets the group it
+    # belongs to as a source of tokens.
     anchors: list[tuple[int, int]] = []
+    anchor_group: list[int] = []
+    frame_group: list[int] = []
     clamped: dict[int, list[int]] = {}
+    n_seg = len(sizes)
     start = 0
-    for L in sizes:
+    for j, L in enumerate(sizes):
         budget = context_budget(L, q, p)
         kept = min(budget, M)
         if budget > M:
             clamped.setdefault(budget, []).append(L)
+        if budget == q:
+            frame_group.extend(range(n_seg + start, n_seg + start + L))
+        else:
+            frame_group.extend([j] * L)
         if kept > 0:
-            for j in anchor_positions(L, p):
-                anchors.append((start + j, kept))
-                if budget == q:
-                    single.append(start + j)
-                else:
-                    multi.append((start + j, kept, start, start + L))
+            for i in anchor_positions(L, p):
+                anchors.append((start + i, kept))
+                anchor_group.append(n_seg + start + i if budget == q else j)
         start += L
     for budget, lengths in sorted(clamped.items()):
         notes.append(
@@ -362,57 +377,85 @@ def fastvid(
             f"in segments of {'/'.join(str(L) for L in sorted(set(lengths)))} frames"
         )
 
-    # 4. Merge (DTM). Index lists travel to the device in one transfer.
-    k_max = max((b for _, b, _, _ in multi), default=0)
-    select = [a * k_max + j for a, (_, b, _, _) in enumerate(multi) for j in range(b)]
-    single_t, multi_f, multi_b, multi_lo, multi_hi, select_t = _ints_to_device(
-        device, single, [m[0] for m in multi], [m[1] for m in multi], [m[2] for m in multi],
-        [m[3] for m in multi], select,
-    )
-    out_rows = [embeds[frames[:, None], salient_idx].reshape(F * s, D)]
-    out_slots = [(frames[:, None] * N + salient_idx).reshape(-1)]
-    n_context = 0
-    if single or multi:
-        xn_rest = _l2_normalize(x_rest)
-    if single:
-        whole = len(single) == F
-        xs = x_rest if whole else x_rest.index_select(0, single_t)
-        xns = xn_rest if whole else xn_rest.index_select(0, single_t)
-        targets = by_score.index_select(0, single_t)[:, :q]  # (Fs, q)
-        y = _merge(xs, xns, targets[:, None, :], None, None, beta)  # (Fs, q, D)
-        out_rows.append(y.reshape(-1, D).to(embeds.dtype))
-        out_slots.append((single_t[:, None] * N + rest_idx.index_select(0, single_t).gather(1, targets)).reshape(-1))
-        n_context += len(single) * q
-    if multi:
-        # All multi-frame anchors at once: sources are the frames spanned by those segments, and a
-        # (source, anchor) pair counts only inside the anchor's own segment.
-        lo, hi = min(m[2] for m in multi), max(m[3] for m in multi)
-        xs = x_rest[lo:hi].reshape(1, (hi - lo) * M, D)
-        xns = xn_rest[lo:hi].reshape(1, (hi - lo) * M, D)
-        local = by_score.index_select(0, multi_f)[:, :k_max]  # (A, k_max), into the anchor's frame
-        targets = (multi_f - lo)[:, None] * M + local  # rows among the sources
-        col_ok = torch.arange(k_max, device=device)[None, :] < multi_b[:, None]
-        source_frame = torch.arange(lo, hi, device=device)[:, None]
-        pair_ok = (source_frame >= multi_lo[None, :]) & (source_frame < multi_hi[None, :])  # (frames, A)
-        pair_ok = pair_ok[:, None, :].expand(hi - lo, M, len(multi)).reshape(1, (hi - lo) * M, len(multi))
-        y = _merge(xs, xns, targets[None], col_ok, pair_ok, beta)[0]  # (A·k_max, D)
-        out_rows.append(y.index_select(0, select_t).to(embeds.dtype))
-        slots = multi_f[:, None] * N + rest_idx.index_select(0, multi_f).gather(1, local)
-        out_slots.append(slots.reshape(-1).index_select(0, select_t))
-        n_context += len(select)
+    Fs = F * s
+    if not anchors:  # q == 0: salient tokens only, each frame's in increasing slot order
+        index = torch.sort(order[:, :s], dim=1).values.view(-1)
+        return PruneResult(
+            embeds=flat.index_select(0, index), index=index, segments=sizes, notes=notes,
+            merged=torch.zeros(Fs, dtype=torch.bool, device=device), salient=Fs, context=0,
+            budget=(R, s, q), anchors=anchors, similarities=similarities,
+        )
 
-    slots = torch.cat(out_slots)
-    order = torch.argsort(slots)
-    merged = torch.zeros(slots.shape[0], dtype=torch.bool, device=device)
-    merged[F * s:] = True
+    # 4. Merge (DTM), all anchors at once. A = anchors, K = most context tokens of one anchor, T = all
+    # context tokens. Host lists, in one transfer: for each anchor its K candidate positions (padded with
+    # its first) and then the T real ones, as indices into cand; the group of each frame and anchor; the
+    # first target row of each anchor; and which of the (A, K) columns are padding.
+    A = len(anchors)
+    K = max(b for _, b in anchors)
+    ints: list[int] = []
+    pad = bytearray()
+    firsts: list[int] = []
+    T = 0
+    for f, b in anchors:
+        first = f * M
+        ints.extend(range(first, first + b))
+        if b < K:
+            ints.extend([first] * (K - b))
+            pad += b"\0" * b + b"\1" * (K - b)
+        else:
+            pad += b"\0" * K
+        firsts.append(T)
+        T += b
+    for f, b in anchors:
+        ints.extend(range(f * M, f * M + b))
+    ints += frame_group
+    ints += anchor_group
+    ints += firsts
+    own_by_mm = embeds.dtype in (torch.float16, torch.bfloat16)  # exact: 1.0 · x in float32
+    dump = 2 * T if own_by_mm else T  # first row of the (K rows) dump for excluded (source, anchor) pairs
+    U, pad_dev = _to_device(device, ints, bytes(pad) if K * A > T else b"")
+    AK = A * K
+    rows = cand.view(-1).index_select(0, U[: AK + T])  # x_rest rows of the targets: (A, K) padded, then T
+    rows_c = rows[AK:]
+    groups = U[AK + T :]
+
+    S = F * M
+    sim = torch.mm(xn_rest, xn_rest.index_select(0, rows[:AK]).T).view(S, A, K)  # input dtype, as the reference
+    if K * A > T:
+        sim.masked_fill_(pad_dev.view(A, K), float("-inf"))
+    assign = sim.argmax(dim=2)  # (S, A): first maximum = earliest in selection order
+    # onehot row of each (source, anchor) pair: the anchor's first row + the chosen column, or the dump
+    base = torch.where(groups[:F, None] == groups[F : F + A], groups[F + A :], dump)  # (F, A)
+    assign.view(F, M, A).add_(base[:, None, :])
+    onehot = embeds.new_zeros((dump + K, S))  # (target, source); one-hot values are exact in any dtype
+    onehot.scatter_(0, assign.T, 1.0)
+    if own_by_mm:
+        onehot[T:dump].scatter_(1, rows_c[:, None], 1.0)  # rows T.. pick each target's own token
+    counts = onehot[:T].sum(dim=1, dtype=torch.int64)  # n_c
+    prod = mm_fp32(onehot[: 2 * T] if own_by_mm else onehot[:T], x_rest)  # float32 sums (and own tokens)
+    own = prod[T:] if own_by_mm else x_rest.index_select(0, rows_c).float()
+    coef = _blend_table(device, beta, S).index_select(0, counts)  # (T, 2): max(n, 1), w = max(1/(n+1), beta)
+    # w·x_c + (1−w)·mean, written as one lerp
+    merged_rows = torch.lerp(prod[:T].div_(coef[:, :1]), own, coef[:, 1:])
+
+    # 5. Output: salient and merged tokens by slot.
+    K_out = Fs + T
+    slots = torch.empty(K_out, dtype=torch.int64, device=device)
+    rows_out = torch.empty((K_out, D), dtype=embeds.dtype, device=device)
+    if s:
+        slots[:Fs].view(F, s).copy_(order[:, :s])
+        torch.index_select(flat, 0, slots[:Fs], out=rows_out[:Fs])
+    torch.index_select(rest.view(-1), 0, rows_c, out=slots[Fs:])
+    rows_out[Fs:].copy_(merged_rows)
+    index, perm = torch.sort(slots)
     return PruneResult(
-        embeds=torch.cat(out_rows).index_select(0, order),
-        index=slots.index_select(0, order),
+        embeds=rows_out.index_select(0, perm),
+        index=index,
         segments=sizes,
         notes=notes,
-        merged=merged.index_select(0, order),
-        salient=F * s,
-        context=n_context,
+        merged=perm >= Fs,
+        salient=Fs,
+        context=T,
         budget=(R, s, q),
         anchors=anchors,
         similarities=similarities,
