@@ -55,6 +55,7 @@ CSV_OUT_COLUMNS = ("id", "video", "question", "answer", "status", "error", "vide
                    "video_tokens_total", "ttft_ms", "decode_tokens_per_s")
 PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 FINGERPRINT_VERSION = 1
+DIST_TIMEOUT_S = 7 * 24 * 3600
 
 
 # ---------------------------------------------------------------------------------------------- CSV input
@@ -604,7 +605,9 @@ def init_dist(device: str) -> Dist:
         return Dist()
     from accelerate import PartialState
 
-    state = PartialState(cpu=_wants_cpu(device))
+    # The closing barrier waits for the slowest process, which can be hours behind on a big batch: the default
+    # collective timeout (10-30 min) would kill a healthy run. A crashed process is torchrun's to handle.
+    state = PartialState(cpu=_wants_cpu(device), timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
     return Dist(rank=state.process_index, world=state.num_processes, local_rank=state.local_process_index,
                 state=state)
 
@@ -674,35 +677,72 @@ def validate_config(cfg: BatchConfig) -> None:
         raise InvalidOptionError("--output must differ from the questions file")
 
 
-def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progress: Progress | None = None,
-              stop: threading.Event | None = None, on_exception: Callable[[BaseException], None] | None = None
-              ) -> BatchResult:
-    """Answer every row of `cfg.questions` not answered yet; returns counts and (main process) the final view.
+@dataclass
+class Plan:
+    """The validated questions and the resolved settings of each row (nothing written, no model loaded)."""
 
-    `engine`: an already loaded Engine (tests); else one is loaded, and only if this process has work.
-    `stop`: when set, the run stops after the current row (Ctrl-C). `on_exception`: called with unexpected
-    exceptions recorded as row errors (the CLI prints their traceback under --debug)."""
-    progress = progress or Progress()
-    stop = stop or threading.Event()
-    validate_config(cfg)
-    output = Path(cfg.output)
-    rows = read_questions(cfg.questions)
+    rows: list[Row]
+    base: dict[str, Any]
+    settings: dict[int, dict[str, Any]]  # row number -> settings
+    fps: dict[int, str]  # row number -> fingerprint
 
-    # Everything that can fail on a bad option fails now, before anything is written or loaded.
+
+def make_plan(cfg: BatchConfig, engine=None) -> Plan:
+    """Everything that can fail on a bad option or a bad CSV fails here, before anything is written or loaded."""
     from fastvid_cli.models import resolve_model
     from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
 
+    validate_config(cfg)
+    rows = read_questions(cfg.questions)
     resolve_model(cfg.model)
     if engine is None:
-        dev = resolve_device(cfg.device)
-        dtype_label = dtype_name(resolve_dtype(cfg.dtype, dev))
+        dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
         defaults = family_defaults(cfg.model)
     else:
         dtype_label = dtype_name(engine.dtype)
         defaults = dict(engine.defaults)
     base = base_settings(cfg, defaults, dtype_label)
     settings = {r.row: row_settings(r, base) for r in rows}
-    fps = {n: fingerprint(s) for n, s in settings.items()}
+    return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()})
+
+
+class _Writer:
+    """Appends this process's records; never an "ok" record that the output already holds."""
+
+    def __init__(self, path: Path, has_ok: set[tuple], result: "BatchResult", progress: Progress):
+        self.appender = Appender(path)
+        self.has_ok, self.result, self.progress = has_ok, result, progress
+        if self.appender.repaired:
+            progress.note(f"removed a torn last line ({self.appender.repaired} bytes) from {path.name}")
+
+    def __call__(self, row: Row, rec: dict[str, Any]) -> None:
+        if rec["status"] == "ok":
+            sig = (row.key, rec["fingerprint"], row.question, row.video)
+            if sig in self.has_ok:
+                return
+            self.has_ok.add(sig)
+        self.appender.append(rec)
+        self.result.answered += 1
+        self.result.failed += rec["status"] == "error"
+        self.progress.row_done(rec)
+
+    def close(self) -> None:
+        self.appender.close()
+
+
+def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progress: Progress | None = None,
+              stop: threading.Event | None = None, on_exception: Callable[[BaseException], None] | None = None
+              ) -> BatchResult:
+    """Answer every row of `cfg.questions` not answered yet; returns counts and (main process) the final view.
+
+    `engine`: an already loaded Engine (tests); else one is loaded, and only if this process has work.
+    `dist`: this process's place in a data-parallel run (default: from the launcher's environment).
+    `stop`: when set, the run stops after the current row (Ctrl-C). `on_exception`: called with unexpected
+    exceptions recorded as row errors (the CLI prints their traceback under --debug)."""
+    progress = progress or Progress()
+    stop = stop or threading.Event()
+    plan = make_plan(cfg, engine)
+    output = Path(cfg.output)
 
     dist = dist or init_dist(cfg.device)
     if cfg.overwrite and dist.is_main:
@@ -712,73 +752,61 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
             _clear(p, main_output=False)
     dist.barrier()
 
+    # What is done: read from the output AND every shard file, whatever process count wrote them.
     records = read_records([output, *shard_files(output)])
     by_key = index_records(records)
-    pending = [row for row in rows
-               if not is_done(select(by_key.get(row.key, []), row, fps[row.row]), cfg.retry_errors)]
-    # ok records already on disk: an ok record is never appended twice for these
+    pending = [row for row in plan.rows
+               if not is_done(select(by_key.get(row.key, []), row, plan.fps[row.row]), cfg.retry_errors)]
     has_ok = {(record_key(r), r.get("fingerprint"), r.get("question"), r.get("video"))
               for r in records if r.get("status") == "ok"}
-    result = BatchResult(rows=len(rows), skipped=len(rows) - len(pending))
-
-    invalid = [r for r in pending if r.error]
-    groups = make_groups([r for r in pending if not r.error], settings)
-    share = split_groups(groups, dist.world)[dist.rank]
-    # Row errors need no model: the main process writes them.
-    my_invalid = invalid if dist.is_main else []
+    result = BatchResult(rows=len(plan.rows), skipped=len(plan.rows) - len(pending))
+    # Row errors need no model: the main process writes them. Answerable rows go in whole groups.
+    invalid = [r for r in pending if r.error] if dist.is_main else []
+    share = split_groups(make_groups([r for r in pending if not r.error], plan.settings), dist.world)[dist.rank]
     dist.barrier()  # every process has read the files before any is appended to
 
-    mine = len(my_invalid) + sum(len(g.rows) for g in share)
-    progress.start(rows=len(rows), pending=len(pending), mine=mine, skipped=result.skipped, dist=dist)
-    own = output if dist.world == 1 else shard_path(output, dist.rank, dist.world)
-    gen = cfg.generation()
+    mine = len(invalid) + sum(len(g.rows) for g in share)
+    progress.start(rows=len(plan.rows), pending=len(pending), mine=mine, skipped=result.skipped, dist=dist)
     try:
         if mine:
-            appender = Appender(own)
-            if appender.repaired:
-                progress.note(f"removed a torn last line ({appender.repaired} bytes) from {own.name}")
+            own = output if dist.world == 1 else shard_path(output, dist.rank, dist.world)
+            write = _Writer(own, has_ok, result, progress)
             try:
-                def write(row: Row, rec: dict[str, Any]) -> None:
-                    sig = (row.key, rec["fingerprint"], row.question, row.video)
-                    if rec["status"] == "ok":
-                        if sig in has_ok:
-                            return  # answered meanwhile: never two ok records for one key + fingerprint
-                        has_ok.add(sig)
-                    appender.append(rec)
-                    result.answered += 1
-                    result.failed += rec["status"] == "error"
-                    progress.row_done(rec)
-
-                for row in my_invalid:
+                for row in invalid:
                     if stop.is_set():
                         break
-                    write(row, error_record(row, row.error or "invalid row", settings[row.row], fps[row.row]))
+                    write(row, error_record(row, row.error or "invalid row", plan.settings[row.row],
+                                            plan.fps[row.row]))
                 if share and not stop.is_set():
-                    if engine is None:
-                        progress.note("loading model…")
-                        from fastvid_cli.engine import Engine
-
-                        engine = Engine.load(cfg.model, device=dist.device(cfg.device), dtype=cfg.dtype,
-                                             attn_implementation=cfg.attn_implementation,
-                                             saliency_model=cfg.saliency_model)
-                        progress.note(f"model loaded in {(engine.load_ms or 0) / 1e3:.2f} s on {engine.device}")
-                        for w in engine.adapter.warnings:
-                            progress.note(f"warning: {w}")
+                    engine = engine or _load_engine(cfg, dist, progress)
                     progress.answering()
+                    gen = cfg.generation()
                     for group in share:
                         if stop.is_set():
                             break
-                        _answer_group(engine, group, cfg, gen, base, settings, fps, write, stop, on_exception)
+                        _answer_group(engine, group, plan, gen, write, stop, on_exception)
             finally:
-                appender.close()
+                write.close()
         result.interrupted = stop.is_set()
     finally:
         progress.stop()
 
     dist.barrier()  # every process has finished appending
     if dist.is_main:
-        result.final = finalize(cfg, rows, fps)
+        result.final = finalize(cfg, plan)
     return result
+
+
+def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):
+    from fastvid_cli.engine import Engine
+
+    progress.note("loading model…")
+    engine = Engine.load(cfg.model, device=dist.device(cfg.device), dtype=cfg.dtype,
+                         attn_implementation=cfg.attn_implementation, saliency_model=cfg.saliency_model)
+    progress.note(f"model loaded in {(engine.load_ms or 0) / 1e3:.2f} s on {engine.device}")
+    for w in engine.adapter.warnings:
+        progress.note(f"warning: {w}")
+    return engine
 
 
 def _clear(path: Path, main_output: bool) -> None:
@@ -795,16 +823,17 @@ def _clear(path: Path, main_output: bool) -> None:
         os.close(fd)
 
 
-def _answer_group(engine, group: Group, cfg: BatchConfig, gen, base, settings, fps, write, stop, on_exception):
+def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: threading.Event,
+                  on_exception) -> None:
     """One VideoSession for the group; each row answered with the shared prefix KV cache."""
     from fastvid_cli.engine import PruneOptions
 
     t0 = time.perf_counter()
-    params = base["params"] if group.method == "fastvid" else {}
+    params = plan.base["params"] if group.method == "fastvid" else {}
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
     session, session_error = None, None
     try:
-        session = engine.session(group.path, frames=group.frames, prune=prune, system=cfg.system)
+        session = engine.session(group.path, frames=group.frames, prune=prune, system=gen.system)
     except FastVidError as e:
         session_error = e.one_line()
     except Exception as e:  # a bug or a library failure on this video: recorded, the batch goes on
@@ -813,7 +842,7 @@ def _answer_group(engine, group: Group, cfg: BatchConfig, gen, base, settings, f
     for i, row in enumerate(group.rows):
         if stop.is_set():
             return
-        s, fp = settings[row.row], fps[row.row]
+        s, fp = plan.settings[row.row], plan.fps[row.row]
         if session is None:
             write(row, error_record(row, session_error or "failed", s, fp))
             continue
@@ -839,15 +868,17 @@ def _internal(e: BaseException, on_exception) -> str:
     return f"internal error: {type(e).__name__}: {msg[:300]}"
 
 
-def finalize(cfg: BatchConfig, rows: list[Row], fps: dict[int, str]) -> list[tuple[Row, dict[str, Any] | None]]:
+def finalize(cfg: BatchConfig, plan: Plan) -> list[tuple[Row, dict[str, Any] | None]]:
     """Main process, at the end: merge every shard file into the output in CSV order (rewritten atomically,
     shards then removed), write --csv-out, and return the final view: (row, its chosen record or None)."""
-    output = Path(cfg.output)
+    output, rows, fps = Path(cfg.output), plan.rows, plan.fps
     shards = shard_files(output)
     files = [output, *shards]
     fd = os.open(output, os.O_RDONLY | os.O_CREAT, 0o644)
     _lock(fd, output)  # no run appends to the output while it is rewritten
     try:
+        for stale in output.parent.glob(f".{output.name}.tmp-*"):  # left by a process killed mid-rewrite
+            stale.unlink(missing_ok=True)
         records = read_records(files)
         ordered = order_records(records, rows, fps)
         text = "".join(r["_line"] for r in ordered)

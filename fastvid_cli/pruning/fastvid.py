@@ -217,7 +217,8 @@ def _to_device(device: torch.device, ints: list[int], flags: bytes) -> tuple[Ten
         dev = host.pin_memory().to(device, non_blocking=True)
     else:
         dev = host.to(device)
-    return dev[: 8 * n].view(torch.int64), dev[8 * n :].view(torch.bool)
+    head, tail = dev.split_with_sizes([8 * n, len(flags)])
+    return head.view(torch.int64), tail.view(torch.bool)
 
 
 # Small constant device tensors, built once per key: (name, device, *sizes) -> tensor.
@@ -325,8 +326,9 @@ def fastvid(
     # ATS: flat slots f·N + n of each frame's tokens, most salient first (ties: lowest index).
     order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
     order += _row_offsets(device, F, N)
+    salient, rest = order.split_with_sizes([s, M], dim=1)
     if q > 0:
-        rest = torch.sort(order[:, s:], dim=1).values  # (F, M) non-salient slots, increasing
+        rest = torch.sort(rest, dim=1).values  # (F, M) non-salient slots, increasing
         x_rest = flat.index_select(0, rest.view(-1))  # (F·M, D), row f·M + m
         kk = min(k, M)
         if kk < k:
@@ -379,7 +381,7 @@ def fastvid(
 
     Fs = F * s
     if not anchors:  # q == 0: salient tokens only, each frame's in increasing slot order
-        index = torch.sort(order[:, :s], dim=1).values.view(-1)
+        index = torch.sort(salient, dim=1).values.view(-1)
         return PruneResult(
             embeds=flat.index_select(0, index), index=index, segments=sizes, notes=notes,
             merged=torch.zeros(Fs, dtype=torch.bool, device=device), salient=Fs, context=0,
@@ -415,38 +417,44 @@ def fastvid(
     dump = 2 * T if own_by_mm else T  # first row of the (K rows) dump for excluded (source, anchor) pairs
     U, pad_dev = _to_device(device, ints, bytes(pad) if K * A > T else b"")
     AK = A * K
-    rows = cand.view(-1).index_select(0, U[: AK + T])  # x_rest rows of the targets: (A, K) padded, then T
-    rows_c = rows[AK:]
-    groups = U[AK + T :]
+    sel, frame_group_d, anchor_group_d, firsts_d = U.split_with_sizes([AK + T, F, A, A])
+    # x_rest rows of the targets: (A, K) padded, and the T real ones
+    rows_p, rows_c = cand.view(-1).index_select(0, sel).split_with_sizes([AK, T])
 
     S = F * M
-    sim = torch.mm(xn_rest, xn_rest.index_select(0, rows[:AK]).T).view(S, A, K)  # input dtype, as the reference
+    sim = torch.mm(xn_rest, xn_rest.index_select(0, rows_p).T).view(S, A, K)  # input dtype, as the reference
     if K * A > T:
         sim.masked_fill_(pad_dev.view(A, K), float("-inf"))
     assign = sim.argmax(dim=2)  # (S, A): first maximum = earliest in selection order
     # onehot row of each (source, anchor) pair: the anchor's first row + the chosen column, or the dump
-    base = torch.where(groups[:F, None] == groups[F : F + A], groups[F + A :], dump)  # (F, A)
+    base = torch.where(frame_group_d[:, None] == anchor_group_d, firsts_d, dump)  # (F, A)
     assign.view(F, M, A).add_(base[:, None, :])
     onehot = embeds.new_zeros((dump + K, S))  # (target, source); one-hot values are exact in any dtype
     onehot.scatter_(0, assign.T, 1.0)
-    if own_by_mm:
-        onehot[T:dump].scatter_(1, rows_c[:, None], 1.0)  # rows T.. pick each target's own token
-    counts = onehot[:T].sum(dim=1, dtype=torch.int64)  # n_c
-    prod = mm_fp32(onehot[: 2 * T] if own_by_mm else onehot[:T], x_rest)  # float32 sums (and own tokens)
-    own = prod[T:] if own_by_mm else x_rest.index_select(0, rows_c).float()
-    coef = _blend_table(device, beta, S).index_select(0, counts)  # (T, 2): max(n, 1), w = max(1/(n+1), beta)
-    # w·x_c + (1−w)·mean, written as one lerp
-    merged_rows = torch.lerp(prod[:T].div_(coef[:, :1]), own, coef[:, 1:])
+    if own_by_mm:  # rows T..2T pick each target's own token, so the product below also copies them
+        members, own_pick, _ = onehot.split_with_sizes([T, T, K])
+        own_pick.scatter_(1, rows_c[:, None], 1.0)
+        sums, own = mm_fp32(onehot[: 2 * T], x_rest).split_with_sizes([T, T])  # float32
+    else:
+        members = onehot[:T]
+        sums = mm_fp32(members, x_rest)
+        own = x_rest.index_select(0, rows_c).float()
+    counts = members.sum(dim=1, dtype=torch.int64)  # n_c
+    # (T, 1) each: max(n, 1) and w = max(1/(n+1), beta)
+    divisor, w = _blend_table(device, beta, S).index_select(0, counts).split_with_sizes([1, 1], dim=1)
+    merged_rows = torch.lerp(sums.div_(divisor), own, w)  # w·x_c + (1−w)·mean, written as one lerp
 
     # 5. Output: salient and merged tokens by slot.
     K_out = Fs + T
     slots = torch.empty(K_out, dtype=torch.int64, device=device)
     rows_out = torch.empty((K_out, D), dtype=embeds.dtype, device=device)
+    slots_s, slots_c = slots.split_with_sizes([Fs, T])
+    rows_s, rows_c_out = rows_out.split_with_sizes([Fs, T])
     if s:
-        slots[:Fs].view(F, s).copy_(order[:, :s])
-        torch.index_select(flat, 0, slots[:Fs], out=rows_out[:Fs])
-    torch.index_select(rest.view(-1), 0, rows_c, out=slots[Fs:])
-    rows_out[Fs:].copy_(merged_rows)
+        slots_s.view(F, s).copy_(salient)
+        torch.index_select(flat, 0, slots_s, out=rows_s)
+    torch.index_select(rest.view(-1), 0, rows_c, out=slots_c)
+    rows_c_out.copy_(merged_rows)
     index, perm = torch.sort(slots)
     return PruneResult(
         embeds=rows_out.index_select(0, perm),
