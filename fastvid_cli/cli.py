@@ -445,6 +445,15 @@ def _doctor_info() -> dict[str, Any]:
             "cached_models": cached, "saliency_weights": sal, "decoders": decoders}
 
 
+def _register_batch() -> None:
+    from fastvid_cli.cli_batch import batch
+
+    app.command(name="batch")(batch)
+
+
+_register_batch()
+
+
 def version_callback(value: bool) -> None:
     if value:
         print(f"fastvid {__version__}")
