@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable
 from fastvid_cli.errors import FastVidError, InvalidOptionError
 
 # Whole-file problems (missing/unreadable CSV, not UTF-8, no header, a required column missing) are usage
-# errors, exit 2, as the issue asks. InputFileError (exit 8) would be the other candidate: swap it in here.
+# errors, exit 2, as the issue asks.
 CSV_ERROR = InvalidOptionError
 
 REQUIRED_COLUMNS = ("video", "question")

@@ -58,24 +58,18 @@ class OutOfMemoryError(FastVidError):
     exit_code = 7
 
 
-class InputFileError(FastVidError):
-    """An input file other than the video (e.g. a questions CSV) is missing or malformed."""
-
-    exit_code = 8
-
-
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
     EXIT_INTERNAL: "unexpected internal error (a bug: please report it with --debug output)",
-    InvalidOptionError.exit_code: "invalid option value or usage error",
+    InvalidOptionError.exit_code: "invalid option value or usage error (also: a questions CSV that is missing, "
+                                  "unreadable or lacks a required column)",
     VideoNotFoundError.exit_code: "video file not found, or not a regular file",
     VideoDecodeError.exit_code: "not a video, no decodable video stream, or a truncated/corrupt file",
     UnknownModelError.exit_code: "unknown model, or unsupported architecture",
     ModelUnavailableError.exit_code: "model not available (offline and not cached, or download failed)",
     OutOfMemoryError.exit_code: "out of GPU/CPU memory",
-    InputFileError.exit_code: "input file (e.g. questions CSV) missing or malformed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); text already printed is kept",
 }

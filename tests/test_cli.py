@@ -199,18 +199,23 @@ def test_ctrl_c_keeps_partial_answer_and_exits_130(tiny_llava, tiny_saliency, in
 
     p = _cli("ask", str(index_video), "Tell me everything.", "--model", str(tiny_llava), "--saliency-model",
              str(tiny_saliency), "--device", "cpu", "--frames", "8", "--max-new-tokens", "100000")
-    chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stdout.read(1), "")), daemon=True)
-    reader.start()
-    deadline = time.time() + 240
-    while len(chunks) < 20 and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    before = "".join(chunks)
-    assert before, "no streamed output before the deadline"
-    p.send_signal(signal.SIGINT)
-    err = p.stderr.read()
-    p.wait(timeout=60)
-    reader.join(timeout=10)
+    try:
+        chunks: list[str] = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stdout.read(1), "")), daemon=True)
+        reader.start()
+        deadline = time.time() + 240
+        while len(chunks) < 20 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        before = "".join(chunks)
+        assert before, "no streamed output before the deadline"
+        p.send_signal(signal.SIGINT)
+        err = p.stderr.read()
+        p.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if p.poll() is None:  # never leave a 100000-token generation running behind a failed test
+            p.kill()
+            p.wait()
     after = "".join(chunks)
     assert p.returncode == 130, err
     assert after.startswith(before)  # what was printed stays printed
