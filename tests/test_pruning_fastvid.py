@@ -593,3 +593,95 @@ def test_cuda_matches_cpu():
     assert torch.allclose(gpu.embeds.cpu(), cpu.embeds, atol=1e-4)
     half = fastvid(X.cuda().bfloat16(), A.cuda(), g.cuda(), ratio=0.15)
     check_invariants(half, X.cuda().bfloat16(), A.cuda(), 0.15)
+
+
+# ------------------------------------------------------------------------------- speed-related paths
+
+
+def fastvid_module():
+    import importlib
+
+    return importlib.import_module("fastvid_cli.pruning.fastvid")  # the package attribute is the function
+
+
+def count_ops(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    fn()  # builds the cached constants
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_op_count_independent_of_segments_and_frames():
+    # the merge handles all anchors at once: no tensor operation per segment, anchor or frame
+    def ops(F, sizes):
+        X, A, _ = random_inputs(F, 24, 4, seed=90)
+        g = features_with_similarities(sims_for_sizes(sizes))
+        return count_ops(lambda: fastvid(X, A, g, ratio=0.5, c=1))
+
+    base = ops(32, [4] * 8)
+    assert abs(ops(32, [1, 3] * 8) - base) <= 4
+    assert abs(ops(32, [1] * 32) - base) <= 4
+    assert abs(ops(64, [1, 3] * 16) - base) <= 4
+
+
+def test_matches_reference_alternating_single_and_multi_frame_segments():
+    sizes = [1, 3] * 4 + [2, 5]
+    X, A, _ = random_inputs(sum(sizes), 49, 32, seed=91)
+    g = features_with_similarities(sims_for_sizes(sizes))
+    ref_index, ref_embeds, ref_sizes = reference_fastvid(X, A, g, 0.25, c=1)
+    result = fastvid(X, A, g, ratio=0.25, c=1)
+    assert result.segments == ref_sizes == sizes
+    assert result.index.tolist() == ref_index.tolist()
+    assert torch.allclose(result.embeds.double(), ref_embeds, atol=1e-5, rtol=1e-5)
+
+
+def test_density_keys_follow_tie_rule():
+    from fastvid_cli.pruning.density import density_keys
+
+    gen = torch.Generator().manual_seed(92)
+    rho = torch.randint(0, 4, (3, 17), generator=gen).float() / 4  # many exact ties, zeros included
+    rho[0, 5] = 1e-40  # subnormal
+    key = density_keys(rho)
+    for b in range(3):
+        for u in range(17):
+            for v in range(17):
+                rule = bool(rho[b, v] > rho[b, u] or (rho[b, v] == rho[b, u] and v < u))
+                assert bool(key[b, v] > key[b, u]) == rule
+
+
+def test_bf16_own_tokens_gathered_or_multiplied_agree(monkeypatch):
+    X, A, g = random_inputs(16, 49, 32, seed=93, dtype=torch.bfloat16)
+    by_product = fastvid(X, A, g, ratio=0.25)
+    monkeypatch.setattr(fastvid_module(), "_OWN_BY_MM_MAX", -1)
+    gathered = fastvid(X, A, g, ratio=0.25)
+    assert torch.equal(by_product.index, gathered.index) and torch.equal(by_product.merged, gathered.merged)
+    assert torch.allclose(by_product.embeds.float(), gathered.embeds.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_replay_matches_eager(monkeypatch, dtype):
+    module = fastvid_module()
+    inputs = [tuple(t.cuda() for t in random_inputs(24, 196, 64, seed=seed, dtype=dtype)) for seed in (94, 95)]
+    monkeypatch.setattr(module, "CUDA_GRAPHS", False)
+    eager = [fastvid(*args, ratio=0.15) for args in inputs]
+    monkeypatch.setattr(module, "CUDA_GRAPHS", True)
+    module.release_cuda_graphs()
+    # first sighting of the shape: eager; second: capture; then replays, with other inputs of that shape too
+    runs = [fastvid(*inputs[i], ratio=0.15) for i in (0, 0, 1, 0, 1)]
+    assert any(graphs is not None for graphs in module._graphs.values())
+    for i, result in zip((0, 0, 1, 0, 1), runs):  # earlier results are not overwritten by later replays
+        assert result.segments == eager[i].segments and result.notes == eager[i].notes
+        assert torch.equal(result.index, eager[i].index) and torch.equal(result.merged, eager[i].merged)
+        assert torch.equal(result.embeds, eager[i].embeds)
+    module.release_cuda_graphs()
+    assert not module._graphs

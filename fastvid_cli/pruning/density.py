@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-# (device type, dtype) -> whether matmul with out_dtype=float32 works there; filled on first use.
-_OUT_DTYPE_OK: dict[tuple[str, torch.dtype], bool] = {}
+# (device type, dtype[, "mm"]) -> whether bmm (mm) with out_dtype=float32 works there; filled on first use.
+_OUT_DTYPE_OK: dict[tuple, bool] = {}
 
 
 def topk_lowest_index(values: Tensor, k: int, dim: int = -1) -> Tensor:
@@ -56,7 +56,7 @@ def bmm_fp32(a: Tensor, b: Tensor) -> Tensor:
 def mm_fp32(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for 2-D operands, with float32 accumulation and a float32 result (see ``bmm_fp32``)."""
     if a.dtype == b.dtype and a.dtype in _HALF_DTYPES:
-        key = (a.device.type, a.dtype)
+        key = (a.device.type, a.dtype, "mm")
         if _OUT_DTYPE_OK.get(key, a.device.type == "cuda"):
             try:
                 out = torch.mm(a, b, out_dtype=torch.float32)
@@ -72,22 +72,30 @@ def mm_fp32(a: Tensor, b: Tensor) -> Tensor:
 _REVERSED_INDEX: dict[tuple[torch.device, int], Tensor] = {}
 
 
+def reversed_index(device: torch.device, M: int) -> Tensor:
+    """The cached int64 tensor ``[M−1, …, 1, 0]`` on ``device`` that ``density_keys`` uses.
+
+    Cached tensors are never dropped, so a CUDA graph that captured one keeps reading valid memory.
+    """
+    rev = _REVERSED_INDEX.get((device, M))
+    if rev is None:
+        with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
+            rev = _REVERSED_INDEX[(device, M)] = torch.arange(M - 1, -1, -1, device=device)
+    return rev
+
+
 def density_keys(rho: Tensor) -> Tensor:
     """Integer keys that order the points of each row of ``rho`` (B, M) by the tie rule of the module docstring.
 
-    ``key[v] > key[u]`` exactly when ``rho[v] > rho[u]``, or ``rho[v] == rho[u]`` and ``v < u``. The key is
-    the bit pattern of the non-negative float32 ``rho`` (monotone in its value), times M, plus ``M−1−v``:
-    one kernel instead of the five comparisons of the rule written out.
+    ``key[v] > key[u]`` exactly when ``rho[v] > rho[u]``, or ``rho[v] == rho[u]`` and ``v < u``, for rho ≥ 0
+    (never NaN for finite inputs). The key is the bit pattern of the float32 ``rho`` (monotone in its value
+    for non-negative floats), times M, plus ``M−1−v``: one kernel instead of the five comparisons of the
+    rule written out.
     """
     M = rho.shape[-1]
-    cache_key = (rho.device, M)
-    rev = _REVERSED_INDEX.get(cache_key)
-    if rev is None:
-        if len(_REVERSED_INDEX) >= 64:
-            _REVERSED_INDEX.clear()
-        rev = _REVERSED_INDEX[cache_key] = torch.arange(M - 1, -1, -1, device=rho.device)
-    bits = rho.to(torch.float32).contiguous().view(torch.int32)
-    return torch.add(rev, bits, alpha=M)
+    if rho.dtype != torch.float32 or not rho.is_contiguous():
+        rho = rho.to(torch.float32).contiguous()
+    return torch.add(reversed_index(rho.device, M), rho.view(torch.int32), alpha=M)
 
 
 def pairwise_sq_distances(x: Tensor) -> Tensor:

@@ -25,15 +25,20 @@ Deviations from the reference, all deliberate:
 * Zero-norm vectors are normalised to zero instead of NaN.
 * Merge sums are accumulated and blended in float32; the reference rounds them to the model dtype.
 
-Speed: one device→host transfer (the F−1 adjacent similarities, overlapped with the density computation)
-and one host→device transfer of small index lists; the rest is batched over frames and anchors.
+Speed (host overhead dominates on a GPU): per call one device→host transfer and wait (the F−1 adjacent
+similarities) and one host→device transfer (all the small index tables, packed in one buffer); a fixed
+number of operations, whatever the number of segments, with all anchors merged together. Everything before
+the wait does not depend on the segmentation; on CUDA it is captured as CUDA graphs the second time an
+input shape is seen and replayed after that (``CUDA_GRAPHS``, ``release_cuda_graphs``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import threading
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -205,54 +210,181 @@ def _host_copy_async(t: Tensor) -> tuple[Tensor, Callable[[], None]]:
     return t.cpu(), lambda: None
 
 
-def _to_device(device: torch.device, ints: list[int], flags: bytes) -> tuple[Tensor, Tensor]:
-    """Small host int64 values and bool flags -> (ints (n,), flags (m,)) on ``device``, in one transfer.
-
-    Both are packed into one byte buffer (int64 first, so the int64 view is aligned) that travels as one
-    non-blocking copy from pinned memory; the device tensors are views into it.
-    """
-    n = len(ints)
-    host = torch.frombuffer(bytearray(array("q", ints).tobytes() + flags), dtype=torch.uint8)
+def _to_device(device: torch.device, data: bytes) -> Tensor:
+    """Host bytes -> a uint8 tensor on ``device``: one non-blocking copy from pinned memory on CUDA."""
+    host = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     if device.type == "cuda":
-        dev = host.pin_memory().to(device, non_blocking=True)
-    else:
-        dev = host.to(device)
-    head, tail = dev.split_with_sizes([8 * n, len(flags)])
-    return head.view(torch.int64), tail.view(torch.bool)
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
-# Small constant device tensors, built once per key: (name, device, *sizes) -> tensor.
+# Small constant tensors, built once and never dropped (a CUDA graph may have captured them):
+# (name, device, *sizes) -> tensor.
 _CONSTANTS: dict[tuple, Tensor] = {}
-
-
-def _constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
-    value = _CONSTANTS.get(key)
-    if value is None:
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.clear()
-        value = _CONSTANTS[key] = make()
-    return value
 
 
 def _row_offsets(device: torch.device, rows: int, width: int) -> Tensor:
     """(rows, 1) int64 ``[0, width, 2·width, …]``: adds row starts to per-row column indices."""
-    return _constant(("rows", device, rows, width), lambda: torch.arange(0, rows * width, width, device=device)[:, None])
+    key = ("rows", device, rows, width)
+    value = _CONSTANTS.get(key)
+    if value is None:
+        with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
+            value = _CONSTANTS[key] = torch.arange(0, rows * width, width, device=device)[:, None]
+    return value
 
 
-def _blend_table(device: torch.device, beta: float, n_max: int) -> Tensor:
-    """(≥ n_max+1, 2) float32, row n = ``[max(n, 1), max(1/(n+1), beta)]``: the divisor of the mean and the
-    own weight of a context token that absorbed n tokens (the same float32 arithmetic as computing them
-    from the counts directly)."""
-    key = ("blend", device, beta)
-    table = _CONSTANTS.get(key)
-    if table is None or table.shape[0] <= n_max:
-        size = max(1024, 1 << n_max.bit_length())
-        n = torch.arange(size, device=device, dtype=torch.float32)[:, None]
-        table = torch.cat([n.clamp_min(1.0), (n + 1.0).reciprocal_().clamp_min_(beta)], dim=1)
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.clear()
-        _CONSTANTS[key] = table
-    return table
+def _one_bytes(dtype: torch.dtype) -> bytes:
+    """The bytes of the value 1 in ``dtype``."""
+    key = ("one", dtype)
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = _CONSTANTS[key] = bytes(torch.ones(1, dtype=dtype).view(torch.uint8).tolist())
+    return value
+
+
+def _first_half_ats(saliency: Tensor, frame_features: Tensor, s: int, with_rest: bool):
+    """DySeg similarities and ATS: (sims (F−1,) or None, order (F, N), rest (F, M) or None).
+
+    ``order``: each frame's flat slots ``f·N + n``, most salient first (ties: lowest index); ``rest``:
+    its non-salient slots in increasing order.
+    """
+    F, N = saliency.shape
+    sims = _adjacent_similarities(frame_features) if F > 1 else None
+    order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
+    order += _row_offsets(saliency.device, F, N)
+    rest = torch.sort(order[:, s:], dim=1).values if with_rest else None
+    return sims, order, rest
+
+
+def _first_half_density(x_rest: Tensor, F: int, M: int, kk: int) -> tuple[Tensor, Tensor]:
+    """Context candidates and normalised tokens: (cand (F, M), xn_rest (F·M, D)).
+
+    ``cand``: rows of ``x_rest``, each frame's in selection order (density-peak score, ties: lowest index).
+    """
+    score = dpc_scores(x_rest.view(F, M, x_rest.shape[1]), kk)[2]
+    cand = torch.sort(score, dim=1, descending=True, stable=True).indices
+    cand += _row_offsets(x_rest.device, F, M)
+    return cand, _l2_normalize(x_rest)
+
+
+# ----------------------------------------------------------------------- CUDA graphs of the first half
+
+_OWN_BY_MM_MAX = 1 << 22  # largest sources × targets for which the merge product also copies the targets
+
+CUDA_GRAPHS = True  # on CUDA, replay the first half of a repeated input shape as CUDA graphs
+_GRAPHS_KEPT = 2  # graphs are kept for this many input shapes (each holds its buffers on the GPU)
+_graphs: OrderedDict[tuple, _FirstHalfGraphs | None] = OrderedDict()  # None: capture failed
+_graph_seen: dict[tuple, int] = {}
+_graph_lock = threading.Lock()
+
+
+class _FirstHalfGraphs:
+    """Everything ``fastvid`` does before its one wait for the host, for one input shape, as two CUDA graphs.
+
+    That part (about 40 kernels) does not depend on the segmentation, so replaying it costs a few host
+    operations instead of one per kernel. Graph 1 computes the similarities and ATS from static copies of
+    the saliency and frame features; the gather of the non-salient tokens runs between the graphs, into a
+    static buffer, so the embeddings need no copy; graph 2 computes the density scores and candidates from
+    that buffer. The outputs are static tensors, overwritten by the next replay: ``lock`` is held from the
+    replay until everything reading them is queued, and a key includes the stream, so later work on the
+    same stream sees them intact.
+    """
+
+    def __init__(self, embeds: Tensor, saliency: Tensor, frame_features: Tensor, s: int, M: int, kk: int):
+        F, N, D = embeds.shape
+        device = embeds.device
+        self.lock = threading.Lock()
+        self.s, self.M, self.kk = s, M, kk
+        self.saliency = torch.empty(saliency.shape, dtype=saliency.dtype, device=device)
+        self.features = torch.empty(frame_features.shape, dtype=frame_features.dtype, device=device)
+        self.x_rest = torch.empty((F * M, D), dtype=embeds.dtype, device=device) if kk else None
+        flat = embeds.reshape(F * N, D)
+        self._load(saliency, frame_features)
+        # Warm up on a side stream, as torch.cuda.graphs asks, then capture.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self._run_eager(flat)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph1 = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph1, capture_error_mode="thread_local"):
+            self.sims, self.order, self.rest = _first_half_ats(self.saliency, self.features, s, kk > 0)
+        if kk:
+            self.graph2 = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph2, pool=self.graph1.pool(), capture_error_mode="thread_local"):
+                self.cand, self.xn_rest = _first_half_density(self.x_rest, F, M, kk)
+        else:
+            self.cand = self.xn_rest = None
+        self.sims_host = torch.empty(self.sims.shape, dtype=self.sims.dtype, pin_memory=True) if F > 1 else None
+        self.event = torch.cuda.Event()
+
+    def _load(self, saliency: Tensor, frame_features: Tensor) -> None:
+        self.saliency.copy_(saliency)
+        if frame_features.shape[0] > 1:
+            self.features.copy_(frame_features)
+
+    def _run_eager(self, flat: Tensor) -> None:
+        _, order, rest = _first_half_ats(self.saliency, self.features, self.s, self.kk > 0)
+        if self.kk:
+            torch.index_select(flat, 0, rest.view(-1), out=self.x_rest)
+            _first_half_density(self.x_rest, order.shape[0], self.M, self.kk)
+
+    def replay(self, saliency: Tensor, frame_features: Tensor, flat: Tensor) -> None:
+        """Queue the first half for these inputs; the caller holds ``lock``."""
+        self._load(saliency, frame_features)
+        self.graph1.replay()
+        if self.sims_host is not None:
+            self.sims_host.copy_(self.sims, non_blocking=True)
+            self.event.record()
+        if self.kk:
+            torch.index_select(flat, 0, self.rest.view(-1), out=self.x_rest)
+            self.graph2.replay()
+
+
+def _drop_graphs(key: tuple) -> None:
+    """Forget the graphs of ``key`` once no call is using them and the GPU is done with their buffers."""
+    graphs = _graphs.pop(key)
+    if graphs is not None:
+        with graphs.lock:
+            torch.cuda.synchronize(key[0])
+
+
+def release_cuda_graphs() -> None:
+    """Drop the captured first-half graphs and their GPU buffers (they are rebuilt as shapes repeat)."""
+    with _graph_lock:
+        for key in list(_graphs):
+            _drop_graphs(key)
+        _graph_seen.clear()
+
+
+def _graphs_for(embeds: Tensor, saliency: Tensor, frame_features: Tensor, s: int, M: int, kk: int):
+    """The first-half graphs for this input shape, captured the second time the shape is seen; or None
+    (not CUDA, switched off, inside someone else's capture, first sighting, or a capture that failed)."""
+    if not CUDA_GRAPHS or embeds.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return None
+    device = embeds.device
+    key = (device, torch.cuda.current_stream(device).cuda_stream, tuple(embeds.shape), embeds.dtype,
+           saliency.dtype, tuple(frame_features.shape), frame_features.dtype, s, kk)
+    with _graph_lock:
+        if key in _graphs:
+            _graphs.move_to_end(key)
+            return _graphs[key]
+        seen = _graph_seen.get(key, 0) + 1
+        if seen < 2:
+            if len(_graph_seen) >= 256:
+                _graph_seen.clear()
+            _graph_seen[key] = seen
+            return None
+        _graph_seen.pop(key, None)
+        try:
+            with torch.inference_mode(False):  # static buffers must be normal tensors
+                graphs = _FirstHalfGraphs(embeds, saliency, frame_features, s, M, kk)
+        except Exception:  # some op or setup that cannot be captured: stay eager for this shape
+            graphs = None
+        _graphs[key] = graphs
+        while sum(g is not None for g in _graphs.values()) > _GRAPHS_KEPT:
+            _drop_graphs(next(k for k, g in _graphs.items() if g is not None))
+        return graphs
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -316,31 +448,42 @@ def fastvid(
     if int(N * ratio) == 0:
         notes.append(f"per-frame budget raised from 0 to 1 token: {N} tokens x ratio {ratio:g} < 1")
     M = N - s  # non-salient tokens per frame (≥ q, and ≥ 1 since R < N)
+    kk = min(k, M) if q > 0 else 0
+    if kk < k and q > 0:
+        notes.append(f"density neighbours k lowered from {k} to {kk}: only {M} non-salient tokens per frame")
     flat = embeds.reshape(F * N, D)
 
-    # 1. DySeg similarities, sent to the host while the work below runs on the device.
-    if F > 1:
-        sims_host, wait_for_sims = _host_copy_async(_adjacent_similarities(frame_features))
+    # 1. Everything that does not depend on the segmentation, queued before the one wait for the host:
+    # DySeg similarities (sent to the host), ATS, density scores and context candidates.
+    graphs = _graphs_for(embeds, saliency, frame_features, s, M, kk)
+    if graphs is None:
+        sims, order, rest = _first_half_ats(saliency, frame_features, s, q > 0)
+        if F > 1:
+            sims_host, wait_for_sims = _host_copy_async(sims)
+        x_rest = cand = xn_rest = None
+        if q > 0:
+            x_rest = flat.index_select(0, rest.view(-1))  # (F·M, D), row f·M + m
+            cand, xn_rest = _first_half_density(x_rest, F, M, kk)
+        return _second_half(embeds, flat, order, rest, x_rest, cand, xn_rest,
+                            sims_host if F > 1 else None, wait_for_sims if F > 1 else None,
+                            notes, c, tau, p, beta, R, s, q)
+    with graphs.lock:  # held until everything that reads the graphs' outputs is queued
+        graphs.replay(saliency, frame_features, flat)
+        return _second_half(embeds, flat, graphs.order, graphs.rest, graphs.x_rest, graphs.cand, graphs.xn_rest,
+                            graphs.sims_host, graphs.event.synchronize, notes, c, tau, p, beta, R, s, q)
 
-    # 2. Everything that does not depend on the segmentation, queued before the one wait for the host.
-    # ATS: flat slots f·N + n of each frame's tokens, most salient first (ties: lowest index).
-    order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
-    order += _row_offsets(device, F, N)
-    salient, rest = order.split_with_sizes([s, M], dim=1)
-    if q > 0:
-        rest = torch.sort(rest, dim=1).values  # (F, M) non-salient slots, increasing
-        x_rest = flat.index_select(0, rest.view(-1))  # (F·M, D), row f·M + m
-        kk = min(k, M)
-        if kk < k:
-            notes.append(f"density neighbours k lowered from {k} to {kk}: only {M} non-salient tokens per frame")
-        score = dpc_scores(x_rest.view(F, M, D), kk)[2]
-        # rows of x_rest, each frame's context candidates in selection order (ties: lowest index)
-        cand = torch.sort(score, dim=1, descending=True, stable=True).indices
-        cand += _row_offsets(device, F, M)
-        xn_rest = _l2_normalize(x_rest)
 
-    # 3. Segmentation and anchor budgets, on the host.
-    if F > 1:
+def _second_half(embeds: Tensor, flat: Tensor, order: Tensor, rest: Tensor | None, x_rest: Tensor | None,
+                 cand: Tensor | None, xn_rest: Tensor | None, sims_host: Tensor | None,
+                 wait_for_sims: Callable[[], None] | None, notes: list[str],
+                 c: int, tau: float, p: int, beta: float, R: int, s: int, q: int) -> PruneResult:
+    """``fastvid`` after the first half: segmentation on the host, then the merge and the output."""
+    F, N, D = embeds.shape
+    M = N - s
+    device = embeds.device
+
+    # 2. Segmentation and anchor budgets, on the host.
+    if sims_host is not None:
         wait_for_sims()
         similarities = sims_host.tolist()
     else:
@@ -349,29 +492,21 @@ def fastvid(
         notes.append(f"c lowered from {c} to {F}: only {F} frame{'s' if F != 1 else ''}")
     sizes = dyseg_segments(similarities, min(c, F), tau)
 
-    # Anchors: (frame, context tokens kept, group). A multi-frame anchor merges the non-salient tokens of
-    # its whole segment (group = segment number); an anchor whose budget is exactly q merges within its own
-    # frame only, as the reference does (group = n_segments + frame). Every frame gets the group it
-    # belongs to as a source of tokens.
+    # Anchors (frame, context tokens kept) and the frames [lo, hi) whose non-salient tokens each one
+    # merges: its whole segment, or its own frame alone where the budget is exactly q (as the reference).
     anchors: list[tuple[int, int]] = []
-    anchor_group: list[int] = []
-    frame_group: list[int] = []
+    spans: list[tuple[int, int]] = []
     clamped: dict[int, list[int]] = {}
-    n_seg = len(sizes)
     start = 0
-    for j, L in enumerate(sizes):
+    for L in sizes:
         budget = context_budget(L, q, p)
         kept = min(budget, M)
         if budget > M:
             clamped.setdefault(budget, []).append(L)
-        if budget == q:
-            frame_group.extend(range(n_seg + start, n_seg + start + L))
-        else:
-            frame_group.extend([j] * L)
         if kept > 0:
             for i in anchor_positions(L, p):
                 anchors.append((start + i, kept))
-                anchor_group.append(n_seg + start + i if budget == q else j)
+                spans.append((start + i, start + i + 1) if budget == q else (start, start + L))
         start += L
     for budget, lengths in sorted(clamped.items()):
         notes.append(
@@ -380,6 +515,7 @@ def fastvid(
         )
 
     Fs = F * s
+    salient = order[:, :s]
     if not anchors:  # q == 0: salient tokens only, each frame's in increasing slot order
         index = torch.sort(salient, dim=1).values.view(-1)
         return PruneResult(
@@ -388,63 +524,69 @@ def fastvid(
             budget=(R, s, q), anchors=anchors, similarities=similarities,
         )
 
-    # 4. Merge (DTM), all anchors at once. A = anchors, K = most context tokens of one anchor, T = all
-    # context tokens. Host lists, in one transfer: for each anchor its K candidate positions (padded with
-    # its first) and then the T real ones, as indices into cand; the group of each frame and anchor; the
-    # first target row of each anchor; and which of the (A, K) columns are padding.
+    # 3. Merge (DTM), all anchors at once: A anchors, at most K context tokens each, T in all. One
+    # transfer carries, as int64, each anchor's K candidate positions in ``cand`` (padded with its first)
+    # and then the T real ones, and each anchor's first target row; in the dtype of the embeddings, an
+    # (A, F) table that is 1 where frame f is a source for anchor a; and which (A, K) columns are padding.
     A = len(anchors)
     K = max(b for _, b in anchors)
+    AK = A * K
+    padded = AK > sum(b for _, b in anchors)
     ints: list[int] = []
-    pad = bytearray()
+    real: list[int] = []
     firsts: list[int] = []
+    pad = bytearray()
     T = 0
     for f, b in anchors:
         first = f * M
         ints.extend(range(first, first + b))
+        real.extend(range(first, first + b))
         if b < K:
             ints.extend([first] * (K - b))
+        if padded:
             pad += b"\0" * b + b"\1" * (K - b)
-        else:
-            pad += b"\0" * K
         firsts.append(T)
         T += b
-    for f, b in anchors:
-        ints.extend(range(f * M, f * M + b))
-    ints += frame_group
-    ints += anchor_group
+    ints += real
     ints += firsts
-    own_by_mm = embeds.dtype in (torch.float16, torch.bfloat16)  # exact: 1.0 · x in float32
-    dump = 2 * T if own_by_mm else T  # first row of the (K rows) dump for excluded (source, anchor) pairs
-    U, pad_dev = _to_device(device, ints, bytes(pad) if K * A > T else b"")
-    AK = A * K
-    sel, frame_group_d, anchor_group_d, firsts_d = U.split_with_sizes([AK + T, F, A, A])
+    one = _one_bytes(embeds.dtype)
+    zero = bytes(len(one))
+    sources = b"".join(zero * lo + one * (hi - lo) + zero * (F - hi) for lo, hi in spans)
+    n_int = 8 * len(ints)
+    data = _to_device(device, array("q", ints).tobytes() + sources + pad)
+    int_part, source_part, pad_part = data.split_with_sizes([n_int, len(sources), len(pad)])
+    sel, firsts_d = int_part.view(torch.int64).split_with_sizes([AK + T, A])
     # x_rest rows of the targets: (A, K) padded, and the T real ones
     rows_p, rows_c = cand.view(-1).index_select(0, sel).split_with_sizes([AK, T])
 
     S = F * M
     sim = torch.mm(xn_rest, xn_rest.index_select(0, rows_p).T).view(S, A, K)  # input dtype, as the reference
-    if K * A > T:
-        sim.masked_fill_(pad_dev.view(A, K), float("-inf"))
+    if padded:
+        sim.masked_fill_(pad_part.view(torch.bool).view(A, K), float("-inf"))
     assign = sim.argmax(dim=2)  # (S, A): first maximum = earliest in selection order
-    # onehot row of each (source, anchor) pair: the anchor's first row + the chosen column, or the dump
-    base = torch.where(frame_group_d[:, None] == anchor_group_d, firsts_d, dump)  # (F, A)
-    assign.view(F, M, A).add_(base[:, None, :])
-    onehot = embeds.new_zeros((dump + K, S))  # (target, source); one-hot values are exact in any dtype
-    onehot.scatter_(0, assign.T, 1.0)
-    if own_by_mm:  # rows T..2T pick each target's own token, so the product below also copies them
-        members, own_pick, _ = onehot.split_with_sizes([T, T, K])
+    assign += firsts_d  # the target row of each (source, anchor) pair
+    # Half precision with a small product: T more rows of the one-hot matrix pick each target's own token,
+    # so the product below copies them too (exactly: 1·x in float32). Otherwise they are gathered.
+    own_by_mm = embeds.dtype in (torch.float16, torch.bfloat16) and S * T <= _OWN_BY_MM_MAX
+    onehot = embeds.new_zeros((2 * T if own_by_mm else T, S))  # (target, source)
+    # one-hot values are exact in any dtype; a pair whose source frame is outside the anchor's span writes 0
+    onehot.view(-1, F, M).scatter_(
+        0, assign.view(F, M, A).permute(2, 0, 1), source_part.view(embeds.dtype).view(A, F, 1).expand(A, F, M)
+    )
+    if own_by_mm:
+        members, own_pick = onehot.split_with_sizes([T, T])
         own_pick.scatter_(1, rows_c[:, None], 1.0)
-        sums, own = mm_fp32(onehot[: 2 * T], x_rest).split_with_sizes([T, T])  # float32
+        sums, own = mm_fp32(onehot, x_rest).split_with_sizes([T, T])  # float32
     else:
-        members = onehot[:T]
-        sums = mm_fp32(members, x_rest)
+        members = onehot
+        sums = mm_fp32(onehot, x_rest)
         own = x_rest.index_select(0, rows_c).float()
-    counts = members.sum(dim=1, dtype=torch.int64)  # n_c
-    # (T, 1) each: max(n, 1) and w = max(1/(n+1), beta)
-    divisor, w = _blend_table(device, beta, S).index_select(0, counts).split_with_sizes([1, 1], dim=1)
-    merged_rows = torch.lerp(sums.div_(divisor), own, w)  # w·x_c + (1−w)·mean, written as one lerp
+    counts = members.sum(dim=1, keepdim=True, dtype=torch.float32)  # n_c, (T, 1)
+    w = (counts + 1.0).reciprocal_().clamp_min_(beta)
+    # w·x_c + (1−w)·mean, written as one lerp
+    merged_rows = torch.lerp(sums.div_(counts.clamp_min_(1.0)), own, w)
 
-    # 5. Output: salient and merged tokens by slot.
+    # 4. Output: salient and merged tokens by slot.
     K_out = Fs + T
     slots = torch.empty(K_out, dtype=torch.int64, device=device)
     rows_out = torch.empty((K_out, D), dtype=embeds.dtype, device=device)
