@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from fastvid_cli import __version__
+from fastvid_cli import options as O
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
 
 app = typer.Typer(
@@ -30,7 +31,6 @@ app = typer.Typer(
     epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items() if k),
 )
 
-MODEL_HELP = "Alias (see `fastvid models`), hub id (org/name) or local checkpoint folder."
 SPEEDUP_NOTE = ("The prefill speedup is MEASURED with --baseline (an extra unpruned prefill of the same prompt, "
                 "timed the same way); otherwise it is an ESTIMATE labelled 'est.', the ratio of LLM prefill "
                 "FLOPs (projections, causal attention, MLP) at the full and the pruned prompt length.")
@@ -82,56 +82,37 @@ def ask(
     video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, mov, …). Use `--` before a path that "
                                           "starts with '-'.", show_default=False),
     question: str = typer.Argument(..., help="The question to answer.", show_default=False),
-    model: str = typer.Option("llava-ov-7b", "--model", "-m", help=MODEL_HELP, rich_help_panel="Model"),
-    device: str = typer.Option("auto", help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU "
-                                            "across all GPUs (accelerate device_map).", rich_help_panel="Model"),
-    dtype: str = typer.Option("auto", help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
-                              rich_help_panel="Model"),
-    attn_implementation: str = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.",
-                                            rich_help_panel="Model"),
-    saliency_model: Optional[str] = typer.Option(
-        None, help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives "
-                   "FastVID's saliency; default google/siglip-so400m-patch14-384, falling back (with a warning) "
-                   "to last-layer attention when unavailable. 'fallback' forces the fallback.",
-        rich_help_panel="Model"),
-    offline: bool = typer.Option(False, "--offline", help="Never touch the network (same as HF_HUB_OFFLINE=1).",
-                                 rich_help_panel="Model"),
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
-                                         help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV).",
-                                         rich_help_panel="Video"),
+    model: str = O.MODEL,
+    device: str = O.DEVICE,
+    dtype: str = O.DTYPE,
+    attn_implementation: str = O.ATTN,
+    saliency_model: Optional[str] = O.SALIENCY,
+    offline: bool = O.OFFLINE,
+    frames: Optional[int] = O.FRAMES,
     method: str = typer.Option("fastvid", help="Pruning method: fastvid | none.", rich_help_panel="Pruning"),
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
                                           "token (default: the model's, 0.10 for LLaVA-OV).",
                                           rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = typer.Option(None, help="DySeg: minimum number of segments (8).", min=1,
-                                          rich_help_panel="Pruning"),
-    dyseg_tau: Optional[float] = typer.Option(None, help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
-                                              rich_help_panel="Pruning"),
-    stprune_d: Optional[float] = typer.Option(None, help="Share of each frame's budget for merged context tokens "
-                                              "(0.4).", min=0.0, max=1.0, rich_help_panel="Pruning"),
-    dtm_p: Optional[int] = typer.Option(None, help="Anchor-frame period inside a segment (4).", min=1,
-                                        rich_help_panel="Pruning"),
-    dtm_beta: Optional[float] = typer.Option(None, help="Lower bound of the anchor's weight in a merge (0.6).",
-                                             min=0.0, max=1.0, rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = O.DYSEG_C,
+    dyseg_tau: Optional[float] = O.DYSEG_TAU,
+    stprune_d: Optional[float] = O.STPRUNE_D,
+    dtm_p: Optional[int] = O.DTM_P,
+    dtm_beta: Optional[float] = O.DTM_BETA,
     max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
-    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy.", rich_help_panel="Generation"),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).",
-                                rich_help_panel="Generation"),
-    seed: Optional[int] = typer.Option(None, help="Seed for sampling.", rich_help_panel="Generation"),
-    system: Optional[str] = typer.Option(None, help="System prompt.", rich_help_panel="Generation"),
+    temperature: float = O.TEMPERATURE,
+    top_p: float = O.TOP_P,
+    seed: Optional[int] = O.SEED,
+    system: Optional[str] = O.SYSTEM,
     baseline: bool = typer.Option(False, "--baseline", help="Also time an unpruned prefill of the same prompt "
                                   "and report the MEASURED prefill speedup. " + SPEEDUP_NOTE,
                                   rich_help_panel="Output"),
-    cache_dir: Optional[Path] = typer.Option(None, help="Where sampled-and-encoded video features are cached "
-                                             "(default: ~/.cache/fastvid/features, or $FASTVID_CACHE/features).",
-                                             rich_help_panel="Video"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.",
-                                  rich_help_panel="Video"),
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
                                  rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Answer only: no progress, no summary.",
                                rich_help_panel="Output"),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output"),
+    debug: bool = O.DEBUG,
 ) -> None:
     """Answer a question about a video, FastVID-pruned, streamed with live stats.
 
@@ -254,36 +235,31 @@ def compare(
                                       "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
     method: list[str] = typer.Option([], "--method", help="fastvid | none; repeat for several (default fastvid).",
                                      rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = typer.Option(None, min=1, help="DySeg: minimum number of segments (8).",
-                                          rich_help_panel="Pruning"),
-    dyseg_tau: Optional[float] = typer.Option(None, help="DySeg similarity threshold (0.9).", rich_help_panel="Pruning"),
-    stprune_d: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Context share of the budget (0.4).",
-                                              rich_help_panel="Pruning"),
-    dtm_p: Optional[int] = typer.Option(None, min=1, help="Anchor-frame period (4).", rich_help_panel="Pruning"),
-    dtm_beta: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Anchor weight floor (0.6).",
-                                             rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = O.DYSEG_C,
+    dyseg_tau: Optional[float] = O.DYSEG_TAU,
+    stprune_d: Optional[float] = O.STPRUNE_D,
+    dtm_p: Optional[int] = O.DTM_P,
+    dtm_beta: Optional[float] = O.DTM_BETA,
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
     repeat: int = typer.Option(3, min=1, max=100, help="Runs per setting; the table shows medians.",
                                rich_help_panel="Output"),
-    model: str = typer.Option("llava-ov-7b", "--model", "-m", help=MODEL_HELP, rich_help_panel="Model"),
-    device: str = typer.Option("auto", help="auto | cuda | cuda:N | cpu.", rich_help_panel="Model"),
-    dtype: str = typer.Option("auto", help="auto | bfloat16 | float16 | float32.", rich_help_panel="Model"),
-    attn_implementation: str = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.",
-                                            rich_help_panel="Model"),
-    saliency_model: Optional[str] = typer.Option(None, help="As for `ask`.", rich_help_panel="Model"),
-    offline: bool = typer.Option(False, "--offline", help="Never touch the network.", rich_help_panel="Model"),
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096, help="Frames to sample.",
-                                         rich_help_panel="Video"),
-    cache_dir: Optional[Path] = typer.Option(None, help="Feature cache folder.", rich_help_panel="Video"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the feature cache.", rich_help_panel="Video"),
+    model: str = O.MODEL,
+    device: str = O.DEVICE,
+    dtype: str = O.DTYPE,
+    attn_implementation: str = O.ATTN,
+    saliency_model: Optional[str] = O.SALIENCY,
+    offline: bool = O.OFFLINE,
+    frames: Optional[int] = O.FRAMES,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     max_new_tokens: int = typer.Option(128, min=1, help="Most tokens per answer.", rich_help_panel="Generation"),
-    system: Optional[str] = typer.Option(None, help="System prompt.", rich_help_panel="Generation"),
+    system: Optional[str] = O.SYSTEM,
     full: bool = typer.Option(False, "--full", help="Print whole answers instead of shortened ones.",
                               rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with a list of rows.",
                                  rich_help_panel="Output"),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output"),
+    debug: bool = O.DEBUG,
 ) -> None:
     """Compare pruning settings on one video and question: one table, every cell measured.
 

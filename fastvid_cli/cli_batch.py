@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import typer
 
+from fastvid_cli import options as O
+
 CSV_HELP = ("Questions CSV. Header row required: columns video,question; optional id (default: the 1-based data "
             "row number), ratio and frames (per-row overrides of --ratio/--frames). UTF-8 with or without BOM. "
             "Relative video paths are relative to the CSV's folder.")
@@ -37,21 +39,12 @@ def batch(
                                       rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over: empty the output (and its shard "
                                    "files) instead of resuming.", rich_help_panel="Output"),
-    model: str = typer.Option("llava-ov-7b", "--model", "-m", help="Alias (see `fastvid models`), hub id "
-                              "(org/name) or local checkpoint folder.", rich_help_panel="Model"),
-    device: str = typer.Option("auto", help="auto | cuda | cuda:N | cpu. Under torchrun / accelerate launch every "
-                                            "process takes cuda:<local rank> (or cpu).", rich_help_panel="Model"),
-    dtype: str = typer.Option("auto", help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
-                              rich_help_panel="Model"),
-    attn_implementation: str = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.",
-                                            rich_help_panel="Model"),
-    saliency_model: Optional[str] = typer.Option(
-        None, help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives "
-                   "FastVID's saliency; default google/siglip-so400m-patch14-384, falling back (with a warning) "
-                   "to last-layer attention when unavailable. 'fallback' forces the fallback.",
-        rich_help_panel="Model"),
-    offline: bool = typer.Option(False, "--offline", help="Never touch the network (same as HF_HUB_OFFLINE=1).",
-                                 rich_help_panel="Model"),
+    model: str = O.MODEL,
+    device: str = O.DEVICE,
+    dtype: str = O.DTYPE,
+    attn_implementation: str = O.ATTN,
+    saliency_model: Optional[str] = O.SALIENCY,
+    offline: bool = O.OFFLINE,
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
@@ -59,24 +52,17 @@ def batch(
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
                                           "token (default: the model's, 0.10 for LLaVA-OV); a ratio column "
                                           "overrides it per row.", rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = typer.Option(None, help="DySeg: minimum number of segments (8).", min=1,
-                                          rich_help_panel="Pruning"),
-    dyseg_tau: Optional[float] = typer.Option(None, help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
-                                              rich_help_panel="Pruning"),
-    stprune_d: Optional[float] = typer.Option(None, help="Share of each frame's budget for merged context tokens "
-                                              "(0.4).", min=0.0, max=1.0, rich_help_panel="Pruning"),
-    dtm_p: Optional[int] = typer.Option(None, help="Anchor-frame period inside a segment (4).", min=1,
-                                        rich_help_panel="Pruning"),
-    dtm_beta: Optional[float] = typer.Option(None, help="Lower bound of the anchor's weight in a merge (0.6).",
-                                             min=0.0, max=1.0, rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = O.DYSEG_C,
+    dyseg_tau: Optional[float] = O.DYSEG_TAU,
+    stprune_d: Optional[float] = O.STPRUNE_D,
+    dtm_p: Optional[int] = O.DTM_P,
+    dtm_beta: Optional[float] = O.DTM_BETA,
     max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
-    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy.", rich_help_panel="Generation"),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).",
-                                rich_help_panel="Generation"),
-    seed: Optional[int] = typer.Option(None, help="Seed for sampling (each answer starts from it).",
-                                       rich_help_panel="Generation"),
-    system: Optional[str] = typer.Option(None, help="System prompt.", rich_help_panel="Generation"),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output"),
+    temperature: float = O.TEMPERATURE,
+    top_p: float = O.TOP_P,
+    seed: Optional[int] = O.SEED,
+    system: Optional[str] = O.SYSTEM,
+    debug: bool = O.DEBUG,
 ) -> None:
     """Answer every question of a CSV, one video session per (video, frames, ratio), into a resumable JSONL.
 
