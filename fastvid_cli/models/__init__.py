@@ -42,8 +42,12 @@ ALIASES: dict[str, Alias] = {
               "single-image stage"),
         Alias("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava_onevision", "8.0B", 64,
               "LLaVA-Video converted to the OneVision class (one newline per video)"),
+        Alias("demo", "fastvid_cli/demo/weights", "llava_onevision", "6M", 16,
+              "tiny demo model shipped in the package: runs offline on any CPU (synthetic shapes videos only)"),
     ]
 }
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "weights"
 
 DEFAULT_MODEL = "llava-ov-7b"
 
@@ -66,6 +70,11 @@ def resolve_model(name: str) -> ModelRef:
     name = name.strip()
     if not name:
         raise UnknownModelError("empty --model")
+    if name == "demo":
+        if not (DEMO_DIR / "config.json").is_file():
+            raise UnknownModelError("the demo model's weights are missing from this installation",
+                                    f"expected them in {DEMO_DIR}")
+        return ModelRef(str(DEMO_DIR), "demo", True)
     if name in ALIASES:
         return ModelRef(ALIASES[name].repo, name, False)
     path = Path(name).expanduser()

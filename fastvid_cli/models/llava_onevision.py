@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from fastvid_cli import hub
 from fastvid_cli.errors import ModelUnavailableError
 from fastvid_cli.models import ModelRef
 from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures
-from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, load_saliency_head
+from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN_HEAD_FILE, load_saliency_head
 
 FAMILY = "llava_onevision"
 # The paper's LLaVA-OV settings (fastvid-spec.md §2.13).
@@ -115,7 +116,8 @@ class LlavaOnevisionAdapter:
         notes: list[str] = []
         tower_hidden = int(config.vision_config.hidden_size)
         head, source = None, "fallback: last-layer attention received + mean-pooled frame features"
-        wanted = saliency_model or DEFAULT_SALIENCY_MODEL
+        own = Path(ref.source) / OWN_HEAD_FILE if ref.is_local else None
+        wanted = saliency_model or (str(ref.source) if own is not None and own.is_file() else DEFAULT_SALIENCY_MODEL)
         if wanted != FALLBACK:
             try:
                 head = load_saliency_head(wanted, tower_hidden, _device_of(model.model.vision_tower), dtype)

@@ -22,6 +22,7 @@ from fastvid_cli.models import ModelRef
 
 DEFAULT_SALIENCY_MODEL = "google/siglip-so400m-patch14-384"
 FALLBACK = "fallback"
+OWN_HEAD_FILE = "saliency_head.safetensors"  # a model folder holding this file brings its own saliency head
 
 _KEEP = re.compile(r"^(?:.*\.)?(post_layernorm\.(?:weight|bias)|head\.(?:probe|attention\..+|layernorm\..+|mlp\..+))$")
 
@@ -79,6 +80,11 @@ def _extract(files: list[Path]) -> dict[str, torch.Tensor]:
     return found
 
 
+def write_head(path: Path, head: "SaliencyHead", vcfg: dict) -> None:
+    """Save a head in the extracted format (e.g. as a model folder's own saliency_head.safetensors)."""
+    _write_extracted(path, {k: v.detach().cpu() for k, v in head.state_dict().items()}, vcfg)
+
+
 def _write_extracted(path: Path, tensors: dict[str, torch.Tensor], vcfg: dict) -> None:
     from safetensors.torch import save_file
 
@@ -107,6 +113,12 @@ def _source_tensors(source: str) -> tuple[dict[str, torch.Tensor], dict]:
         vcfg = _vision_config_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else {}
         return _extract([local]), vcfg
     if local.is_dir():
+        own = local / OWN_HEAD_FILE
+        if own.is_file():  # a checkpoint that ships its own head (the demo model)
+            hit = _read_extracted(own)
+            if hit is None:
+                raise ModelUnavailableError(f"unreadable saliency head {own}")
+            return hit
         cfg_path = local / "config.json"
         vcfg = _vision_config_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else {}
         return _extract(_find_weights(local)), vcfg
