@@ -310,12 +310,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
     def body() -> int:
         from fastvid_cli import hub
-        from fastvid_cli.models import ALIASES, FAMILIES, ModelRef
+        from fastvid_cli.models import ALIASES, FAMILIES, alias_ref
 
         rows = []
         for a in ALIASES.values():
             try:
-                cached = hub.is_cached(ModelRef(a.repo, a.name, False))
+                cached = hub.is_cached(alias_ref(a))
             except Exception:
                 cached = False
             rows.append({"alias": a.name, "repo": a.repo, "family": a.family, "params": a.params,
@@ -381,7 +381,7 @@ def _doctor_info() -> dict[str, Any]:
     import platform
 
     from fastvid_cli import hub
-    from fastvid_cli.models import ALIASES, ModelRef
+    from fastvid_cli.models import ALIASES, ModelRef, alias_ref
     from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, _extracted_path
 
     vers: dict[str, str] = {"fastvid": __version__}
@@ -401,7 +401,7 @@ def _doctor_info() -> dict[str, Any]:
                              "total_gb": total / 2**30})
     except Exception:
         pass
-    cached = [a.name for a in ALIASES.values() if hub.is_cached(ModelRef(a.repo, a.name, False))]
+    cached = [a.name for a in ALIASES.values() if hub.is_cached(alias_ref(a))]
     extracted = _extracted_path(DEFAULT_SALIENCY_MODEL)
     if extracted.is_file():
         sal = f"{DEFAULT_SALIENCY_MODEL}: extracted head at {extracted}"

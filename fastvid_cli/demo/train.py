@@ -111,7 +111,6 @@ def train(args) -> dict:
     letters = [tok(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"]
     log, t0, step = [], time.perf_counter(), 0
     budget = args.minutes * 60
-    est_steps = args.max_steps
     it = iter(loader)
     acc_hist, loss_hist, aux_hist = [], [], []
     while True:

@@ -93,5 +93,12 @@ def resolve_model(name: str) -> ModelRef:
     return ModelRef(name, None, False)
 
 
+def alias_ref(alias: Alias) -> ModelRef:
+    """Where an alias points (the demo model is a folder inside the package, the rest are hub ids)."""
+    if alias.name == "demo":
+        return ModelRef(str(DEMO_DIR), "demo", True)
+    return ModelRef(alias.repo, alias.name, False)
+
+
 def alias_table() -> list[dict]:
     return [asdict(a) for a in ALIASES.values()]
