@@ -657,8 +657,10 @@ class BatchResult:
 
 def validate_config(cfg: BatchConfig) -> None:
     """Option checks that need no model (exit 2 on failure)."""
-    if cfg.method not in ("fastvid", "none"):
-        raise InvalidOptionError(f"--method must be fastvid or none (got '{cfg.method}')")
+    from fastvid_cli.pruning import method_names
+
+    if cfg.method not in method_names():
+        raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{cfg.method}')")
     if cfg.ratio is not None and (math.isnan(cfg.ratio) or not 0 < cfg.ratio <= 1):
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {cfg.ratio})")
     cfg.generation().validate()

@@ -72,6 +72,13 @@ def _error(message: str, debug: bool) -> None:
     error_line(message)
 
 
+def _check_method(method: str) -> None:
+    from fastvid_cli.pruning import method_names
+
+    if method not in method_names():
+        raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{method}')")
+
+
 def _check_ratio(ratio: float | None) -> None:
     if ratio is not None and (math.isnan(ratio) or not 0 < ratio <= 1):
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
@@ -89,7 +96,7 @@ def ask(
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
     frames: Optional[int] = O.FRAMES,
-    method: str = typer.Option("fastvid", help="Pruning method: fastvid | none.", rich_help_panel="Pruning"),
+    method: str = O.METHOD,
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
                                           "token (default: the model's, 0.10 for LLaVA-OV).",
                                           rich_help_panel="Pruning"),
@@ -126,8 +133,7 @@ def ask(
         from fastvid_cli.ui import StageDisplay, print_summary, write_answer_piece
 
         _check_ratio(ratio)
-        if method not in ("fastvid", "none"):
-            raise InvalidOptionError(f"--method must be fastvid or none (got '{method}')")
+        _check_method(method)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
@@ -233,7 +239,7 @@ def compare(
     question: str = typer.Argument(..., help="The question to answer.", show_default=False),
     ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio; repeat it to compare several "
                                       "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", help="fastvid | none; repeat for several (default fastvid).",
+    method: list[str] = typer.Option([], "--method", help="fastvid | none | uniform | random; repeat for several (default fastvid).",
                                      rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
@@ -279,8 +285,7 @@ def compare(
             _check_ratio(r)
         methods = method or ["fastvid"]
         for m in methods:
-            if m not in ("fastvid", "none"):
-                raise InvalidOptionError(f"--method must be fastvid or none (got '{m}')")
+            _check_method(m)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system)
@@ -423,8 +428,10 @@ def _doctor_info() -> dict[str, Any]:
 
 def _register_batch() -> None:
     from fastvid_cli.cli_batch import batch
+    from fastvid_cli.cli_eval import eval_
 
     app.command(name="batch")(batch)
+    app.command(name="eval")(eval_)
 
 
 _register_batch()

@@ -48,7 +48,7 @@ def batch(
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
-    method: str = typer.Option("fastvid", help="Pruning method: fastvid | none.", rich_help_panel="Pruning"),
+    method: str = O.METHOD,
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
                                           "token (default: the model's, 0.10 for LLaVA-OV); a ratio column "
                                           "overrides it per row.", rich_help_panel="Pruning"),

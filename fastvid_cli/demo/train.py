@@ -34,7 +34,7 @@ MEAN = STD = 0.5
 def _palette() -> np.ndarray:
     from fastvid_cli import synth
 
-    return np.array(list(synth.PALETTE.values()), dtype=np.int16)
+    return np.array([np.asarray(rgb) for rgb in synth.COLOURS.values()], dtype=np.int16)
 
 
 def colour_presence(frames: np.ndarray, palette: np.ndarray, min_pixels: int = 24) -> np.ndarray:
@@ -53,17 +53,13 @@ class Examples(torch.utils.data.IterableDataset):
         from fastvid_cli import synth
 
         info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        wid = info.id if info else 0
         palette = _palette()
-        seed = self.start + wid
-        rng = random.Random(seed)
+        span = 50_000  # per worker; 16 workers stay far below the test seeds (synth.TEST_SEED_START)
+        start = self.start + wid * span
         while True:
-            spec, qas = synth.generate(seed, frames=self.frames)
-            clip = synth.render(spec)
-            qa = qas[rng.randrange(len(qas))]
-            yield clip, synth.mc_prompt(qa), qa["answer"] if isinstance(qa, dict) else qa.answer, \
-                colour_presence(clip, palette)
-            seed += nw
+            for clip, qa in synth.iter_examples(start, span, frames=self.frames):
+                yield clip, synth.mc_prompt(qa), qa.answer, colour_presence(clip, palette)
 
 
 def _collate(batch):
@@ -94,7 +90,7 @@ class Batcher:
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     model, tok, head, head_cfg = demo.build(args.seed)
     model.to(dev).train()
     head.to(dev).train()
@@ -105,7 +101,8 @@ def train(args) -> dict:
     npf = math.ceil(grid / 2) ** 2
     batcher = Batcher(tok, npf, args.frames)
     loader = torch.utils.data.DataLoader(Examples(0, args.frames), batch_size=args.batch, num_workers=args.workers,
-                                         collate_fn=_collate, prefetch_factor=4, persistent_workers=True)
+                                         collate_fn=_collate, prefetch_factor=4 if args.workers else None,
+                                         persistent_workers=args.workers > 0, pin_memory=dev.type == "cuda")
     params = list(model.parameters()) + list(head.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     letters = [tok(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"]
@@ -127,9 +124,9 @@ def train(args) -> dict:
         x = x + torch.randn_like(x) * 2.0  # compression-like noise: test clips go through H.264
         x = F.interpolate(x, size=(demo.VISION["image_size"],) * 2, mode="bicubic", align_corners=False)
         x = ((x.clamp(0, 255) / 255.0 - MEAN) / STD)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             hs = core.vision_tower(x, output_hidden_states=True).hidden_states[-1]  # (B*T, P, C)
-            vfeat = core.apply_pooling(core.multi_modal_projector(hs)).view(B, T * npf, -1)
+            vfeat = core.apply_pooling(core.multi_modal_projector(hs)).reshape(B, T * npf, -1)
             _, pooled = head(hs)
             aux_loss = F.binary_cross_entropy_with_logits(aux(pooled).float(), presence.to(dev).flatten(0, 1))
             seqs = [batcher.ids(p, a) for p, a in zip(prompts, answers)]
@@ -205,7 +202,7 @@ def train(args) -> dict:
         "do_rescale": True, "rescale_factor": 1 / 255}, indent=2))
     write_head(out_dir / OWN_HEAD_FILE, head.float(), head_cfg)
     summary = dict(seed=args.seed, steps=step, batch=args.batch, frames=args.frames, minutes=round(
-        (time.perf_counter() - t0) / 60, 2), device=torch.cuda.get_device_name(0), log=log,
+        (time.perf_counter() - t0) / 60, 2), device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", log=log,
         torch=torch.__version__)
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -224,6 +221,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     summary = train(ap.parse_args())
     print(f"trained {summary['steps']} steps in {summary['minutes']} min on {summary['device']}")
 

@@ -11,18 +11,29 @@ from collections.abc import Callable
 from ..errors import InvalidOptionError
 from .density import dpc_scores, topk_lowest_index
 from .fastvid import PruneResult, expected_kept, fastvid, keep_all, prune_fastvid
+from .random_keep import random_keep
+from .uniform import uniform
 
 PruneMethod = Callable[..., PruneResult]
 
 METHODS: dict[str, PruneMethod] = {
     "fastvid": fastvid,
     "none": keep_all,
+    "uniform": uniform,  # baseline: average pooling to FastVID's per-frame budget
+    "random": random_keep,  # baseline: seeded random tokens at FastVID's per-frame budget
 }
 
 DEFAULTS: dict[str, dict[str, float | int]] = {
     "fastvid": dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4),
     "none": dict(ratio=1.0),
+    "uniform": dict(ratio=0.1),
+    "random": dict(ratio=0.1, seed=0),
 }
+
+
+def method_names() -> list[str]:
+    """Names of the registered pruning methods, in registry order."""
+    return list(METHODS)
 
 
 def get_method(name: str) -> PruneMethod:
@@ -44,6 +55,9 @@ __all__ = [
     "fastvid",
     "get_method",
     "keep_all",
+    "method_names",
     "prune_fastvid",
+    "random_keep",
     "topk_lowest_index",
+    "uniform",
 ]

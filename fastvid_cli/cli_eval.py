@@ -1,0 +1,258 @@
+"""`fastvid eval`: multiple-choice accuracy of pruning settings on a JSONL benchmark, resumable.
+
+Registered in cli.py with ``app.command(name="eval")(eval_)``. Like cli.py, importing this module must not import
+torch or transformers: everything heavy is imported inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fastvid_cli import options as O
+
+BENCH_HELP = ("Benchmark JSONL, one question per line: {\"id\", \"video\" (relative to the file's folder or "
+              "--videos-root), \"question\", \"options\": [4 strings], \"answer\": \"A\"..\"D\"}, optional \"type\" "
+              "(accuracy per type is shown too), \"seed\" (a missing video is regenerated with fastvid_cli.synth), "
+              "\"frames\" (overrides --frames). The whole file is checked before anything runs.")
+OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): setting, answer, predicted letter, correct, "
+               "tokens kept, TTFT, settings and fingerprint. Rerunning the same command resumes: what is already "
+               "answered with the same settings is skipped. Default: BENCH with the suffix .eval.jsonl.")
+
+
+def eval_(
+    bench: Path = typer.Argument(..., help=BENCH_HELP, show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
+                                          rich_help_panel="Output"),
+    videos_root: Optional[Path] = typer.Option(None, "--videos-root", help="Folder that relative video paths "
+                                               "are taken against (default: the benchmark file's folder).",
+                                               show_default=False, rich_help_panel="Benchmark"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions of the file.",
+                                        show_default=False, rich_help_panel="Benchmark"),
+    model: str = O.MODEL,
+    device: str = O.DEVICE,
+    dtype: str = O.DTYPE,
+    attn_implementation: str = O.ATTN,
+    saliency_model: Optional[str] = O.SALIENCY,
+    offline: bool = O.OFFLINE,
+    frames: Optional[int] = O.FRAMES,
+    method: list[str] = typer.Option([], "--method", help="Pruning method: fastvid | uniform | random | none; "
+                                     "repeat for several (default fastvid).", rich_help_panel="Pruning"),
+    ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio in (0, 1]; repeat for several "
+                                      "(default: 0.25, 0.1). 1.0 is the unpruned reference (method none), run "
+                                      "once.", rich_help_panel="Pruning"),
+    no_reference: bool = typer.Option(False, "--no-reference", help="Do not run the unpruned reference "
+                                      "(none, ratio 1.0) unless asked for; retention is then not shown.",
+                                      rich_help_panel="Pruning"),
+    dyseg_c: Optional[int] = O.DYSEG_C,
+    dyseg_tau: Optional[float] = O.DYSEG_TAU,
+    stprune_d: Optional[float] = O.STPRUNE_D,
+    dtm_p: Optional[int] = O.DTM_P,
+    dtm_beta: Optional[float] = O.DTM_BETA,
+    random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, help="Seed of the random method "
+                                              "(0).", rich_help_panel="Pruning"),
+    max_new_tokens: int = typer.Option(8, min=1, help="Most tokens per answer (greedy decoding).",
+                                       rich_help_panel="Generation"),
+    system: Optional[str] = O.SYSTEM,
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Answer again what failed before with the "
+                                      "same settings (otherwise it is skipped too).", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the numbers of the tables.",
+                                 rich_help_panel="Output"),
+    debug: bool = O.DEBUG,
+) -> None:
+    """Score pruning settings on a multiple-choice benchmark: accuracy, retention vs ratio 1.0, tokens, TTFT.
+
+    Each video is sampled and encoded once; each setting prunes those features once and answers every question
+    about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
+    as they finish; rerun the same command to resume. Ctrl-C stops (exit 130); what was written is kept.
+    """
+    from fastvid_cli.cli import _run
+
+    def body() -> int:
+        from fastvid_cli import hub
+
+        hub.set_offline(offline)
+        from fastvid_cli.evaluate import DEFAULT_RATIOS, EvalConfig, run_eval
+
+        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta).items()
+                  if v is not None}
+        cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, device=device,
+                         dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
+                         frames=frames, methods=list(method) or ["fastvid"],
+                         ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
+                         reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
+                         retry_errors=retry_errors)
+        progress = EvalProgress(enabled=not as_json)
+
+        def on_exception(e: BaseException) -> None:
+            if debug:
+                from fastvid_cli.batch import format_exception
+
+                progress.note(format_exception(e).rstrip(), force=True)
+
+        result = run_eval(cfg, progress=progress, on_exception=on_exception)
+        data = result_json(result)
+        if as_json:
+            sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            print_eval(data, max_new_tokens)
+        return 0
+
+    _run(debug, body)
+
+
+def result_json(result: Any) -> dict[str, Any]:
+    """What `--json` prints: the summary (per setting and per type) plus the files and this run's counts."""
+    return {"bench": str(result.bench), "output": str(result.output), **result.summary,
+            "run": {"items": result.total, "skipped": result.skipped, "answered": result.answered,
+                    "failed": result.failed}}
+
+
+class EvalProgress:
+    """A rich progress bar over this run's (question, setting) items on a terminal; one plain line per item
+    otherwise. Everything goes to stderr; nothing at all when disabled (--json), except --debug tracebacks."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from fastvid_cli.ui import err_console
+
+        self.console = err_console
+        self.enabled = enabled
+        self.bar = None
+        self.task = None
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.correct = 0
+        self.t0 = time.perf_counter()
+        self.done_at_t0 = 0
+
+    def start(self, *, total: int, pending: int, skipped: int) -> None:
+        self.total = pending
+        self.t0 = time.perf_counter()
+        self.note(f"{total} items (questions x settings): {skipped} already done with these settings, "
+                  f"{pending} to do")
+        if pending and self.enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]} · ETA {task.fields[eta]}"),
+                                console=self.console, transient=False)
+            self.task = self.bar.add_task("eval", total=pending, stats=self._stats(), eta="?")
+            self.bar.start()
+
+    def answering(self) -> None:
+        self.t0 = time.perf_counter()
+        self.done_at_t0 = self.done
+
+    def note(self, message: str, force: bool = False) -> None:
+        if not (self.enabled or force):
+            return
+        console = self.bar.console if self.bar is not None else self.console
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def item_done(self, rec: dict[str, Any]) -> None:
+        self.done += 1
+        ok = rec.get("status") == "ok"
+        self.failed += not ok
+        self.correct += bool(rec.get("correct"))
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, stats=self._stats(), eta=self._eta())
+            if not ok:
+                self.bar.console.print(f"[red]✗[/] {rec.get('id')} ({rec.get('setting')}): {rec.get('error')}",
+                                       highlight=False, soft_wrap=True)
+            return
+        what = (f"{rec.get('predicted') or '?'} ({'right' if rec.get('correct') else 'wrong'}) · "
+                f"{rec.get('video_tokens_kept')} tokens · TTFT {_ms(rec.get('ttft_ms'))}" if ok
+                else f"error: {rec.get('error')}")
+        self.note(f"[{self.done}/{self.total}] {rec.get('id')} {rec.get('setting')}: {what}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def _stats(self) -> str:
+        return f"✓ {self.done - self.failed}  ✗ {self.failed} · {self.correct} right"
+
+    def _eta(self) -> str:
+        left = self.total - self.done
+        timed = self.done - self.done_at_t0
+        if left <= 0:
+            return "0 s"
+        if timed <= 0:
+            return "?"
+        s = (time.perf_counter() - self.t0) / timed * left
+        return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}%"
+
+
+def _type_cell(cell: dict[str, Any] | None) -> str:
+    if not cell or not cell["n"]:
+        return "–"
+    return f"{_pct(cell['accuracy_pct'])} ({cell['correct']}/{cell['n']})"
+
+
+def print_eval(data: dict[str, Any], max_new_tokens: int) -> None:
+    """The results table on stdout (it is the command's output), a per-type table when the questions have
+    types, and what the numbers mean on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fastvid_cli.ui import err_console
+
+    probe = Console()
+    out = Console(highlight=False, width=None if probe.is_terminal else max(probe.width, 120))
+    table = Table(title=f"{data['model']} · {data['questions']} questions · greedy, ≤{max_new_tokens} new tokens",
+                  title_justify="left")
+    for col in ("setting", "accuracy", "correct / n", "retention", "video tokens", "TTFT ms"):
+        table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=True)
+    rows = data["settings"]
+    if any(r["errors"] for r in rows):
+        table.add_column("errors", justify="right")
+    if any(r["pending"] for r in rows):
+        table.add_column("pending", justify="right")
+    for r in rows:
+        kept = "–" if r["mean_video_tokens_kept"] is None else f"{r['mean_video_tokens_kept']:.0f}"
+        if r["mean_video_tokens_kept"] is not None and r.get("video_tokens_total"):
+            kept += f" / {r['video_tokens_total']}"
+        cells = [r["setting"] + (" (ref)" if r["reference"] else ""), _pct(r["accuracy_pct"]),
+                 f"{r['correct']} / {r['n']}",
+                 "–" if r["retention"] is None else f"{100 * r['retention']:.1f}%", kept, _ms(r["mean_ttft_ms"])]
+        if any(x["errors"] for x in rows):
+            cells.append(str(r["errors"]))
+        if any(x["pending"] for x in rows):
+            cells.append(str(r["pending"]))
+        table.add_row(*cells)
+    out.print(table)
+    if data["by_type"]:
+        types = Table(title="accuracy by question type", title_justify="left")
+        types.add_column("type", no_wrap=True)
+        for r in rows:
+            types.add_column(r["setting"], justify="right", no_wrap=True)
+        for t, cells in data["by_type"].items():
+            types.add_row(t, *[_type_cell(cells.get(r["setting"])) for r in rows])
+        out.print(types)
+    err_console.print("[dim]accuracy over answered questions; retention = accuracy / accuracy of none@1 (ratio "
+                      "1.0); video tokens = mean kept per question; TTFT measured per question (each video's "
+                      "first question in a setting also pays pruning and the video-prefix prefill, later ones "
+                      "reuse its KV cache; encoding is shared by all settings and not counted)[/]")
+    run = data["run"]
+    err_console.print(f"[dim]{run['answered']} answered now ({run['failed']} failed), {run['skipped']} from "
+                      f"earlier runs → {data['output']}[/]")

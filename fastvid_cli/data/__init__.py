@@ -1,0 +1,1 @@
+"""Package data: the shipped synthetic test split (synth_test.jsonl)."""
