@@ -46,8 +46,8 @@ def colour_presence(frames: np.ndarray, palette: np.ndarray, min_pixels: int = 2
 class Examples(torch.utils.data.IterableDataset):
     """Endless (frames, prompt, answer, presence) examples from clip seeds start, start+step, ..."""
 
-    def __init__(self, start: int, frames: int):
-        self.start, self.frames = start, frames
+    def __init__(self, start: int, frames: int, short_share: float = 0.5):
+        self.start, self.frames, self.short_share = start, frames, short_share
 
     def __iter__(self):
         from fastvid_cli import synth
@@ -58,8 +58,14 @@ class Examples(torch.utils.data.IterableDataset):
         span = 50_000  # per worker; 16 workers stay far below the test seeds (synth.TEST_SEED_START)
         start = self.start + wid * span
         while True:
+            rng = random.Random(start)
             for clip, qa in synth.iter_examples(start, span, frames=self.frames):
-                yield clip, synth.mc_prompt(qa), qa.answer, colour_presence(clip, palette)
+                # Half the prompts ask for the short answer (the word itself): that teaches what the video shows;
+                # the multiple-choice half then only has to match that word to an option letter.
+                if rng.random() < self.short_share:
+                    yield clip, synth.short_prompt(qa), qa.short_answer, colour_presence(clip, palette)
+                else:
+                    yield clip, synth.mc_prompt(qa), qa.answer, colour_presence(clip, palette)
 
 
 def _collate(batch):
@@ -100,7 +106,7 @@ def train(args) -> dict:
     grid = demo.VISION["image_size"] // demo.VISION["patch_size"]
     npf = math.ceil(grid / 2) ** 2
     batcher = Batcher(tok, npf, args.frames)
-    loader = torch.utils.data.DataLoader(Examples(0, args.frames), batch_size=args.batch, num_workers=args.workers,
+    loader = torch.utils.data.DataLoader(Examples(0, args.frames, args.short_share), batch_size=args.batch, num_workers=args.workers,
                                          collate_fn=_collate, prefetch_factor=4 if args.workers else None,
                                          persistent_workers=args.workers > 0, pin_memory=dev.type == "cuda")
     params = list(model.parameters()) + list(head.parameters()) + list(aux.parameters())
@@ -172,14 +178,16 @@ def train(args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        # answer accuracy: the first target token is the letter
+        # multiple-choice accuracy: the first target token is the letter (short-answer rows are skipped)
         with torch.no_grad():
             first = torch.zeros_like(sel)
             first[torch.arange(B), sel.float().argmax(1)] = True
             letter_logits = model.lm_head(h[first]).float()[:, letters]
-            want = torch.tensor([letters.index(tok(a, add_special_tokens=False)["input_ids"][0]) for a in answers],
-                                device=dev)
-            acc = (letter_logits.argmax(-1) == want).float().mean().item()
+            mc = torch.tensor([a in ("A", "B", "C", "D") for a in answers], device=dev)
+            want = torch.tensor([letters.index(tok(a, add_special_tokens=False)["input_ids"][0]) if a in "ABCD"
+                                 and len(a) == 1 else 0 for a in answers], device=dev)
+            hit = (letter_logits.argmax(-1) == want).float()
+            acc = (hit[mc].mean().item() if mc.any() else float("nan"))
         acc_hist.append(acc)
         loss_hist.append(qa_loss.item())
         aux_hist.append(aux_loss.item())
@@ -187,7 +195,7 @@ def train(args) -> dict:
         if step % args.log_every == 0:
             row = dict(step=step, minutes=round((time.perf_counter() - t0) / 60, 2), lr=round(lr, 6),
                        qa_loss=round(float(np.mean(loss_hist)), 4), aux_loss=round(float(np.mean(aux_hist)), 4),
-                       train_acc=round(float(np.mean(acc_hist)), 4))
+                       mc_train_acc=round(float(np.nanmean(acc_hist)), 4))
             log.append(row)
             print(json.dumps(row), flush=True)
             acc_hist, loss_hist, aux_hist = [], [], []
@@ -215,9 +223,10 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--frames", type=int, default=demo.FRAMES)
-    ap.add_argument("--lr", type=float, default=6e-4)
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--aux-weight", type=float, default=0.5)
+    ap.add_argument("--short-share", type=float, default=0.5, help="share of short-answer (not multiple-choice) prompts")
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
