@@ -107,6 +107,9 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     stages = [("sample", "sample"), ("preprocess", "preprocess"), ("vision", "vision"), ("prune", "prune"),
               ("prefill", "prefill"), ("ttft", "TTFT"), ("decode", "decode")]
     times = "  ".join(f"{label} [bold]{_ms(t.get(key))}[/]" for key, label in stages if key in t)
+    if "sample_wait" in t:  # sampling ran during the model load: only the wait after it counts
+        times = times.replace(f"sample [bold]{_ms(t.get('sample'))}[/]",
+                              f"sample [bold]{_ms(t.get('sample'))}[/] (during load; waited {_ms(t['sample_wait'])})")
     if load_ms is not None:
         times = f"load [bold]{_ms(load_ms)}[/]  " + times
     grid.add_row("time", times)
