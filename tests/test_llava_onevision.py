@@ -211,3 +211,53 @@ def test_session_with_shared_prefix_answers_like_separate_asks(engine, clip, ind
     assert [r.answer for r in shared] == [r.answer for r in alone]
     assert all("prefix_prefill" in r.timings_ms for r in shared)
     assert shared[1].video_tokens_kept == alone[1].video_tokens_kept
+
+
+def _fake_hub_cache(repo: str, folder) -> None:
+    """Lay `folder`'s files out as huggingface_hub's cache does for `repo` (refs/main -> snapshots/<sha>/...)."""
+    import os
+    import shutil
+
+    root = os.path.join(os.environ["HF_HUB_CACHE"], "models--" + repo.replace("/", "--"))
+    sha = "0" * 40
+    snap = os.path.join(root, "snapshots", sha)
+    os.makedirs(snap, exist_ok=True)
+    os.makedirs(os.path.join(root, "refs"), exist_ok=True)
+    with open(os.path.join(root, "refs", "main"), "w") as f:
+        f.write(sha)
+    for name in os.listdir(folder):
+        shutil.copy(os.path.join(folder, name), os.path.join(snap, name))
+
+
+def test_default_saliency_head_comes_from_the_hub_cache_and_is_extracted_once(tiny_llava, tiny_saliency,
+                                                                               monkeypatch, tmp_path):
+    """The default head (google/siglip-so400m-patch14-384) is read from the HF cache offline: only the head tensors
+    are extracted into fastvid's own cache, and later loads use that small file."""
+    from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, _extracted_path
+
+    monkeypatch.setenv("FASTVID_CACHE", str(tmp_path / "fv"))
+    _fake_hub_cache(DEFAULT_SALIENCY_MODEL, tiny_saliency)
+    try:
+        eng = Engine.load(str(tiny_llava), device="cpu", dtype="float32")
+        assert eng.adapter.saliency_source == f"siglip-head: {DEFAULT_SALIENCY_MODEL}"
+        extracted = _extracted_path(DEFAULT_SALIENCY_MODEL)
+        assert extracted.is_file() and extracted.stat().st_size < (tiny_saliency / "model.safetensors").stat().st_size
+        from safetensors import safe_open
+
+        with safe_open(str(extracted), framework="pt") as f:
+            assert all(k.startswith(("head.", "post_layernorm.")) for k in f.keys())  # nothing else was kept
+        ref = Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
+        frames = torch.randint(0, 256, (4, 40, 60, 3), dtype=torch.uint8)
+        a, b = eng.adapter, ref.adapter
+        fa, fb = a.encode(a.preprocess(frames)), b.encode(b.preprocess(frames))
+        assert torch.allclose(fa.saliency, fb.saliency) and torch.allclose(fa.frame_features, fb.frame_features)
+        # a corrupt extracted copy is ignored and rebuilt from the hub cache
+        extracted.write_bytes(b"not safetensors")
+        again = Engine.load(str(tiny_llava), device="cpu", dtype="float32")
+        assert again.adapter.saliency_head is not None and extracted.stat().st_size > 100
+    finally:
+        import os
+        import shutil
+
+        shutil.rmtree(os.path.join(os.environ["HF_HUB_CACHE"],
+                                   "models--" + DEFAULT_SALIENCY_MODEL.replace("/", "--")), ignore_errors=True)
