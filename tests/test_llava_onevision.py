@@ -261,3 +261,28 @@ def test_default_saliency_head_comes_from_the_hub_cache_and_is_extracted_once(ti
 
         shutil.rmtree(os.path.join(os.environ["HF_HUB_CACHE"],
                                    "models--" + DEFAULT_SALIENCY_MODEL.replace("/", "--")), ignore_errors=True)
+
+
+def test_auto_device_map_only_when_the_checkpoint_does_not_fit_one_gpu(tmp_path, monkeypatch):
+    import json
+
+    from fastvid_cli import engine as E
+    from fastvid_cli.models import ModelRef
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    ref = ModelRef(str(folder), None, True)
+
+    def index(total: int) -> None:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                          "weight_map": {}}))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (80 * 2**30, 80 * 2**30))
+    index(145 * 2**30)  # a 72B in bf16: shard it over the GPUs
+    assert E._auto_device_map(ref, torch.bfloat16) == "auto"
+    index(16 * 2**30)  # a 7B fits one GPU: no sharding (faster, no pipeline hops)
+    assert E._auto_device_map(ref, torch.bfloat16) is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    index(145 * 2**30)  # nothing to shard over
+    assert E._auto_device_map(ref, torch.bfloat16) is None
