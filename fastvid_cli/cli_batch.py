@@ -7,7 +7,6 @@ or transformers: everything heavy is imported inside the command.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.ui import fmt_ms
 
 CSV_HELP = ("Questions CSV. Header row required: columns video,question; optional id (default: the 1-based data "
             "row number), ratio and frames (per-row overrides of --ratio/--frames). UTF-8 with or without BOM. "
@@ -193,7 +193,7 @@ class BatchProgress:
                                        highlight=False, soft_wrap=True)
             return
         what = (f"ok · {rec.get('video_tokens_kept')}/{rec.get('video_tokens_total')} tokens kept · TTFT "
-                f"{_ms((rec.get('timings_ms') or {}).get('ttft'))}" if ok else f"error: {rec.get('error')}")
+                f"{fmt_ms((rec.get('timings_ms') or {}).get('ttft'))}" if ok else f"error: {rec.get('error')}")
         self.note(f"[{self.done}/{self.total}] row {rec.get('row')} (id {_id(rec)}) {what} · {self._stats()}"
                   f" · ETA {self._eta()}")
 
@@ -215,7 +215,7 @@ class BatchProgress:
         if self.kept:
             s += f" · kept {sum(self.kept) / len(self.kept):.0f} tok"
         if self.ttft:
-            s += f" · TTFT {_ms(sum(self.ttft) / len(self.ttft))}"
+            s += f" · TTFT {fmt_ms(sum(self.ttft) / len(self.ttft))}"
         return s
 
     def _eta(self) -> str:
@@ -233,15 +233,6 @@ def _id(rec: dict[str, Any]) -> str:
     return str(rec.get("id") if rec.get("id") is not None else rec.get("duplicate_id"))
 
 
-def _ms(v: float | None) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.0f} ms" if v < 1000 else f"{v / 1e3:.2f} s"
-
-
 def _secs(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
 
-
-if __name__ == "__main__":  # pragma: no cover - handy before batch is registered in cli.py
-    sys.exit("register with app.command()(batch) in fastvid_cli/cli.py")

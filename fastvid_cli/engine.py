@@ -165,7 +165,7 @@ class Engine:
         module = importlib.import_module(FAMILIES[family])
         on_stage("load", "start")
         with _oom_guard():
-            adapter = module.LlavaOnevisionAdapter.load(
+            adapter = module.Adapter.load(
                 ref, config, device=dev, dtype=torch_dtype, attn_implementation=attn_implementation,
                 saliency_model=saliency_model, device_map=device_map)
         label = "auto (" + ", ".join(sorted({str(d) for d in device_map.values()})) + ")" if device_map else dev

@@ -76,7 +76,8 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _ms(v: float | None) -> str:
+def fmt_ms(v: float | None) -> str:
+    """A duration for people: '12.3 ms', '1.25 s', or '–' when unknown."""
     if v is None:
         return "–"
     return f"{v:.1f} ms" if v < 1000 else f"{v / 1e3:.2f} s"
@@ -106,12 +107,12 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
                      else "miss (features stored for the next run)")
     stages = [("sample", "sample"), ("preprocess", "preprocess"), ("vision", "vision"), ("prune", "prune"),
               ("prefill", "prefill"), ("ttft", "TTFT"), ("decode", "decode")]
-    times = "  ".join(f"{label} [bold]{_ms(t.get(key))}[/]" for key, label in stages if key in t)
+    times = "  ".join(f"{label} [bold]{fmt_ms(t.get(key))}[/]" for key, label in stages if key in t)
     if "sample_wait" in t:  # sampling ran during the model load: only the wait after it counts
-        times = times.replace(f"sample [bold]{_ms(t.get('sample'))}[/]",
-                              f"sample [bold]{_ms(t.get('sample'))}[/] (during load; waited {_ms(t['sample_wait'])})")
+        times = times.replace(f"sample [bold]{fmt_ms(t.get('sample'))}[/]",
+                              f"sample [bold]{fmt_ms(t.get('sample'))}[/] (during load; waited {fmt_ms(t['sample_wait'])})")
     if load_ms is not None:
-        times = f"load [bold]{_ms(load_ms)}[/]  " + times
+        times = f"load [bold]{fmt_ms(load_ms)}[/]  " + times
     grid.add_row("time", times)
     tps = r.get("decode_tokens_per_s")
     grid.add_row("decode", f"{r['new_tokens']} new tokens" + (f", {tps:.1f} tok/s" if tps else "")
@@ -122,7 +123,7 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     if sp:
         if r.get("prefill_speedup_measured"):
             grid.add_row("prefill speedup", f"[bold green]{sp:.2f}x[/] measured "
-                         f"({_ms(r.get('baseline_prefill_ms'))} unpruned vs {_ms(t.get('prefill_1tok'))})")
+                         f"({fmt_ms(r.get('baseline_prefill_ms'))} unpruned vs {fmt_ms(t.get('prefill_1tok'))})")
         else:
             grid.add_row("prefill speedup", f"[bold]{sp:.2f}x[/] est. (LLM prefill FLOPs; --baseline measures it)")
     grid.add_row("device", f"{r['device']} · {r['dtype']} · {r.get('attn_implementation', '')} · {r['model']}")
@@ -166,8 +167,8 @@ def print_compare(result: dict[str, Any], full: bool = False) -> None:
         text = r["answer"].strip() if full else _short(r["answer"], 100)
         out.print(f"[bold]{r['method']} {r['ratio']:g}:[/] {text}", markup=True, highlight=False)
     shared = result["shared_ms"]
-    err_console.print(f"[dim]shared by every row: sample {_ms(shared.get('sample'))} · preprocess "
-                      f"{_ms(shared.get('preprocess'))} · vision {_ms(shared.get('vision'))} · feature cache "
+    err_console.print(f"[dim]shared by every row: sample {fmt_ms(shared.get('sample'))} · preprocess "
+                      f"{fmt_ms(shared.get('preprocess'))} · vision {fmt_ms(shared.get('vision'))} · feature cache "
                       f"{result['cache']} · speedups measured against the ratio 1.0 row[/]")
     for n in result.get("notes", []):
         warn_line(n)

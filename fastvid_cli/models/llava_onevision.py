@@ -274,3 +274,6 @@ class LlavaOnevisionAdapter:
         attn = 2 * L * L * heads * hd  # QK^T and AV, each 2*L*L*hd per head, halved by the causal mask
         mlp = 6 * L * d * m
         return layers * (proj + attn + mlp)
+
+
+Adapter = LlavaOnevisionAdapter  # what fastvid_cli.engine loads for this family

@@ -160,7 +160,8 @@ def _check_params(ratio, c, tau, d, p, beta, k) -> tuple[float, int, float, floa
     return ratio, c, tau, d, p, beta, k
 
 
-def _check_shapes(embeds: Tensor, saliency: Tensor, frame_features: Tensor) -> tuple[int, int, int]:
+def check_embeds(embeds: Tensor) -> tuple[int, int, int]:
+    """(F, N, D) of a non-empty float (frames, tokens, dim) tensor; ``ValueError`` otherwise."""
     if not isinstance(embeds, Tensor) or embeds.dim() != 3:
         shape = tuple(embeds.shape) if isinstance(embeds, Tensor) else type(embeds).__name__
         raise ValueError(f"embeds must have shape (frames, tokens, dim), got {shape}")
@@ -169,6 +170,11 @@ def _check_shapes(embeds: Tensor, saliency: Tensor, frame_features: Tensor) -> t
         raise ValueError(f"embeds must be non-empty, got shape {tuple(embeds.shape)}")
     if not embeds.is_floating_point():
         raise ValueError(f"embeds must be a float tensor, got {embeds.dtype}")
+    return F, N, D
+
+
+def _check_shapes(embeds: Tensor, saliency: Tensor, frame_features: Tensor) -> tuple[int, int, int]:
+    F, N, D = check_embeds(embeds)
     if not isinstance(saliency, Tensor) or tuple(saliency.shape) != (F, N):
         shape = tuple(saliency.shape) if isinstance(saliency, Tensor) else type(saliency).__name__
         raise ValueError(f"saliency must have shape (frames, tokens) = {(F, N)}, got {shape}")

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import InvalidOptionError
 from .density import bmm_fp32
-from .fastvid import PruneResult, frame_budget, keep_all
+from .fastvid import PruneResult, check_embeds, frame_budget, keep_all
 
 
 def check_ratio(ratio) -> float:
@@ -43,19 +43,6 @@ def check_ratio(ratio) -> float:
     if not 0.0 < ratio <= 1.0:  # NaN fails too
         raise InvalidOptionError(f"ratio must be in (0, 1], got {ratio:g}")
     return ratio
-
-
-def check_embeds(embeds: Tensor) -> tuple[int, int, int]:
-    """(F, N, D) of a non-empty float (frames, tokens, dim) tensor; ``ValueError`` otherwise."""
-    if not isinstance(embeds, Tensor) or embeds.dim() != 3:
-        shape = tuple(embeds.shape) if isinstance(embeds, Tensor) else type(embeds).__name__
-        raise ValueError(f"embeds must have shape (frames, tokens, dim), got {shape}")
-    F, N, D = embeds.shape
-    if F < 1 or N < 1 or D < 1:
-        raise ValueError(f"embeds must be non-empty, got shape {tuple(embeds.shape)}")
-    if not embeds.is_floating_point():
-        raise ValueError(f"embeds must be a float tensor, got {embeds.dtype}")
-    return F, N, D
 
 
 def per_frame_budget(n_tokens: int, ratio: float) -> tuple[int, list[str]]:
