@@ -217,6 +217,7 @@ class BatchConfig:
     top_p: float = 1.0
     seed: int | None = None
     system: str | None = None
+    compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs); not in the fingerprint: same tokens
     retry_errors: bool = False
     overwrite: bool = False
 
@@ -224,7 +225,7 @@ class BatchConfig:
         from fastvid_cli.engine import GenerationOptions
 
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                 top_p=self.top_p, seed=self.seed, system=self.system)
+                                 top_p=self.top_p, seed=self.seed, system=self.system, compile=self.compile)
 
 
 def family_defaults(model: str) -> dict[str, Any]:

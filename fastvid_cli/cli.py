@@ -110,6 +110,7 @@ def ask(
     top_p: float = O.TOP_P,
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
+    compile_decode: Optional[bool] = O.COMPILE,
     baseline: bool = typer.Option(False, "--baseline", help="Also time an unpruned prefill of the same prompt "
                                   "and report the MEASURED prefill speedup. " + SPEEDUP_NOTE,
                                   rich_help_panel="Output"),
@@ -137,7 +138,7 @@ def ask(
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                system=system)
+                                system=system, compile=compile_decode)
         gen.validate()
         display = StageDisplay(enabled=not (as_json or quiet))
         engine, clip, sample_ms, wait_ms = _load_and_sample(
@@ -261,6 +262,7 @@ def compare(
     no_cache: bool = O.NO_CACHE,
     max_new_tokens: int = typer.Option(128, min=1, help="Most tokens per answer.", rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
+    compile_decode: Optional[bool] = O.COMPILE,
     full: bool = typer.Option(False, "--full", help="Print whole answers instead of shortened ones.",
                               rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with a list of rows.",
@@ -288,7 +290,7 @@ def compare(
             _check_method(m)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
-        gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system)
+        gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system, compile=compile_decode)
         display = StageDisplay(enabled=not as_json)
         engine, clip, sample_ms, _ = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,

@@ -62,6 +62,7 @@ def batch(
     top_p: float = O.TOP_P,
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
+    compile_decode: Optional[bool] = O.COMPILE,
     debug: bool = O.DEBUG,
 ) -> None:
     """Answer every question of a CSV, one video session per (video, frames, ratio), into a resumable JSONL.
@@ -87,7 +88,7 @@ def batch(
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, device=device, dtype=dtype,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_p=top_p, seed=seed, system=system,
+                          temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
                           retry_errors=retry_errors, overwrite=overwrite)
         stop = threading.Event()
         progress = BatchProgress()

@@ -59,6 +59,7 @@ def eval_(
     max_new_tokens: int = typer.Option(8, min=1, help="Most tokens per answer (greedy decoding).",
                                        rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
+    compile_decode: Optional[bool] = O.COMPILE,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Answer again what failed before with the "
                                       "same settings (otherwise it is skipped too).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the numbers of the tables.",
@@ -86,6 +87,7 @@ def eval_(
                          frames=frames, methods=list(method) or ["fastvid"],
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
+                         compile=compile_decode,
                          retry_errors=retry_errors)
         progress = EvalProgress(enabled=not as_json)
 

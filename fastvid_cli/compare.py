@@ -63,7 +63,7 @@ def run_compare(engine: Engine, video: str, question: str, *, methods: list[str]
     first = engine.session(video, frames=frames, prune=PruneOptions(method="none", ratio=1.0), clip=clip,
                            sample_ms=sample_ms, system=gen.system, feature_cache=feature_cache)
     shared = {k: first.timings.get(k, 0.0) for k in ("sample", "preprocess", "vision")}
-    warm = GenerationOptions(max_new_tokens=2, system=gen.system)
+    warm = GenerationOptions(max_new_tokens=2, system=gen.system, compile=gen.compile)
     first.answer(question, warm, reuse_prefix=False)  # untimed: first kernels, allocator growth
     rows: list[CompareRow] = []
     for method, ratio in settings(methods, ratios, baseline):

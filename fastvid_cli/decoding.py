@@ -85,10 +85,38 @@ class DecodeResult:
     token_ids: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
     stop_reason: str = ""
+    capture_ms: float | None = None  # StaticDecoder: CUDA-graph capture time when this call captured one
+    mode: str = "eager"  # eager | cuda-graph | static (static buffers, no graph: CPU tests)
+    fallback: str | None = None  # why a static decode went on eagerly
 
 
 @torch.inference_mode()
-def decode(model, first_logits: torch.Tensor, cache, next_position: int, s: Sampling,
+def position_column(next_position: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The position ids of the first generated token: an int n -> [[n]]; a tensor is taken as the column
+    (shape (1,1) for 1-D ids, (R,1,1) for M-RoPE rows), e.g. `Assembled.next_position`."""
+    if isinstance(next_position, torch.Tensor):
+        return next_position.to(device=device, dtype=torch.long).clone()
+    return torch.tensor([[int(next_position)]], device=device)
+
+
+def _emit(res: DecodeResult, token: int, s: Sampling, eos: set[int], on_token, stop) -> bool:
+    """Record one token; True when decoding must stop (reason set on `res`)."""
+    now = time.perf_counter()
+    res.token_ids.append(token)
+    res.token_times.append(now)
+    if on_token is not None:
+        on_token(token, now)
+    if token in eos:
+        res.stop_reason = "eos"
+    elif len(res.token_ids) >= s.max_new_tokens:
+        res.stop_reason = "max_new_tokens"
+    elif stop is not None and stop.is_set():
+        res.stop_reason = "interrupted"
+    return bool(res.stop_reason)
+
+
+@torch.inference_mode()
+def decode(model, first_logits: torch.Tensor, cache, next_position: int | torch.Tensor, s: Sampling,
            on_token=None, stop: threading.Event | None = None) -> DecodeResult:
     """Pick the first token from `first_logits`, then feed tokens one by one at next_position, +1, ...
 
@@ -96,29 +124,162 @@ def decode(model, first_logits: torch.Tensor, cache, next_position: int, s: Samp
     res = DecodeResult()
     pick = _Picker(s, first_logits.device)
     eos = eos_ids(model)
-    dev = first_logits.device
     tok = pick(first_logits)
-    pos = torch.tensor([[next_position]], device=dev)
+    # int(tok.item()) is the one host sync per step: the token is needed on the host anyway
+    if _emit(res, int(tok.item()), s, eos, on_token, stop):
+        return res
+    return _eager_steps(model, tok, cache, position_column(next_position, first_logits.device), pick, res, s, eos,
+                        on_token, stop)
+
+
+def _eager_steps(model, tok: torch.Tensor, cache, pos: torch.Tensor, pick: _Picker, res: DecodeResult, s: Sampling,
+                 eos: set[int], on_token, stop) -> DecodeResult:
+    """Feed `tok` (already emitted) at `pos`, and go on until a stop condition."""
     while True:
-        token = int(tok.item())  # the one host sync per step: the token is needed on the host anyway
-        now = time.perf_counter()
-        res.token_ids.append(token)
-        res.token_times.append(now)
-        if on_token is not None:
-            on_token(token, now)
-        if token in eos:
-            res.stop_reason = "eos"
-            break
-        if len(res.token_ids) >= s.max_new_tokens:
-            res.stop_reason = "max_new_tokens"
-            break
-        if stop is not None and stop.is_set():
-            res.stop_reason = "interrupted"
-            break
         out = model(input_ids=tok.view(1, 1), position_ids=pos, past_key_values=cache, use_cache=True)
         pos = pos + 1
         tok = pick(out.logits[0, -1])
-    return res
+        if _emit(res, int(tok.item()), s, eos, on_token, stop):
+            return res
+
+
+class StaticDecoder:
+    """Decode steps over a preallocated (static) KV cache, each step replayed as ONE CUDA graph.
+
+    Eager decoding launches a few hundred small kernels per token, so on a 7B model it is bound by the host, not
+    by the GPU. Here the prefill still runs eagerly on the dynamic cache (so prefill kernels and timings are the
+    usual ones); its keys/values are then copied into static buffers (a memcpy), and every decode step is one
+    graph replay plus the one host sync that reads the token. The graph is captured once per buffer size (no
+    torch.compile, so it takes about one forward pass instead of tens of seconds) and reused for every later
+    answer. Greedy picks happen inside the graph; sampling reads the graph's logits.
+
+    `graphs=False` runs the same static-cache step eagerly (what CPU tests use to check the token stream).
+    """
+
+    BLOCK = 1024  # buffer sizes are rounded up to this, so answers of similar length reuse one graph
+
+    def __init__(self, model, *, graphs: bool = True):
+        self.model = model
+        self.graphs = graphs
+        self.lm = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        self.cache = None
+        self.capacity = 0
+        self.graph = None
+        self.pos_shape: tuple[int, ...] | None = None
+        self.captures = 0
+        self.last_capture_ms: float | None = None
+
+    @staticmethod
+    def unsupported(model, cache) -> str | None:
+        """Why this model/cache cannot use the static path (None when it can)."""
+        from transformers.cache_utils import DynamicLayer
+
+        kinds = {type(layer) for layer in getattr(cache, "layers", [])}
+        if not kinds or kinds != {DynamicLayer}:
+            return "the model's cache has sliding-window or other non-standard layers"
+        return None
+
+    def _allocate(self, capacity: int, like: list[tuple[torch.Tensor, torch.Tensor]], pos: torch.Tensor) -> None:
+        from transformers import StaticCache
+
+        self.cache = self.graph = None  # free the old buffers and graph pool first
+        if self.graphs:
+            torch.cuda.empty_cache()
+        cache = StaticCache(config=self.model.config, max_cache_len=capacity)
+        for layer, (k, v) in zip(cache.layers, like):
+            layer.lazy_initialization(k[:, :, :1], v[:, :, :1])
+        self.cache, self.capacity = cache, capacity
+        dev = like[0][0].device
+        self.tok_buf = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        self.pos_buf = torch.zeros_like(pos)
+        self.pos_shape = tuple(pos.shape)
+        if self.graphs:
+            self._capture()
+
+    def _step(self) -> None:
+        """One decode step on the static buffers: reads tok_buf/pos_buf, writes logits_buf, the greedy token into
+        tok_buf, and advances pos_buf (the cache advances itself)."""
+        h = self.lm(inputs_embeds=self.embed(self.tok_buf), position_ids=self.pos_buf, past_key_values=self.cache,
+                    use_cache=True).last_hidden_state
+        self.logits_buf = self.head(h[:, -1])[0]
+        self.tok_buf.copy_(self.logits_buf.argmax(-1).view(1, 1))
+        self.pos_buf.add_(1)
+
+    def _set_length(self, length: int) -> None:
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(length)
+
+    def _capture(self) -> None:
+        t0 = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up steps (write junk past the valid length, which is masked, then reset)
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._step()
+        torch.cuda.synchronize()
+        self._set_length(0)
+        self.graph = graph
+        self.captures += 1
+        self.last_capture_ms = (time.perf_counter() - t0) * 1e3
+
+    def load(self, cache, next_position: torch.Tensor, max_new_tokens: int) -> float | None:
+        """Copy a prefilled dynamic `cache` into the static buffers (growing them, and recapturing, if needed).
+        Returns the capture time in ms when a capture happened, else None."""
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        length = int(kv[0][0].shape[2])
+        need = length + max_new_tokens
+        captured = None
+        if self.cache is None or need > self.capacity or tuple(next_position.shape) != self.pos_shape:
+            capacity = -(-max(need, self.capacity) // self.BLOCK) * self.BLOCK
+            self._allocate(capacity, kv, next_position)
+            captured = self.last_capture_ms if self.graphs else None
+        for layer, (k, v) in zip(self.cache.layers, kv):
+            layer.keys[:, :, :length].copy_(k)
+            layer.values[:, :, :length].copy_(v)
+        self._set_length(length)
+        self.pos_buf.copy_(next_position)
+        return captured
+
+    @torch.inference_mode()
+    def decode(self, model, first_logits: torch.Tensor, cache, next_position: int | torch.Tensor, s: Sampling,
+               on_token=None, stop: threading.Event | None = None) -> DecodeResult:
+        """Same contract and token stream as `decode`. The first token (from the prefill's logits) is emitted
+        before the buffers are filled or a graph captured, so neither delays the time to first token. `cache`
+        (the prefilled dynamic cache) is only read — unless filling the static buffers fails (e.g. the capture),
+        in which case decoding goes on eagerly on `cache` and `res.fallback` says why."""
+        res = DecodeResult(mode="cuda-graph" if self.graphs else "static")
+        pos = position_column(next_position, first_logits.device)
+        pick = _Picker(s, first_logits.device)
+        greedy = pick.gen is None
+        eos = eos_ids(model)
+        tok = pick(first_logits)
+        if _emit(res, int(tok.item()), s, eos, on_token, stop):
+            return res
+        try:
+            res.capture_ms = self.load(cache, pos, s.max_new_tokens)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any capture problem: the eager loop still answers
+            self.cache = self.graph = None
+            res.mode = "eager"
+            res.fallback = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+            return _eager_steps(model, tok, cache, pos, pick, res, s, eos, on_token, stop)
+        self.tok_buf.copy_(tok.view(1, 1))
+        while True:
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step()
+            if not greedy:
+                self.tok_buf.copy_(pick(self.logits_buf).view(1, 1))
+            if _emit(res, int(self.tok_buf.item()), s, eos, on_token, stop):
+                return res
 
 
 class TextStream:

@@ -316,6 +316,7 @@ class EvalConfig:
     limit: int | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     system: str | None = None
+    compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs)
     retry_errors: bool = False
 
     @property
@@ -328,7 +329,8 @@ class EvalConfig:
     def generation(self):
         from fastvid_cli.engine import GenerationOptions
 
-        return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0, system=self.system)
+        return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0, system=self.system,
+                                 compile=self.compile)
 
 
 @dataclass(frozen=True)

@@ -50,5 +50,9 @@ TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --tempe
                      rich_help_panel="Generation")
 SEED = typer.Option(None, help="Seed for sampling (each answer starts from it).", rich_help_panel="Generation")
 SYSTEM = typer.Option(None, help="System prompt.", rich_help_panel="Generation")
+COMPILE = typer.Option(None, "--compile/--no-compile",
+                       help="Decode on a static KV cache with each step replayed as one CUDA graph (captured once "
+                            "per buffer size, well under a second; greedy tokens as the eager loop). Default: on "
+                            "when running on CUDA.", rich_help_panel="Generation")
 
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output")

@@ -115,7 +115,12 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
         times = f"load [bold]{fmt_ms(load_ms)}[/]  " + times
     grid.add_row("time", times)
     tps = r.get("decode_tokens_per_s")
+    mode = r.get("decode_mode") or ""
+    if mode == "cuda-graph":
+        cap = t.get("graph_capture")
+        mode = "CUDA graph" + (f", captured in {fmt_ms(cap)}" if cap is not None else ", reused")
     grid.add_row("decode", f"{r['new_tokens']} new tokens" + (f", {tps:.1f} tok/s" if tps else "")
+                 + (f" · {mode}" if mode else "")
                  + (f" (stopped: {r['stop_reason']})" if r.get("stop_reason") not in ("", "eos") else ""))
     if r.get("peak_gpu_mem_mb") is not None:
         grid.add_row("peak GPU mem", f"{r['peak_gpu_mem_mb'] / 1024:.2f} GiB")

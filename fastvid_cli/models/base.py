@@ -66,6 +66,12 @@ class Assembled:
     def length(self) -> int:
         return int(self.inputs_embeds.shape[1])
 
+    @property
+    def next_position(self) -> torch.Tensor:
+        """Position ids of the first generated token: the last column + 1 ((1,1), or (R,1,1) for M-RoPE rows).
+        The prompt always ends in unpruned text, so this continues after the UNPRUNED length."""
+        return self.position_ids[..., -1:] + 1
+
 
 def resolve_device(device: str) -> str:
     """'auto' | 'cuda' | 'cuda:N' | 'cpu' -> a concrete device string ('auto' stays 'auto' only for sharding)."""
