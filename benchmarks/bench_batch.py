@@ -26,7 +26,7 @@ from fastvid_cli.engine import GenerationOptions, PruneOptions, versions  # noqa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--questions", type=int, default=10)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--ratio", type=float, default=0.1)
     args = ap.parse_args()
@@ -34,29 +34,46 @@ def main() -> None:
     engine.warmup()
     video = write_clip(str(Path(tempfile.mkdtemp()) / "clip.mp4"), seconds=30)
     prune = PruneOptions(method="fastvid", ratio=args.ratio, params=dict(c=8, tau=0.9, d=0.4, p=4, beta=0.6))
-    gen = GenerationOptions(max_new_tokens=args.new_tokens)
     questions = [f"Question {i}: what happens in the video around second {i}?" for i in range(args.questions)]
-    engine.ask(video, questions[0], frames=args.frames, prune=prune, gen=gen)  # warm-up
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    separate = [engine.ask(video, q, frames=args.frames, prune=prune, gen=gen) for q in questions]
-    torch.cuda.synchronize()
-    t_sep = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sess = engine.session(video, frames=args.frames, prune=prune)
-    grouped = [sess.answer(q, gen, reuse_prefix=True) for q in questions]
-    torch.cuda.synchronize()
-    t_grp = time.perf_counter() - t0
-    same = sum(a.answer == b.answer for a, b in zip(separate, grouped))
     print(f"# bench_batch: {torch.cuda.get_device_name(0)} | {versions()} | {time.strftime('%Y-%m-%d')}")
     print(f"1 video x {args.questions} questions, {args.frames} frames, ratio {args.ratio}, "
           f"{args.new_tokens} new tokens each")
-    print(f"separate asks: {t_sep:.2f} s ({t_sep / args.questions * 1e3:.0f} ms per question)")
-    print(f"one session, shared prefix: {t_grp:.2f} s ({t_grp / args.questions * 1e3:.0f} ms per question) "
-          f"-> {t_sep / t_grp:.2f}x faster; prefix prefill {sess.prefix_ms:.1f} ms once; "
-          f"per-question prefill median {sorted(r.timings_ms['prefill'] for r in grouped)[len(grouped) // 2]:.1f} ms "
-          f"vs {sorted(r.timings_ms['prefill'] for r in separate)[len(separate) // 2]:.1f} ms")
-    print(f"identical greedy answers: {same}/{args.questions}")
+    for compile_ in (True, False):
+        gen = GenerationOptions(max_new_tokens=args.new_tokens, compile=compile_)
+        engine.ask(video, questions[0], frames=args.frames, prune=prune, gen=gen)  # warm-up (and graph capture)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        separate = [engine.ask(video, q, frames=args.frames, prune=prune, gen=gen) for q in questions]
+        torch.cuda.synchronize()
+        t_sep = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sess = engine.session(video, frames=args.frames, prune=prune)
+        grouped = [sess.answer(q, gen, reuse_prefix=True) for q in questions]
+        torch.cuda.synchronize()
+        t_grp = time.perf_counter() - t0
+        same = sum(a.answer == b.answer for a, b in zip(separate, grouped))
+        mode = grouped[-1].decode_mode
+        print(f"\n## decode: {mode}")
+        print(f"separate asks: {t_sep:.2f} s ({t_sep / args.questions * 1e3:.0f} ms per question); stage medians: "
+              + stage_medians(separate))
+        print(f"one session, shared prefix: {t_grp:.2f} s ({t_grp / args.questions * 1e3:.0f} ms per question) "
+              f"-> {t_sep / t_grp:.2f}x faster; session setup {sum(sess.timings.get(k, 0) for k in STAGES):.0f} ms "
+              f"+ prefix prefill {sess.prefix_ms:.1f} ms once; per question: " + stage_medians(grouped))
+        print(f"identical greedy answers: {same}/{args.questions}")
+
+
+STAGES = ("sample", "preprocess", "vision", "prune")
+
+
+def stage_medians(reports) -> str:
+    keys = ["sample", "preprocess", "vision", "prune", "prefill", "decode", "total"]
+    out = []
+    for k in keys:
+        xs = sorted(r.timings_ms[k] for r in reports if k in r.timings_ms)
+        if xs:
+            out.append(f"{k} {xs[len(xs) // 2]:.1f}")
+    tps = sorted(r.decode_tokens_per_s or 0 for r in reports)
+    return ", ".join(out) + f" ms, decode {tps[len(tps) // 2]:.0f} tok/s"
 
 
 if __name__ == "__main__":
