@@ -209,6 +209,7 @@ class BatchConfig:
     attn_implementation: str = "sdpa"
     saliency_model: str | None = None
     frames: int | None = None
+    fps: float | None = None  # Qwen-VL families: sampling rate (exclusive with frames)
     method: str = "fastvid"
     ratio: float | None = None
     params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta given on the command line
@@ -258,13 +259,24 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -
 
     alias = ALIASES.get(cfg.model.strip())
     fastvid = cfg.method == "fastvid"
-    params = {**{k: defaults[k] for k in PRUNE_PARAM_NAMES}, **cfg.params} if fastvid else {}
-    return {
+    # the Qwen-VL FastVID variant also has "ignore"; other families' settings (and fingerprints) are unchanged
+    names = PRUNE_PARAM_NAMES + tuple(k for k in ("ignore",) if k in defaults)
+    if "ignore" in cfg.params and "ignore" not in defaults:
+        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
+    params = {**{k: defaults[k] for k in names}, **cfg.params} if fastvid else {}
+    frames = cfg.frames or (alias.frames if alias else defaults["frames"])
+    by_rate = "fps" in defaults  # families that sample by rate unless given a frame count
+    if cfg.fps is not None and (not by_rate or cfg.frames):
+        raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly"
+                                 if not by_rate else "--frames and --fps exclude each other")
+    rate = {"fps": float(cfg.fps or defaults["fps"])} if by_rate and not cfg.frames else {}
+    return rate | {
         "model": resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
-        "ratio": float(cfg.ratio if cfg.ratio is not None else defaults["ratio"]) if fastvid else 1.0,
-        "frames": int(cfg.frames or (alias.frames if alias else defaults["frames"])),
+        # every method but "none" prunes at the given ratio (uniform, random and holitom too, not only fastvid)
+        "ratio": float(cfg.ratio if cfg.ratio is not None else defaults["ratio"]) if cfg.method != "none" else 1.0,
+        "frames": int(frames) if frames else None,  # None: sampled by rate
         "params": {k: params[k] for k in sorted(params)},
         "saliency_model": _saliency_setting(cfg.saliency_model) if fastvid else None,
         "max_new_tokens": int(cfg.max_new_tokens),
@@ -288,6 +300,8 @@ def row_settings(row: Row, base: dict[str, Any]) -> dict[str, Any]:
     """`base` with the row's frames/ratio overrides. An invalid cell enters as its text, so fixing it in the
     CSV changes the fingerprint and the row is answered again."""
     s = dict(base)
+    if row.frames is not None or row.raw_frames is not None:
+        s.pop("fps", None)  # a frame count replaces a rate
     if row.frames is not None:
         s["frames"] = row.frames
     elif row.raw_frames is not None:
@@ -528,10 +542,12 @@ class Group:
     """Rows that share one VideoSession: same video file, frames, ratio and method."""
 
     path: str
-    frames: int
+    frames: int | None
     ratio: float
     method: str
     rows: list[Row]
+    fps: float | None = None  # Qwen-VL families sampling by rate
+    sampling: Any = None  # what video.sample_frames gets: `frames`, or the family's frame plan (run_batch sets it)
 
     @property
     def first_row(self) -> int:
@@ -543,9 +559,9 @@ def make_groups(rows: list[Row], settings: dict[int, dict[str, Any]]) -> list[Gr
     groups: dict[tuple, Group] = {}
     for row in rows:
         s = settings[row.row]
-        key = (os.path.realpath(row.path), s["frames"], s["ratio"], s["method"])
+        key = (os.path.realpath(row.path), s["frames"], s["ratio"], s["method"], s.get("fps"))
         if key not in groups:
-            groups[key] = Group(row.path, s["frames"], s["ratio"], s["method"], [])
+            groups[key] = Group(row.path, s["frames"], s["ratio"], s["method"], [], fps=s.get("fps"))
         groups[key].rows.append(row)
     return sorted(groups.values(), key=lambda g: g.first_row)
 
@@ -734,14 +750,16 @@ class _Writer:
 
 
 def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progress: Progress | None = None,
-              stop: threading.Event | None = None, on_exception: Callable[[BaseException], None] | None = None
-              ) -> BatchResult:
+              stop: threading.Event | None = None, on_exception: Callable[[BaseException], None] | None = None,
+              prefetch: bool = True) -> BatchResult:
     """Answer every row of `cfg.questions` not answered yet; returns counts and (main process) the final view.
 
     `engine`: an already loaded Engine (tests); else one is loaded, and only if this process has work.
     `dist`: this process's place in a data-parallel run (default: from the launcher's environment).
     `stop`: when set, the run stops after the current row (Ctrl-C). `on_exception`: called with unexpected
-    exceptions recorded as row errors (the CLI prints their traceback under --debug)."""
+    exceptions recorded as row errors (the CLI prints their traceback under --debug).
+    `prefetch`: decode each next video's frames on a background thread while the current one is answered (and the
+    first one's while the model loads); records then carry timings_ms.sample_wait (see FramePrefetcher)."""
     progress = progress or Progress()
     stop = stop or threading.Event()
     plan = make_plan(cfg, engine)
@@ -766,6 +784,11 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
     # Row errors need no model: the main process writes them. Answerable rows go in whole groups.
     invalid = [r for r in pending if r.error] if dist.is_main else []
     share = split_groups(make_groups([r for r in pending if not r.error], plan.settings), dist.world)[dist.rank]
+    if share:
+        from fastvid_cli.models import frame_request
+
+        for g in share:  # sampled before the model loads (prefetch): the family's own plan, or a count
+            g.sampling = frame_request(cfg.model, g.frames, g.fps)
     dist.barrier()  # every process has read the files before any is appended to
 
     mine = len(invalid) + sum(len(g.rows) for g in share)
@@ -781,13 +804,19 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                     write(row, error_record(row, row.error or "invalid row", plan.settings[row.row],
                                             plan.fps[row.row]))
                 if share and not stop.is_set():
-                    engine = engine or _load_engine(cfg, dist, progress)
-                    progress.answering()
-                    gen = cfg.generation()
-                    for group in share:
-                        if stop.is_set():
-                            break
-                        _answer_group(engine, group, plan, gen, write, stop, on_exception)
+                    frames_ahead = FramePrefetcher(share) if prefetch else None
+                    try:
+                        engine = engine or _load_engine(cfg, dist, progress)
+                        progress.answering()
+                        gen = cfg.generation()
+                        for k, group in enumerate(share):
+                            if stop.is_set():
+                                break
+                            _answer_group(engine, group, plan, gen, write, stop, on_exception,
+                                          frames_ahead.take(k) if frames_ahead is not None else None)
+                    finally:
+                        if frames_ahead is not None:
+                            frames_ahead.close()
             finally:
                 write.close()
         result.interrupted = stop.is_set()
@@ -826,9 +855,71 @@ def _clear(path: Path, main_output: bool) -> None:
         os.close(fd)
 
 
+class FramePrefetcher:
+    """Samples the frames of each group's video on one background thread, one group ahead of the answers.
+
+    `take(k)` hands out group k's frames (waiting if they are not ready) and starts sampling group k+1, so the next
+    video is decoded on the CPU while the GPU answers this one's questions; at most two clips are held at a time.
+    Decoding is mostly FFmpeg code that releases the GIL, so it costs the answering thread little.
+
+    What the records then say: timings_ms.sample is how long the background decode took, timings_ms.sample_wait
+    how long the answering thread still waited for it (only that wait counts towards the first row's TTFT), as
+    `ask` reports sampling that overlapped the model load."""
+
+    def __init__(self, groups: list[Group]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.groups = groups
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvid-prefetch")
+        self.futures: dict[int, Any] = {}
+        self.started: list[int] = []  # group indices in the order sampling was started (tests read it)
+        self._submit(0)
+
+    def _submit(self, k: int) -> None:
+        if k < len(self.groups) and k not in self.futures:
+            self.started.append(k)
+            self.futures[k] = self.pool.submit(self._sample, self.groups[k])
+
+    @staticmethod
+    def _sample(group: Group):
+        from fastvid_cli.video import sample_frames
+
+        t0 = time.perf_counter()
+        clip = sample_frames(group.path, group.sampling if group.sampling is not None else group.frames)
+        return clip, (time.perf_counter() - t0) * 1e3
+
+    def take(self, k: int) -> "Prefetched":
+        """Group k's frames: (clip, sample_ms, wait_ms) or the exception sampling raised."""
+        self._submit(k)  # not started yet (groups skipped): start now
+        fut = self.futures.pop(k)
+        self._submit(k + 1)  # queued behind k on the single worker: decoded while k is answered
+        t0 = time.perf_counter()
+        try:
+            clip, sample_ms = fut.result()
+        except Exception as e:  # handed to the caller, which records it like an inline sampling error
+            return Prefetched(None, 0.0, (time.perf_counter() - t0) * 1e3, e)
+        return Prefetched(clip, sample_ms, (time.perf_counter() - t0) * 1e3, None)
+
+    def close(self) -> None:
+        """Drop queued work and wait for a decode in flight (an interpreter exiting under PyAV code can abort)."""
+        for fut in self.futures.values():
+            fut.cancel()
+        self.futures.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class Prefetched:
+    clip: Any  # fastvid_cli.video.Clip, or None when sampling failed
+    sample_ms: float
+    wait_ms: float
+    error: BaseException | None
+
+
 def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: threading.Event,
-                  on_exception) -> None:
-    """One VideoSession for the group; each row answered with the shared prefix KV cache."""
+                  on_exception, prefetched: Prefetched | None = None) -> None:
+    """One VideoSession for the group; each row answered with the shared prefix KV cache. With `prefetched`
+    frames (FramePrefetcher) the session starts from them instead of sampling here."""
     from fastvid_cli.engine import PruneOptions
 
     t0 = time.perf_counter()
@@ -836,12 +927,19 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
     session, session_error = None, None
     try:
-        session = engine.session(group.path, frames=group.frames, prune=prune, system=gen.system)
+        if prefetched is None:
+            session = engine.session(group.path, frames=group.frames, fps=group.fps, prune=prune, system=gen.system)
+        else:
+            if prefetched.error is not None:
+                raise prefetched.error
+            session = engine.session(group.path, prune=prune, system=gen.system, clip=prefetched.clip,
+                                     sample_ms=prefetched.sample_ms)
     except FastVidError as e:
         session_error = e.one_line()
     except Exception as e:  # a bug or a library failure on this video: recorded, the batch goes on
         session_error = _internal(e, on_exception)
-    lead_ms = (time.perf_counter() - t0) * 1e3  # sampling + encoding + pruning: counts toward the first TTFT
+    # sampling (or the wait for prefetched frames) + encoding + pruning: counts toward the first TTFT
+    lead_ms = (time.perf_counter() - t0) * 1e3 + (prefetched.wait_ms if prefetched is not None else 0.0)
     for i, row in enumerate(group.rows):
         if stop.is_set():
             return
@@ -861,6 +959,8 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
             raise KeyboardInterrupt
         data = report.to_dict()
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
+        if prefetched is not None:  # sampled in the background: only this wait held the answers up
+            data["timings_ms"]["sample_wait"] = round(prefetched.wait_ms, 3)
         write(row, ok_record(row, data, s, fp))
 
 

@@ -96,6 +96,7 @@ def ask(
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
     frames: Optional[int] = O.FRAMES,
+    fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
                                           "token (default: the model's, 0.10 for LLaVA-OV).",
@@ -105,6 +106,7 @@ def ask(
     stprune_d: Optional[float] = O.STPRUNE_D,
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
+    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -143,8 +145,8 @@ def ask(
         display = StageDisplay(enabled=not (as_json or quiet))
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet))
-        params = _fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta)
+            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
+        params = _fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta, dyseg_ignore)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
                              params=params if method == "fastvid" else {})
         from fastvid_cli.feature_cache import FeatureCache
@@ -172,7 +174,8 @@ def ask(
 
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
-                     attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool):
+                     attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool,
+                     fps: float | None = None):
     """Validate cheaply, then load the model on a worker thread while this thread samples the frames.
 
     The two overlap, and a bad video or option fails at once instead of after a long load. Returns
@@ -181,13 +184,14 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
 
     hub.set_offline(offline)
     from fastvid_cli.engine import Engine
-    from fastvid_cli.models import resolve_model
+    from fastvid_cli.models import frame_request, resolve_model
     from fastvid_cli.models.base import resolve_device, resolve_dtype
     from fastvid_cli.video import probe_video, sample_frames
 
     probe_video(video)  # ms: bad files fail before any load starts, so no load is ever abandoned mid-way
     resolve_model(model)
     resolve_dtype(dtype, resolve_device(device))
+    request = frame_request(model, frames, fps)  # a frame count, or the family's own plan (Qwen-VL: --fps)
     loaded: dict[str, Any] = {}
 
     def load() -> None:
@@ -203,7 +207,7 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     loader.start()
     t0 = time.perf_counter()
     try:
-        clip = sample_frames(str(video), frames or _family_default_frames(model))
+        clip = sample_frames(str(video), request)
     finally:
         loader.join()  # also on a decode error found mid-file: an interpreter exiting under a running load aborts
     t_sampled = time.perf_counter()
@@ -221,17 +225,14 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
 
 
-def _fastvid_params(engine, c, tau, d, p, beta) -> dict[str, Any]:
-    """The family's FastVID defaults, overridden by the options the user gave."""
-    given = {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta).items() if v is not None}
-    return {**{k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}, **given}
-
-
-def _family_default_frames(model: str) -> int:
-    from fastvid_cli.models import ALIASES
-
-    alias = ALIASES.get(model)
-    return alias.frames if alias else 32
+def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:
+    """The family's FastVID defaults, overridden by the options the user gave (`ignore`: only the Qwen-VL
+    variant has it)."""
+    if ignore is not None and "ignore" not in engine.defaults:
+        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
+    given = {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta, ignore=ignore).items() if v is not None}
+    names = [k for k in ("c", "tau", "d", "p", "beta", "ignore") if k in engine.defaults]
+    return {**{k: engine.defaults[k] for k in names}, **given}
 
 
 @app.command()
@@ -240,13 +241,14 @@ def compare(
     question: str = typer.Argument(..., help="The question to answer.", show_default=False),
     ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio; repeat it to compare several "
                                       "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", help="fastvid | none | uniform | random; repeat for several (default fastvid).",
-                                     rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", help="fastvid | holitom | none | uniform | random; repeat for "
+                                     "several (default fastvid).", rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
+    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
     repeat: int = typer.Option(3, min=1, max=100, help="Runs per setting; the table shows medians.",
@@ -258,6 +260,7 @@ def compare(
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
     frames: Optional[int] = O.FRAMES,
+    fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
     max_new_tokens: int = typer.Option(128, min=1, help="Most tokens per answer.", rich_help_panel="Generation"),
@@ -294,11 +297,12 @@ def compare(
         display = StageDisplay(enabled=not as_json)
         engine, clip, sample_ms, _ = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not as_json)
+            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
         result = run_compare(engine, str(video), question, methods=methods, ratios=ratios,
-                             params=_fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta),
+                             params=_fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta,
+                                                    dyseg_ignore),
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
         display.stop()
@@ -326,7 +330,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             except Exception:
                 cached = False
             rows.append({"alias": a.name, "repo": a.repo, "family": a.family, "params": a.params,
-                         "default_frames": a.frames, "cached": cached, "notes": a.notes})
+                         "default_frames": a.frames, "default_fps": a.fps, "cached": cached, "notes": a.notes})
         if as_json:
             print(json.dumps({"models": rows, "families": list(FAMILIES)}, indent=2))
             return 0
@@ -334,11 +338,11 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         from rich.table import Table
 
         table = Table(title="fastvid models", title_justify="left")
-        for col in ("alias", "hub id", "size", "frames", "cached"):
+        for col in ("alias", "hub id", "size", "frames", "cached"):  # frames: a count, or a rate ("2 fps")
             table.add_column(col, no_wrap=True)
         table.add_column("notes")
         for r in rows:
-            table.add_row(r["alias"], r["repo"], r["params"], str(r["default_frames"]),
+            table.add_row(r["alias"], r["repo"], r["params"], ALIASES[r["alias"]].sampling,
                           "[green]yes[/]" if r["cached"] else "no", r["notes"])
         Console().print(table)
         print("Any checkpoint whose config.json has model_type in: " + ", ".join(FAMILIES)

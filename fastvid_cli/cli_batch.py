@@ -48,6 +48,7 @@ def batch(
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
+    fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
                                           "token (default: the model's, 0.10 for LLaVA-OV); a ratio column "
@@ -57,6 +58,7 @@ def batch(
     stprune_d: Optional[float] = O.STPRUNE_D,
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
+    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -82,11 +84,12 @@ def batch(
         from fastvid_cli.batch import BatchConfig, format_exception, run_batch
         from fastvid_cli.errors import EXIT_INTERRUPTED
 
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta).items()
-                  if v is not None}
+        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
+                                        ignore=dyseg_ignore).items() if v is not None}
         out = output if output is not None else questions.with_name(questions.stem + ".answers.jsonl")
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, device=device, dtype=dtype,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
+                          fps=fps,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
                           retry_errors=retry_errors, overwrite=overwrite)

@@ -41,8 +41,9 @@ def eval_(
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
     frames: Optional[int] = O.FRAMES,
-    method: list[str] = typer.Option([], "--method", help="Pruning method: fastvid | uniform | random | none; "
-                                     "repeat for several (default fastvid).", rich_help_panel="Pruning"),
+    fps: Optional[float] = O.FPS,
+    method: list[str] = typer.Option([], "--method", help="Pruning method: fastvid | holitom | uniform | random | "
+                                     "none; repeat for several (default fastvid).", rich_help_panel="Pruning"),
     ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio in (0, 1]; repeat for several "
                                       "(default: 0.25, 0.1). 1.0 is the unpruned reference (method none), run "
                                       "once.", rich_help_panel="Pruning"),
@@ -54,6 +55,7 @@ def eval_(
     stprune_d: Optional[float] = O.STPRUNE_D,
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
+    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, help="Seed of the random method "
                                               "(0).", rich_help_panel="Pruning"),
     max_new_tokens: int = typer.Option(8, min=1, help="Most tokens per answer (greedy decoding).",
@@ -80,11 +82,11 @@ def eval_(
         hub.set_offline(offline)
         from fastvid_cli.evaluate import DEFAULT_RATIOS, EvalConfig, run_eval
 
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta).items()
-                  if v is not None}
+        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
+                                        ignore=dyseg_ignore).items() if v is not None}
         cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, device=device,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
-                         frames=frames, methods=list(method) or ["fastvid"],
+                         frames=frames, fps=fps, methods=list(method) or ["fastvid"],
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,

@@ -51,8 +51,19 @@ def crop_cache(cache, length: int) -> None:
 
 
 @torch.inference_mode()
-def prefill(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
-    """Run `inputs_embeds` (1,L,D) at `position_ids` (1,L) on top of `cache`; returns last-token logits (V,)."""
+def prefill(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache,
+            extra: dict | None = None) -> torch.Tensor:
+    """Run `inputs_embeds` (1,L,D) at `position_ids` ((1,L), or (4,1,L) M-RoPE rows) on top of `cache`; returns
+    last-token logits (V,).
+
+    `extra`: further keyword arguments of the language model (Assembled.prefill_extra, e.g. Qwen3-VL's
+    `visual_pos_masks` + `deepstack_visual_embeds`). The multimodal wrapper's forward sets those itself from
+    input_ids, so with `extra` the decoder is called directly, then the LM head on the last position: the same
+    computation as the wrapper's forward minus its multimodal scatter, which the adapter already did."""
+    if extra:
+        h = model.get_decoder()(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache,
+                                use_cache=True, **extra).last_hidden_state
+        return model.get_output_embeddings()(h[:, -1:])[0, -1]
     out = model(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True,
                 logits_to_keep=1)
     return out.logits[0, -1]

@@ -200,21 +200,42 @@ class Engine:
             flat = feats.embeds.flatten(0, 1)
             asm = self.adapter.assemble(prompt, feats, flat, torch.arange(flat.shape[0]))
             cache = new_cache(self.model)
-            logits = prefill(self.model, asm.inputs_embeds, asm.position_ids, cache)
+            logits = prefill(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
             decode(self.model, logits, cache, asm.next_position, Sampling(max_new_tokens=2))
         self.clock.sync()
         self.warmup_ms = (time.perf_counter() - t0) * 1e3
 
     # ------------------------------------------------------------------ stages
-    def sample(self, video: str, frames: int) -> tuple[Clip, float]:
+    def sample(self, video: str, frames) -> tuple[Clip, float]:
+        """Sample `frames` (a count, or a frame plan from `frame_plan`) of `video`; (clip, ms)."""
         t0 = time.perf_counter()
         clip = sample_frames(video, frames)
         return clip, (time.perf_counter() - t0) * 1e3
 
+    def frame_plan(self, frames: int | None = None, fps: float | None = None):
+        """What to sample for --frames/--fps: a frame count (uniform frames), or the family's own IndexPlan
+        (Qwen-VL: its fps contract; see video.sample_frames)."""
+        own = getattr(self.adapter, "frame_plan", None)
+        if own is not None:
+            return own(frames, fps)
+        if fps is not None:
+            raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly")
+        return frames or self.defaults["frames"]
+
+    def _sampling_for(self, frames: int | None, fps: float | None, clip: Clip | None):
+        """The frame request a session's features stand for (its feature-cache key). A given clip: its own count
+        (families with a plan sample the same frames for the same count, whatever the rate that led to it)."""
+        if clip is None:
+            return self.frame_plan(frames, fps)
+        if getattr(self.adapter, "frame_plan", None) is None:
+            return clip.requested
+        return self.adapter.frame_plan(len(clip.indices), None)
+
     def features(self, clip: Clip, timings: dict[str, float]) -> VideoFeatures:
         with torch.inference_mode(), _oom_guard():
             t0 = self.clock.now()
-            pixels = self.adapter.preprocess(clip.frames)
+            own = getattr(self.adapter, "preprocess_clip", None)  # families that need the clip's timing
+            pixels = own(clip) if own is not None else self.adapter.preprocess(clip.frames)
             t1 = self.clock.now()
             feats = self.adapter.encode(pixels)
             t2 = self.clock.now()
@@ -223,12 +244,15 @@ class Engine:
         return feats
 
     def prune(self, feats: VideoFeatures, opts: PruneOptions, timings: dict[str, float]):
-        from fastvid_cli.pruning import get_method
+        from fastvid_cli.pruning import accepts_attention, get_method
 
-        method = get_method(opts.method)
+        own = getattr(self.adapter, "pruning_method", None)  # a family's own variant (FastVID on Qwen)
+        method = (own(opts.method) if own is not None else None) or get_method(opts.method)
+        # methods that rank tokens by last-layer vision attention get it (None: they fall back, with a note)
+        extra = {"attn": feats.attn_received} if accepts_attention(method) else {}
         with torch.inference_mode(), _oom_guard():
             t0 = self.clock.now()
-            result = method(feats.embeds, feats.saliency, feats.frame_features, opts.ratio, **opts.params)
+            result = method(feats.embeds, feats.saliency, feats.frame_features, opts.ratio, **opts.params, **extra)
             t1 = self.clock.now()
         timings["prune"] = (t1 - t0) * 1e3
         return result
@@ -264,29 +288,33 @@ class Engine:
         with torch.inference_mode(), _oom_guard():
             cache = new_cache(self.model)
             t0 = self.clock.now()
-            prefill(self.model, asm.inputs_embeds, asm.position_ids, cache)
+            prefill(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
             t1 = self.clock.now()
         return (t1 - t0) * 1e3
 
     # ------------------------------------------------------------------ one video, many questions
-    def feature_cache_key(self, video: str, frames: int) -> str:
+    def feature_cache_key(self, video: str, frames) -> str:
+        """`frames`: a frame count or a frame plan (whose `key()` says what it samples)."""
         from fastvid_cli.feature_cache import cache_key
 
-        return cache_key(video, model=self.model_source, frames=frames, dtype=dtype_name(self.dtype),
+        sampling = frames.key() if hasattr(frames, "key") else frames
+        own = getattr(self.adapter, "feature_settings", None)  # what else shapes a family's features
+        return cache_key(video, model=self.model_source, frames=sampling, dtype=dtype_name(self.dtype),
                          saliency=self.adapter.saliency_source, image_size=self.adapter.image_size,
-                         mean=self.adapter.mean, std=self.adapter.std)
+                         mean=self.adapter.mean, std=self.adapter.std, **(own() if own is not None else {}))
 
     def session(self, video: str, *, frames: int | None = None, prune: PruneOptions | None = None,
                 clip: Clip | None = None, sample_ms: float | None = None, system: str | None = None,
-                feature_cache=None, on_stage: Stage | None = None) -> "VideoSession":
+                feature_cache=None, on_stage: Stage | None = None, fps: float | None = None) -> "VideoSession":
         """Sample, encode and prune `video` once; the session then answers any number of questions about it.
 
         `clip` may be given when frames were sampled elsewhere (e.g. on the main thread while the model loaded),
         with `sample_ms` the time that took. With a `feature_cache` (fastvid_cli.feature_cache.FeatureCache),
-        sampled-and-encoded features are looked up first and stored after a miss."""
+        sampled-and-encoded features are looked up first and stored after a miss. `fps`: the sampling rate of
+        families that sample by rate (Qwen-VL; exclusive with `frames`)."""
         on_stage = on_stage or (lambda *_: None)
         prune = prune or PruneOptions(ratio=self.defaults["ratio"])
-        frames = clip.requested if clip is not None else (frames or self.defaults["frames"])
+        frames = self._sampling_for(frames, fps, clip)
         timings: dict[str, float] = {}
         status, key, hit = "off", None, None
         if feature_cache is not None:
@@ -326,7 +354,7 @@ class Engine:
             gen: GenerationOptions | None = None, baseline: bool = False, clip: Clip | None = None,
             sample_ms: float | None = None, sample_wait_ms: float = 0.0, feature_cache=None,
             on_stage: Stage | None = None, on_text: Callable[[str], None] | None = None,
-            stop: threading.Event | None = None) -> Report:
+            stop: threading.Event | None = None, fps: float | None = None) -> Report:
         """Answer one question about one video (a session used once).
 
         When frames were sampled elsewhere (`clip`, `sample_ms`), `sample_wait_ms` is how long the caller still
@@ -339,7 +367,7 @@ class Engine:
         t_start = time.perf_counter()
         sampled_here = clip is None
         sess = self.session(video, frames=frames, prune=prune, clip=clip, sample_ms=sample_ms, system=gen.system,
-                            feature_cache=feature_cache, on_stage=on_stage)
+                            feature_cache=feature_cache, on_stage=on_stage, fps=fps)
         lead_ms = (time.perf_counter() - t_start) * 1e3 + (0.0 if sampled_here else sample_wait_ms)
         report = sess.answer(question, gen, baseline=baseline, on_stage=on_stage, on_text=on_text, stop=stop,
                              lead_ms=lead_ms, reuse_prefix=False)
@@ -375,6 +403,8 @@ class VideoSession:
         prompt = a.build_prompt(question, system)
         with torch.inference_mode():
             asm = a.assemble(prompt, self.feats, self.result.embeds, self.result.index)
+            if self.result.compact:  # the method re-indexes positions (HoliTom)
+                asm = asm.reindexed()
         return prompt, asm
 
     def _prefix_for(self, prompt, asm: Assembled) -> bool:
@@ -387,7 +417,8 @@ class VideoSession:
             with torch.inference_mode(), _oom_guard():
                 cache = new_cache(eng.model)
                 t0 = eng.clock.now()
-                prefill(eng.model, asm.inputs_embeds[:, :cut], asm.position_ids[..., :cut], cache)
+                prefill(eng.model, asm.inputs_embeds[:, :cut], asm.position_ids[..., :cut], cache,
+                        asm.prefill_extra(0, cut))
                 self.prefix_ms = (eng.clock.now() - t0) * 1e3
             self.prefix_ids, self.prefix_cache, self.prefix_len = prompt.prefix_ids.clone(), cache, cut
         return True
@@ -434,11 +465,13 @@ class VideoSession:
                     if shared:
                         cache, cut = self.prefix_cache, self.prefix_len
                         t0 = eng.clock.now()
-                        logits = prefill(eng.model, asm.inputs_embeds[:, cut:], asm.position_ids[..., cut:], cache)
+                        logits = prefill(eng.model, asm.inputs_embeds[:, cut:], asm.position_ids[..., cut:], cache,
+                                         asm.prefill_extra(cut))
                     else:
                         cache = new_cache(eng.model)
                         t0 = eng.clock.now()
-                        logits = prefill(eng.model, asm.inputs_embeds, asm.position_ids, cache)
+                        logits = prefill(eng.model, asm.inputs_embeds, asm.position_ids, cache,
+                                         asm.prefill_extra())
                     box["t_prefill"] = t0
                     try:
                         box["res"] = eng.decode(logits, cache, asm.next_position, gen, on_token=stream.put,

@@ -308,6 +308,7 @@ class EvalConfig:
     attn_implementation: str = "sdpa"
     saliency_model: str | None = None
     frames: int | None = None
+    fps: float | None = None  # Qwen-VL families: sampling rate when no frame count is given
     methods: list[str] = field(default_factory=lambda: ["fastvid"])
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     params: dict[str, Any] = field(default_factory=dict)  # fastvid c, tau, d, p, beta given on the command line
@@ -404,7 +405,7 @@ def _setting_params(method: str, cfg: EvalConfig, defaults: dict[str, Any]) -> d
 
     params = {k: v for k, v in DEFAULTS.get(method, {}).items() if k != "ratio"}
     if method == "fastvid":
-        params.update({k: defaults[k] for k in PRUNE_PARAM_NAMES if k in defaults})
+        params.update({k: defaults[k] for k in PRUNE_PARAM_NAMES + ("ignore",) if k in defaults})
         params.update(cfg.params)
     if method == "random" and cfg.random_seed is not None:
         params["seed"] = int(cfg.random_seed)
@@ -430,7 +431,15 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
         dtype_label = str(engine.dtype).replace("torch.", "")
         defaults = dict(engine.defaults)
     alias = ALIASES.get(cfg.model.strip())
-    default_frames = int(cfg.frames or (alias.frames if alias else defaults["frames"]))
+    default_frames = cfg.frames or (alias.frames if alias else defaults["frames"])
+    default_frames = int(default_frames) if default_frames else None  # None: sampled by rate (Qwen-VL)
+    if "ignore" in cfg.params and "ignore" not in defaults:
+        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
+    if cfg.fps is not None and cfg.frames:
+        raise InvalidOptionError("--frames and --fps exclude each other")
+    if cfg.fps is not None and "fps" not in defaults:
+        raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly")
+    rate = float(cfg.fps or defaults.get("fps") or 0.0) or None
     from fastvid_cli.compare import settings as compare_settings
 
     # compare's order: none@1 first, then methods x ratios high to low; a ratio of 1.0 is that reference, run once
@@ -457,6 +466,8 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
                 "decoding": "greedy",
                 "system": cfg.system,
             }
+            if frames[q.id] is None:  # only rate-sampling families carry it: other fingerprints are unchanged
+                x["fps"] = rate
             full[(q.id, s.label)] = x
             fps[(q.id, s.label)] = fingerprint(x)
     return EvalPlan(questions, settings, ref.source, frames, full, fps)
@@ -613,7 +624,7 @@ class _Group:
     """The pending items of one video at one frame count: one encoding, one pruned session per setting."""
 
     path: str
-    frames: int
+    frames: int | None  # None: sampled by rate (EvalConfig.fps, or the family's default)
     items: dict[Setting, list[BenchQuestion]]
 
 
@@ -648,7 +659,7 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
     parse = choice_parser()
     try:
         base = engine.session(group.path, frames=group.frames, prune=PruneOptions(method="none", ratio=1.0),
-                              system=gen.system)
+                              system=gen.system, fps=cfg.fps if group.frames is None else None)
     except Exception as e:  # an unreadable video (or a bug): its items are errors, the run goes on
         message = _one_line(e, on_exception)
         for s, qs in group.items.items():

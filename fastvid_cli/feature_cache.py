@@ -20,7 +20,7 @@ import numpy as np
 from fastvid_cli.models.base import VideoFeatures
 from fastvid_cli.video import Clip
 
-FORMAT = 1
+FORMAT = 2  # 2: entries carry attn_received (format-1 entries lack it, so their keys no longer match)
 _MIB = 1 << 20
 
 
@@ -58,6 +58,8 @@ class FeatureCache:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = json.loads(f.metadata()["fastvid"])
                 t = {k: f.get_tensor(k) for k in ("embeds", "saliency", "frame_features", "extra_embeds")}
+                attn = f.get_tensor("attn_received") if "attn_received" in f.keys() else None
+                side = [f.get_tensor(f"side_{i}") for i in range(int(meta.get("side_embeds", 0)))]
             c = meta["clip"]
             clip = Clip(frames=np.empty((len(c["indices"]), 0, 0, 3), np.uint8), indices=c["indices"],
                         timestamps=c["timestamps"], fps=c["fps"], duration=c["duration"],
@@ -66,8 +68,12 @@ class FeatureCache:
             feats = VideoFeatures(embeds=t["embeds"].to(device), saliency=t["saliency"].to(device),
                                   frame_features=t["frame_features"].to(device),
                                   extra_embeds=t["extra_embeds"].to(device), grid=tuple(meta["grid"]),
-                                  saliency_source=meta["saliency_source"])
+                                  saliency_source=meta["saliency_source"],
+                                  attn_received=None if attn is None else attn.to(device),
+                                  side_embeds=[x.to(device) for x in side], meta=dict(meta.get("meta") or {}))
             if feats.embeds.dim() != 3 or feats.saliency.shape != feats.embeds.shape[:2]:
+                return None
+            if feats.attn_received is not None and feats.attn_received.shape != feats.saliency.shape:
                 return None
             return clip, feats
         except Exception:  # corrupt, truncated, or from another format: a miss, rewritten later
@@ -80,9 +86,14 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"clip": {k: getattr(clip, k) for k in ("indices", "timestamps", "fps", "duration", "total_frames",
                                                         "requested", "path", "width", "height", "rotation", "codec")},
-                "grid": list(feats.grid), "saliency_source": feats.saliency_source}
+                "grid": list(feats.grid), "saliency_source": feats.saliency_source,
+                "side_embeds": len(feats.side_embeds), "meta": feats.meta}
         tensors = {"embeds": feats.embeds, "saliency": feats.saliency, "frame_features": feats.frame_features,
                    "extra_embeds": feats.extra_embeds}
+        if feats.attn_received is not None:  # optional: a family without it stores none
+            tensors["attn_received"] = feats.attn_received
+        for i, x in enumerate(feats.side_embeds):  # Qwen3-VL DeepStack features
+            tensors[f"side_{i}"] = x
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),

@@ -24,14 +24,19 @@ OFFLINE = typer.Option(False, "--offline", help="Never touch the network (same a
                        rich_help_panel="Model")
 
 FRAMES = typer.Option(None, "--frames", "-n", min=1, max=4096,
-                      help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV).",
+                      help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV; Qwen-VL models sample "
+                           "by --fps unless this is given, rounded to an even count).",
                       rich_help_panel="Video")
+FPS = typer.Option(None, "--fps", min=0.0, help="Qwen-VL models: frames per second to sample (default 2), at least 4 "
+                                                "and at most 768 frames, an even count; exclusive with --frames.",
+                   rich_help_panel="Video")
 CACHE_DIR = typer.Option(None, help="Where sampled-and-encoded video features are cached (default: "
                                     "~/.cache/fastvid/features, or $FASTVID_CACHE/features).",
                          rich_help_panel="Video")
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.", rich_help_panel="Video")
 
-METHOD = typer.Option("fastvid", help="Pruning method: fastvid | none | uniform (per-frame average pooling to the "
+METHOD = typer.Option("fastvid", help="Pruning method: fastvid | holitom (HoliTom's temporal windows + spatial "
+                                      "merge, re-indexed positions) | none | uniform (per-frame average pooling to the "
                                       "same budget) | random (seeded).", rich_help_panel="Pruning")
 RATIO = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every token (default: the "
                                                  "model's, 0.10 for LLaVA-OV).", rich_help_panel="Pruning")
@@ -43,6 +48,10 @@ STPRUNE_D = typer.Option(None, min=0.0, max=1.0, help="Share of each frame's bud
 DTM_P = typer.Option(None, min=1, help="Anchor-frame period inside a segment (4).", rich_help_panel="Pruning")
 DTM_BETA = typer.Option(None, min=0.0, max=1.0, help="Lower bound of the anchor's weight in a merge (0.6).",
                         rich_help_panel="Pruning")
+DYSEG_IGNORE = typer.Option(None, min=0.0, max=1.0, help="FastVID on Qwen-VL: in a segment, temporal patches this "
+                                                         "similar to the next (>=) are near-duplicates and only the "
+                                                         "last of a run keeps tokens (0.95).",
+                            rich_help_panel="Pruning")
 
 MAX_NEW_TOKENS = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation")
 TEMPERATURE = typer.Option(0.0, min=0.0, help="0 = greedy.", rich_help_panel="Generation")

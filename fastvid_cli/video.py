@@ -5,7 +5,8 @@ Only PyAV and numpy here: the model code receives plain uint8 arrays.
 Strategy (measured in shared/docs/transformers-notes.md section 7): demux once without decoding to learn every
 frame's presentation timestamp and the keyframes, pick the target indices, then decode sparsely - seek to the
 target's keyframe only when the decoder is not already inside (or just before) that GOP, else decode forward. The
-frames are bit-identical to a full sequential decode that keeps the same indices; when anything about the stream
+runs of frames that start with a seek are shared out to several decoders running in parallel (one per core, up to
+_MAX_DECODERS), and only the kept frames are converted to RGB. The frames are bit-identical to a full sequential decode that keeps the same indices; when anything about the stream
 makes that mapping uncertain (missing or duplicate timestamps, frames the decoder never outputs), we fall back to
 a sequential decode, which is correct by construction.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import bisect
 import numbers
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,9 @@ _AV_ERRORS = (av.error.FFmpegError, OSError, EOFError)
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 # Frames that decoding forward must be able to skip before a seek pays off (see _decode_sparse).
 _MIN_SKIP = 16
+# Most decoders that decode runs of frames in parallel (see _decode_frames); each holds a file handle and its
+# own reference-frame buffers, and beyond this many the runs of a 32-64 frame sample are too few to share.
+_MAX_DECODERS = 8
 # Stream.discard and Stream.index_entries are recent PyAV API (present in 18); pyproject allows av>=14.
 _CAN_DISCARD = hasattr(av.stream, "Discard")
 
@@ -82,20 +88,39 @@ def sample_indices(total: int, num_frames: int) -> list[int]:
     return np.linspace(0, total - 1, n, dtype=int).tolist()
 
 
-def sample_frames(path, num_frames: int, *, threads: int | None = None) -> Clip:
+# A model family's own frame-picking rule (e.g. Qwen's fps sampling): (exact frame count, average fps or None)
+# -> increasing frame indices in [0, total). Given to sample_frames instead of a frame count.
+IndexPlan = Callable[[int, "float | None"], Sequence[int]]
+
+
+def _pick_indices(total: int, num_frames: "int | IndexPlan", fps: float | None) -> list[int]:
+    """sample_indices for a frame count; the plan's own indices (checked) for an IndexPlan."""
+    if not callable(num_frames):
+        return sample_indices(total, num_frames)
+    indices = [int(i) for i in num_frames(total, fps)]
+    if not indices or any(b <= a for a, b in zip(indices, indices[1:])) or indices[0] < 0 or indices[-1] >= total:
+        raise ValueError(f"a frame plan must give increasing indices in [0, {total}), got {indices[:8]}...")
+    return indices
+
+
+def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = None) -> Clip:
     """Decode ``num_frames`` uniformly spaced frames of the first video stream of ``path``.
 
+    ``num_frames`` may instead be an IndexPlan: the frames at the indices it picks from the stream's exact frame
+    count and average rate (then ``Clip.requested`` is the number it picked).
+
     Returns a :class:`Clip` whose ``frames`` are uint8 (n, H, W, 3) RGB with n = min(num_frames, total_frames).
-    threads: FFmpeg decoder threads; None or 0 lets FFmpeg use every core.
+    threads: decoding threads in all (parallel GOP decoders x FFmpeg threads each); None or 0: every core.
 
     Raises InvalidOptionError (num_frames < 1, threads < 0), VideoNotFoundError (no such path, or not a regular
     file), VideoDecodeError (not a video, no video stream, no decodable frame, truncated or corrupt data).
     """
-    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
+    plan = callable(num_frames)
+    if not plan and (isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1):
         raise InvalidOptionError(f"num_frames must be an integer >= 1, got {num_frames!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0):
         raise InvalidOptionError(f"threads must be an integer >= 0, got {threads!r}")
-    num_frames = int(num_frames)
+    num_frames = num_frames if plan else int(num_frames)
     p, name = _existing_file(path)
     try:
         return _sample(p, name, num_frames, int(threads or 0))
@@ -183,7 +208,7 @@ class _Info:
     start: int | None  # stream.start_time, in time_base units
 
 
-def _sample(p: Path, name: str, num_frames: int, threads: int) -> Clip:
+def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int) -> Clip:
     container, stream = _open_stream(p, name, threads)
     frames = None
     with container:
@@ -191,8 +216,8 @@ def _sample(p: Path, name: str, num_frames: int, threads: int) -> Clip:
         _check_complete(stream, p, name)
         pts, keys, exact = _demux_index(container, stream)
         if exact and pts:
-            indices = sample_indices(len(pts), num_frames)
-            got = _decode_sparse(container, stream, pts, keys, indices)
+            indices = _pick_indices(len(pts), num_frames, info.fps)
+            got = _decode_frames(p, name, container, stream, pts, keys, indices, threads)
             if got is not None:
                 frames, rotation = got
                 total = len(pts)
@@ -222,7 +247,7 @@ def _sample(p: Path, name: str, num_frames: int, threads: int) -> Clip:
         fps=fps,
         duration=float(duration),
         total_frames=int(total),
-        requested=num_frames,
+        requested=len(indices) if callable(num_frames) else num_frames,
         path=name,
         width=int(frames.shape[2]),
         height=int(frames.shape[1]),
@@ -290,14 +315,91 @@ def _demux_index(container, stream) -> tuple[list[int], list[int], bool]:
     return pts, keys, len(set(pts)) == len(pts)
 
 
-def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: list[int]):
+def _key_pos(pts: list[int], keys: list[int], target: int) -> tuple[int, int]:
+    """(pts of the keyframe at or before the frame with pts ``target``, that keyframe's index in ``pts``)."""
+    key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
+    return key, bisect.bisect_left(pts, key)
+
+
+def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: list[int], indices: list[int],
+                   threads: int):
+    """The frames at ``indices``, decoded sparsely on as many cores as ``threads`` allows (0: all).
+
+    Frame threading alone scales poorly here: every seek flushes FFmpeg's frame-thread pipeline, and sparse
+    sampling seeks once per target. So the targets are cut into the runs that _decode_sparse would decode after
+    one seek each, and the runs are shared out to several decoders (each its own container, seeking
+    independently, FFmpeg code that releases the GIL), each with an equal part of the thread budget. Every run is
+    decoded exactly as the single decoder would decode it, so the frames are the same. One run, or threads=1:
+    the single decoder on ``container``. Returns what _decode_sparse returns."""
+    budget = threads if threads > 0 else _cpu_count()
+    runs, work = _plan_runs(pts, keys, indices)
+    workers = min(budget, len(runs), _MAX_DECODERS)
+    if workers <= 1:
+        return _decode_sparse(container, stream, pts, keys, indices)
+    per = max(1, budget // workers)
+    # Longest run first to the least-loaded decoder; each decoder then visits its runs in file order.
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for r in sorted(range(len(runs)), key=lambda r: (-work[r], r)):
+        w = min(range(workers), key=lambda x: (load[x], x))
+        shares[w].append(r)
+        load[w] += work[r]
+    slot_lists = [sorted(j for r in share for j in runs[r]) for share in shares]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if not (width and height):
+        return _decode_sparse(container, stream, pts, keys, indices)
+    out = np.empty((len(indices), height, width, 3), np.uint8)
+
+    def job(slots: list[int]):
+        c, s = _open_stream(p, name, per)
+        with c:
+            return _decode_sparse(c, s, pts, keys, [indices[j] for j in slots], out=out, slots=slots)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastvid-gop") as pool:
+        results = list(pool.map(job, slot_lists))  # the first error is raised after every decoder has stopped
+    if any(r is None for r in results):
+        return None
+    first = next(i for i, slots in enumerate(slot_lists) if slots and slots[0] == 0)
+    return out, results[first][1]
+
+
+def _plan_runs(pts: list[int], keys: list[int], indices: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Cut the targets into runs that start with a seek, by _decode_sparse's rule. Returns (positions in
+    ``indices`` of each run's targets, frames each run decodes)."""
+    runs: list[list[int]] = []
+    work: list[int] = []
+    pos = None
+    for j, i in enumerate(indices):
+        _, k = _key_pos(pts, keys, pts[i])
+        if pos is None or k - pos > _MIN_SKIP:
+            runs.append([j])
+            work.append(i - k + 1)
+        else:
+            runs[-1].append(j)
+            work[-1] += i - pos + 1
+        pos = i + 1
+    return runs, work
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: list[int],
+                   out: np.ndarray | None = None, slots: list[int] | None = None):
     """Decode only what is needed to produce the frames at ``indices`` (increasing).
 
     Every frame the decoder hands out is checked against the demuxed list, so a packet that yields no frame or a
     seek that lands elsewhere is noticed instead of shifting the indices. Returns (uint8 (n, H, W, 3) RGB as
     stored, rotation of the first frame), or None on any disagreement (the caller then decodes sequentially).
+    With ``out`` (the stream's size) and ``slots``, frame j goes to ``out[slots[j]]`` instead; a first frame of
+    another size then returns None (a resolution change: the sequential path handles it).
     """
-    out = None
     rotation = 0
     it = None
     pos = 0  # index in pts of the next frame the decoder should hand out; it only moves forward
@@ -305,8 +407,7 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
     n_pts = len(pts)
     for j, i in enumerate(indices):
         target = pts[i]
-        key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
-        k = bisect.bisect_left(pts, key)
+        key, k = _key_pos(pts, keys, target)
         # Seek only when forward decoding would pass more than _MIN_SKIP frames before the target's keyframe. A
         # seek flushes the decoder (its frame-thread pipeline and B-frame delay) and costs about as much as
         # decoding several frames: seeking into every next GOP made dense sampling of short-GOP clips ~1.6x
@@ -333,10 +434,13 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
                 break
         if frame is None:
             return None  # the stream ended before the target (e.g. a partial last packet)
-        if out is None:
+        if j == 0:
             rotation = frame.rotation
-            out = np.empty((len(indices), frame.height, frame.width, 3), np.uint8)
-        out[j] = _rgb(frame, out.shape[2], out.shape[1])
+            if out is None:
+                out = np.empty((len(indices), frame.height, frame.width, 3), np.uint8)
+            elif out.shape[1:3] != (frame.height, frame.width):
+                return None
+        out[slots[j] if slots is not None else j] = _rgb(frame, out.shape[2], out.shape[1])
     return out, rotation
 
 
@@ -347,7 +451,7 @@ def _rgb(frame, width: int, height: int) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
-def _sample_sequential(p: Path, name: str, num_frames: int, threads: int):
+def _sample_sequential(p: Path, name: str, num_frames: "int | IndexPlan", threads: int):
     """Fallback: count the frames the decoder outputs, then decode again keeping the wanted ones.
 
     Returns (frames uint8 (n, H, W, 3) as stored, rotation, indices, pts of every frame or [] when the decoder
@@ -360,7 +464,7 @@ def _sample_sequential(p: Path, name: str, num_frames: int, threads: int):
     total = len(frame_pts)
     if total == 0:
         raise VideoDecodeError(f"no decodable video frames in {name}")
-    indices = sample_indices(total, num_frames)
+    indices = _pick_indices(total, num_frames, info.fps)
 
     out = None
     rotation = 0

@@ -279,6 +279,69 @@ def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_sal
     assert expected <= set(view["a1"]) and view["a1"]["error"] is None
 
 
+def test_next_video_is_decoded_while_the_current_one_is_answered(engine, clips, tiny_llava, tiny_saliency,
+                                                                  monkeypatch):
+    """Prefetch: b's frames are sampled on the background thread before a's questions are answered (a's session
+    waits for that to happen, so a missing prefetch fails here instead of passing by luck); the records carry
+    sample and sample_wait; answers and order equal a run without prefetch; a video that fails to decode in the
+    background becomes that group's error records and the batch goes on."""
+    import threading
+
+    import fastvid_cli.video as V
+
+    csv = six_rows(clips.parent)  # r1 r3 r5 about a.mp4, r2 r4 r6 about b.mp4
+    bad = clips.parent / "clips" / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    with open(csv, "a", encoding="utf-8") as f:
+        f.write("r7,clips/broken.mp4,Anything?\nr8,clips/a.mp4,Last one?\n")
+    real_sample, real_session = V.sample_frames, engine.session
+    b_sampled = threading.Event()
+    sampled_on: dict[str, str] = {}
+    waited_for_b: list[bool] = []
+
+    def sample(path, n, **kw):
+        clip = real_sample(path, n, **kw)
+        sampled_on.setdefault(Path(path).name, threading.current_thread().name)
+        if Path(path).name == "b.mp4":
+            b_sampled.set()
+        return clip
+
+    def session(video, **kw):
+        s = real_session(video, **kw)
+        if Path(video).name == "a.mp4" and not waited_for_b:
+            waited_for_b.append(b_sampled.wait(timeout=20))
+        return s
+
+    monkeypatch.setattr(V, "sample_frames", sample)
+    monkeypatch.setattr(engine, "session", session)
+    out = clips.parent / "prefetch.jsonl"
+    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=6, temperature=0.0, seed=None)
+    B.run_batch(cfg, engine=engine)
+    assert waited_for_b == [True]  # b was decoded while a's session was being built and answered
+    assert sampled_on["b.mp4"].startswith("fastvid-prefetch") and sampled_on["a.mp4"].startswith("fastvid-prefetch")
+    view = final_view(out)
+    assert list(view) == [f"r{i}" for i in range(1, 9)]
+    assert view["r7"]["status"] == "error" and "broken.mp4" in view["r7"]["error"]
+    ok = [r for r in view.values() if r["status"] == "ok"]
+    assert len(ok) == 7
+    for rec in ok:  # sample and sample_wait describe the group's session, like sample does without prefetch
+        assert rec["timings_ms"]["sample"] > 0 and rec["timings_ms"]["sample_wait"] >= 0
+    for first in ("r1", "r2"):  # a group's first answer waited for the frames: that wait is part of its TTFT
+        assert view[first]["timings_ms"]["sample_wait"] <= view[first]["timings_ms"]["ttft"]
+    assert view["r2"]["timings_ms"]["sample_wait"] < view["r2"]["timings_ms"]["sample"]  # b was ready in advance
+
+    monkeypatch.setattr(engine, "session", real_session)
+    plain = clips.parent / "no-prefetch.jsonl"
+    B.run_batch(config(tiny_llava, tiny_saliency, csv, plain, max_new_tokens=6, temperature=0.0, seed=None),
+                engine=engine, prefetch=False)
+    view0 = final_view(plain)
+    assert list(view0) == list(view)
+    for key in view:
+        assert view0[key]["status"] == view[key]["status"]
+        assert (view0[key]["answer"], view0[key]["frame_indices"]) == (view[key]["answer"], view[key]["frame_indices"])
+        assert "sample_wait" not in (view0[key]["timings_ms"] or {})
+
+
 # ---------------------------------------------------------------------------------------------- resume
 def test_resume_retry_errors_overwrite_and_csv_out(engine, clips, tiny_llava, tiny_saliency, monkeypatch):
     from fastvid_cli.engine import Engine

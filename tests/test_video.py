@@ -211,22 +211,35 @@ def test_short_clip_returns_every_frame(no_fallback, vdir):
 def test_sparse_sampling_seeks_and_skips_most_frames(no_fallback, counting, gop12):
     clip = sample_frames(gop12, 5)
     assert_exact(clip, gop12, 240, 5)
-    (c,) = counting
     # Targets 0, 59, 119, 179, 239 lie in 5 different GOPs far apart: one seek each, and from each keyframe only
-    # up to the target (< 12 frames) is decoded, instead of all 240.
-    assert c.seeks == 5
-    assert c.decoded <= 5 * 12
+    # up to the target (< 12 frames) is decoded, instead of all 240 - counted over every decoder, however many
+    # decode in parallel.
+    assert sum(c.seeks for c in counting) == 5
+    assert sum(c.decoded for c in counting) <= 5 * 12
 
 
 @pytest.mark.parametrize("n", [12, 60, 200, 238])
 def test_dense_sampling_decodes_at_most_one_pass(no_fallback, counting, gop12, n):
     clip = sample_frames(gop12, n)
     assert_exact(clip, gop12, 240, n)
-    (c,) = counting
-    # Never more work than one sequential pass: no GOP is decoded twice, and no seek into a GOP that forward
-    # decoding reaches within a few frames.
-    assert c.decoded <= 240
-    assert c.seeks <= 1 + 240 // (12 + video._MIN_SKIP)
+    # Never more work than one sequential pass, over all parallel decoders together: no GOP is decoded twice, and
+    # no seek into a GOP that forward decoding reaches within a few frames.
+    assert sum(c.decoded for c in counting) <= 240
+    assert sum(c.seeks for c in counting) <= 1 + 240 // (12 + video._MIN_SKIP)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_runs_are_shared_out_to_parallel_decoders(no_fallback, counting, gop12, threads):
+    """With a thread budget of N, up to N decoders (each its own container) decode disjoint runs of GOPs; the
+    frames are those of one decoder, and the work is split, not repeated."""
+    clip = sample_frames(gop12, 8, threads=threads)
+    assert_exact(clip, gop12, 240, 8)
+    decoders = [c for c in counting if c.decoded]
+    assert len(decoders) == min(threads, 8)  # 8 targets in 8 GOPs = 8 runs
+    assert sum(c.seeks for c in counting) == 8
+    assert sum(c.decoded for c in counting) <= 8 * 12
+    single = sample_frames(gop12, 8, threads=1)
+    assert np.array_equal(clip.frames, single.frames) and clip.indices == single.indices
 
 
 # --- variable frame rate ---

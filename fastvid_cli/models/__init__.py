@@ -6,15 +6,20 @@ validating `--model` before anything heavy is imported.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastvid_cli.errors import UnknownModelError
+from fastvid_cli.errors import InvalidOptionError, UnknownModelError
 
 # model_type (from the checkpoint's config.json) -> adapter module in fastvid_cli.models
 FAMILIES: dict[str, str] = {
     "llava_onevision": "fastvid_cli.models.llava_onevision",
+    "qwen2_vl": "fastvid_cli.models.qwen_vl",
+    "qwen2_5_vl": "fastvid_cli.models.qwen_vl",
+    "qwen3_vl": "fastvid_cli.models.qwen_vl",
+    "qwen3_vl_moe": "fastvid_cli.models.qwen_vl",
 }
 
 
@@ -24,8 +29,14 @@ class Alias:
     repo: str
     family: str
     params: str
-    frames: int
+    frames: int | None  # default frame count; None: the family samples by rate (`fps`)
     notes: str = ""
+    fps: float | None = None  # default sampling rate (Qwen-VL families), None for a fixed frame count
+
+    @property
+    def sampling(self) -> str:
+        """The default sampling, for people: '32' frames or '2 fps'."""
+        return f"{self.fps:g} fps" if self.frames is None and self.fps else str(self.frames)
 
 
 ALIASES: dict[str, Alias] = {
@@ -41,7 +52,25 @@ ALIASES: dict[str, Alias] = {
         Alias("llava-ov-7b-si", "llava-hf/llava-onevision-qwen2-7b-si-hf", "llava_onevision", "8.0B", 32,
               "single-image stage"),
         Alias("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava_onevision", "8.0B", 64,
-              "LLaVA-Video converted to the OneVision class (one newline per video)"),
+              "LLaVA-Video in the OneVision layout (see README); 64 frames as in the paper"),
+        Alias("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", "2.2B", None, fps=2.0),
+        Alias("qwen2-vl-7b", "Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", "8.3B", None, fps=2.0),
+        Alias("qwen2-vl-72b", "Qwen/Qwen2-VL-72B-Instruct", "qwen2_vl", "73B", None,
+              "needs several GPUs: --device auto shards it", fps=2.0),
+        Alias("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "3.8B", None, fps=2.0),
+        Alias("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "8.3B", None,
+              "the paper's Qwen model (FastVID Qwen variant, r=0.27)", fps=2.0),
+        Alias("qwen2.5-vl-32b", "Qwen/Qwen2.5-VL-32B-Instruct", "qwen2_5_vl", "33B", None,
+              "needs a 80 GB GPU in bf16, or --device auto over several", fps=2.0),
+        Alias("qwen2.5-vl-72b", "Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", "73B", None,
+              "needs several GPUs: --device auto shards it", fps=2.0),
+        Alias("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl", "2.1B", None, fps=2.0),
+        Alias("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "qwen3_vl", "4.4B", None, fps=2.0),
+        Alias("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", "8.8B", None, fps=2.0),
+        Alias("qwen3-vl-32b", "Qwen/Qwen3-VL-32B-Instruct", "qwen3_vl", "33B", None,
+              "needs a 80 GB GPU in bf16, or --device auto over several", fps=2.0),
+        Alias("qwen3-vl-30b-a3b", "Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen3_vl_moe", "31B", None,
+              "mixture of experts, 3B active", fps=2.0),
         Alias("demo", "fastvid_cli/demo/weights", "llava_onevision", "6M", 16,
               "tiny demo model shipped in the package: runs offline on any CPU (synthetic shapes videos only)"),
     ]
@@ -102,3 +131,40 @@ def alias_ref(alias: Alias) -> ModelRef:
 
 def alias_table() -> list[dict]:
     return [asdict(a) for a in ALIASES.values()]
+
+
+def model_family(name: str) -> str | None:
+    """The family (config.json's model_type) of an alias, folder or hub id, without importing transformers;
+    None when it cannot be told (the model load then reports why)."""
+    alias = ALIASES.get(name.strip())
+    if alias is not None:
+        return alias.family
+    try:
+        from fastvid_cli import hub
+
+        path = hub.get_file(resolve_model(name), "config.json", required=False)
+        with open(path, encoding="utf-8") as f:
+            family = json.load(f).get("model_type")
+    except Exception:  # unknown name, no network, unreadable file: not ours to report here
+        return None
+    return family if isinstance(family, str) else None
+
+
+def frame_request(model: str, frames: int | None = None, fps: float | None = None):
+    """What to sample of a video for `model`, before the model is loaded: a frame count (uniform frames), or its
+    family's own frame plan (Qwen-VL: --fps, default 2, or --frames N; see video.sample_frames)."""
+    import importlib
+
+    family = model_family(model)
+    module = importlib.import_module(FAMILIES[family]) if family in FAMILIES else None
+    plan = getattr(module, "frame_plan", None)
+    if plan is not None:
+        return plan(frames, fps)
+    if fps is not None:
+        raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly")
+    alias = ALIASES.get(model.strip())
+    if frames:
+        return frames
+    if alias is not None and alias.frames:
+        return alias.frames
+    return int(module.DEFAULTS["frames"]) if module is not None else 32

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -18,6 +19,12 @@ class VideoFeatures:
     frame_features (F,Dg): one global vector per frame (FastVID's DySeg feature).
     extra_embeds (E,D): tokens of the video span that are never pruned and follow the F*N grid (OneVision's
     single trailing newline).
+    attn_received (F,N) or None: mean attention each token receives (over heads and queries) in the last vision
+    layer, pooled to the token grid as saliency is (HoliTom's dynamic-token score); None where a family or an
+    old cache entry has none.
+    side_embeds [(F,N,Ds), ...]: per-token features that travel with the tokens and are pruned with the same
+    kept indices, never merged (Qwen3-VL's DeepStack features, one tensor per LLM layer they are added to).
+    meta: JSON-able facts the prompt needs besides the tokens (Qwen: the temporal spacing of the grids).
     """
 
     embeds: torch.Tensor
@@ -26,6 +33,9 @@ class VideoFeatures:
     extra_embeds: torch.Tensor
     grid: tuple[int, int]
     saliency_source: str
+    attn_received: torch.Tensor | None = None
+    side_embeds: list[torch.Tensor] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -61,6 +71,10 @@ class Assembled:
     position_ids: torch.Tensor  # (1, L') int64, strictly increasing, gaps where tokens were pruned
     full_length: int  # L: the prompt length before pruning
     video_span: tuple[int, int] = field(default=(0, 0))  # [start, end) of the video span in the kept sequence
+    # Further inputs of the LLM prefill beyond embeddings and positions (Qwen3-VL: the DeepStack features of the
+    # kept tokens): an object whose `.chunk(start, end)` gives the keyword arguments of decoding.prefill for the
+    # tokens [start, end) of this sequence (None when that chunk needs none). See `prefill_extra`.
+    extra: Any = None
 
     @property
     def length(self) -> int:
@@ -71,6 +85,40 @@ class Assembled:
         """Position ids of the first generated token: the last column + 1 ((1,1), or (R,1,1) for M-RoPE rows).
         The prompt always ends in unpruned text, so this continues after the UNPRUNED length."""
         return self.position_ids[..., -1:] + 1
+
+    def prefill_extra(self, start: int = 0, end: int | None = None) -> dict[str, Any] | None:
+        """Keyword arguments for prefilling the tokens [start, end) of this sequence (None: nothing extra)."""
+        if self.extra is None:
+            return None
+        return self.extra.chunk(start, self.length if end is None else end)
+
+    def reindexed(self) -> "Assembled":
+        """The same tokens at contiguous positions 0..L'−1, for methods that re-index instead of keeping original
+        positions (HoliTom); decoding then continues at L'. Only for 1-D position ids."""
+        if self.position_ids.dim() != 2 or self.position_ids.shape[0] != 1:
+            raise InvalidOptionError("this pruning method re-indexes positions, which needs 1-D position ids; "
+                                     "this model uses multi-row (M-RoPE) positions",
+                                     "use a method that keeps original positions")
+        pos = torch.arange(self.length, device=self.position_ids.device)[None]
+        return replace(self, position_ids=pos)
+
+
+def prefill_flops(text_config, length: int) -> float:
+    """Matmul FLOPs of an LLM prefill of `length` tokens (GQA projections, causal attention, gated MLP; for a
+    mixture of experts, the experts each token runs)."""
+    t = text_config
+    d, layers = t.hidden_size, t.num_hidden_layers
+    m = t.intermediate_size
+    if getattr(t, "moe_intermediate_size", None) and getattr(t, "num_experts_per_tok", None):
+        m = t.moe_intermediate_size * t.num_experts_per_tok
+    heads = t.num_attention_heads
+    kv = getattr(t, "num_key_value_heads", None) or heads
+    hd = getattr(t, "head_dim", None) or d // heads
+    L = float(length)
+    proj = 2 * L * d * (heads * hd + 2 * kv * hd) + 2 * L * heads * hd * d
+    attn = 2 * L * L * heads * hd  # QK^T and AV, each 2*L*L*hd per head, halved by the causal mask
+    mlp = 6 * L * d * m
+    return layers * (proj + attn + mlp)
 
 
 def resolve_device(device: str) -> str:

@@ -10,7 +10,6 @@ ONE trailing newline token; pruned tokens are spliced in with their original pos
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastvid_cli import hub
 from fastvid_cli.errors import ModelUnavailableError
-from fastvid_cli.models import ModelRef
-from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures
+from fastvid_cli.models import ModelRef, hf_loading
+from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
+from fastvid_cli.models.hf_loading import device_of as _device_of
 from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN_HEAD_FILE, load_saliency_head
+from fastvid_cli.preprocess import normalize, resize_bicubic_aa
 
 FAMILY = "llava_onevision"
 # The paper's LLaVA-OV settings (fastvid-spec.md §2.13).
@@ -34,31 +34,20 @@ FALLBACK_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if 
                      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 def read_mean_std(ref: ModelRef) -> tuple[list[float], list[float], str]:
     """The checkpoint's normalisation constants, from its (video) processor config files."""
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json"):
-        cfg = hub.read_json(ref, name)
-        if not cfg:
-            continue
-        for block in (cfg, cfg.get("video_processor") or {}, cfg.get("image_processor") or {}):
-            if "image_mean" in block and "image_std" in block:
-                return list(block["image_mean"]), list(block["image_std"]), name
-    return *SIGLIP_MEAN_STD, "default (SigLIP 0.5/0.5)"
+    return hf_loading.read_mean_std(ref, SIGLIP_MEAN_STD, "default (SigLIP 0.5/0.5)")
 
 
 def resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(T,3,H,W) uint8 -> float (T,3,h,w) with values 0..255, bicubic + antialias like torchvision.
 
-    On CPU the uint8 kernel is used: it rounds its intermediate pass exactly as torchvision (and so the HF
-    processors) do; the float path can differ by several grey levels on noisy frames."""
+    On CPU torch's uint8 kernel itself (what torchvision, and so the HF processors, run); on other devices the
+    matmul form of the same integer arithmetic (fastvid_cli.preprocess), equal to it bit for bit. A plain float
+    interpolate would differ by up to ~15 grey levels on noisy frames."""
     if frames.device.type == "cpu":
         return F.interpolate(frames, size=size, mode="bicubic", antialias=True, align_corners=False).float()
-    x = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
-    return x.clamp_(0, 255).round_()
+    return resize_bicubic_aa(frames, size)
 
 
 class LlavaOnevisionAdapter:
@@ -90,28 +79,11 @@ class LlavaOnevisionAdapter:
     @classmethod
     def load(cls, ref: ModelRef, config, *, device: str, dtype: torch.dtype, attn_implementation: str,
              saliency_model: str | None = None, device_map: Any = None) -> "LlavaOnevisionAdapter":
-        from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
-        from transformers.utils import logging as hf_logging
+        from transformers import LlavaOnevisionForConditionalGeneration
 
-        hf_logging.disable_progress_bar()  # our own display shows the load stage
-        local_only = ref.is_local or hub.is_cached(ref) or hub.is_offline()
-        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
-                      trust_remote_code=False, local_files_only=local_only)
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = LlavaOnevisionForConditionalGeneration.from_pretrained(ref.source, **kwargs)
-                tokenizer = AutoTokenizer.from_pretrained(ref.source, local_files_only=local_only,
-                                                          trust_remote_code=False)
-        except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelUnavailableError(f"could not load {ref.display}: {first}",
-                                        None if ref.is_local else hub.download_hint(ref.source)) from None
-        if device_map is None:
-            model = model.to(device)
-        model.eval()
+        model, tokenizer = hf_loading.load_pretrained(
+            LlavaOnevisionForConditionalGeneration, ref, device=device, dtype=dtype,
+            attn_implementation=attn_implementation, device_map=device_map)
         mean, std, norm_source = read_mean_std(ref)
         notes: list[str] = []
         tower_hidden = int(config.vision_config.hidden_size)
@@ -134,15 +106,15 @@ class LlavaOnevisionAdapter:
     def preprocess(self, frames: np.ndarray | torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
         """uint8 (T,H,W,3) -> normalised (T,3,S,S) in the model dtype on the vision device.
 
-        `device` picks where the resize runs (default: CPU, which is bit-exact with the HF processor)."""
+        `device` picks where resize and normalisation run. Default: the vision device when it is a GPU (the uint8
+        frames are uploaded, a quarter of the float bytes, and resized there), else the CPU. Both give the same
+        values as the HF processor (see resize_uint8)."""
         x = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
         x = x.permute(0, 3, 1, 2)  # channels-last strides: the fast layout for the uint8 resize kernel
-        if device is not None:
-            x = x.to(device, non_blocking=True)
-        x = resize_uint8(x, (self.image_size, self.image_size))
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        x = (x * (1.0 / 255.0) - mean) / std
+        if device is None:
+            device = self.vision_device if self.vision_device.type == "cuda" else x.device
+        x = x.to(device, non_blocking=True)
+        x = normalize(resize_uint8(x, (self.image_size, self.image_size)), self.mean, self.std)
         return x.to(device=self.vision_device, dtype=self.dtype).contiguous()
 
     # ------------------------------------------------------------------ features
@@ -156,14 +128,20 @@ class LlavaOnevisionAdapter:
 
     @staticmethod
     def _attention_received(layer, h: torch.Tensor) -> torch.Tensor:
-        """Mean attention each patch receives (over heads and queries) in `layer`, from its own q/k: (B,P)."""
+        """Mean attention each patch receives (over heads and queries) in `layer`, from its own q/k: (B,P).
+
+        One head at a time: it runs for every video (HoliTom ranks tokens by it), and the float32 (B,heads,P,P)
+        probabilities of a 32-frame chunk would take over 1 GB at once."""
         attn = layer.self_attn
         x = layer.layer_norm1(h)
         B, P, _ = x.shape
-        q = attn.q_proj(x).view(B, P, attn.num_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(B, P, attn.num_heads, attn.head_dim).transpose(1, 2)
-        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * attn.scale, dim=-1)
-        return probs.mean(dim=(1, 2))
+        q = attn.q_proj(x).view(B, P, attn.num_heads, attn.head_dim)
+        k = attn.k_proj(x).view(B, P, attn.num_heads, attn.head_dim)
+        total = torch.zeros((B, P), dtype=torch.float32, device=x.device)
+        for head in range(attn.num_heads):
+            scores = q[:, :, head] @ k[:, :, head].transpose(-1, -2)
+            total += torch.softmax(scores.float() * attn.scale, dim=-1).mean(dim=1)
+        return total / attn.num_heads
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, P, C) on the patch grid -> (B, n*n, C) with the stock bilinear 2x down-sampling."""
@@ -175,18 +153,19 @@ class LlavaOnevisionAdapter:
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, chunk_frames: int = 32) -> VideoFeatures:
-        """(T,3,S,S) -> VideoFeatures: embeds (T,N,D), saliency (T,N), frame_features (T,Dg), newline (1,D)."""
+        """(T,3,S,S) -> VideoFeatures: embeds (T,N,D), saliency (T,N), frame_features (T,Dg), newline (1,D),
+        attn_received (T,N)."""
         core = self.model.model
         n_layers = self._feature_layer_count()
         layers = self.vision.encoder.layers[:n_layers]
         drop_first = self.config.vision_feature_select_strategy == "default"
-        embeds, sal, glob = [], [], []
+        embeds, sal, glob, rec = [], [], [], []
         for start in range(0, pixels.shape[0], chunk_frames):
             x = pixels[start:start + chunk_frames]
             h = self.vision.embeddings(x)
             received = None
             for i, layer in enumerate(layers):
-                if self.saliency_head is None and i == len(layers) - 1:
+                if i == len(layers) - 1:
                     received = self._attention_received(layer, h)
                 out = layer(h, None)
                 h = out[0] if isinstance(out, tuple) else out
@@ -195,18 +174,20 @@ class LlavaOnevisionAdapter:
                 received = None if received is None else received[:, 1:]
             proj = core.multi_modal_projector(h.to(_device_of(core.multi_modal_projector)))
             embeds.append(self._pool(proj))
+            rec.append(self._pool(received[..., None])[..., 0])
             if self.saliency_head is not None:
                 weights, pooled = self.saliency_head(h)
+                sal.append(self._pool(weights.float()[..., None])[..., 0])
             else:
-                weights, pooled = received, h.float().mean(dim=1)
-            sal.append(self._pool(weights.float()[..., None])[..., 0])
+                pooled = h.float().mean(dim=1)
+                sal.append(rec[-1])
             glob.append(pooled)
         emb = torch.cat(embeds)
         newline = core.image_newline.to(device=emb.device, dtype=emb.dtype)[None]
         saliency = torch.cat(sal).to(emb.device)
         return VideoFeatures(embeds=emb, saliency=saliency, frame_features=torch.cat(glob).to(emb.device),
                              extra_embeds=newline, grid=(self.pooled_grid, self.pooled_grid),
-                             saliency_source=self.saliency_source)
+                             saliency_source=self.saliency_source, attn_received=torch.cat(rec).to(emb.device))
 
     # ------------------------------------------------------------------ prompt
     def build_prompt(self, question: str, system: str | None = None) -> Prompt:
@@ -264,16 +245,7 @@ class LlavaOnevisionAdapter:
     # ------------------------------------------------------------------ cost model
     def llm_prefill_flops(self, length: int) -> float:
         """Matmul FLOPs of an LLM prefill of `length` tokens (GQA projections, causal attention, gated MLP)."""
-        t = self.config.text_config
-        d, m, layers = t.hidden_size, t.intermediate_size, t.num_hidden_layers
-        heads = t.num_attention_heads
-        kv = getattr(t, "num_key_value_heads", None) or heads
-        hd = getattr(t, "head_dim", None) or d // heads
-        L = float(length)
-        proj = 2 * L * d * (heads * hd + 2 * kv * hd) + 2 * L * heads * hd * d
-        attn = 2 * L * L * heads * hd  # QK^T and AV, each 2*L*L*hd per head, halved by the causal mask
-        mlp = 6 * L * d * m
-        return layers * (proj + attn + mlp)
+        return prefill_flops(self.config.text_config, length)
 
 
 Adapter = LlavaOnevisionAdapter  # what fastvid_cli.engine loads for this family

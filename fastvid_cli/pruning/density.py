@@ -111,12 +111,15 @@ def pairwise_sq_distances(x: Tensor) -> Tensor:
     return d2.clamp_min_(0.0)
 
 
-def dpc_scores(x: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def dpc_scores(x: Tensor, k: int | Tensor, valid: Tensor | None = None, *,
+               k_max: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """DPC-kNN density-peak scores of the points of each batch item.
 
     ``x``: (B, M, D), any float dtype; the math runs in float32. ``valid``: optional (B, M) bool mask for
     padded rows (invalid points are neither neighbours nor parents; their outputs are rho = delta = 0 and
-    score = -inf, so a top-k never prefers them).
+    score = -inf, so a top-k never prefers them). ``k``: neighbours, the point itself included: an int, or a
+    (B,) int64 tensor with one value (≥ 1) per batch item, then with ``k_max`` ≥ its largest value (spares a
+    device sync; read from ``k`` when omitted).
 
     With ``δ(u,v) = ||x_u − x_v||₂ / sqrt(D)``:
 
@@ -130,27 +133,52 @@ def dpc_scores(x: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, 
     """
     if x.dim() != 3:
         raise ValueError(f"dpc_scores expects x of shape (B, M, D), got {tuple(x.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
     B, M, D = x.shape
-    if valid is not None and tuple(valid.shape) != (B, M):
-        raise ValueError(f"valid must have shape {(B, M)}, got {tuple(valid.shape)}")
     if M == 0:
+        _check_k(k)
         empty = x.new_zeros((B, 0), dtype=torch.float32)
         return empty, empty.clone(), empty.clone()
-
     d2 = pairwise_sq_distances(x).div_(float(max(D, 1)))  # δ², (B, M, M)
-    kk = min(k, M)
-    if valid is None:
+    rho, delta, score, _ = density_peaks(d2, k, valid, k_max=k_max)
+    return rho, delta, score
+
+
+def _check_k(k) -> None:
+    if not isinstance(k, Tensor) and k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+
+
+def density_peaks(d2: Tensor, k: int | Tensor, valid: Tensor | None = None, *,
+                  k_max: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``dpc_scores`` from the scaled squared distances ``d2`` = δ² (B, M, M) float32, M ≥ 1.
+
+    For callers that also need the distances (HoliTom assigns tokens to their nearest peak): ``d2`` is
+    overwritten with δ, which is returned as the fourth element. Other arguments as in ``dpc_scores``.
+    Returns ``(rho, delta, score, dist)``: three (B, M) float32 and the (B, M, M) δ.
+    """
+    _check_k(k)
+    B, M, _ = d2.shape
+    if valid is not None:
+        if tuple(valid.shape) != (B, M):
+            raise ValueError(f"valid must have shape {(B, M)}, got {tuple(valid.shape)}")
+        valid = valid.to(device=d2.device, dtype=torch.bool)
+    if isinstance(k, Tensor):
+        kk = min(int(k.max()) if k_max is None else k_max, M)
+        # (B, 1, kk): which of the kk nearest (sorted nearest first) count for each batch item
+        take = (torch.arange(kk, device=d2.device) < k.to(d2.device)[:, None])[:, None, :]
+    else:
+        kk, take = min(k, M), None
+    if valid is None and take is None:
         knn = torch.topk(d2, kk, dim=-1, largest=False).values  # values only: their tie order is irrelevant
         rho = knn.mean(dim=-1).neg_().exp_()
     else:
-        valid = valid.to(device=x.device, dtype=torch.bool)
-        knn = torch.topk(d2.masked_fill(~valid[:, None, :], float("inf")), kk, dim=-1, largest=False).values
-        finite = torch.isfinite(knn)
-        count = finite.sum(dim=-1).clamp_min(1)
-        rho = torch.exp(-knn.where(finite, 0.0).sum(dim=-1) / count)
-        rho = rho.where(valid, 0.0)
+        masked = d2 if valid is None else d2.masked_fill(~valid[:, None, :], float("inf"))
+        knn = torch.topk(masked, kk, dim=-1, largest=False).values  # sorted, nearest first
+        use = torch.isfinite(knn) if take is None else torch.isfinite(knn) & take
+        count = use.sum(dim=-1).clamp_min(1)
+        rho = torch.exp(-knn.where(use, 0.0).sum(dim=-1) / count)
+        if valid is not None:
+            rho = rho.where(valid, 0.0)
 
     dist = d2.sqrt_()  # δ, reusing the buffer
     key = density_keys(rho)  # rho ≥ 0 is never NaN for finite inputs
@@ -167,4 +195,4 @@ def dpc_scores(x: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, 
     if valid is not None:
         delta = delta.where(valid, 0.0)
         score = score.masked_fill(~valid, float("-inf"))
-    return rho, delta, score
+    return rho, delta, score, dist

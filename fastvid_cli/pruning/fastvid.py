@@ -55,6 +55,10 @@ class PruneResult:
 
     ``embeds`` (K, D) in the input dtype and on the input device; ``index`` (K,) int64, the original flat
     slot ``f·N + n`` of each kept row, strictly increasing.
+
+    ``compact`` (HoliTom's layout): the rows are in the method's own order and the LLM sees them at
+    contiguous positions, the rest of the prompt right after them; ``index`` is then 0..K−1 and ``source``
+    (K,) int64 holds the original slot each row stands for.
     """
 
     embeds: Tensor
@@ -67,6 +71,8 @@ class PruneResult:
     budget: tuple[int, int, int] | None = None  # per frame (R, s, q)
     anchors: list[tuple[int, int]] = field(default_factory=list)  # (anchor frame, context tokens kept)
     similarities: list[float] = field(default_factory=list)  # DySeg adjacent-frame cosines (F−1)
+    compact: bool = False  # re-indexed positions (see above)
+    source: Tensor | None = None  # (K,) int64 original slots, when ``index`` is not that (compact)
 
     @property
     def kept(self) -> int:
