@@ -48,7 +48,12 @@ def main() -> None:
         t_sep = time.perf_counter() - t0
         t0 = time.perf_counter()
         sess = engine.session(video, frames=args.frames, prune=prune)
-        grouped = [sess.answer(q, gen, reuse_prefix=True) for q in questions]
+        setup_wall = (time.perf_counter() - t0) * 1e3
+        grouped, walls = [], []
+        for q in questions:
+            t1 = time.perf_counter()
+            grouped.append(sess.answer(q, gen, reuse_prefix=True))
+            walls.append((time.perf_counter() - t1) * 1e3)
         torch.cuda.synchronize()
         t_grp = time.perf_counter() - t0
         same = sum(a.answer == b.answer for a, b in zip(separate, grouped))
@@ -58,8 +63,10 @@ def main() -> None:
               + stage_medians(separate))
         print(f"one session, shared prefix: {t_grp:.2f} s ({t_grp / args.questions * 1e3:.0f} ms per question) "
               f"-> {t_sep / t_grp:.2f}x faster; session setup {sum(sess.timings.get(k, 0) for k in STAGES):.0f} ms "
-              f"+ prefix prefill {sess.prefix_ms:.1f} ms once; per question: " + stage_medians(grouped))
+              f"(session() wall {setup_wall:.0f} ms) + prefix prefill {sess.prefix_ms:.1f} ms once; per question: " + stage_medians(grouped))
         print(f"identical greedy answers: {same}/{args.questions}")
+        print("per-answer total ms (grouped): " + " ".join(f"{r.timings_ms['total']:.0f}" for r in grouped)
+              + " | answer() wall ms: " + " ".join(f"{w:.0f}" for w in walls))
 
 
 STAGES = ("sample", "preprocess", "vision", "prune")

@@ -884,8 +884,14 @@ class FramePrefetcher:
     def _sample(group: Group):
         from fastvid_cli.video import sample_frames
 
+        # One core fewer than the machine has: the answering thread keeps one to launch GPU work from.
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
         t0 = time.perf_counter()
-        clip = sample_frames(group.path, group.sampling if group.sampling is not None else group.frames)
+        clip = sample_frames(group.path, group.sampling if group.sampling is not None else group.frames,
+                             threads=max(1, cores - 1))
         return clip, (time.perf_counter() - t0) * 1e3
 
     def take(self, k: int) -> "Prefetched":

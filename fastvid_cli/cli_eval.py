@@ -1,4 +1,4 @@
-"""`fastvid eval`: multiple-choice accuracy of pruning settings on a JSONL benchmark, resumable.
+"""`fastvid eval`: accuracy of pruning settings on a JSONL benchmark (multiple choice or short answer), resumable.
 
 Registered in cli.py with ``app.command(name="eval")(eval_)``. Like cli.py, importing this module must not import
 torch or transformers: everything heavy is imported inside the command.
@@ -19,10 +19,18 @@ from fastvid_cli import options as O
 BENCH_HELP = ("Benchmark JSONL, one question per line: {\"id\", \"video\" (relative to the file's folder or "
               "--videos-root), \"question\", \"options\": [4 strings], \"answer\": \"A\"..\"D\"}, optional \"type\" "
               "(accuracy per type is shown too), \"seed\" (a missing video is regenerated with fastvid_cli.synth), "
-              "\"frames\" (overrides --frames). The whole file is checked before anything runs.")
-OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): setting, answer, predicted letter, correct, "
-               "tokens kept, TTFT, settings and fingerprint. Rerunning the same command resumes: what is already "
-               "answered with the same settings is skipped. Default: BENCH with the suffix .eval.jsonl.")
+              "\"frames\" (overrides --frames), \"short_answer\" (the gold answer of --form short). The whole file is "
+              "checked before anything runs.")
+FORM_HELP = ("mc: the question with its options, scored by the option letter read from the answer. short: the "
+             "question alone (\"Answer the question using a single word or phrase.\"), scored by exact match "
+             "with the line's short_answer after normalising both (lowercase; whitespace and punctuation at the ends "
+             "stripped; a leading a/an/the dropped; number words zero-twenty as digits). Every line needs a "
+             "short_answer for short. Each form has its own fingerprint: results of one never count for the "
+             "other.")
+OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, setting, answer, predicted letter "
+               "(short: the normalised answer), correct, tokens kept, TTFT, settings and fingerprint. Rerunning the "
+               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH "
+               "with the suffix .eval.jsonl.")
 
 
 def eval_(
@@ -34,6 +42,7 @@ def eval_(
                                                show_default=False, rich_help_panel="Benchmark"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions of the file.",
                                         show_default=False, rich_help_panel="Benchmark"),
+    form: str = typer.Option("mc", "--form", help=FORM_HELP, rich_help_panel="Benchmark"),
     model: str = O.MODEL,
     device: str = O.DEVICE,
     dtype: str = O.DTYPE,
@@ -68,7 +77,7 @@ def eval_(
                                  rich_help_panel="Output"),
     debug: bool = O.DEBUG,
 ) -> None:
-    """Score pruning settings on a multiple-choice benchmark: accuracy, retention vs ratio 1.0, tokens, TTFT.
+    """Score pruning settings on a benchmark (--form mc or short): accuracy, retention vs ratio 1.0, tokens, TTFT.
 
     Each video is sampled and encoded once; each setting prunes those features once and answers every question
     about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
@@ -90,7 +99,7 @@ def eval_(
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
-                         retry_errors=retry_errors)
+                         retry_errors=retry_errors, form=form.strip().lower())
         progress = EvalProgress(enabled=not as_json)
 
         def on_exception(e: BaseException) -> None:
@@ -213,6 +222,9 @@ def _type_cell(cell: dict[str, Any] | None) -> str:
     return f"{_pct(cell['accuracy_pct'])} ({cell['correct']}/{cell['n']})"
 
 
+FORM_TITLES = {"mc": "multiple choice", "short": "short answer (normalised exact match)"}
+
+
 def print_eval(data: dict[str, Any], max_new_tokens: int) -> None:
     """The results table on stdout (it is the command's output), a per-type table when the questions have
     types, and what the numbers mean on stderr."""
@@ -223,8 +235,9 @@ def print_eval(data: dict[str, Any], max_new_tokens: int) -> None:
 
     probe = Console()
     out = Console(highlight=False, width=None if probe.is_terminal else max(probe.width, 120))
-    table = Table(title=f"{data['model']} · {data['questions']} questions · greedy, ≤{max_new_tokens} new tokens",
-                  title_justify="left")
+    form = FORM_TITLES.get(data.get("form", "mc"), data.get("form"))
+    title = f"{data['model']} · {data['questions']} questions · {form} · greedy, ≤{max_new_tokens} new tokens"
+    table = Table(title=title, title_justify="left")
     for col in ("setting", "accuracy", "correct / n", "retention", "video tokens", "TTFT ms"):
         table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=True)
     rows = data["settings"]

@@ -1,4 +1,8 @@
-"""Multiple-choice evaluation: accuracy of several pruning settings on a JSONL benchmark, resumable.
+"""Benchmark evaluation: accuracy of several pruning settings on a JSONL benchmark, resumable.
+
+Two forms of the same questions (``EvalConfig.form``): "mc" (default) prompts with the options (``mc_prompt``) and
+scores the option letter read back by the parser; "short" prompts with ``synth.short_prompt`` (no options) and
+scores the normalised exact match of the answer against the record's ``short_answer`` (``normalize_short``).
 
 Data path::
 
@@ -11,7 +15,9 @@ Data path::
 
 Resume uses fastvid_cli.batch's machinery (records, torn-line repair, file lock, fingerprint): a (question,
 setting) is done when the output holds a record with the question's id, the setting's fingerprint and the
-same question, video, options and gold answer ("ok", or "error" unless ``retry_errors``).
+same question, video, options and gold answer ("ok", or "error" unless ``retry_errors``). The form is part of
+the fingerprint ("task": "multiple-choice" or "short-answer"), so records of one form never count for the other,
+even in the same output file; multiple-choice fingerprints are what they were before forms existed.
 
 Importing this module does not import torch; the model and the pruning registry are imported when used.
 """
@@ -24,7 +30,9 @@ import json
 import math
 import os
 import re
+import string
 import threading
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +59,9 @@ LETTERS = "ABCDEFGH"  # options per question: 2 to 8 (the benchmark format uses 
 PROMPT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 PROMPT_VERSION = 1  # bump when mc_prompt changes: it is part of every fingerprint
 DEFAULT_RATIOS = (0.25, 0.1)
+FORMS = ("mc", "short")  # multiple choice (a letter); short answer (normalised exact match against short_answer)
+SHORT_PROMPT_VERSION = 1  # bump when the short-answer prompt (synth.short_prompt) changes
+SHORT_SCORING = "normalised-exact-match-v1"  # bump when normalize_short changes: records store "correct"
 DEFAULT_MAX_NEW_TOKENS = 8
 
 
@@ -294,6 +305,44 @@ def choice_parser() -> Callable[[str, Sequence[str]], str | None]:
     return parse
 
 
+def short_prompt(question: str) -> str:
+    """The short-answer prompt: ``synth.short_prompt`` (the question, then "Answer the question using a single
+    word or phrase."), the wording the demo model was trained on. No options are shown."""
+    from fastvid_cli import synth
+
+    return synth.short_prompt({"question": question.strip()})
+
+
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_ARTICLES = ("a", "an", "the")
+_EDGE = string.whitespace + string.punctuation + "“”‘’«»…–—"
+
+
+def normalize_short(text: str | None) -> str:
+    """A short answer as compared by ``--form short`` (rule "normalised-exact-match-v1"):
+
+    1. Unicode NFKC, lowercase (casefold), runs of whitespace (newlines too) become one space;
+    2. whitespace and punctuation are stripped from both ends ("Blue." "**blue**" "(blue)" -> "blue");
+    3. one leading article "a", "an" or "the" is dropped when a word follows ("The circle" -> "circle");
+    4. number words zero..twenty become digits, word by word ("Two." -> "2", "two circles" -> "2 circles").
+
+    Nothing else: punctuation inside the answer stays, and extra words make it a different answer ("it is blue"
+    does not match "blue"). An empty or missing answer gives ""."""
+    s = " ".join(unicodedata.normalize("NFKC", text or "").casefold().split()).strip(_EDGE)
+    words = s.split(" ") if s else []
+    if len(words) > 1 and words[0] in _ARTICLES:
+        words = " ".join(words[1:]).strip(_EDGE).split(" ")
+    return " ".join(_NUMBER_WORDS.get(w, w) for w in words if w)
+
+
+def short_correct(answer: str | None, gold: str | None) -> bool:
+    """Whether a generated answer matches the gold short answer under ``normalize_short``."""
+    want = normalize_short(gold)
+    return bool(want) and normalize_short(answer) == want
+
+
 # ---------------------------------------------------------------------------------------------- settings
 @dataclass
 class EvalConfig:
@@ -319,6 +368,7 @@ class EvalConfig:
     system: str | None = None
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs)
     retry_errors: bool = False
+    form: str = "mc"  # "mc": options and a letter; "short": short_prompt, exact match against short_answer
 
     @property
     def output_path(self) -> Path:
@@ -369,6 +419,8 @@ def validate_config(cfg: EvalConfig) -> None:
     for r in cfg.ratios:
         if not isinstance(r, (int, float)) or math.isnan(r) or not 0 < r <= 1:
             raise InvalidOptionError(f"--ratio must be in (0, 1] (got {r})")
+    if cfg.form not in FORMS:
+        raise InvalidOptionError(f"--form must be one of {', '.join(FORMS)} (got '{cfg.form}')")
     if cfg.limit is not None and cfg.limit < 1:
         raise InvalidOptionError(f"--limit must be >= 1 (got {cfg.limit})")
     if cfg.frames is not None and not 1 <= cfg.frames <= MAX_FRAMES:
@@ -395,6 +447,7 @@ class EvalPlan:
     frames: dict[str, int]  # question id -> frames requested
     full_settings: dict[tuple[str, str], dict[str, Any]]  # (question id, setting label) -> settings
     fps: dict[tuple[str, str], str]  # (question id, setting label) -> fingerprint
+    form: str = "mc"  # EvalConfig.form
 
     def fp(self, q: BenchQuestion, s: Setting) -> str:
         return self.fps[(q.id, s.label)]
@@ -412,6 +465,21 @@ def _setting_params(method: str, cfg: EvalConfig, defaults: dict[str, Any]) -> d
     return {k: params[k] for k in sorted(params)}
 
 
+def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
+    """--form short needs a gold short answer on every line of the file (also with --limit: the file is checked
+    whole, as read_bench does). The first line without one, or with one that normalises to nothing, is a usage
+    error naming it."""
+    lacking = [q for q in questions if q.short_answer is None]
+    if lacking:
+        raise BENCH_ERROR(f"{name} line {lacking[0].line}: no short_answer, which --form short needs ("
+                          f"{len(lacking)} of {len(questions)} questions lack one); use --form mc or add "
+                          f"\"short_answer\" to every line")
+    for q in questions:
+        if not normalize_short(q.short_answer):
+            raise BENCH_ERROR(f"{name} line {q.line}: short_answer {q.short_answer!r} is empty once normalised "
+                              f"(--form short compares normalised answers)")
+
+
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
@@ -419,6 +487,8 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
 
     validate_config(cfg)
     questions = read_bench(cfg.bench, cfg.videos_root)
+    if cfg.form == "short":
+        check_short_answers(questions, str(cfg.bench))
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     ref = resolve_model(cfg.model)
@@ -447,13 +517,17 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     settings = [Setting(m, float(r), tuple(_setting_params(m, cfg, defaults).items()))
                 for m, r in dict.fromkeys(pairs)]
     frames = {q.id: q.frames or default_frames for q in questions}
+    # the form's part of every fingerprint; multiple choice keeps the keys it had before forms existed
+    if cfg.form == "mc":
+        task: dict[str, Any] = {"task": "multiple-choice", "prompt_version": PROMPT_VERSION}
+    else:
+        task = {"task": "short-answer", "prompt_version": SHORT_PROMPT_VERSION, "scoring": SHORT_SCORING}
     full: dict[tuple[str, str], dict[str, Any]] = {}
     fps: dict[tuple[str, str], str] = {}
     for q in questions:
         for s in settings:
             x = {
-                "task": "multiple-choice",
-                "prompt_version": PROMPT_VERSION,
+                **task,
                 "model": ref.source,
                 "dtype": dtype_label,
                 "method": s.method,
@@ -470,7 +544,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
                 x["fps"] = rate
             full[(q.id, s.label)] = x
             fps[(q.id, s.label)] = fingerprint(x)
-    return EvalPlan(questions, settings, ref.source, frames, full, fps)
+    return EvalPlan(questions, settings, ref.source, frames, full, fps, cfg.form)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -478,12 +552,17 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def gold_of(q: BenchQuestion, form: str) -> str | None:
+    """What a record of `form` is scored against: the answer letter (mc) or the short answer (short)."""
+    return q.short_answer if form == "short" else q.answer
+
+
 def _record(plan: EvalPlan, q: BenchQuestion, s: Setting, status: str, error: str | None) -> dict[str, Any]:
     return {
-        "id": q.id, "line": q.line, "status": status, "error": error,
+        "id": q.id, "line": q.line, "status": status, "error": error, "form": plan.form,
         "setting": s.label, "method": s.method, "ratio": s.ratio, "params": s.param_dict(),
         "frames": plan.frames[q.id], "video": q.video, "video_path": q.path, "type": q.type,
-        "question": q.question, "options": list(q.options), "gold": q.answer,
+        "question": q.question, "options": list(q.options), "gold": gold_of(q, plan.form),
         "answer": None, "predicted": None, "correct": None,
         "video_tokens_kept": None, "video_tokens_total": None, "frames_used": None,
         "ttft_ms": None, "prefill_ms": None, "prune_ms": None, "new_tokens": None,
@@ -493,10 +572,12 @@ def _record(plan: EvalPlan, q: BenchQuestion, s: Setting, status: str, error: st
 
 
 def ok_record(plan: EvalPlan, q: BenchQuestion, s: Setting, report, predicted: str | None) -> dict[str, Any]:
-    """An answered question: the raw answer, the parsed letter and whether it is the gold one, tokens, times."""
+    """An answered question: the raw answer, what was read from it (mc: the parsed letter; short: the normalised
+    answer) and whether it is the gold one, tokens, times."""
     rec = _record(plan, q, s, "ok", None)
     t = report.timings_ms
-    rec.update(answer=report.answer, predicted=predicted, correct=predicted == q.answer,
+    correct = short_correct(report.answer, q.short_answer) if plan.form == "short" else predicted == q.answer
+    rec.update(answer=report.answer, predicted=predicted, correct=correct,
                video_tokens_kept=report.video_tokens_kept, video_tokens_total=report.video_tokens_total,
                frames_used=report.frames, ttft_ms=t.get("ttft"), prefill_ms=t.get("prefill"),
                prune_ms=t.get("prune"), new_tokens=report.new_tokens, finished_at=_now())
@@ -512,11 +593,13 @@ def error_record(plan: EvalPlan, q: BenchQuestion, s: Setting, message: str, *, 
     return rec
 
 
-def chosen_record(by_key: dict[str, list[dict[str, Any]]], q: BenchQuestion, fp: str) -> dict[str, Any] | None:
+def chosen_record(by_key: dict[str, list[dict[str, Any]]], q: BenchQuestion, fp: str, form: str = "mc"
+                  ) -> dict[str, Any] | None:
     """The record standing for `q` under fingerprint `fp` (batch.select: the first "ok", else the latest
-    error), among records with the same options and gold answer. An error about a missing video no longer
-    stands once the video is there."""
-    same = [r for r in by_key.get(q.id, []) if r.get("options") == q.options and r.get("gold") == q.answer
+    error), among records with the same options and gold answer (of `form`: the letter or the short answer). An
+    error about a missing video no longer stands once the video is there."""
+    gold = gold_of(q, form)
+    same = [r for r in by_key.get(q.id, []) if r.get("options") == q.options and r.get("gold") == gold
             and not (r.get("input_error") and q.error is None)]
     return select(same, q, fp)
 
@@ -568,7 +651,7 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
     by_key = index_records(read_records([output]))
     todo: list[tuple[BenchQuestion, Setting]] = [
         (q, s) for q in plan.questions for s in plan.settings
-        if not is_done(chosen_record(by_key, q, plan.fp(q, s)), cfg.retry_errors)]
+        if not is_done(chosen_record(by_key, q, plan.fp(q, s), plan.form), cfg.retry_errors)]
     result = EvalResult(plan=plan, bench=Path(cfg.bench), output=output,
                         total=len(plan.questions) * len(plan.settings))
     result.skipped = result.total - len(todo)
@@ -656,7 +739,8 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
     from fastvid_cli.engine import PruneOptions
 
     gen = cfg.generation()
-    parse = choice_parser()
+    short = plan.form == "short"
+    parse = None if short else choice_parser()
     try:
         base = engine.session(group.path, frames=group.frames, prune=PruneOptions(method="none", ratio=1.0),
                               system=gen.system, fps=cfg.fps if group.frames is None else None)
@@ -683,14 +767,16 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
                 return
             try:
                 # The first question of a session also pays pruning (and, inside answer, the prefix prefill).
-                report = sess.answer(mc_prompt(q.question, q.options), gen, reuse_prefix=True,
+                prompt = short_prompt(q.question) if short else mc_prompt(q.question, q.options)
+                report = sess.answer(prompt, gen, reuse_prefix=True,
                                      lead_ms=sess.timings.get("prune", 0.0) if i == 0 else 0.0)
             except Exception as e:
                 write(error_record(plan, q, s, _one_line(e, on_exception)))
                 continue
             if report.stop_reason == "interrupted":  # Ctrl-C mid-answer: a partial answer is not recorded
                 raise KeyboardInterrupt
-            write(ok_record(plan, q, s, report, parse(report.answer, q.options)))
+            read = normalize_short(report.answer) if short else parse(report.answer, q.options)
+            write(ok_record(plan, q, s, report, read))
         del sess  # frees this setting's prefix KV cache before the next one is built
 
 
@@ -715,7 +801,7 @@ def summarize(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
         errors = pending = 0
         per_type: dict[str, list[bool]] = {q.type or "untyped": [] for q in plan.questions} if typed else {}
         for q in plan.questions:
-            rec = chosen_record(by_key, q, plan.fp(q, s))
+            rec = chosen_record(by_key, q, plan.fp(q, s), plan.form)
             if rec is None:
                 pending += 1
             elif rec.get("status") == "ok":
@@ -745,5 +831,5 @@ def summarize(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rows:
             if r["n"]:
                 r["retention"] = round(r["correct"] / r["n"] / ref_acc, 4)
-    return {"questions": len(plan.questions), "model": plan.model, "settings": rows,
+    return {"questions": len(plan.questions), "model": plan.model, "form": plan.form, "settings": rows,
             "by_type": {t: by_type[t] for t in sorted(by_type)}}

@@ -75,6 +75,7 @@ class FakeSession:
 
         assert reuse_prefix is True
         assert gen.temperature == 0.0
+        self.engine.prompts.append(question)
         label = f"{self.prune.method}@{self.prune.ratio:g}"
         qid = question.split("(")[1].split(")")[0]  # row() puts the id in the question
         self.engine.answered.append((label, qid, Path(self.video).name))
@@ -97,6 +98,7 @@ class FakeEngine:
         self.encoded: list[tuple[str, int]] = []
         self.pruned: list[tuple[str, str]] = []
         self.answered: list[tuple[str, str, str]] = []
+        self.prompts: list[str] = []
 
     def session(self, video, *, frames=None, prune=None, system=None, **_):
         assert prune.method == "none" and prune.ratio == 1.0  # encoding: features kept whole
@@ -128,6 +130,26 @@ SCRIPT = {
     "fastvid@0.5": {"q1": "A", "q2": "b", "q3": "D", "q4": "D", "q5": "Answer: A", "q6": "I don't know"},
     # 3 of 6 right, two of them by option text
     "uniform@0.5": {"q1": "red", "q2": "A", "q3": "A", "q4": "A", "q5": "A", "q6": "Green."},
+}
+
+
+SHORT_GOLD = {"q1": "red", "q2": "2", "q3": "blue", "q4": "3", "q5": "red", "q6": "one"}
+
+
+@pytest.fixture()
+def short_bench(fake_bench) -> Path:
+    """fake_bench with a short_answer on every line (colours for colour questions, counts for count ones)."""
+    rows = [json.loads(line) for line in fake_bench.read_text().splitlines()]
+    return write_bench(fake_bench, [{**r, "short_answer": SHORT_GOLD[r["id"]]} for r in rows])
+
+
+SHORT_SCRIPT = {
+    # 4 of 6: q3 has an extra word, q6 answers with a letter
+    "none@1": {"q1": "Red.", "q2": "two", "q3": "The blue one", "q4": "3", "q5": "**red**", "q6": "B"},
+    # 4 of 6: q4 is another number, q5 does not know; q6 "One" matches the gold "one"
+    "fastvid@0.5": {"q1": "red", "q2": "2.", "q3": "Blue", "q4": "4", "q5": "I don't know", "q6": "One"},
+    # 3 of 6: q1 names option A's letter (not an answer here), q2 is empty, q5 the wrong colour
+    "uniform@0.5": {"q1": "A", "q2": "", "q3": "the blue", "q4": "three", "q5": "green", "q6": "1"},
 }
 
 
@@ -223,6 +245,37 @@ def test_choice_parser_agrees_on_common_answers():
         assert parse(text, OPTIONS) == letter
 
 
+# ---------------------------------------------------------------------------------------------- short answers
+@pytest.mark.parametrize("text, normal", [
+    ("blue", "blue"), ("Blue.", "blue"), ("  BLUE!\n", "blue"), ("**blue**", "blue"), ("(blue)", "blue"),
+    ('"cyan"', "cyan"), ("“cyan”", "cyan"), ("The circle", "circle"), ("a square.", "square"),
+    ("An apple", "apple"), ("the", "the"), ("A", "a"), ("Two", "2"), ("two.", "2"), ("2", "2"),
+    ("twenty", "20"), ("two circles", "2 circles"), ("the two", "2"), ("３", "3"), ("it is blue", "it is blue"),
+    ("light-blue", "light-blue"), ("dark  blue", "dark blue"), ("left\nright", "left right"), ("", ""),
+    (None, ""), ("...", ""), ("the 'x'", "x"),
+])
+def test_normalize_short(text, normal):
+    assert E.normalize_short(text) == normal
+
+
+@pytest.mark.parametrize("answer, gold, right", [
+    ("Blue.", "blue", True), ("The square", "square", True), ("two", "2", True), ("2", "two", True),
+    ("three", "2", False), ("B", "green", False), ("blue circle", "blue", False), ("blueish", "blue", False),
+    ("", "blue", False), ("", "", False), (None, "...", False),
+])
+def test_short_correct(answer, gold, right):
+    assert E.short_correct(answer, gold) is right
+
+
+def test_short_prompt_is_synths():
+    from fastvid_cli import synth
+
+    assert E.short_prompt("What colour is the square? ") == (
+        "What colour is the square?\nAnswer the question using a single word or phrase.")
+    question = "What colour is the square?"
+    assert E.short_prompt(question) == synth.short_prompt({"question": question})
+
+
 # ---------------------------------------------------------------------------------------------- plan
 def test_settings_order_reference_first_and_once(fake_bench):
     engine = FakeEngine(SCRIPT)
@@ -246,7 +299,23 @@ def test_settings_order_reference_first_and_once(fake_bench):
     assert E.make_plan(out, engine).fps == E.make_plan(fake_config(fake_bench), engine).fps
 
 
+def test_form_is_part_of_the_fingerprint(short_bench):
+    engine = FakeEngine(SCRIPT)
+    mc = E.make_plan(fake_config(short_bench), engine)
+    short = E.make_plan(fake_config(short_bench, form="short"), engine)
+    assert (mc.form, short.form) == ("mc", "short")
+    assert not set(mc.fps.values()) & set(short.fps.values())  # no (question, setting) shares a fingerprint
+    key = (mc.questions[0].id, mc.settings[1].label)
+    # multiple choice keeps exactly the keys it had before forms existed: old result files still resume
+    assert mc.full_settings[key]["task"] == "multiple-choice" and mc.full_settings[key]["prompt_version"] == 1
+    assert set(mc.full_settings[key]) == {"task", "prompt_version", "model", "dtype", "method", "ratio", "frames",
+                                          "params", "saliency_model", "max_new_tokens", "decoding", "system"}
+    assert short.full_settings[key] == {**mc.full_settings[key], "task": "short-answer",
+                                        "prompt_version": E.SHORT_PROMPT_VERSION, "scoring": E.SHORT_SCORING}
+
+
 @pytest.mark.parametrize("kw, message", [
+    (dict(form="long"), "--form must be one of mc, short"),
     (dict(methods=["tome"]), "--method must be one of"),
     (dict(ratios=[0.0]), "--ratio must be in"),
     (dict(ratios=[float("nan")]), "--ratio must be in"),
@@ -306,6 +375,80 @@ def test_limit_takes_the_first_questions(fake_bench):
     result = E.run_eval(fake_config(fake_bench, limit=2, methods=["fastvid"]), engine=engine)
     assert result.summary["questions"] == 2 and result.answered == 4
     assert sorted({qid for _, qid, _ in engine.answered}) == ["q1", "q2"]
+
+
+def test_short_form_scoring_with_scripted_answers(short_bench):
+    engine = FakeEngine(SHORT_SCRIPT)
+    result = E.run_eval(fake_config(short_bench, form="short"), engine=engine)
+    assert (result.total, result.answered, result.failed) == (18, 18, 0)
+    # the short prompt: the question alone, no options
+    assert all(p.endswith("\nAnswer the question using a single word or phrase.") and "A. red" not in p
+               for p in engine.prompts) and len(engine.prompts) == 18
+    assert result.summary["form"] == "short"
+    rows = {r["setting"]: r for r in result.summary["settings"]}
+    assert [(rows[s]["correct"], rows[s]["n"]) for s in rows] == [(4, 6), (4, 6), (3, 6)]
+    assert (rows["none@1"]["retention"], rows["fastvid@0.5"]["retention"], rows["uniform@0.5"]["retention"]) == (
+        1.0, 1.0, 0.75)
+    assert result.summary["by_type"]["count"] == {"none@1": {"n": 3, "correct": 2, "accuracy_pct": 66.67},
+                                                  "fastvid@0.5": {"n": 3, "correct": 2, "accuracy_pct": 66.67},
+                                                  "uniform@0.5": {"n": 3, "correct": 2, "accuracy_pct": 66.67}}
+    recs = {(r["id"], r["setting"]): r for r in read_jsonl(short_bench.with_name("bench.eval.jsonl"))}
+    r = recs[("q2", "none@1")]
+    assert (r["form"], r["answer"], r["predicted"], r["gold"], r["correct"]) == ("short", "two", "2", "2", True)
+    assert r["settings"]["task"] == "short-answer" and r["fingerprint"] == E.fingerprint(r["settings"])
+    r = recs[("q6", "fastvid@0.5")]
+    assert (r["predicted"], r["gold"], r["correct"]) == ("1", "one", True)
+    r = recs[("q1", "uniform@0.5")]
+    assert (r["predicted"], r["correct"]) == ("a", False)
+
+
+def test_forms_never_count_for_each_other(short_bench):
+    """mc and short results share the output file; each form resumes only its own records."""
+    mc_cfg = fake_config(short_bench, methods=["fastvid"])
+    short_cfg = fake_config(short_bench, methods=["fastvid"], form="short")
+    mc = E.run_eval(mc_cfg, engine=FakeEngine(SCRIPT))
+    assert mc.answered == 12
+    short = E.run_eval(short_cfg, engine=FakeEngine(SHORT_SCRIPT))  # nothing of mc's counts: all 12 answered
+    assert (short.skipped, short.answered) == (0, 12)
+    assert mc_cfg.output_path == short_cfg.output_path and len(read_jsonl(mc_cfg.output_path)) == 24
+    mc2 = E.run_eval(mc_cfg, engine=NoEngine())
+    short2 = E.run_eval(short_cfg, engine=NoEngine())
+    assert (mc2.answered, mc2.skipped, short2.answered, short2.skipped) == (0, 12, 0, 12)
+    assert mc2.summary == mc.summary and short2.summary == short.summary
+    assert [r["correct"] for r in mc.summary["settings"]] == [5, 4]
+    assert [r["correct"] for r in short.summary["settings"]] == [4, 4]
+    # a changed gold short answer is not the record's any more: that question is answered again
+    rows = [json.loads(line) for line in short_bench.read_text().splitlines()]
+    rows[0]["short_answer"] = "crimson"
+    write_bench(short_bench, rows)
+    engine = FakeEngine(SHORT_SCRIPT)
+    third = E.run_eval(short_cfg, engine=engine)
+    assert third.answered == 2 and {q for _, q, _ in engine.answered} == {"q1"}
+    assert E.run_eval(mc_cfg, engine=NoEngine()).answered == 0  # mc does not look at short_answer
+
+
+def test_short_form_needs_short_answers(short_bench):
+    rows = [json.loads(line) for line in short_bench.read_text().splitlines()]
+    # a file without any: the first line is named, before anything is written
+    plain = write_bench(short_bench.with_name("plain.jsonl"), [{k: v for k, v in r.items() if k != "short_answer"}
+                                                                for r in rows])
+    with pytest.raises(InvalidOptionError, match=r"plain.jsonl line 1: no short_answer, which --form short needs "
+                                                 r"\(6 of 6 questions lack one\)"):
+        E.run_eval(fake_config(plain, form="short"), engine=NoEngine())
+    assert not plain.with_name("plain.eval.jsonl").exists()
+    # a mixed file: the first line that lacks one, also when --limit stops before it (the file is checked whole)
+    mixed = [dict(r) for r in rows]
+    del mixed[3]["short_answer"], mixed[5]["short_answer"]
+    write_bench(short_bench, mixed)
+    for limit in (None, 2):
+        with pytest.raises(InvalidOptionError, match=r"line 4: no short_answer, .*\(2 of 6 questions lack one\)"):
+            E.make_plan(fake_config(short_bench, form="short", limit=limit), NoEngine())
+    mixed[3]["short_answer"], mixed[5]["short_answer"] = "3", " . "
+    write_bench(short_bench, mixed)
+    with pytest.raises(InvalidOptionError, match=r"line 6: short_answer ' \. ' is empty once normalised"):
+        E.make_plan(fake_config(short_bench, form="short"), NoEngine())
+    # multiple choice does not need them
+    assert E.run_eval(fake_config(plain, methods=["fastvid"], limit=1), engine=FakeEngine(SCRIPT)).answered == 2
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -430,6 +573,8 @@ def cli_args(tiny_llava, tiny_saliency):
     ("ok", ["--method", "tome"], "--method must be one of"),
     ("ok", ["--ratio", "1.5"], "--ratio must be in"),
     ("ok", ["--videos-root", "nowhere"], "--videos-root"),
+    ("ok", ["--form", "long"], "--form must be one of mc, short"),
+    ("ok", ["--form", "short"], "line 1: no short_answer, which --form short needs"),
 ])
 def test_cli_usage_errors_exit_2(tmp_path, cli_args, setup, args, message):
     bench = tmp_path / "bench.jsonl"
@@ -450,7 +595,8 @@ def test_cli_end_to_end_json_and_resume(clips, cli_args, tmp_path):
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"bench", "output", "questions", "model", "settings", "by_type", "run"}
+    assert set(data) == {"bench", "output", "questions", "model", "form", "settings", "by_type", "run"}
+    assert data["form"] == "mc"
     assert data["run"] == {"items": 8, "skipped": 0, "answered": 8, "failed": 0}
     assert [s["setting"] for s in data["settings"]] == ["none@1", "uniform@0.25"]
     for s in data["settings"]:
@@ -463,7 +609,7 @@ def test_cli_end_to_end_json_and_resume(clips, cli_args, tmp_path):
     assert ref["mean_video_tokens_kept"] == 4 * 196 and uni["mean_video_tokens_kept"] == 4 * 49
     assert set(data["by_type"]) == {"colour", "count", "untyped"}
     recs = read_jsonl(out)
-    assert len(recs) == 8 and all(r["status"] == "ok" for r in recs)
+    assert len(recs) == 8 and all(r["status"] == "ok" and r["form"] == "mc" for r in recs)
     for r in recs:
         assert r["predicted"] in (None, "A", "B", "C", "D") and r["correct"] == (r["predicted"] == r["gold"])
         assert r["frames_used"] == 4 and r["new_tokens"] >= 1 and r["ttft_ms"] > 0
@@ -477,6 +623,7 @@ def test_cli_end_to_end_json_and_resume(clips, cli_args, tmp_path):
     table = invoke(*args[:-1])
     assert table.exit_code == 0, table.output
     assert "none@1" in table.stdout and "uniform@0.25" in table.stdout and "accuracy" in table.stdout
+    assert "multiple choice" in " ".join(table.stdout.split())  # the form, in the title
 
 
 def test_real_engine_groups_and_counts(clips, tiny_llava, tiny_saliency, tmp_path):
@@ -503,3 +650,35 @@ def test_real_engine_groups_and_counts(clips, tiny_llava, tiny_saliency, tmp_pat
     assert 0 < rows["fastvid@0.25"]["mean_video_tokens_kept"] <= 4 * 49
     recs = read_jsonl(cfg.output_path)
     assert {r["params"].get("seed") for r in recs if r["method"] == "random"} == {0}
+
+
+def test_demo_model_short_form_end_to_end(tmp_path):
+    """The shipped demo model, both forms on its documented clip (synth seed 2_000_007: the diamond turns cyan):
+    the short form scores its answer right at 1.0 and at fastvid 0.1; the mc run on the same output answers
+    everything again (its records are not the short form's), and each rerun resumes its own form."""
+    from fastvid_cli import synth
+
+    clip = Path(__file__).resolve().parents[1] / "examples" / "demo.mp4"
+    spec, qas = synth.generate(2_000_007)
+    record = {**synth.to_record(spec, qas[0]), "video": str(clip)}
+    del record["seed"]  # the clip is there: nothing to regenerate
+    assert record["short_answer"] == "cyan"
+    bench = write_bench(tmp_path / "demo.jsonl", [record])
+    out = tmp_path / "demo.eval.jsonl"
+    args = [bench, "--model", "demo", "--device", "cpu", "--method", "fastvid", "--ratio", "0.1", "-o", out]
+    res = invoke(*args, "--form", "short", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["form"] == "short" and data["run"]["answered"] == 2
+    assert [(s["setting"], s["correct"], s["n"]) for s in data["settings"]] == [("none@1", 1, 1), ("fastvid@0.1", 1, 1)]
+    recs = read_jsonl(out)
+    assert [(r["form"], r["predicted"], r["gold"], r["correct"]) for r in recs] == [("short", "cyan", "cyan", True)] * 2
+    mc = invoke(*args, "--json")  # the default form: nothing of the short run counts
+    assert mc.exit_code == 0, mc.output
+    data = json.loads(mc.stdout)
+    assert data["form"] == "mc" and data["run"] == {"items": 2, "skipped": 0, "answered": 2, "failed": 0}
+    assert all(r["predicted"] in (None, "A", "B", "C", "D") for r in read_jsonl(out) if r["form"] == "mc")
+    table = invoke(*args, "--form", "short")  # resumed: the table of the short run, no model load
+    assert table.exit_code == 0, table.output
+    assert "short answer" in " ".join(table.stdout.split()) and "1 / 1" in table.stdout
+    assert "0 answered now" in " ".join(table.stderr.split()) and len(read_jsonl(out)) == 4

@@ -185,7 +185,7 @@ def test_grid_timestamps_pad_like_the_processor():
 
 
 # ------------------------------------------------------------------------------------------ stock equivalence
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ("qwen3_vl_moe",))
 def test_ratio_one_reproduces_stock_generate_token_for_token(engines, clip, index_video, kind):
     eng = engines(kind)
     a = eng.adapter
@@ -256,6 +256,7 @@ def test_pruned_run_keeps_original_3d_positions(engines, clip, kind):
                                  attention_mask=torch.ones((1, asm.length), dtype=torch.long), max_new_tokens=5,
                                  do_sample=False)
     assert out[0].tolist() == ours
+    assert our_tokens(eng, asm, 5, static=True) == ours  # the static-cache decoder continues the same way
 
 
 def test_qwen3_deepstack_is_pruned_with_the_same_indices(engines, clip):
@@ -280,6 +281,7 @@ def test_qwen3_deepstack_is_pruned_with_the_same_indices(engines, clip):
     assert torch.equal(asm.inputs_embeds[0, mask], result.embeds)
     assert asm.prefill_extra(asm.video_span[1]) is None  # nothing visual after the span (shared-prefix split)
     ours = our_tokens(eng, asm, 6)
+    assert our_tokens(eng, asm, 6, static=True) == ours  # the static-cache decoder continues the same way
     with torch.inference_mode():  # without DeepStack the model computes something else
         cache = new_cache(eng.model)
         plain = prefill(eng.model, asm.inputs_embeds, asm.position_ids, cache)
@@ -316,12 +318,14 @@ def test_shared_prefix_session_answers_like_separate_asks(engines, clip, index_v
 
 # ------------------------------------------------------------------------------------------ FastVID inputs
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
-def test_saliency_uses_the_last_blocks_own_queries_and_keys(engines, clip, kind):
+def test_saliency_uses_the_last_blocks_own_queries_and_keys(engines, kind):
     """Our q/k of the last vision block (input caught by a pre-hook, rotary applied by us) reproduce that block's
     attention output; the saliency is a distribution over each patch's tokens; features are the stock ones."""
     eng = engines(kind)
     a = eng.adapter
-    pixels, feats = encoded(eng, clip)
+    torch.manual_seed(0)  # noise frames: every merged token differs, so rows can be matched below
+    pixels = a.preprocess(torch.randint(0, 256, (16, 48, 64, 3), dtype=torch.uint8))
+    feats = a.encode(pixels)
     attn = a.visual.blocks[-1].attn
     tap, outs = Q._AttentionTap(attn), []
     handle = attn.register_forward_hook(lambda m, i, o: outs.append(o))
@@ -344,6 +348,21 @@ def test_saliency_uses_the_last_blocks_own_queries_and_keys(engines, clip, kind)
     assert torch.allclose(stock.view(8, 20, -1), feats.embeds, atol=1e-6)
     assert torch.allclose(feats.frame_features, feats.embeds.mean(dim=1))
     assert torch.allclose(feats.saliency.sum(dim=1), torch.ones(8), atol=1e-5)
+    # each score sits at its token's raster slot: find where the merger's rows (tower order, windowed for
+    # Qwen2.5-VL) land in the stock output, and compare with the scores computed in tower order
+    merged = []
+    hook = a.visual.merger.register_forward_hook(lambda m, i, o: merged.append(o))
+    try:
+        with torch.inference_mode():
+            a.visual(pixels.values, grid_thw=pixels.grid_thw)
+    finally:
+        hook.remove()
+    where = torch.cdist(merged[0].float(), stock.float()).argmin(dim=1)  # tower row -> raster row
+    with torch.inference_mode():
+        tower_scores = Q.pooled_query_attention(attn, tap.x, tap.rope, 8, 4).flatten()
+    assert torch.allclose(feats.saliency.flatten()[where], tower_scores, atol=1e-6)
+    if kind == "qwen2_5_vl":
+        assert not torch.equal(where, torch.arange(where.numel()))  # the windowed order really differs
 
 
 def test_window_order_is_qwen2_5s(engines):
@@ -438,9 +457,11 @@ def test_cli_ask_fps_and_frames(runner, checkpoints, index_video):
     data = json.loads(res.stdout)
     assert data["frames"] == 8 and data["frame_indices"] == [0, 7, 13, 20, 27, 34, 40, 47]  # 2 s at 4 fps
     assert data["ratio"] == 0.27 and data["params"]["ignore"] == 0.95 and data["params"]["tau"] == 0.84
-    res = runner.invoke(app, ["ask", str(index_video), "What?", *args, "--json", "--frames", "6", "--ratio", "1"])
+    res = runner.invoke(app, ["ask", str(index_video), "What?", *args, "--json", "--frames", "6", "--baseline",
+                              "--system", "Be brief."])
     assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["frames"] == 6
+    data = json.loads(res.stdout)
+    assert data["frames"] == 6 and data["prefill_speedup_measured"] is True and data["baseline_prefill_ms"] > 0
     res = runner.invoke(app, ["ask", str(index_video), "What?", *args, "--frames", "6", "--fps", "2"])
     assert res.exit_code == 2 and "exclude" in res.stderr
 

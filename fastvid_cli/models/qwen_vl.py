@@ -30,13 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, VideoDecodeError
+from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, UnknownModelError, VideoDecodeError
 from fastvid_cli.models import ModelRef, hf_loading
 from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
 from fastvid_cli.models.hf_loading import device_of
 from fastvid_cli.preprocess import resize_bicubic_aa
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 _CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
             "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
 CLIP_MEAN_STD = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])  # Qwen2/2.5-VL
@@ -350,7 +349,8 @@ class QwenVLAdapter:
 
         family = config.model_type
         if family not in _CLASSES:
-            raise ModelUnavailableError(f"{family} is not a Qwen-VL family this adapter serves")
+            raise UnknownModelError(f"unsupported architecture '{family}' for the Qwen-VL adapter",
+                                    f"supported: {', '.join(_CLASSES)}")
         model_class = getattr(transformers, _CLASSES[family])
         model, tokenizer = hf_loading.load_pretrained(model_class, ref, device=device, dtype=dtype,
                                                       attn_implementation=attn_implementation, device_map=device_map)
