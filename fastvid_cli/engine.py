@@ -146,6 +146,13 @@ class Engine:
         devs = {p.device for p in self.model.parameters()}
         self.clock = _Clock(list(devs))
         self.cuda = bool(self.clock.cuda)
+        if self.cuda:
+            # PyTorch picks cuDNN's attention for sdpa on Hopper; it builds a plan for every new (query, key) length
+            # (0.3-0.7 s the first time a prompt length is seen, and every question has its own length) and costs
+            # more host time per call than flash / memory-efficient attention. Measured with
+            # benchmarks/diag_shapes.py (H100, 7B shape): per-question time 476 -> 155 ms eager, 131 -> 113 ms with
+            # CUDA graphs, first-seen lengths 730-830 -> ~150 ms, full-token prefill 204 -> 182 ms.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.static_decoder: StaticDecoder | None = None
         self.static_broken: str | None = None  # why the CUDA-graph decoder cannot be used, once it failed
 

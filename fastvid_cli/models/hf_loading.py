@@ -53,20 +53,6 @@ def load_pretrained(model_class, ref: ModelRef, *, device: str, dtype: torch.dty
     return model, tokenizer
 
 
-def processor_settings(ref: ModelRef) -> tuple[dict[str, Any], str | None]:
-    """The checkpoint's video-processor settings merged over its image-processor ones, and the file they came
-    from ({} and None when it ships none). A combined processor_config.json nests them per sub-processor."""
-    for name in PROCESSOR_FILES:
-        cfg = hub.read_json(ref, name)
-        if not cfg:
-            continue
-        merged: dict[str, Any] = {}
-        for block in (cfg.get("image_processor") or {}, cfg.get("video_processor") or {}, cfg):
-            merged.update({k: v for k, v in block.items() if not isinstance(v, dict) or k == "size"})
-        return merged, name
-    return {}, None
-
-
 def read_mean_std(ref: ModelRef, default: tuple[list[float], list[float]],
                   default_label: str) -> tuple[list[float], list[float], str]:
     """The checkpoint's normalisation constants (mean, std, which file said so), else `default`."""
