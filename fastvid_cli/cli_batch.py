@@ -65,6 +65,10 @@ def batch(
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
+    answer_batch: int = typer.Option(16, min=1, max=256, help="Greedy questions about one video decoded together "
+                                     "(same answers as one by one; a decode step costs about the same for many "
+                                     "rows as for one). 1 answers them one at a time.",
+                                     rich_help_panel="Generation"),
     debug: bool = O.DEBUG,
 ) -> None:
     """Answer every question of a CSV, one video session per (video, frames, ratio), into a resumable JSONL.
@@ -92,6 +96,7 @@ def batch(
                           fps=fps,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
+                          answer_batch=answer_batch,
                           retry_errors=retry_errors, overwrite=overwrite)
         stop = threading.Event()
         progress = BatchProgress()

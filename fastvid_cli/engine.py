@@ -19,8 +19,8 @@ import torch
 from fastvid_cli import __version__, hub
 from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError, UnknownModelError
 from fastvid_cli.models import FAMILIES, ModelRef, resolve_model
-from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, crop_cache, decode, eos_ids, new_cache,
-                                  prefill)
+from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, crop_cache, decode, decode_batch, eos_ids,
+                                  new_cache, prefill)
 from fastvid_cli.models.base import Assembled, VideoFeatures, dtype_name, resolve_device, resolve_dtype
 from fastvid_cli.video import Clip, sample_frames
 
@@ -447,6 +447,76 @@ class VideoSession:
         if clip.short:
             r.notes.append(f"the clip has only {clip.total_frames} frames; used all of them instead of {clip.requested}")
         return r
+
+    # Most prompt+answer tokens (summed over rows) one batched decode holds in its replicated KV cache.
+    BATCH_TOKENS = 65536
+
+    def answer_many(self, questions: list[str], gen: GenerationOptions | None = None, *, lead_ms: float = 0.0,
+                    max_rows: int = 16) -> list[Report]:
+        """Greedy answers to several questions about this video, decoded together in batches of up to `max_rows`
+        rows on top of the shared prefix KV cache (see decoding.decode_batch); the same answers as `answer` one by
+        one, at a fraction of the per-question cost. Falls back to one-by-one answering when batching does not
+        apply (sampling, M-RoPE position rows, a prompt prefix that differs from the shared one). `lead_ms` (work
+        that all these questions waited for) counts towards each row's TTFT. No streaming: texts come at the end."""
+        gen = gen or GenerationOptions()
+        gen.validate()
+        system = gen.system if gen.system is not None else self.system
+        built = [self._assemble(q, system) for q in questions]
+        batchable = (gen.temperature == 0 and max_rows > 1 and len(questions) > 1
+                     and all(asm.position_ids.dim() == 2 and asm.extra is None for _, asm in built)
+                     and self._prefix_for(*built[0])
+                     and all(torch.equal(pr.prefix_ids, self.prefix_ids) for pr, _ in built))
+        if not batchable:
+            return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
+        cut = self.prefix_len
+        per_row = max(asm.length for _, asm in built) + gen.max_new_tokens
+        rows = max(1, min(max_rows, self.BATCH_TOKENS // per_row))
+        reports: list[Report] = []
+        for start in range(0, len(questions), rows):
+            part = list(range(start, min(start + rows, len(questions))))
+            reports.extend(self._answer_rows([questions[i] for i in part], [built[i][1] for i in part], gen, cut,
+                                             lead_ms))
+        return reports
+
+    def _answer_rows(self, questions: list[str], asms: list[Assembled], gen: GenerationOptions, cut: int,
+                     lead_ms: float) -> list[Report]:
+        eng = self.engine
+        t_start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                results, t_prefill = decode_batch(
+                    eng.model, self.prefix_cache, [a.inputs_embeds[:, cut:] for a in asms],
+                    [a.position_ids[..., cut:] for a in asms], gen.sampling(), clock=eng.clock.now)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()  # one row at a time needs far less memory
+            return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
+        t_end = time.perf_counter()
+        eos = eos_ids(eng.model)
+        out = []
+        for q, asm, res in zip(questions, asms, results):
+            report = self.report_base(q, asm)
+            report.notes.append(f"answered together with {len(asms) - 1} other question(s) about this video "
+                                "(batched decode on the shared video prefix)")
+            report.answer = eng.adapter.tokenizer.decode([t for t in res.token_ids if t not in eos],
+                                                         skip_special_tokens=True)
+            report.new_tokens, report.stop_reason, report.decode_mode = len(res.token_ids), res.stop_reason, res.mode
+            times = res.token_times
+            timings = dict(self.timings)
+            timings["prefix_prefill"] = self.prefix_ms or 0.0
+            timings["prefill"] = (times[0] - t_prefill) * 1e3
+            timings["ttft"] = (times[0] - t_start) * 1e3 + lead_ms
+            timings["decode"] = (times[-1] - times[0]) * 1e3
+            if len(times) > 1 and times[-1] > times[0]:
+                report.decode_tokens_per_s = round((len(times) - 1) / (times[-1] - times[0]), 2)
+            timings["total"] = (t_end - t_start) * 1e3 + lead_ms
+            if eng.cuda:
+                report.peak_gpu_mem_mb = round(sum(torch.cuda.max_memory_allocated(i) for i in eng.clock.cuda)
+                                               / 2**20, 1)
+            report.prefill_speedup = round(eng.adapter.llm_prefill_flops(asm.full_length)
+                                           / eng.adapter.llm_prefill_flops(asm.length), 3)
+            report.timings_ms = {k: round(v, 3) for k, v in timings.items()}
+            out.append(report)
+        return out
 
     def answer(self, question: str, gen: GenerationOptions | None = None, *, baseline: bool = False,
                reuse_prefix: bool = True, lead_ms: float = 0.0, on_stage: Stage | None = None,

@@ -273,6 +273,9 @@ def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_sal
         assert {k: rec[k] for k in SAME_AS_ASK} == {k: alone[k] for k in SAME_AS_ASK}, rec["id"]
         assert "prefix_prefill" in rec["timings_ms"]  # answered from the shared prefix KV cache
     assert view["a4"]["ratio"] == 0.25 and view["b3"]["frames"] == 6
+    # a1-a3 and b1-b2 were decoded together (one batched decode per group), a4 and b3 alone
+    assert [view[k]["decode_mode"] for k in ("a1", "a2", "a3", "b1", "b2")] == ["batched x3"] * 3 + ["batched x2"] * 2
+    assert view["a4"]["decode_mode"] == view["b3"]["decode_mode"] == "eager"
     assert view["a1"]["frame_indices"] != view["b1"]["frame_indices"]  # a 48- and a 40-frame clip
     assert view["a1"]["prompt_tokens_kept"] != view["a3"]["prompt_tokens_kept"]
     expected = {"id", "row", "status", "error", "settings", "fingerprint", *B._report_keys()}

@@ -110,3 +110,56 @@ def test_compile_on_cpu_says_it_decoded_eagerly(engine, index_video):
     assert explicit.decode_mode == default.decode_mode == "eager"
     assert any("--compile needs a CUDA device" in n for n in explicit.notes)
     assert not any("--compile" in n for n in default.notes)  # the default is silent where it cannot run
+
+
+QUESTIONS = ["What happens?", "Which colour is the square at the very end of the clip?", "Why?",
+             "Count the shapes that appear in the first half of the video, then tell me which one moves."]
+
+
+@pytest.mark.parametrize("max_rows", [16, 3])
+def test_batched_answers_equal_one_by_one_answers(engine, index_video, max_rows):
+    """The batch path: several questions about one video decoded together (left-padded suffixes, each row at its
+    own original positions) give exactly the answers of answering them one at a time."""
+    prune = PruneOptions(ratio=0.25, params=dict(c=4))
+    gen = GenerationOptions(max_new_tokens=10)
+    sess = engine.session(str(index_video), frames=8, prune=prune)
+    single = [sess.answer(q, gen).answer for q in QUESTIONS]
+    batched = engine.session(str(index_video), frames=8, prune=prune).answer_many(QUESTIONS, gen, max_rows=max_rows)
+    assert [r.answer for r in batched] == single
+    assert all(r.decode_mode.startswith("batched") for r in batched)
+    assert [r.question for r in batched] == QUESTIONS
+    assert all(r.new_tokens == 10 and r.stop_reason == "max_new_tokens" for r in batched)
+
+
+def test_batched_answers_stop_each_row_at_its_own_eos(engine, index_video, monkeypatch):
+    """Rows end independently: a row whose eos comes early stops there while the others go on."""
+    import fastvid_cli.decoding as dec
+    import fastvid_cli.engine as eng_mod
+
+    sess = engine.session(str(index_video), frames=8, prune=PruneOptions(ratio=0.25, params=dict(c=4)))
+    gen = GenerationOptions(max_new_tokens=6)
+    seen = {}
+
+    def spy(*a, **k):
+        res, t = dec.decode_batch(*a, **k)
+        seen["ids"] = [r.token_ids for r in res]
+        return res, t
+
+    monkeypatch.setattr(eng_mod, "decode_batch", spy)
+    sess.answer_many(QUESTIONS[:3], gen)
+    free = seen["ids"]
+    eos = dec.eos_ids(engine.model) | {free[1][2]}  # row 1 now "ends" at its 3rd token (or earlier)
+    monkeypatch.setattr(dec, "eos_ids", lambda _m: eos)
+    monkeypatch.setattr(eng_mod, "eos_ids", lambda _m: eos)
+    out = sess.answer_many(QUESTIONS[:3], gen)
+    for row, r in zip(free, out):
+        stop = next((i + 1 for i, t in enumerate(row) if t in eos), None)
+        assert r.new_tokens == (stop or 6)
+        assert r.stop_reason == ("eos" if stop else "max_new_tokens")
+    assert out[1].new_tokens <= 3 and out[1].stop_reason == "eos"
+
+
+def test_sampling_is_answered_one_by_one(engine, index_video):
+    sess = engine.session(str(index_video), frames=8, prune=PruneOptions(ratio=0.25, params=dict(c=4)))
+    out = sess.answer_many(QUESTIONS[:2], GenerationOptions(max_new_tokens=4, temperature=1.0, seed=1))
+    assert [r.decode_mode for r in out] == ["eager", "eager"]
