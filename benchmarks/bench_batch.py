@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--ratio", type=float, default=0.1)
+    ap.add_argument("--answer-batch", type=int, default=16, help="rows decoded together (1: one by one)")
     args = ap.parse_args()
     engine = build_7b_shaped("cuda", torch.bfloat16)
     engine.warmup()
@@ -50,15 +51,20 @@ def main() -> None:
         sess = engine.session(video, frames=args.frames, prune=prune)
         setup_wall = (time.perf_counter() - t0) * 1e3
         grouped, walls = [], []
-        for q in questions:
+        if args.answer_batch > 1:  # what `fastvid batch` does with greedy rows: decoded together
             t1 = time.perf_counter()
-            grouped.append(sess.answer(q, gen, reuse_prefix=True))
+            grouped = sess.answer_many(questions, gen, max_rows=args.answer_batch)
             walls.append((time.perf_counter() - t1) * 1e3)
+        else:
+            for q in questions:
+                t1 = time.perf_counter()
+                grouped.append(sess.answer(q, gen, reuse_prefix=True))
+                walls.append((time.perf_counter() - t1) * 1e3)
         torch.cuda.synchronize()
         t_grp = time.perf_counter() - t0
         same = sum(a.answer == b.answer for a, b in zip(separate, grouped))
         mode = grouped[-1].decode_mode
-        print(f"\n## decode: {mode}")
+        print(f"\n## decode: {mode} (separate asks: {separate[-1].decode_mode})")
         print(f"separate asks: {t_sep:.2f} s ({t_sep / args.questions * 1e3:.0f} ms per question); stage medians: "
               + stage_medians(separate))
         print(f"one session, shared prefix: {t_grp:.2f} s ({t_grp / args.questions * 1e3:.0f} ms per question) "

@@ -264,7 +264,7 @@ def main() -> None:
 
     # ---- pruning
     log("pruning…")
-    D = 64 if tiny else int(engine.config.text_config.hidden_size)
+    D = 64 if tiny else int(engine.model.config.text_config.hidden_size)
     pdtype = "fp32" if tiny else "bf16"
     prune = [prune_runs(device, pdtype, F, 196, D, args.prune_repeat) for F in (32, 128)]
 
