@@ -214,6 +214,10 @@ class StaticDecoder:
     """
 
     BLOCK = 1024  # buffer sizes are rounded up to this, so answers of similar length reuse one graph
+    # Longest prompt + answer decoded this way: every step attends over the whole static buffer with a mask (no
+    # flash-decoding, K/V repeated per query head), which made a 15.9k-token Qwen2.5-VL-7B prompt decode at 29 tok/s
+    # against 63 eager, while ~1k-token prompts gain 1.7-2x (benchmarks/RESULTS.md).
+    MAX_TOKENS = 4096
 
     def __init__(self, model, *, graphs: bool = True):
         self.model = model

@@ -19,8 +19,8 @@ import torch
 from fastvid_cli import __version__, hub
 from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError, UnknownModelError
 from fastvid_cli.models import FAMILIES, ModelRef, resolve_model
-from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, crop_cache, decode, decode_batch, eos_ids,
-                                  new_cache, prefill)
+from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
+                                  decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.models.base import Assembled, VideoFeatures, dtype_name, resolve_device, resolve_dtype
 from fastvid_cli.video import Clip, sample_frames
 
@@ -275,6 +275,9 @@ class Engine:
         if gen.compile is not False:  # None = on where it can run, silently off where it cannot
             why = ("--compile needs a CUDA device" if not self.cuda else
                    self.static_broken or StaticDecoder.unsupported(self.model, cache))
+            if why is None and cache_length(cache) + gen.max_new_tokens > StaticDecoder.MAX_TOKENS:
+                why = (f"prompt + answer longer than {StaticDecoder.MAX_TOKENS} tokens (the graph attends over its "
+                       "whole static buffer every step, slower than eager decoding at that length)")
         if gen.compile is not False and why is None:
             if self.static_decoder is None:
                 self.static_decoder = StaticDecoder(self.model)

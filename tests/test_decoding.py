@@ -163,3 +163,14 @@ def test_sampling_is_answered_one_by_one(engine, index_video):
     sess = engine.session(str(index_video), frames=8, prune=PruneOptions(ratio=0.25, params=dict(c=4)))
     out = sess.answer_many(QUESTIONS[:2], GenerationOptions(max_new_tokens=4, temperature=1.0, seed=1))
     assert [r.decode_mode for r in out] == ["eager", "eager"]
+
+
+def test_long_prompts_decode_eagerly_even_with_compile(engine, index_video, monkeypatch):
+    """Past StaticDecoder.MAX_TOKENS the graph decoder would be slower than eager: the engine does not use it and,
+    when --compile was asked for explicitly, says why."""
+    monkeypatch.setattr(engine, "cuda", True)  # pretend: the length rule is checked before anything touches CUDA
+    monkeypatch.setattr(StaticDecoder, "MAX_TOKENS", 64)
+    r = engine.ask(str(index_video), "Q?", frames=8, prune=PruneOptions(ratio=0.25),
+                   gen=GenerationOptions(max_new_tokens=3, compile=True))
+    assert r.decode_mode == "eager" and r.new_tokens == 3
+    assert any("longer than 64 tokens" in n for n in r.notes)
