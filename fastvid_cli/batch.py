@@ -595,7 +595,16 @@ class Dist:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.state is not None and self.world > 1:
+        if self.state is None or self.world <= 1:
+            return
+        import torch.distributed as td
+
+        if td.is_initialized() and td.get_backend() == "gloo":
+            # accelerate's wait_for_everyone passes device_ids=[local rank] whenever CUDA is visible; a CPU run with
+            # more processes than GPUs then names a GPU that does not exist ("invalid device ordinal", seen with
+            # 2 processes on a 1-GPU host). A gloo barrier needs no device.
+            td.barrier()
+        else:
             self.state.wait_for_everyone()
 
     def device(self, device: str) -> str:
