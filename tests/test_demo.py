@@ -12,7 +12,7 @@ from fastvid_cli.cli import app
 from fastvid_cli.models import DEMO_DIR
 
 DEMO_CLIP = Path(__file__).resolve().parents[1] / "examples" / "demo.mp4"
-QUESTION = "What colour does the diamond turn into? Answer the question using a single word or phrase."
+QUESTION = "What colour does the square turn into? Answer the question using a single word or phrase."
 
 
 def test_demo_weights_ship_small_with_their_saliency_head():
@@ -25,12 +25,12 @@ def test_demo_weights_ship_small_with_their_saliency_head():
 
 @pytest.mark.parametrize("ratio", ["0.1", "1.0"])
 def test_demo_answers_the_demo_clip(ratio):
-    # examples/demo.mp4 is synth seed 2_000_007 (not in the test split): the diamond turns cyan
+    # examples/demo.mp4 is synth seed 2_000_015 (not in the test split): the square turns red
     result = CliRunner().invoke(app, ["ask", str(DEMO_CLIP), QUESTION, "--model", "demo", "--device", "cpu",
                                       "--ratio", ratio, "--json", "--no-cache", "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["answer"].strip().lower() == "cyan"
+    assert data["answer"].strip().lower() == "red"
     assert data["model"] == "demo" and data["saliency_source"].startswith("siglip-head")
     assert data["frames"] == 16 and data["video_tokens_total"] == 16 * 64
 
@@ -39,8 +39,8 @@ def test_demo_clip_is_the_documented_synthetic_clip():
     from fastvid_cli import synth
     from fastvid_cli.video import sample_frames
 
-    spec, qas = synth.generate(2_000_007)
-    assert qas[0].type == "colour_change" and qas[0].short_answer == "cyan"
+    spec, qas = synth.generate(2_000_015)
+    assert qas[0].type == "colour_change" and qas[0].short_answer == "red"
     clip = sample_frames(DEMO_CLIP, 16)
     diff = abs(clip.frames.astype(int) - synth.render(spec).astype(int))
     assert (diff < 24).mean() > 0.98  # the file is that clip, through H.264
