@@ -99,7 +99,7 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     grid.add_row("video tokens", f"{total} → [bold]{kept}[/] ({pct:.1f}% kept, {method})")
     segs = r.get("segments") or []
     if segs:  # FastVID's DySeg segments, or HoliTom's temporal windows
-        label, by = ("windows", "HoliTom's DP") if r["method"] == "holitom" else ("segments", "DySeg")
+        label, by = ("windows", "HoliTom's DP") if r["method"].startswith("holitom") else ("segments", "DySeg")
         grid.add_row(label, f"{len(segs)} by {by}: {' '.join(map(str, segs))}")
     grid.add_row("prompt", f"{r['prompt_tokens_total']} → [bold]{r['prompt_tokens_kept']}[/] tokens")
     grid.add_row("saliency", r.get("saliency_source", ""))

@@ -579,3 +579,23 @@ def test_cli_eval_with_holitom(cli_base, index_video, tmp_path):
     assert settings["holitom@0.25"]["n"] == 2 and settings["holitom@0.25"]["errors"] == 0
     assert 0 < settings["holitom@0.25"]["mean_video_tokens_kept"] < 6 * 196
     assert settings["holitom@0.25"]["params"]["k"] == 7
+
+
+def test_holitom_orig_keeps_the_same_tokens_at_their_original_positions(tiny_llava, tiny_saliency, index_video):
+    """`--method holitom-orig`: HoliTom's kept set, but each token at its original slot and position (as FastVID
+    does), so decoding continues after the unpruned length."""
+    from fastvid_cli.engine import Engine, PruneOptions
+
+    engine = Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
+    compact = engine.session(str(index_video), frames=4, prune=PruneOptions(method="holitom", ratio=0.25))
+    orig = engine.session_from_features(str(index_video), compact.clip, compact.feats,
+                                        PruneOptions(method="holitom-orig", ratio=0.25))
+    assert compact.result.kept == orig.result.kept and not orig.result.compact
+    _, asm = orig._assemble("What is shown?", None)
+    pos = asm.position_ids[0].tolist()
+    assert pos == sorted(pos) and len(set(pos)) == len(pos) and asm.length < asm.full_length
+    assert asm.next_position.item() == asm.full_length  # decoding continues after the unpruned length
+    res = run_cli("ask", index_video, "What happens?", "--model", str(tiny_llava), "--saliency-model",
+                  str(tiny_saliency), "--device", "cpu", "--frames", "4", "--max-new-tokens", "2", "--no-cache",
+                  "--method", "holitom-orig", "--ratio", "0.25", "--json")
+    assert res.exit_code == 0, res.stderr

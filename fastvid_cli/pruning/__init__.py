@@ -26,6 +26,9 @@ METHODS: dict[str, PruneMethod] = {
     "uniform": uniform,  # baseline: average pooling to FastVID's per-frame budget
     "random": random_keep,  # baseline: seeded random tokens at FastVID's per-frame budget
     "holitom": holitom,  # HoliTom's outer stages (temporal windows + spatial merge), re-indexed positions
+    # the same tokens kept at their original slots and positions (FastVID-style): a model that was never shown
+    # re-indexed video tokens reads these correctly (benchmarks/RESULTS.md, the demo model's count questions)
+    "holitom-orig": functools.partial(holitom, positions="original"),
 }
 
 # holitom's tau is left out: by default it follows the ratio, as the reference scripts (holitom.default_tau).
@@ -35,6 +38,7 @@ DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "uniform": dict(ratio=0.1),
     "random": dict(ratio=0.1, seed=0),
     "holitom": dict(ratio=0.10, beta=0.6, k=7, max_window=1024, positions="compact"),
+    "holitom-orig": dict(ratio=0.10, beta=0.6, k=7, max_window=1024, positions="original"),
 }
 
 
