@@ -512,3 +512,17 @@ def test_eval_samples_by_rate_and_keeps_the_qwen_params(engines, index_video, tm
     recs = [json.loads(line) for line in cfg.output_path.read_text().splitlines()]
     assert {r["frames_used"] for r in recs} == {8}  # 2 s at 4 fps
     assert {r["params"]["ignore"] for r in recs} == {0.95}
+
+
+def test_holitom_orig_runs_on_m_rope_models_and_holitom_says_why_not(engines, clip, index_video):
+    """Re-indexed HoliTom needs 1-D positions (one-line error on Qwen); holitom-orig keeps original M-RoPE columns."""
+    from fastvid_cli.errors import InvalidOptionError
+
+    eng = engines("qwen2_5_vl")
+    gen = GenerationOptions(max_new_tokens=3)
+    r = eng.ask(str(index_video), "What happens?", clip=clip, sample_ms=0.0,
+                prune=PruneOptions(method="holitom-orig", ratio=0.25), gen=gen)
+    assert r.method == "holitom-orig" and 0 < r.video_tokens_kept < r.video_tokens_total and r.new_tokens == 3
+    with pytest.raises(InvalidOptionError, match="1-D position ids"):
+        eng.ask(str(index_video), "What happens?", clip=clip, sample_ms=0.0,
+                prune=PruneOptions(method="holitom", ratio=0.25), gen=gen)
