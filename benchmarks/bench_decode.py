@@ -77,7 +77,7 @@ def tiny_check() -> dict:
     return out
 
 
-def speed(tokens: int, repeat: int, prompt: int) -> dict:
+def speed(tokens: int, repeat: int, prompt: int, inductor: bool = False) -> dict:
     from bench_ask import build_7b_shaped
 
     eng = build_7b_shaped("cuda", torch.bfloat16)
@@ -87,16 +87,22 @@ def speed(tokens: int, repeat: int, prompt: int) -> dict:
     pos = torch.arange(prompt, device="cuda")[None] * 3  # gaps, as after pruning
     s = Sampling(max_new_tokens=tokens)
     static = StaticDecoder(model)
-    runs: dict[str, list] = {"eager": [], "graph": []}
+    runs: dict[str, list] = {"eager": [], "graph": [], "inductor": []}
     streams, capture = {}, None
-    for name, fn in [("eager", decode), ("graph", static.decode)]:
+    variants = [("eager", decode), ("graph", static.decode)]
+    if inductor:
+        fused = StaticDecoder(model, inductor=True)
+        variants.append(("inductor", fused.decode))
+    for name, fn in variants:
         for i in range(repeat + 1):
             with torch.inference_mode():
                 cache = new_cache(model)
                 logits = prefill(model, emb, pos, cache)
                 r = fn(model, logits, cache, pos[..., -1:] + 1, s)
-            if r.capture_ms is not None:
+            if r.capture_ms is not None and name == "graph":
                 capture = r.capture_ms
+            if r.capture_ms is not None and name == "inductor":
+                print(f"inductor compile + capture: {r.capture_ms / 1e3:.1f} s", flush=True)
             t = r.token_times
             span = t[-1] - t[0] - (r.capture_ms or 0.0) / 1e3
             if i > 0:  # first run: warm-up (and the capture)
@@ -104,6 +110,11 @@ def speed(tokens: int, repeat: int, prompt: int) -> dict:
             streams[name] = r.token_ids
     a, b = streams["eager"], streams["graph"]
     agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    if inductor:
+        c = streams["inductor"]
+        print(f"inductor graph: {med(runs['inductor'])[0]:.1f} tok/s [{med(runs['inductor'])[1]:.1f}-"
+              f"{med(runs['inductor'])[2]:.1f}]; greedy stream equal to eager for the first "
+              f"{next((i for i, (x, y) in enumerate(zip(a, c)) if x != y), len(a))}/{len(a)} tokens", flush=True)
     return dict(prompt=prompt, tokens=tokens, eager_tok_s=med(runs["eager"]), graph_tok_s=med(runs["graph"]),
                 capture_ms=capture, capacity=static.capacity, greedy_tokens_equal_prefix=agree,
                 mem_gib=torch.cuda.max_memory_allocated() / 2**30)
@@ -116,14 +127,18 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=800)
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-tiny", action="store_true")
+    ap.add_argument("--inductor", action="store_true", help="also: the graph step fused by torch.compile first")
     args = ap.parse_args()
     env = dict(device=torch.cuda.get_device_name(0), **versions(), date=time.strftime("%Y-%m-%d"))
     print(f"# bench_decode | {env}", flush=True)
-    t = tiny_check()
-    print(f"tiny fp32 CUDA, graph vs eager: {json.dumps(t)}", flush=True)
-    result = dict(env=env, tiny=t)
+    result = dict(env=env)
+    if not args.skip_tiny:
+        t = tiny_check()
+        print(f"tiny fp32 CUDA, graph vs eager: {json.dumps(t)}", flush=True)
+        result["tiny"] = t
     if not args.skip_speed:
-        sp = speed(args.tokens, args.repeat, args.prompt)
+        sp = speed(args.tokens, args.repeat, args.prompt, args.inductor)
         result["speed"] = sp
         e, g = sp["eager_tok_s"], sp["graph_tok_s"]
         print(f"7B shape bf16, prompt {sp['prompt']} tokens, {sp['tokens']} new tokens: eager {e[0]:.1f} tok/s "

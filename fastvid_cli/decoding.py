@@ -219,9 +219,13 @@ class StaticDecoder:
     # against 63 eager, while ~1k-token prompts gain 1.7-2x (benchmarks/RESULTS.md).
     MAX_TOKENS = 4096
 
-    def __init__(self, model, *, graphs: bool = True):
+    def __init__(self, model, *, graphs: bool = True, inductor: bool = False):
         self.model = model
         self.graphs = graphs
+        # Experimental (benchmarks only): fuse the step's ~1400 small elementwise kernels with torch.compile before
+        # capturing it; costs a compile (tens of seconds) on the first capture.
+        self.inductor = inductor
+        self._compiled = None
         self.lm = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.embed = model.get_input_embeddings()
@@ -259,12 +263,17 @@ class StaticDecoder:
         if self.graphs:
             self._capture()
 
+    def _logits(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        h = self.lm(inputs_embeds=self.embed(tok), position_ids=pos, past_key_values=self.cache,
+                    use_cache=True).last_hidden_state
+        return self.head(h[:, -1])[0]
+
     def _step(self) -> None:
         """One decode step on the static buffers: reads tok_buf/pos_buf, writes logits_buf, the greedy token into
         tok_buf, and advances pos_buf (the cache advances itself)."""
-        h = self.lm(inputs_embeds=self.embed(self.tok_buf), position_ids=self.pos_buf, past_key_values=self.cache,
-                    use_cache=True).last_hidden_state
-        self.logits_buf = self.head(h[:, -1])[0]
+        if self.inductor and self._compiled is None:
+            self._compiled = torch.compile(self._logits, dynamic=False)
+        self.logits_buf = (self._compiled or self._logits)(self.tok_buf, self.pos_buf)
         self.tok_buf.copy_(self.logits_buf.argmax(-1).view(1, 1))
         self.pos_buf.add_(1)
 
