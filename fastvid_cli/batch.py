@@ -220,6 +220,7 @@ class BatchConfig:
     system: str | None = None
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs); not in the fingerprint: same tokens
     answer_batch: int = 16  # greedy rows of one video decoded together (1: one at a time); same answers
+    holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage (holitom methods only)
     retry_errors: bool = False
     overwrite: bool = False
 
@@ -265,6 +266,12 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -
     if "ignore" in cfg.params and "ignore" not in defaults:
         raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
     params = {**{k: defaults[k] for k in names}, **cfg.params} if fastvid else {}
+    if cfg.holitom_inner:
+        if not cfg.method.startswith("holitom"):
+            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+        from fastvid_cli.inner_merge import parse_inner
+
+        params["inner"] = list(parse_inner(cfg.holitom_inner))
     frames = cfg.frames or (alias.frames if alias else defaults["frames"])
     by_rate = "fps" in defaults  # families that sample by rate unless given a frame count
     if cfg.fps is not None and (not by_rate or cfg.frames):
@@ -943,7 +950,7 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     from fastvid_cli.engine import PruneOptions
 
     t0 = time.perf_counter()
-    params = plan.base["params"] if group.method == "fastvid" else {}
+    params = plan.base["params"] if group.method == "fastvid" or group.method.startswith("holitom") else {}
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
     session, session_error = None, None
     try:

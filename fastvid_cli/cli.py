@@ -107,6 +107,7 @@ def ask(
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
+    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -137,6 +138,7 @@ def ask(
 
         _check_ratio(ratio)
         _check_method(method)
+        inner = _inner_params(method, holitom_inner)  # checked before the model loads
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
@@ -148,7 +150,7 @@ def ask(
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
         params = _fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta, dyseg_ignore)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
-                             params=params if method == "fastvid" else {})
+                             params=params if method == "fastvid" else inner)
         from fastvid_cli.feature_cache import FeatureCache
 
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
@@ -225,6 +227,17 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
 
 
+def _inner_params(method: str, text: str | None) -> dict[str, Any]:
+    """{"inner": (K, R)} for HoliTom with --holitom-inner, {} without; a usage error for other methods."""
+    if not text:
+        return {}
+    if not method.startswith("holitom"):
+        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+    from fastvid_cli.inner_merge import parse_inner
+
+    return {"inner": parse_inner(text)}
+
+
 def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:
     """The family's FastVID defaults, overridden by the options the user gave (`ignore`: only the Qwen-VL
     variant has it)."""
@@ -249,6 +262,7 @@ def compare(
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
+    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
     repeat: int = typer.Option(3, min=1, max=100, help="Runs per setting; the table shows medians.",
@@ -291,6 +305,9 @@ def compare(
         methods = method or ["fastvid"]
         for m in methods:
             _check_method(m)
+        inner = _inner_params("holitom", holitom_inner) if holitom_inner else {}
+        if inner and not any(m.startswith("holitom") for m in methods):
+            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system, compile=compile_decode)
@@ -300,7 +317,7 @@ def compare(
             saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
-        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios,
+        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, inner=inner,
                              params=_fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta,
                                                     dyseg_ignore),
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,

@@ -59,6 +59,7 @@ def batch(
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
+    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -96,7 +97,7 @@ def batch(
                           fps=fps,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
-                          answer_batch=answer_batch,
+                          answer_batch=answer_batch, holitom_inner=holitom_inner,
                           retry_errors=retry_errors, overwrite=overwrite)
         stop = threading.Event()
         progress = BatchProgress()

@@ -65,6 +65,7 @@ def eval_(
     dtm_p: Optional[int] = O.DTM_P,
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
+    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, help="Seed of the random method "
                                               "(0).", rich_help_panel="Pruning"),
     max_new_tokens: int = typer.Option(8, min=1, help="Most tokens per answer (greedy decoding).",
@@ -97,6 +98,7 @@ def eval_(
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
                          frames=frames, fps=fps, methods=list(method) or ["fastvid"],
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
+                         holitom_inner=holitom_inner,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower())

@@ -244,6 +244,8 @@ class StaticDecoder:
         kinds = {type(layer) for layer in getattr(cache, "layers", [])}
         if not kinds or kinds != {DynamicLayer}:
             return "the model's cache has sliding-window or other non-standard layers"
+        if len({int(layer.keys.shape[-2]) for layer in cache.layers}) > 1:
+            return "the KV cache has layers of different lengths (HoliTom's inner merge)"
         return None
 
     def _allocate(self, capacity: int, like: list[tuple[torch.Tensor, torch.Tensor]], pos: torch.Tensor) -> None:

@@ -21,6 +21,7 @@ from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError, UnknownMode
 from fastvid_cli.models import FAMILIES, ModelRef, resolve_model
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
+from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
 from fastvid_cli.models.base import Assembled, VideoFeatures, dtype_name, resolve_device, resolve_dtype
 from fastvid_cli.video import Clip, sample_frames
 
@@ -257,9 +258,10 @@ class Engine:
         method = (own(opts.method) if own is not None else None) or get_method(opts.method)
         # methods that rank tokens by last-layer vision attention get it (None: they fall back, with a note)
         extra = {"attn": feats.attn_received} if accepts_attention(method) else {}
+        params = {k: v for k, v in opts.params.items() if k != "inner"}  # "inner": the LLM stage, not this one
         with torch.inference_mode(), _oom_guard():
             t0 = self.clock.now()
-            result = method(feats.embeds, feats.saliency, feats.frame_features, opts.ratio, **opts.params, **extra)
+            result = method(feats.embeds, feats.saliency, feats.frame_features, opts.ratio, **params, **extra)
             t1 = self.clock.now()
         timings["prune"] = (t1 - t0) * 1e3
         return result
@@ -293,12 +295,16 @@ class Engine:
         return decode(self.model, logits, cache, next_position, gen.sampling(), on_token=on_token, stop=stop)
 
     # ------------------------------------------------------------------ prefill timing
-    def timed_prefill(self, asm: Assembled) -> float:
-        """ms of a plain prefill of `asm` into a fresh cache (the --baseline measurement, same for both sides)."""
+    def timed_prefill(self, asm: Assembled, inner: tuple[int, float] | None = None) -> float:
+        """ms of a plain prefill of `asm` into a fresh cache (the --baseline measurement, same for both sides);
+        with `inner` (K, R) the prefill that merges video tokens before layer K (HoliTom's inner stage)."""
         with torch.inference_mode(), _oom_guard():
             cache = new_cache(self.model)
             t0 = self.clock.now()
-            prefill(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
+            if inner:
+                prefill_inner(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.video_span, *inner)
+            else:
+                prefill(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
             t1 = self.clock.now()
         return (t1 - t0) * 1e3
 
@@ -407,6 +413,10 @@ class VideoSession:
         self.prefix_ms: float | None = None
         self.notes: list[str] = []
         self.cache_status = "off"
+        inner = prune.params.get("inner")
+        self.inner: tuple[int, float] | None = (int(inner[0]), float(inner[1])) if inner else None
+        if self.inner:
+            check_inner(engine.model, self.inner[0])
 
     def _assemble(self, question: str, system: str | None):
         a = self.engine.adapter
@@ -465,7 +475,7 @@ class VideoSession:
         gen.validate()
         system = gen.system if gen.system is not None else self.system
         built = [self._assemble(q, system) for q in questions]
-        batchable = (gen.temperature == 0 and max_rows > 1 and len(questions) > 1
+        batchable = (gen.temperature == 0 and max_rows > 1 and len(questions) > 1 and not self.inner
                      and all(asm.position_ids.dim() == 2 and asm.extra is None for _, asm in built)
                      and self._prefix_for(*built[0])
                      and all(torch.equal(pr.prefix_ids, self.prefix_ids) for pr, _ in built))
@@ -535,7 +545,8 @@ class VideoSession:
         prompt, asm = self._assemble(question, gen.system if gen.system is not None else self.system)
         report = self.report_base(question, asm)
         timings = dict(self.timings)
-        shared = reuse_prefix and self._prefix_for(prompt, asm)
+        # HoliTom's inner merge depends on the question (the last prompt token's attention): no shared prefix
+        shared = reuse_prefix and not self.inner and self._prefix_for(prompt, asm)
         stream = TextStream(eng.adapter.tokenizer, eos_ids(eng.model))
         box: dict[str, Any] = {}
 
@@ -547,6 +558,11 @@ class VideoSession:
                         t0 = eng.clock.now()
                         logits = prefill(eng.model, asm.inputs_embeds[:, cut:], asm.position_ids[..., cut:], cache,
                                          asm.prefill_extra(cut))
+                    elif self.inner:
+                        cache = new_cache(eng.model)
+                        t0 = eng.clock.now()
+                        logits, box["inner"] = prefill_inner(eng.model, asm.inputs_embeds, asm.position_ids, cache,
+                                                             asm.video_span, *self.inner)
                     else:
                         cache = new_cache(eng.model)
                         t0 = eng.clock.now()
@@ -599,6 +615,11 @@ class VideoSession:
         on_stage("decode", "done")
         res = box["res"]
         t_end = time.perf_counter()
+        if "inner" in box:
+            m = box["inner"]
+            report.notes.append(f"HoliTom inner merge before LLM layer {m.layer}: {m.visual_after} of "
+                                f"{m.visual_before} video-span tokens kept from there on ({m.length_after} of "
+                                f"{asm.length} prompt tokens in layers {m.layer}+)")
         times = res.token_times
         report.new_tokens = len(res.token_ids)
         report.decode_mode = res.mode
@@ -624,7 +645,7 @@ class VideoSession:
             with torch.inference_mode():
                 full_asm = eng.adapter.assemble(prompt, self.feats, full, torch.arange(full.shape[0]))
             # Both sides timed identically: a plain prefill into a fresh cache, best of two.
-            pruned_ms = min(eng.timed_prefill(asm), eng.timed_prefill(asm))
+            pruned_ms = min(eng.timed_prefill(asm, self.inner), eng.timed_prefill(asm, self.inner))
             base_ms = min(eng.timed_prefill(full_asm), eng.timed_prefill(full_asm))
             report.baseline_prefill_ms = round(base_ms, 3)
             timings["prefill_pruned_timed"] = pruned_ms

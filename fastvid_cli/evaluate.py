@@ -361,6 +361,7 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: ["fastvid"])
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     params: dict[str, Any] = field(default_factory=dict)  # fastvid c, tau, d, p, beta given on the command line
+    holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage for the holitom methods
     random_seed: int | None = None  # seed of the "random" method (default: its registry default)
     reference: bool = True  # always run none@1 (retention is measured against it)
     limit: int | None = None
@@ -462,6 +463,10 @@ def _setting_params(method: str, cfg: EvalConfig, defaults: dict[str, Any]) -> d
         params.update(cfg.params)
     if method == "random" and cfg.random_seed is not None:
         params["seed"] = int(cfg.random_seed)
+    if method.startswith("holitom") and cfg.holitom_inner:
+        from fastvid_cli.inner_merge import parse_inner
+
+        params["inner"] = parse_inner(cfg.holitom_inner)
     return {k: params[k] for k in sorted(params)}
 
 
@@ -505,6 +510,8 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     default_frames = int(default_frames) if default_frames else None  # None: sampled by rate (Qwen-VL)
     if "ignore" in cfg.params and "ignore" not in defaults:
         raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
+    if cfg.holitom_inner and not any(m.startswith("holitom") for m in cfg.methods):
+        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
     if cfg.fps is not None and cfg.frames:
         raise InvalidOptionError("--frames and --fps exclude each other")
     if cfg.fps is not None and "fps" not in defaults:

@@ -60,6 +60,12 @@ TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --tempe
                      rich_help_panel="Generation")
 SEED = typer.Option(None, help="Seed for sampling (each answer starts from it).", rich_help_panel="Generation")
 SYSTEM = typer.Option(None, help="System prompt.", rich_help_panel="Generation")
+HOLITOM_INNER = typer.Option(None, "--holitom-inner", metavar="K,R",
+                             help="HoliTom's inner-LLM stage (with --method holitom/holitom-orig): before LLM "
+                                  "layer K, keep the share 1-R of the video tokens the last prompt token attends to "
+                                  "most and merge the rest into them (the reference used 18,0.5 on 7B). Each "
+                                  "question then prefills alone (no shared video prefix) and decodes eagerly.",
+                             rich_help_panel="Pruning")
 COMPILE = typer.Option(None, "--compile/--no-compile",
                        help="Decode on a static KV cache with each step replayed as one CUDA graph (captured once "
                             "per buffer size, well under a second; greedy tokens as the eager loop). Default: on "
