@@ -69,7 +69,8 @@ def main() -> None:
               + stage_medians(separate))
         print(f"one session, shared prefix: {t_grp:.2f} s ({t_grp / args.questions * 1e3:.0f} ms per question) "
               f"-> {t_sep / t_grp:.2f}x faster; session setup {sum(sess.timings.get(k, 0) for k in STAGES):.0f} ms "
-              f"(session() wall {setup_wall:.0f} ms) + prefix prefill {sess.prefix_ms:.1f} ms once; per question: " + stage_medians(grouped))
+              f"(session() wall {setup_wall:.0f} ms) + prefix prefill {sess.prefix_ms:.1f} ms once; per question: "
+              + stage_medians(grouped))
         print(f"identical greedy answers: {same}/{args.questions}")
         print("per-answer total ms (grouped): " + " ".join(f"{r.timings_ms['total']:.0f}" for r in grouped)
               + " | answer() wall ms: " + " ".join(f"{w:.0f}" for w in walls))

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from _common import med  # noqa: F401  (sets sys.path)
+import _common  # noqa: F401  (sets sys.path)
 from bench_ask import build_7b_shaped
 from fastvid_cli.decoding import Sampling, StaticDecoder, crop_cache, new_cache, prefill
 

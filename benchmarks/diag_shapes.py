@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from _common import cached_clip  # noqa: F401  (sets sys.path)
+import _common  # noqa: F401  (sets sys.path)
 from bench_ask import build_7b_shaped, write_clip
 from fastvid_cli.engine import GenerationOptions, PruneOptions
 

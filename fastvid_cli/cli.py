@@ -254,8 +254,8 @@ def compare(
     question: str = typer.Argument(..., help="The question to answer.", show_default=False),
     ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio; repeat it to compare several "
                                       "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", help="fastvid | holitom | holitom-orig | none | uniform | random; repeat for "
-                                     "several (default fastvid).", rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", help="fastvid | holitom | holitom-orig | none | uniform | "
+                                     "random; repeat for several (default fastvid).", rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,

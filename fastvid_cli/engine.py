@@ -93,7 +93,7 @@ class Report:
     dtype: str = ""
     attn_implementation: str = ""
     cache: str = "off"  # feature cache: hit | miss | off
-    decode_mode: str = ""  # eager | cuda-graph
+    decode_mode: str = ""  # eager | cuda-graph | batched xN (answered with N-1 other questions, see answer_many)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
 

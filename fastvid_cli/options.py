@@ -36,8 +36,8 @@ CACHE_DIR = typer.Option(None, help="Where sampled-and-encoded video features ar
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.", rich_help_panel="Video")
 
 METHOD = typer.Option("fastvid", help="Pruning method: fastvid | holitom (HoliTom's temporal windows + spatial "
-                                      "merge, re-indexed positions) | holitom-orig (the same, kept tokens at their original "
-                                      "positions) | none | uniform (per-frame average pooling to the "
+                                      "merge, re-indexed positions) | holitom-orig (the same, kept tokens at their "
+                                      "original positions) | none | uniform (per-frame average pooling to the "
                                       "same budget) | random (seeded).", rich_help_panel="Pruning")
 RATIO = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every token (default: the "
                                                  "model's, 0.10 for LLaVA-OV).", rich_help_panel="Pruning")

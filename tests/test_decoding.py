@@ -7,7 +7,6 @@ bookkeeping as on CUDA, where each step is a replayed graph (checked on the GPU 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
