@@ -354,16 +354,28 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         from rich.console import Console
         from rich.table import Table
 
+        console = Console()
         table = Table(title="fastvid models", title_justify="left")
-        for col in ("alias", "hub id", "size", "frames", "cached"):  # frames: a count, or a rate ("2 fps")
-            table.add_column(col, no_wrap=True)
-        table.add_column("notes")
-        for r in rows:
-            table.add_row(r["alias"], r["repo"], r["params"], ALIASES[r["alias"]].sampling,
-                          "[green]yes[/]" if r["cached"] else "no", r["notes"])
-        Console().print(table)
-        print("Any checkpoint whose config.json has model_type in: " + ", ".join(FAMILIES)
-              + " also works, by hub id or local folder.")
+        cells = [(r["alias"], r["repo"], r["params"], ALIASES[r["alias"]].sampling,  # a frame count or "2 fps"
+                  "[green]yes[/]" if r["cached"] else "no", r["notes"]) for r in rows]
+        # short columns never shrink; a narrow terminal folds the hub id and drops the notes (see --json)
+        wide = console.width >= 140
+        for i, col in enumerate(("alias", "hub id", "size", "frames", "cached")):
+            longest = max(len(col), *(len(c[i]) if i != 4 else 3 for c in cells))
+            if col == "hub id":
+                table.add_column(col, overflow="fold", min_width=20)
+            else:
+                table.add_column(col, no_wrap=True, min_width=longest)
+        if wide:
+            table.add_column("notes", overflow="fold")
+        for c in cells:
+            table.add_row(*(c if wide else c[:5]))
+        console.print(table)
+        if not wide:
+            console.print("(notes hidden in a terminal this narrow: widen it, or see `fastvid models --json`)",
+                          markup=False)
+        console.print("Any checkpoint whose config.json has model_type in: " + ", ".join(FAMILIES)
+                      + " also works, by hub id or local folder.", markup=False)
         return 0
 
     _run(False, body)

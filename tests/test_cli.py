@@ -153,8 +153,11 @@ def test_models_lists_aliases(runner):
     # hermetic, empty cache: only the demo model (shipped in the package, when its weights are there) is local
     assert all(m["cached"] is False for m in data["models"] if m["alias"] != "demo")
     assert "llava_onevision" in data["families"]
-    table = runner.invoke(app, ["models"])
-    assert "llava-hf/llava-onevision-qwen2-7b-ov-hf" in table.stdout
+    table = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert "llava-hf/llava-onevision-qwen2-7b-ov-hf" in table.stdout and "the paper's main model" in table.stdout
+    narrow = runner.invoke(app, ["models"], env={"COLUMNS": "80"})  # short columns intact, notes dropped
+    assert narrow.exit_code == 0 and "qwen3-vl-30b-a3b" in narrow.stdout and "2 fps" in narrow.stdout
+    assert "notes hidden" in narrow.stdout and max(len(line) for line in narrow.stdout.splitlines()) <= 80
 
 
 def test_doctor_reports_environment(runner):
