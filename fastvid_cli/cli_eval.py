@@ -218,6 +218,33 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}%"
 
 
+def _column_groups(data: dict[str, Any], rows: list[dict[str, Any]], width: int) -> list[list[str]]:
+    """The settings of the per-type table, cut into groups of columns that fit `width` (a table per group, rather
+    than one whose cells rich would cut to "…"); the reference setting opens every group, to compare against."""
+    names = [r["setting"] for r in rows]
+    ref = next((r["setting"] for r in rows if r["reference"]), None)
+
+    def col_width(name: str) -> int:
+        cells = [_type_cell(c.get(name)) for c in data["by_type"].values()]
+        return max(len(name), *(len(c) for c in cells)) + 3  # padding and border
+
+    first = max(len("type"), *(len(t) for t in data["by_type"])) + 4
+    groups: list[list[str]] = []
+    current: list[str] = []
+    used = first
+    for name in names:
+        w = col_width(name)
+        if current and used + w > width:
+            groups.append(current)
+            current = [ref] if ref and name != ref else []
+            used = first + (col_width(ref) if current else 0)
+        current.append(name)
+        used += w
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _type_cell(cell: dict[str, Any] | None) -> str:
     if not cell or not cell["n"]:
         return "–"
@@ -261,13 +288,15 @@ def print_eval(data: dict[str, Any], max_new_tokens: int) -> None:
         table.add_row(*cells)
     out.print(table)
     if data["by_type"]:
-        types = Table(title="accuracy by question type", title_justify="left")
-        types.add_column("type", no_wrap=True)
-        for r in rows:
-            types.add_column(r["setting"], justify="right", no_wrap=True)
-        for t, cells in data["by_type"].items():
-            types.add_row(t, *[_type_cell(cells.get(r["setting"])) for r in rows])
-        out.print(types)
+        for part, settings in enumerate(_column_groups(data, rows, out.width)):
+            title = "accuracy by question type" + (" (continued)" if part else "")
+            types = Table(title=title, title_justify="left")
+            types.add_column("type", no_wrap=True)
+            for name in settings:
+                types.add_column(name, justify="right", no_wrap=True)
+            for t, cells in data["by_type"].items():
+                types.add_row(t, *[_type_cell(cells.get(name)) for name in settings])
+            out.print(types)
     err_console.print("[dim]accuracy over answered questions; retention = accuracy / accuracy of none@1 (ratio "
                       "1.0); video tokens = mean kept per question; TTFT measured per question (each video's "
                       "first question in a setting also pays pruning and the video-prefix prefill, later ones "

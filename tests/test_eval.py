@@ -682,3 +682,21 @@ def test_demo_model_short_form_end_to_end(tmp_path):
     assert table.exit_code == 0, table.output
     assert "short answer" in " ".join(table.stdout.split()) and "1 / 1" in table.stdout
     assert "0 answered now" in " ".join(table.stderr.split()) and len(read_jsonl(out)) == 4
+
+
+def test_per_type_table_is_cut_into_tables_that_fit():
+    """Many settings: the per-type table comes as several tables that fit the width (no cells cut to "…"), each
+    opening with the reference column; every setting is shown once otherwise."""
+    from fastvid_cli.cli_eval import _column_groups, _type_cell
+
+    settings = ["none@1"] + [f"{m}@{r}" for r in ("0.5", "0.25", "0.1") for m in ("fastvid", "uniform", "holitom")]
+    rows = [{"setting": s, "reference": s == "none@1"} for s in settings]
+    cell = {"n": 64, "correct": 40, "accuracy_pct": 62.5}
+    data = {"by_type": {t: {s: cell for s in settings} for t in ("colour_change", "first_appears", "count")}}
+    groups = _column_groups(data, rows, 100)
+    assert len(groups) > 1 and all(g[0] == "none@1" for g in groups)
+    assert [s for g in groups for s in g if s != "none@1"] == settings[1:]
+    for g in groups:
+        width = len("first_appears") + 4 + sum(max(len(s), len(_type_cell(cell))) + 3 for s in g)
+        assert width <= 100
+    assert _column_groups(data, rows, 1000) == [settings]  # wide enough: one table
