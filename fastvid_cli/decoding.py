@@ -159,9 +159,11 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
                  s: Sampling, clock=None) -> tuple[list[DecodeResult], float]:
     """Greedy answers to B prompts that share the prefix in `prefix_cache` (batch 1, only read), decoded together.
 
-    suffix_embeds[b] (1,l_b,D) and suffix_positions[b] (1,l_b) are each prompt's tokens after the prefix with their
-    ORIGINAL position ids. Suffixes are left-padded to the longest with masked slots, so every row's last token is
-    the batch's last column and the cache stays rectangular; each row decodes at its own positions. A decode step
+    suffix_embeds[b] (1,l_b,D) and suffix_positions[b] (1,l_b), or (R,1,l_b) M-RoPE rows, are each prompt's tokens
+    after the prefix with their ORIGINAL position ids. Suffixes are left-padded to the longest with masked slots, so
+    every row's last token is the batch's last column and the cache stays rectangular; each row decodes at its own
+    positions. With M-RoPE rows, row 0 (the slot index transformers uses for masks) is rewritten to the batch's
+    slots. A decode step
     costs about as much for B rows as for one (the weights are read once), which is the point: the per-question
     cost of a batch of questions about one video falls by ~B. Rows that finished keep being fed (ignored) until the
     last one stops. Returns (results in input order, wall time of the batched prefill start as perf_counter)."""
@@ -174,18 +176,21 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
     for i, layer in enumerate(prefix_cache.layers):
         cache.update(layer.keys.expand(B, -1, -1, -1).contiguous(), layer.values.expand(B, -1, -1, -1).contiguous(), i)
     emb = suffix_embeds[0].new_zeros((B, L, suffix_embeds[0].shape[-1]))
-    pos = torch.zeros((B, L), dtype=torch.long, device=dev)
+    lead = tuple(suffix_positions[0].shape[:-2])  # () for 1-D ids, (R,) for M-RoPE rows
+    pos = torch.zeros((*lead, B, L), dtype=torch.long, device=dev)
     mask = torch.zeros((B, P + L), dtype=torch.long, device=dev)
     mask[:, :P] = 1
     for b, (e, p, n) in enumerate(zip(suffix_embeds, suffix_positions, lens)):
         emb[b, L - n:] = e[0]
-        pos[b, L - n:] = p[0]
-        pos[b, :L - n] = p[0, 0]  # any value: these slots are masked out
+        pos[..., b, L - n:] = p[..., 0, :]
+        pos[..., b, :L - n] = p[..., 0, :1]  # any value: these slots are masked out
         mask[b, P + L - n:] = 1
+    if lead:
+        pos[0] = P + torch.arange(L, device=dev)
     t0 = clock() if clock is not None else time.perf_counter()
     out = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, past_key_values=cache, use_cache=True,
                 logits_to_keep=1)
-    nxt = pos[:, -1:] + 1
+    nxt = pos[..., -1:] + 1
     results = [DecodeResult(mode=f"batched x{B}") for _ in range(B)]
     alive = list(range(B))
     tok = out.logits[:, -1].argmax(-1, keepdim=True)

@@ -469,16 +469,17 @@ class VideoSession:
         """Greedy answers to several questions about this video, decoded together in batches of up to `max_rows`
         rows on top of the shared prefix KV cache (see decoding.decode_batch); the same answers as `answer` one by
         one, at a fraction of the per-question cost. Falls back to one-by-one answering when batching does not
-        apply (sampling, M-RoPE position rows, a prompt prefix that differs from the shared one). `lead_ms` (work
+        apply (sampling, HoliTom's inner stage, a prompt prefix that differs from the shared one). `lead_ms` (work
         that all these questions waited for) counts towards each row's TTFT. No streaming: texts come at the end."""
         gen = gen or GenerationOptions()
         gen.validate()
         system = gen.system if gen.system is not None else self.system
         built = [self._assemble(q, system) for q in questions]
         batchable = (gen.temperature == 0 and max_rows > 1 and len(questions) > 1 and not self.inner
-                     and all(asm.position_ids.dim() == 2 and asm.extra is None for _, asm in built)
                      and self._prefix_for(*built[0])
-                     and all(torch.equal(pr.prefix_ids, self.prefix_ids) for pr, _ in built))
+                     and all(torch.equal(pr.prefix_ids, self.prefix_ids) for pr, _ in built)
+                     # the questions carry no visual inputs of their own (Qwen3-VL's DeepStack is in the prefix)
+                     and all(asm.prefill_extra(self.prefix_len) is None for _, asm in built))
         if not batchable:
             return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
         cut = self.prefix_len

@@ -526,3 +526,18 @@ def test_holitom_orig_runs_on_m_rope_models_and_holitom_says_why_not(engines, cl
     with pytest.raises(InvalidOptionError, match="1-D position ids"):
         eng.ask(str(index_video), "What happens?", clip=clip, sample_ms=0.0,
                 prune=PruneOptions(method="holitom", ratio=0.25), gen=gen)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+def test_batched_answers_equal_one_by_one_on_m_rope_models(engines, clip, index_video, kind):
+    """`batch` decodes a video's questions together on Qwen too (M-RoPE rows, Qwen3-VL's DeepStack in the shared
+    prefix): the same answers as one at a time."""
+    eng = engines(kind)
+    prune = PruneOptions(method="fastvid", ratio=0.27, params=dict(c=4))
+    gen = GenerationOptions(max_new_tokens=6)
+    questions = ["What happens?", "Which colour is the last shape that appears on the left?", "Count them."]
+    sess = eng.session(str(index_video), clip=clip, sample_ms=0.0, prune=prune)
+    single = [sess.answer(q, gen).answer for q in questions]
+    batched = sess.answer_many(questions, gen)
+    assert [r.answer for r in batched] == single
+    assert {r.decode_mode for r in batched} == {"batched x3"}
