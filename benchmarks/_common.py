@@ -93,3 +93,23 @@ def environment(device: str | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         env["git"] = None
     return env
+
+
+def measure_setting(engine, feats, opts, prompt, repeat: int):
+    """One pruning setting on encoded features: prune repeat+2 times (the first two pay allocator/kernel warm-up and
+    are dropped), assemble the prompt, then `repeat` timed prefills into fresh caches.
+    Returns (PruneResult, Assembled, prune ms list, prefill ms list, peak GPU GiB or None on CPU)."""
+    import torch
+
+    prune_ms = []
+    for _ in range(repeat + 2):
+        tm: dict[str, float] = {}
+        res = engine.prune(feats, opts, tm)
+        prune_ms.append(tm["prune"])
+    with torch.inference_mode():
+        asm = engine.adapter.assemble(prompt, feats, res.embeds, res.index)
+    if engine.cuda:
+        torch.cuda.reset_peak_memory_stats()
+    prefill_ms = [engine.timed_prefill(asm) for _ in range(repeat)]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if engine.cuda else None
+    return res, asm, prune_ms[2:], prefill_ms, peak

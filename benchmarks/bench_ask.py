@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import measure_setting  # noqa: E402
 from fastvid_cli.decoding import Sampling, decode, new_cache, prefill  # noqa: E402
 from fastvid_cli.engine import Engine, PruneOptions, versions  # noqa: E402
 from fastvid_cli.models import ModelRef  # noqa: E402
@@ -136,18 +137,7 @@ def main() -> None:
     for ratio in [float(r) for r in args.ratios.split(",")]:
         opts = PruneOptions(method="none" if ratio >= 1 else "fastvid", ratio=ratio,
                             params={} if ratio >= 1 else dict(c=8, tau=0.9, d=0.4, p=4, beta=0.6))
-        prune_ms, prefill_ms = [], []
-        for _ in range(args.repeat + 2):
-            tm = {}
-            res = engine.prune(feats, opts, tm)
-            prune_ms.append(tm["prune"])
-        prune_ms = prune_ms[2:]  # first calls pay allocator/kernel warm-up
-        with torch.inference_mode():
-            asm = a.assemble(prompt, feats, res.embeds, res.index)
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.repeat):
-            prefill_ms.append(engine.timed_prefill(asm))
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        res, asm, prune_ms, prefill_ms, peak = measure_setting(engine, feats, opts, prompt, args.repeat)
         # decode: steady-state tokens/s of our decode loop (dynamic cache) after this prompt; one untimed run first
         for n in (8, args.decode_tokens):
             with torch.inference_mode():

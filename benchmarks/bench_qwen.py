@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _common import cached_clip, environment, fmt, med  # noqa: E402  (puts the repo on sys.path)
+from _common import cached_clip, environment, fmt, measure_setting, med  # noqa: E402  (puts the repo on sys.path)
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill  # noqa: E402
 from fastvid_cli.engine import Engine, PruneOptions  # noqa: E402
 from fastvid_cli.models import ModelRef  # noqa: E402
@@ -136,19 +136,7 @@ def main() -> None:
     for ratio in [float(r) for r in args.ratios.split(",")]:
         opts = PruneOptions(method="none" if ratio >= 1 else "fastvid", ratio=ratio,
                             params={} if ratio >= 1 else params)
-        prune_ms, prefill_ms = [], []
-        for _ in range(args.repeat + 2):
-            tm = {}
-            res = engine.prune(feats, opts, tm)
-            prune_ms.append(tm["prune"])
-        prune_ms = prune_ms[2:]  # first calls pay allocator/kernel warm-up
-        with torch.inference_mode():
-            asm = a.assemble(prompt, feats, res.embeds, res.index)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.repeat):
-            prefill_ms.append(engine.timed_prefill(asm))
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        res, asm, prune_ms, prefill_ms, peak = measure_setting(engine, feats, opts, prompt, args.repeat)
         eager = decode_rate(engine, asm, args.decode_tokens, graphs=False)
         graph = decode_rate(engine, asm, args.decode_tokens, graphs=True) if cuda else None
         pf = med(prefill_ms)
