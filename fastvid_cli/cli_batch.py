@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.ui import fmt_ms
+from fastvid_cli.ui import ItemProgress, fmt_ms
 
 CSV_HELP = ("Questions CSV. Header row required: columns video,question; optional id (default: the 1-based data "
             "row number), ratio and frames (per-row overrides of --ratio/--frames). UTF-8 with or without BOM. "
@@ -134,29 +133,19 @@ def _stop_on_sigint(stop: threading.Event, progress: "BatchProgress"):
     return lambda: signal.signal(signal.SIGINT, old)
 
 
-class BatchProgress:
+class BatchProgress(ItemProgress):
     """A rich progress bar over this process's rows on a terminal; one plain line per row otherwise (and under a
     multi-process launch, where several bars would fight over one terminal)."""
 
-    def __init__(self) -> None:
-        from fastvid_cli.ui import err_console
+    label = "batch"
 
-        self.console = err_console
-        self.bar = None
-        self.task = None
-        self.prefix = ""
-        self.total = 0
-        self.done = 0
-        self.failed = 0
+    def __init__(self) -> None:
+        super().__init__()
         self.kept: list[int] = []
         self.ttft: list[float] = []
-        self.t0 = time.perf_counter()
-        self.done_at_t0 = 0
 
     # -- Progress protocol (fastvid_cli.batch.Progress)
     def start(self, *, rows: int, pending: int, mine: int, skipped: int, dist: Any) -> None:
-        self.total = mine
-        self.t0 = time.perf_counter()
         if dist.world > 1:
             self.prefix = f"[rank {dist.rank}/{dist.world}] "
         if dist.is_main:
@@ -164,29 +153,9 @@ class BatchProgress:
                       + (f" over {dist.world} processes" if dist.world > 1 else ""))
         if dist.world > 1:
             self.note(f"{mine} rows for this process")
-        if mine and self.console.is_terminal and dist.world == 1:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]} · ETA {task.fields[eta]}"),
-                                console=self.console, transient=False)
-            self.task = self.bar.add_task("batch", total=mine, stats=self._stats(), eta="?")
-            self.bar.start()
-
-    def answering(self) -> None:
-        # Rows written before the model was ready were invalid rows (instant): keep them out of the rate.
-        self.t0 = time.perf_counter()
-        self.done_at_t0 = self.done
-
-    def note(self, message: str) -> None:
-        text = f"{self.prefix}{message}"
-        if self.bar is not None:
-            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.open(mine, bar=dist.world == 1)
 
     def row_done(self, rec: dict[str, Any]) -> None:
-        self.done += 1
         ok = rec.get("status") == "ok"
         if ok:
             if rec.get("video_tokens_kept") is not None:
@@ -194,23 +163,10 @@ class BatchProgress:
             ttft = (rec.get("timings_ms") or {}).get("ttft")
             if ttft is not None:
                 self.ttft.append(ttft)
-        else:
-            self.failed += 1
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, stats=self._stats(), eta=self._eta())
-            if not ok:
-                self.bar.console.print(f"[red]✗[/] row {rec.get('row')} (id {_id(rec)}): {rec.get('error')}",
-                                       highlight=False, soft_wrap=True)
-            return
         what = (f"ok · {rec.get('video_tokens_kept')}/{rec.get('video_tokens_total')} tokens kept · TTFT "
                 f"{fmt_ms((rec.get('timings_ms') or {}).get('ttft'))}" if ok else f"error: {rec.get('error')}")
-        self.note(f"[{self.done}/{self.total}] row {rec.get('row')} (id {_id(rec)}) {what} · {self._stats()}"
-                  f" · ETA {self._eta()}")
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        row = f"row {rec.get('row')} (id {_id(rec)})"
+        self.advance(ok, f"{row}: {rec.get('error')}", f"{row} {what}", with_stats=True)
 
     # -- end of run
     def summary(self, result: Any, output: Path, csv_out: Path | None) -> None:
@@ -220,29 +176,16 @@ class BatchProgress:
         self.note(f"{result.rows} rows: " + ", ".join(parts) + f" → {output}"
                   + (f" and {csv_out}" if csv_out is not None else ""))
 
-    def _stats(self) -> str:
-        s = f"✓ {self.done - self.failed}  ✗ {self.failed}"
+    def stats(self) -> str:
+        s = super().stats()
         if self.kept:
             s += f" · kept {sum(self.kept) / len(self.kept):.0f} tok"
         if self.ttft:
             s += f" · TTFT {fmt_ms(sum(self.ttft) / len(self.ttft))}"
         return s
 
-    def _eta(self) -> str:
-        """Remaining rows times the mean time of the rows answered since the model was ready."""
-        left = self.total - self.done
-        timed = self.done - self.done_at_t0
-        if left <= 0:
-            return "0 s"
-        if timed <= 0:
-            return "?"
-        return _secs((time.perf_counter() - self.t0) / timed * left)
-
 
 def _id(rec: dict[str, Any]) -> str:
     return str(rec.get("id") if rec.get("id") is not None else rec.get("duplicate_id"))
 
-
-def _secs(s: float) -> str:
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
 

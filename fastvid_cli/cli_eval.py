@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.ui import ItemProgress
 
 BENCH_HELP = ("Benchmark JSONL, one question per line: {\"id\", \"video\" (relative to the file's folder or "
               "--videos-root), \"question\", \"options\": [4 strings], \"answer\": \"A\"..\"D\"}, optional \"type\" "
@@ -129,83 +129,32 @@ def result_json(result: Any) -> dict[str, Any]:
                     "failed": result.failed}}
 
 
-class EvalProgress:
+class EvalProgress(ItemProgress):
     """A rich progress bar over this run's (question, setting) items on a terminal; one plain line per item
     otherwise. Everything goes to stderr; nothing at all when disabled (--json), except --debug tracebacks."""
 
-    def __init__(self, enabled: bool = True) -> None:
-        from fastvid_cli.ui import err_console
+    label = "eval"
 
-        self.console = err_console
-        self.enabled = enabled
-        self.bar = None
-        self.task = None
-        self.total = 0
-        self.done = 0
-        self.failed = 0
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__(enabled)
         self.correct = 0
-        self.t0 = time.perf_counter()
-        self.done_at_t0 = 0
 
     def start(self, *, total: int, pending: int, skipped: int) -> None:
-        self.total = pending
-        self.t0 = time.perf_counter()
         self.note(f"{total} items (questions x settings): {skipped} already done with these settings, "
                   f"{pending} to do")
-        if pending and self.enabled and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]} · ETA {task.fields[eta]}"),
-                                console=self.console, transient=False)
-            self.task = self.bar.add_task("eval", total=pending, stats=self._stats(), eta="?")
-            self.bar.start()
-
-    def answering(self) -> None:
-        self.t0 = time.perf_counter()
-        self.done_at_t0 = self.done
-
-    def note(self, message: str, force: bool = False) -> None:
-        if not (self.enabled or force):
-            return
-        console = self.bar.console if self.bar is not None else self.console
-        console.print(message, markup=False, highlight=False, soft_wrap=True)
+        self.open(pending)
 
     def item_done(self, rec: dict[str, Any]) -> None:
-        self.done += 1
         ok = rec.get("status") == "ok"
-        self.failed += not ok
         self.correct += bool(rec.get("correct"))
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, stats=self._stats(), eta=self._eta())
-            if not ok:
-                self.bar.console.print(f"[red]✗[/] {rec.get('id')} ({rec.get('setting')}): {rec.get('error')}",
-                                       highlight=False, soft_wrap=True)
-            return
         what = (f"{rec.get('predicted') or '?'} ({'right' if rec.get('correct') else 'wrong'}) · "
                 f"{rec.get('video_tokens_kept')} tokens · TTFT {_ms(rec.get('ttft_ms'))}" if ok
                 else f"error: {rec.get('error')}")
-        self.note(f"[{self.done}/{self.total}] {rec.get('id')} {rec.get('setting')}: {what}")
+        item = f"{rec.get('id')} {rec.get('setting')}"
+        self.advance(ok, f"{rec.get('id')} ({rec.get('setting')}): {rec.get('error')}", f"{item}: {what}")
 
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-    def _stats(self) -> str:
-        return f"✓ {self.done - self.failed}  ✗ {self.failed} · {self.correct} right"
-
-    def _eta(self) -> str:
-        left = self.total - self.done
-        timed = self.done - self.done_at_t0
-        if left <= 0:
-            return "0 s"
-        if timed <= 0:
-            return "?"
-        s = (time.perf_counter() - self.t0) / timed * left
-        return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+    def stats(self) -> str:
+        return f"{super().stats()} · {self.correct} right"
 
 
 def _ms(v: float | None) -> str:

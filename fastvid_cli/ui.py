@@ -83,6 +83,88 @@ def fmt_ms(v: float | None) -> str:
     return f"{v:.1f} ms" if v < 1000 else f"{v / 1e3:.2f} s"
 
 
+def fmt_secs(s: float) -> str:
+    """A longer duration for people: '42 s' or '7 min'."""
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+class ItemProgress:
+    """What `batch` and `eval` show while they work, on stderr: a rich bar over this run's items on a terminal,
+    one plain line per item otherwise; notes print above the bar; the ETA counts only items done since the model
+    was ready. Subclasses say what an item is (`label`) and what the stats show (`stats`)."""
+
+    label = "items"
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.console = err_console
+        self.enabled = enabled
+        self.bar = None
+        self.task = None
+        self.prefix = ""  # e.g. "[rank 1/4] " under a multi-process launch
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.t0 = time.perf_counter()
+        self.done_at_t0 = 0
+
+    def open(self, total: int, *, bar: bool = True) -> None:
+        """Start counting `total` items; with `bar`, draw the progress bar when stderr is a terminal."""
+        self.total = total
+        self.t0 = time.perf_counter()
+        if total and bar and self.enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]} · ETA {task.fields[eta]}"),
+                                console=self.console, transient=False)
+            self.task = self.bar.add_task(self.label, total=total, stats=self.stats(), eta="?")
+            self.bar.start()
+
+    def answering(self) -> None:
+        """The model is ready: items before this (invalid ones, instant) stay out of the rate."""
+        self.t0 = time.perf_counter()
+        self.done_at_t0 = self.done
+
+    def note(self, message: str, force: bool = False) -> None:
+        if not (self.enabled or force):
+            return
+        console = self.bar.console if self.bar is not None else self.console
+        console.print(f"{self.prefix}{message}", markup=False, highlight=False, soft_wrap=True)
+
+    def advance(self, ok: bool, failure: str, what: str, *, with_stats: bool = False) -> None:
+        """One item done: the bar moves (a failure also prints `failure`), or without a bar a plain line
+        "[done/total] what" (+ stats and ETA) is printed."""
+        self.done += 1
+        self.failed += not ok
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, stats=self.stats(), eta=self.eta())
+            if not ok:
+                self.bar.console.print(f"[red]✗[/] {failure}", highlight=False, soft_wrap=True)
+            return
+        tail = f" · {self.stats()} · ETA {self.eta()}" if with_stats else ""
+        self.note(f"[{self.done}/{self.total}] {what}{tail}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def stats(self) -> str:
+        return f"✓ {self.done - self.failed}  ✗ {self.failed}"
+
+    def eta(self) -> str:
+        """Remaining items times the mean time of the items done since the model was ready."""
+        left = self.total - self.done
+        timed = self.done - self.done_at_t0
+        if left <= 0:
+            return "0 s"
+        if timed <= 0:
+            return "?"
+        return fmt_secs((time.perf_counter() - self.t0) / timed * left)
+
+
 def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     t = r.get("timings_ms", {})
     grid = Table.grid(padding=(0, 2))

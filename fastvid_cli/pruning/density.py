@@ -34,38 +34,34 @@ def topk_lowest_index(values: Tensor, k: int, dim: int = -1) -> Tensor:
 
 
 def bmm_fp32(a: Tensor, b: Tensor) -> Tensor:
-    """Batched ``a @ b`` with float32 accumulation and a float32 result, for any float input dtype.
+    """``a @ b`` for 3-D operands, with float32 accumulation and a float32 result.
 
-    On CUDA, fp16/bf16 inputs go straight to the tensor cores with an fp32 output (``out_dtype``), which is
+    For half-precision inputs on CUDA this asks the matmul kernel for a float32 output directly, which is exactly
     as exact as upcasting first (half × half products are exact in fp32) but needs no fp32 copies and runs
     at half-precision speed. Elsewhere the inputs are upcast.
     """
-    if a.dtype == b.dtype and a.dtype in _HALF_DTYPES:
-        key = (a.device.type, a.dtype)
-        if _OUT_DTYPE_OK.get(key, a.device.type == "cuda"):
-            try:
-                out = torch.bmm(a, b, out_dtype=torch.float32)
-            except (TypeError, RuntimeError, NotImplementedError):
-                _OUT_DTYPE_OK[key] = False
-            else:
-                _OUT_DTYPE_OK[key] = True
-                return out
-    return torch.bmm(a.float(), b.float())
+    return _fp32_product(torch.bmm, a, b)
 
 
 def mm_fp32(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for 2-D operands, with float32 accumulation and a float32 result (see ``bmm_fp32``)."""
+    return _fp32_product(torch.mm, a, b)
+
+
+def _fp32_product(op, a: Tensor, b: Tensor) -> Tensor:
+    """``op(a, b)`` (torch.mm or torch.bmm) in float32; whether this torch/device/dtype accepts
+    ``out_dtype=torch.float32`` is learned on first use and remembered."""
     if a.dtype == b.dtype and a.dtype in _HALF_DTYPES:
-        key = (a.device.type, a.dtype, "mm")
+        key = (a.device.type, a.dtype, op.__name__)
         if _OUT_DTYPE_OK.get(key, a.device.type == "cuda"):
             try:
-                out = torch.mm(a, b, out_dtype=torch.float32)
+                out = op(a, b, out_dtype=torch.float32)
             except (TypeError, RuntimeError, NotImplementedError):
                 _OUT_DTYPE_OK[key] = False
             else:
                 _OUT_DTYPE_OK[key] = True
                 return out
-    return torch.mm(a.float(), b.float())
+    return op(a.float(), b.float())
 
 
 # (device, M) -> int64 (M,) tensor [M-1, ..., 1, 0]: the index part of the density keys below.

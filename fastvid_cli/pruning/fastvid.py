@@ -143,27 +143,29 @@ def _number(name: str, value, *, integer: bool = False):
     return value
 
 
+def _positive_int(label: str, value) -> int:
+    """An integer >= 1; `label` is the name, optionally followed by what it means ("c (minimum …)")."""
+    value = _number(label.split()[0], value, integer=True)
+    if value < 1:
+        raise InvalidOptionError(f"{label} must be at least 1, got {value}")
+    return value
+
+
+def _share(label: str, value) -> float:
+    """A number in [0, 1]; `label` as for _positive_int."""
+    value = _number(label.split()[0], value)
+    if not 0.0 <= value <= 1.0:
+        raise InvalidOptionError(f"{label} must be in [0, 1], got {value:g}")
+    return value
+
+
 def _check_params(ratio, c, tau, d, p, beta, k) -> tuple[float, int, float, float, int, float, int]:
     ratio = _number("ratio", ratio)
     if not 0.0 < ratio <= 1.0:
         raise InvalidOptionError(f"ratio must be in (0, 1], got {ratio:g}")
-    c = _number("c", c, integer=True)
-    if c < 1:
-        raise InvalidOptionError(f"c (minimum number of segments) must be at least 1, got {c}")
-    tau = _number("tau", tau)
-    d = _number("d", d)
-    if not 0.0 <= d <= 1.0:
-        raise InvalidOptionError(f"d (context share of the budget) must be in [0, 1], got {d:g}")
-    p = _number("p", p, integer=True)
-    if p < 1:
-        raise InvalidOptionError(f"p (anchor period) must be at least 1, got {p}")
-    beta = _number("beta", beta)
-    if not 0.0 <= beta <= 1.0:
-        raise InvalidOptionError(f"beta must be in [0, 1], got {beta:g}")
-    k = _number("k", k, integer=True)
-    if k < 1:
-        raise InvalidOptionError(f"k (density neighbours) must be at least 1, got {k}")
-    return ratio, c, tau, d, p, beta, k
+    return (ratio, _positive_int("c (minimum number of segments)", c), _number("tau", tau),
+            _share("d (context share of the budget)", d), _positive_int("p (anchor period)", p), _share("beta", beta),
+            _positive_int("k (density neighbours)", k))
 
 
 def check_embeds(embeds: Tensor) -> tuple[int, int, int]:

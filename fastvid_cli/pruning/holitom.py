@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..errors import InvalidOptionError
 from .density import bmm_fp32, density_peaks, mm_fp32, pairwise_sq_distances
-from .fastvid import PruneResult, _number, check_embeds, keep_all
+from .fastvid import PruneResult, _number, _positive_int, _share, check_embeds, keep_all
 from .uniform import check_ratio
 
 POSITIONS = ("compact", "original")
@@ -252,15 +252,9 @@ def merge_static(x: Tensor, valid: Tensor, keep: Tensor, k: Tensor, k_max: int, 
 
 def _check_params(tau, beta, k, max_window, positions, ratio: float) -> tuple[float, float, int, int, str]:
     tau = default_tau(ratio) if tau is None else _number("tau", tau)
-    beta = _number("beta", beta)
-    if not 0.0 <= beta <= 1.0:
-        raise InvalidOptionError(f"beta must be in [0, 1], got {beta:g}")
-    k = _number("k", k, integer=True)
-    if k < 1:
-        raise InvalidOptionError(f"k (density neighbours) must be at least 1, got {k}")
-    max_window = _number("max_window", max_window, integer=True)
-    if max_window < 1:
-        raise InvalidOptionError(f"max_window must be at least 1, got {max_window}")
+    beta = _share("beta", beta)
+    k = _positive_int("k (density neighbours)", k)
+    max_window = _positive_int("max_window", max_window)
     if positions not in POSITIONS:
         raise InvalidOptionError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     return tau, beta, k, max_window, positions
