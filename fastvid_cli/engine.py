@@ -473,10 +473,11 @@ class VideoSession:
         that all these questions waited for) counts towards each row's TTFT. No streaming: texts come at the end."""
         gen = gen or GenerationOptions()
         gen.validate()
+        if gen.temperature > 0 or max_rows < 2 or len(questions) < 2 or self.inner:
+            return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
         system = gen.system if gen.system is not None else self.system
         built = [self._assemble(q, system) for q in questions]
-        batchable = (gen.temperature == 0 and max_rows > 1 and len(questions) > 1 and not self.inner
-                     and self._prefix_for(*built[0])
+        batchable = (self._prefix_for(*built[0])
                      and all(torch.equal(pr.prefix_ids, self.prefix_ids) for pr, _ in built)
                      # the questions carry no visual inputs of their own (Qwen3-VL's DeepStack is in the prefix)
                      and all(asm.prefill_extra(self.prefix_len) is None for _, asm in built))
