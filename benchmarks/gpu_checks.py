@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions, versions  # noqa: E402
-from fastvid_cli.models.llava_onevision import resize_uint8  # noqa: E402
+from fastvid_cli.preprocess import resize_frames  # noqa: E402
 from fastvid_cli.pruning import fastvid  # noqa: E402
 from fastvid_cli.tiny import save_llava_checkpoint, save_saliency_checkpoint  # noqa: E402
 
@@ -60,8 +60,8 @@ def preprocessing():
         hf = vp(videos=[frames.permute(0, 3, 1, 2)], return_tensors="pt")["pixel_values_videos"][0]
         ours = eng.adapter.preprocess(frames, device="cpu").cpu()
         ours_gpu = eng.adapter.preprocess(frames).cpu()  # the default on a CUDA engine: resize on the GPU
-        cpu_u8 = resize_uint8(frames.permute(0, 3, 1, 2), (384, 384))
-        gpu_u8 = resize_uint8(frames.permute(0, 3, 1, 2).cuda(), (384, 384)).cpu()
+        cpu_u8 = resize_frames(frames.permute(0, 3, 1, 2), (384, 384))
+        gpu_u8 = resize_frames(frames.permute(0, 3, 1, 2).cuda(), (384, 384)).cpu()
         record(f"preprocess[{name}]: max|HF processor - ours (CPU resize)| = {(hf - ours).abs().max().item():.3g}; "
                f"max|HF processor - ours (GPU resize)| = {(hf - ours_gpu).abs().max().item():.3g}; "
                f"GPU-resize vs CPU-resize max diff = {(gpu_u8 - cpu_u8).abs().max().item():.0f} grey levels")
@@ -85,15 +85,15 @@ def gpu_preprocessing_real_frames():
         x = frames.permute(0, 3, 1, 2)
         diffs = []
         for size in ((384, 384), (448, 784)):
-            cpu = resize_uint8(x, size)
+            cpu = resize_frames(x, size)
             gpu = resize_bicubic_aa(x.cuda(), size).cpu()
             diffs.append(f"{size[0]}x{size[1]}: {(gpu - cpu).abs().max().item():.0f}")
-        cpu_n = normalize(resize_uint8(x, (384, 384)), [0.5] * 3, [0.5] * 3)
+        cpu_n = normalize(resize_frames(x, (384, 384)), [0.5] * 3, [0.5] * 3)
         gpu_n = normalize(resize_bicubic_aa(x.cuda(), (384, 384)), [0.5] * 3, [0.5] * 3).cpu()
         record(f"GPU vs CPU preprocessing [{name}, {tuple(frames.shape[1:3])}]: max grey-level diff "
                f"{'; '.join(diffs)}; normalised max diff {(gpu_n - cpu_n).abs().max().item():.3g}")
     x = sets[-1][1][:16].repeat(2, 1, 1, 1).permute(0, 3, 1, 2)  # 32 frames of 720p
-    for label, fn in (("CPU uint8 kernel", lambda: resize_uint8(x, (384, 384))),
+    for label, fn in (("CPU uint8 kernel", lambda: resize_frames(x, (384, 384))),
                       ("GPU upload + matmul resize", lambda: resize_bicubic_aa(x.cuda(), (384, 384)))):
         fn()
         torch.cuda.synchronize()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resize_bicubic_aa", "normalize", "axis_weights"]
+__all__ = ["resize_bicubic_aa", "resize_frames", "normalize", "axis_weights"]
 
 _CUBIC_A = -0.5  # Keys' a for the antialiased filter (PIL, torch's uint8 and antialias=True kernels)
 _INTERP_SIZE = 4  # bicubic
@@ -164,6 +164,18 @@ def resize_bicubic_aa(frames: torch.Tensor, size: Sequence[int]) -> torch.Tensor
             x = _resize_height(x, out_h)
         out[s:s + _CHUNK] = x.view(-1, C, out_h, out_w)
     return out
+
+
+def resize_frames(frames: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(T,3,H,W) uint8 -> float32 (T,3,h,w), integer values 0..255, bicubic + antialias exactly as torchvision (and
+    so the HF processors) compute it: torch's uint8 kernel on CPU, its matmul form (``resize_bicubic_aa``, equal
+    bit for bit) on other devices. Same size: unchanged, as torchvision returns it. A plain float interpolate would
+    differ by up to ~15 grey levels on noisy frames."""
+    if tuple(frames.shape[-2:]) == tuple(int(v) for v in size):
+        return frames.float()
+    if frames.device.type == "cpu":
+        return F.interpolate(frames, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).float()
+    return resize_bicubic_aa(frames, size)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

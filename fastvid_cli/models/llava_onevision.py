@@ -22,7 +22,7 @@ from fastvid_cli.models import ModelRef, hf_loading
 from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
 from fastvid_cli.models.hf_loading import device_of as _device_of
 from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN_HEAD_FILE, load_saliency_head
-from fastvid_cli.preprocess import normalize, resize_bicubic_aa
+from fastvid_cli.preprocess import normalize, resize_frames
 
 FAMILY = "llava_onevision"
 # The paper's LLaVA-OV settings (fastvid-spec.md §2.13).
@@ -39,15 +39,6 @@ def read_mean_std(ref: ModelRef) -> tuple[list[float], list[float], str]:
     return hf_loading.read_mean_std(ref, SIGLIP_MEAN_STD, "default (SigLIP 0.5/0.5)")
 
 
-def resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T,3,H,W) uint8 -> float (T,3,h,w) with values 0..255, bicubic + antialias like torchvision.
-
-    On CPU torch's uint8 kernel itself (what torchvision, and so the HF processors, run); on other devices the
-    matmul form of the same integer arithmetic (fastvid_cli.preprocess), equal to it bit for bit. A plain float
-    interpolate would differ by up to ~15 grey levels on noisy frames."""
-    if frames.device.type == "cpu":
-        return F.interpolate(frames, size=size, mode="bicubic", antialias=True, align_corners=False).float()
-    return resize_bicubic_aa(frames, size)
 
 
 class LlavaOnevisionAdapter:
@@ -108,13 +99,13 @@ class LlavaOnevisionAdapter:
 
         `device` picks where resize and normalisation run. Default: the vision device when it is a GPU (the uint8
         frames are uploaded, a quarter of the float bytes, and resized there), else the CPU. Both give the same
-        values as the HF processor (see resize_uint8)."""
+        values as the HF processor (see preprocess.resize_frames)."""
         x = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
         x = x.permute(0, 3, 1, 2)  # channels-last strides: the fast layout for the uint8 resize kernel
         if device is None:
             device = self.vision_device if self.vision_device.type == "cuda" else x.device
         x = x.to(device, non_blocking=True)
-        x = normalize(resize_uint8(x, (self.image_size, self.image_size)), self.mean, self.std)
+        x = normalize(resize_frames(x, (self.image_size, self.image_size)), self.mean, self.std)
         return x.to(device=self.vision_device, dtype=self.dtype).contiguous()
 
     # ------------------------------------------------------------------ features

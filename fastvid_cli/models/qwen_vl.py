@@ -34,7 +34,7 @@ from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, Unknow
 from fastvid_cli.models import ModelRef, hf_loading
 from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
 from fastvid_cli.models.hf_loading import device_of
-from fastvid_cli.preprocess import resize_bicubic_aa
+from fastvid_cli.preprocess import resize_frames
 
 _CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
             "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
@@ -175,15 +175,6 @@ def frame_size(height: int, width: int, n_frames: int, factor: int, budget: Vide
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T,3,H,W) uint8 -> float32 (T,3,h,w), integer values 0..255: torch's uint8 bicubic+antialias kernel (what
-    torchvision, and so the HF processors, run) on CPU, its exact matmul form elsewhere. Same size: unchanged, as
-    torchvision returns it."""
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames.float()
-    if frames.device.type == "cpu":
-        return F.interpolate(frames, size=size, mode="bicubic", antialias=True, align_corners=False).float()
-    return resize_bicubic_aa(frames, size)
 
 
 def normalize_fused(x: torch.Tensor, mean, std) -> torch.Tensor:
