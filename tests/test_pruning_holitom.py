@@ -50,23 +50,8 @@ def reference_outer(X, a, ratio, tau, beta=0.6, K=7):
     F, N, D = X.shape
     T = F * N
     S = temporal_similarity(X)
-
-    def gain(s, e):
-        return len(static_positions(S, s, e, tau)) * (e - s) if e > s else 0
-
-    best, prev = [0] * F, [0] * F
-    for i in range(F):
-        best[i], prev[i] = (best[i - 1] if i > 0 else 0), i
-        for w in range(2, i + 2):
-            cand = (best[i - w] if i - w >= 0 else 0) + gain(i - w + 1, i)
-            if cand > best[i]:
-                best[i], prev[i] = cand, i - w + 1
-    windows, i = [], F - 1
-    while i >= 0:
-        windows.append((prev[i], i))
-        i = prev[i] - 1
-    windows.reverse()
-    rp = min(ratio / ((T - best[F - 1]) / T), 1)
+    windows, merged = plain_dp(S, tau, F)  # no window-size cap
+    rp = min(ratio / ((T - merged) / T), 1)
 
     def top(values, m):  # indices of the m largest, lowest index first among equals, then in spatial order
         order = sorted(range(len(values)), key=lambda u: (-float(values[u]), u))
