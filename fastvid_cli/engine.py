@@ -657,6 +657,9 @@ class VideoSession:
         else:
             full_flops = eng.adapter.llm_prefill_flops(asm.full_length)
             kept_flops = eng.adapter.llm_prefill_flops(asm.length)
+            if "inner" in box:  # layers from K on ran on the merged sequence (every layer costs the same)
+                m, n = box["inner"], len(eng.model.get_decoder().layers)
+                kept_flops = (m.layer * kept_flops + (n - m.layer) * eng.adapter.llm_prefill_flops(m.length_after)) / n
             report.prefill_speedup = round(full_flops / kept_flops, 3)
             report.prefill_speedup_measured = False
         report.timings_ms = {k: round(v, 3) for k, v in timings.items()}

@@ -101,6 +101,10 @@ def test_engine_answers_with_the_inner_stage(engine, index_video):
     sess = engine.session(str(index_video), frames=4, prune=prune)
     r = sess.answer("What happens?", GenerationOptions(max_new_tokens=3))
     assert r.new_tokens == 3 and r.decode_mode == "eager"
+    outer = engine.session_from_features(str(index_video), sess.clip, sess.feats,
+                                         PruneOptions(method="holitom", ratio=0.25)).answer(
+        "What happens?", GenerationOptions(max_new_tokens=1))
+    assert r.prefill_speedup > outer.prefill_speedup  # the estimate counts the shorter layers from K on
     assert any(f"before LLM layer {k}" in n for n in r.notes)
     many = sess.answer_many(["What happens?", "Why?"], GenerationOptions(max_new_tokens=3))
     assert many[0].answer == r.answer  # no batching, no shared prefix: the same answer
