@@ -458,7 +458,8 @@ class VideoSession:
         r.notes.extend(result.notes)
         r.notes.extend(self.notes)
         if clip.short:
-            r.notes.append(f"the clip has only {clip.total_frames} frames; used all of them instead of {clip.requested}")
+            r.notes.append(f"the clip has only {clip.total_frames} frames; used all of them instead of "
+                           f"{clip.requested}")
         return r
 
     # Most prompt+answer tokens (summed over rows) one batched decode holds in its replicated KV cache.
