@@ -193,7 +193,8 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     times = "  ".join(f"{label} [bold]{fmt_ms(t.get(key))}[/]" for key, label in stages if key in t)
     if "sample_wait" in t:  # sampling ran during the model load: only the wait after it counts
         times = times.replace(f"sample [bold]{fmt_ms(t.get('sample'))}[/]",
-                              f"sample [bold]{fmt_ms(t.get('sample'))}[/] (during load; waited {fmt_ms(t['sample_wait'])})")
+                              f"sample [bold]{fmt_ms(t.get('sample'))}[/] (during load; waited "
+                              f"{fmt_ms(t['sample_wait'])})")
     if load_ms is not None:
         times = f"load [bold]{fmt_ms(load_ms)}[/]  " + times
     grid.add_row("time", times)

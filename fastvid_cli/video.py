@@ -7,8 +7,9 @@ frame's presentation timestamp and the keyframes, pick the target indices, then 
 target's keyframe only when the decoder is not already inside (or just before) that GOP, else decode forward. The
 runs of frames that start with a seek are shared out to several decoders running in parallel (one per core, up to
 _MAX_DECODERS), and only the kept frames are converted to RGB. The frames are bit-identical to a full sequential
-decode that keeps the same indices; when anything about the stream makes that mapping uncertain (missing or duplicate timestamps, frames the decoder never outputs), we fall back to
-a sequential decode, which is correct by construction.
+decode that keeps the same indices; when anything about the stream makes that mapping uncertain (missing or
+duplicate timestamps, frames the decoder never outputs), we fall back to a sequential decode, which is correct by
+construction.
 """
 
 from __future__ import annotations

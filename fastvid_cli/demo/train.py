@@ -208,7 +208,8 @@ def train(args) -> dict:
     write_head(out_dir / OWN_HEAD_FILE, head.float(), head_cfg)
     summary = dict(seed=args.seed, steps=step, batch=args.batch, frames=args.frames, lr=args.lr,
                    short_share=args.short_share, mc_target=args.mc_target, minutes=round(
-        (time.perf_counter() - t0) / 60, 2), device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", log=log,
+        (time.perf_counter() - t0) / 60, 2), log=log,
+        device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
         torch=torch.__version__)
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -224,7 +225,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--aux-weight", type=float, default=0.5)
-    ap.add_argument("--short-share", type=float, default=0.5, help="share of short-answer (not multiple-choice) prompts")
+    ap.add_argument("--short-share", type=float, default=0.5,
+                    help="share of short-answer (not multiple-choice) prompts")
     ap.add_argument("--mc-target", choices=["word", "letter"], default="word",
                     help="what a multiple-choice prompt is trained to answer: the option's word (default; the eval "
                          "scorer maps an answer naming exactly one option to its letter) or the letter itself (two "
