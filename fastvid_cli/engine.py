@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from fastvid_cli import __version__, hub
+from fastvid_cli import __version__, fast_decode, hub
 from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError, UnknownModelError
 from fastvid_cli.models import FAMILIES, ModelRef, resolve_model
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
@@ -156,6 +156,8 @@ class Engine:
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.static_decoder: StaticDecoder | None = None
         self.static_broken: str | None = None  # why the CUDA-graph decoder cannot be used, once it failed
+        self.fused_decoder: fast_decode.FusedDecoder | None = None  # Qwen2/Qwen3 LLMs: the fused graph step
+        self.fused_broken: str | None = None
 
     # ------------------------------------------------------------------ load
     @classmethod
@@ -269,18 +271,31 @@ class Engine:
     # ------------------------------------------------------------------ decoding
     def decode(self, logits: torch.Tensor, cache, next_position: torch.Tensor, gen: GenerationOptions, *,
                on_token=None, stop: threading.Event | None = None, notes: list[str] | None = None):
-        """Decode after a prefill into `cache`: through the CUDA-graph StaticDecoder when `gen.compile` asks for it
-        and it can run here, else the eager loop. A capture failure falls back to eager (noted), and the engine
-        stops trying."""
+        """Decode after a prefill into `cache`. When `gen.compile` asks for it (default: on CUDA): Qwen2/Qwen3 dense
+        LLMs (LLaVA-OV, Qwen2/2.5/3-VL) through the fused CUDA-graph step (fast_decode), other models through the
+        CUDA-graph StaticDecoder; else the eager loop. A failure falls back to eager (noted), and the engine stops
+        trying that decoder."""
         notes = notes if notes is not None else []
         why = None
+        fused = False
         if gen.compile is not False:  # None = on where it can run, silently off where it cannot
             why = ("--compile needs a CUDA device" if not self.cuda else
                    self.static_broken or StaticDecoder.unsupported(self.model, cache))
-            if why is None and cache_length(cache) + gen.max_new_tokens > StaticDecoder.MAX_TOKENS:
+            fused = why is None and self.fused_broken is None and fast_decode.unsupported(self.model) is None
+            if why is None and not fused and cache_length(cache) + gen.max_new_tokens > StaticDecoder.MAX_TOKENS:
                 why = (f"prompt + answer longer than {StaticDecoder.MAX_TOKENS} tokens (the graph attends over its "
                        "whole static buffer every step, slower than eager decoding at that length)")
         if gen.compile is not False and why is None:
+            if fused:
+                if self.fused_decoder is None:
+                    self.fused_decoder = fast_decode.FusedDecoder(self.model)
+                res = self.fused_decoder.decode(self.model, logits, cache, next_position, gen.sampling(),
+                                                on_token=on_token, stop=stop)
+                if res.fallback:
+                    self.fused_decoder = None
+                    self.fused_broken = f"fused decode step failed ({res.fallback})"
+                    notes.append(f"--compile: {self.fused_broken}; decoded eagerly")
+                return res
             if self.static_decoder is None:
                 self.static_decoder = StaticDecoder(self.model)
             res = self.static_decoder.decode(self.model, logits, cache, next_position, gen.sampling(),

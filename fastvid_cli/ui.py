@@ -200,9 +200,10 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     grid.add_row("time", times)
     tps = r.get("decode_tokens_per_s")
     mode = r.get("decode_mode") or ""
-    if mode == "cuda-graph":
+    if mode in ("cuda-graph", "fused-graph"):
         cap = t.get("graph_capture")
-        mode = "CUDA graph" + (f", captured in {fmt_ms(cap)}" if cap is not None else ", reused")
+        mode = ("fused " if mode == "fused-graph" else "") + "CUDA graph" + (
+            f", captured in {fmt_ms(cap)}" if cap is not None else ", reused")
     grid.add_row("decode", f"{r['new_tokens']} new tokens" + (f", {tps:.1f} tok/s" if tps else "")
                  + (f" · {mode}" if mode else "")
                  + (f" (stopped: {r['stop_reason']})" if r.get("stop_reason") not in ("", "eos") else ""))

@@ -333,7 +333,7 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     decoded exactly as the single decoder would decode it, so the frames are the same. One run, or threads=1:
     the single decoder on ``container``. Returns what _decode_sparse returns."""
     budget = threads if threads > 0 else _cpu_count()
-    runs, work = _plan_runs(pts, keys, indices)
+    runs, work = _plan_runs(pts, keys, indices, parts=min(budget, _MAX_DECODERS))
     workers = min(budget, len(runs), _MAX_DECODERS)
     if workers <= 1:
         return _decode_sparse(container, stream, pts, keys, indices)
@@ -366,22 +366,46 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     return out, results[first][1]
 
 
-def _plan_runs(pts: list[int], keys: list[int], indices: list[int]) -> tuple[list[list[int]], list[int]]:
+def _plan_runs(pts: list[int], keys: list[int], indices: list[int],
+               parts: int = 1) -> tuple[list[list[int]], list[int]]:
     """Cut the targets into runs that start with a seek, by _decode_sparse's rule. Returns (positions in
-    ``indices`` of each run's targets, frames each run decodes)."""
+    ``indices`` of each run's targets, frames each run decodes).
+
+    With ``parts`` > 1 decoders to share the runs, a run longer than an equal share is also cut at a keyframe it
+    crosses (the one that balances its halves best): one decoder would rather decode on than seek there, but
+    a run is decoded by one decoder alone, so two GOPs in one run take twice as long as two decoders take for
+    them. Decoding from a keyframe gives the same frames either way; the cut also skips the frames between."""
     runs: list[list[int]] = []
-    work: list[int] = []
     pos = None
     for j, i in enumerate(indices):
         _, k = _key_pos(pts, keys, pts[i])
         if pos is None or k - pos > _MIN_SKIP:
             runs.append([j])
-            work.append(i - k + 1)
         else:
             runs[-1].append(j)
-            work[-1] += i - pos + 1
         pos = i + 1
-    return runs, work
+
+    def work(run: list[int]) -> int:
+        first = indices[run[0]]
+        return first - _key_pos(pts, keys, pts[first])[1] + 1 + indices[run[-1]] - first
+
+    if parts > 1:
+        done: set[int] = set()  # runs that cannot be cut
+        while True:
+            loads = [work(r) for r in runs]
+            r = max((x for x in range(len(runs)) if x not in done), key=lambda x: loads[x], default=None)
+            if r is None or loads[r] * parts <= sum(loads):
+                break
+            run = runs[r]
+            cuts = [c for c in range(1, len(run))
+                    if _key_pos(pts, keys, pts[indices[run[c]]])[1] > indices[run[c - 1]]]
+            if not cuts:
+                done.add(r)
+                continue
+            c = min(cuts, key=lambda c: (max(work(run[:c]), work(run[c:])), c))
+            runs[r:r + 1] = [run[:c], run[c:]]
+            done = {x + (x > r) for x in done}
+    return runs, [work(r) for r in runs]
 
 
 def _cpu_count() -> int:

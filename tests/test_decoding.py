@@ -1,14 +1,19 @@
-"""The decode loops: the eager loop and the static-KV-cache decoder (`--compile`) give the same token stream.
+"""The decode loops: the eager loop, the static-KV-cache decoder and the fused step (`--compile`) give the same
+token stream.
 
-On CPU the StaticDecoder runs its step eagerly (graphs=False): same buffers, same cache copy, same position
-bookkeeping as on CUDA, where each step is a replayed graph (checked on the GPU by benchmarks/gpu_checks.py).
+On CPU the StaticDecoder and the FusedDecoder run their steps eagerly (graphs=False) with plain torch kernels:
+same buffers, same cache copy, same position bookkeeping as on CUDA, where each step is a replayed graph and the
+fused step uses Triton kernels (checked on the GPU by benchmarks/bench_decode.py).
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from fastvid_cli import fast_decode
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
+from fastvid_cli.fast_decode import FusedDecoder
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
 from fastvid_cli.pruning import fastvid
 from fastvid_cli.video import sample_frames
@@ -165,11 +170,106 @@ def test_sampling_is_answered_one_by_one(engine, index_video):
 
 
 def test_long_prompts_decode_eagerly_even_with_compile(engine, index_video, monkeypatch):
-    """Past StaticDecoder.MAX_TOKENS the graph decoder would be slower than eager: the engine does not use it and,
-    when --compile was asked for explicitly, says why."""
+    """Models the fused step does not cover: past StaticDecoder.MAX_TOKENS the graph decoder would be slower than
+    eager, so the engine does not use it and, when --compile was asked for explicitly, says why."""
     monkeypatch.setattr(engine, "cuda", True)  # pretend: the length rule is checked before anything touches CUDA
+    monkeypatch.setattr(fast_decode, "unsupported", lambda _m: "not a Qwen model")
     monkeypatch.setattr(StaticDecoder, "MAX_TOKENS", 64)
     r = engine.ask(str(index_video), "Q?", frames=8, prune=PruneOptions(ratio=0.25),
                    gen=GenerationOptions(max_new_tokens=3, compile=True))
     assert r.decode_mode == "eager" and r.new_tokens == 3
     assert any("longer than 64 tokens" in n for n in r.notes)
+
+
+# ------------------------------------------------------------------------------------------ the fused step
+def test_fused_step_greedy_equals_eager_loop_across_attention_spans(engine, pruned, monkeypatch):
+    monkeypatch.setattr(FusedDecoder, "SPAN", 16)  # a 40-token answer crosses three spans
+    s = Sampling(max_new_tokens=40)
+    eager, _ = run(decode, engine.model, pruned, s)
+    fused = FusedDecoder(engine.model, graphs=False)
+    ours, dyn = run(fused.decode, engine.model, pruned, s)
+    assert ours.token_ids == eager.token_ids and len(ours.token_ids) == 40
+    assert ours.mode == "fused" and ours.fallback is None
+    assert dyn.get_seq_length() == pruned.length  # the prefilled dynamic cache is only read
+    assert fused.capacity >= pruned.length + 40 and fused.capacity % 16 == 0
+
+
+def test_fused_step_sampling_with_a_seed_equals_eager_loop(engine, pruned):
+    s = Sampling(max_new_tokens=12, temperature=1.3, top_p=0.9, seed=11)
+    eager, _ = run(decode, engine.model, pruned, s)
+    ours, _ = run(FusedDecoder(engine.model, graphs=False).decode, engine.model, pruned, s)
+    assert ours.token_ids == eager.token_ids
+
+
+def test_fused_weights_are_views_that_leave_the_stock_forward_unchanged(engine, pruned):
+    """q/k/v and gate/up become row views of one block per layer: same values, so the stock model computes
+    exactly what it did; a second decoder on the same model finds the blocks instead of copying again."""
+    model = engine.model
+    with torch.inference_mode():
+        before = model(inputs_embeds=pruned.inputs_embeds, position_ids=pruned.position_ids).logits
+        first = FusedDecoder(model, graphs=False)
+        after = model(inputs_embeds=pruned.inputs_embeds, position_ids=pruned.position_ids).logits
+    assert torch.equal(before, after)
+    attn = model.get_decoder().layers[0].self_attn
+    block = first.layers[0].qkv_w
+    assert attn.q_proj.weight.data_ptr() == block.data_ptr()
+    assert attn.k_proj.weight.data_ptr() == block.data_ptr() + attn.q_proj.weight.numel() * block.element_size()
+    assert torch.equal(block[: attn.q_proj.weight.shape[0]], attn.q_proj.weight)
+    second = FusedDecoder(model, graphs=False)
+    assert second.layers[0].qkv_w.data_ptr() == block.data_ptr()
+    assert second.layers[0].gu_w.data_ptr() == first.layers[0].gu_w.data_ptr()
+
+
+def test_fused_step_after_a_shared_prefix_equals_a_fresh_prefill(engine, pruned):
+    model, cut = engine.model, pruned.video_span[1]
+    s = Sampling(max_new_tokens=8)
+    fresh, _ = run(decode, model, pruned, s)
+    cache = new_cache(model)
+    prefill(model, pruned.inputs_embeds[:, :cut], pruned.position_ids[..., :cut], cache)
+    logits = prefill(model, pruned.inputs_embeds[:, cut:], pruned.position_ids[..., cut:], cache)
+    ours = FusedDecoder(model, graphs=False).decode(model, logits, cache, pruned.next_position, s)
+    assert ours.token_ids == fresh.token_ids
+
+
+@pytest.mark.parametrize("fail_at", [0, 5])
+def test_a_failing_fused_step_goes_on_eagerly_with_the_same_stream(engine, pruned, monkeypatch, fail_at):
+    """A failure while loading the buffers (0) or in the middle of the answer (5: e.g. capturing a longer span)
+    hands over to the eager loop, which continues from the tokens decoded so far."""
+    fused = FusedDecoder(engine.model, graphs=False)
+    real, calls = fused._step, []
+
+    def flaky(span):
+        calls.append(span)
+        if len(calls) > fail_at:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real(span)
+
+    monkeypatch.setattr(fused, "_step", flaky)
+    s = Sampling(max_new_tokens=12)
+    eager, _ = run(decode, engine.model, pruned, s)
+    ours, _ = run(fused.decode, engine.model, pruned, s)
+    assert ours.token_ids == eager.token_ids
+    assert ours.mode == "eager" and "not permitted" in ours.fallback
+
+
+def test_engine_uses_the_fused_step_without_a_length_limit(engine, index_video, monkeypatch):
+    monkeypatch.setattr(engine, "cuda", True)
+    monkeypatch.setattr(StaticDecoder, "MAX_TOKENS", 64)  # would stop the StaticDecoder; the fused step has spans
+    monkeypatch.setattr(engine, "fused_decoder", FusedDecoder(engine.model, graphs=False))
+    prune = PruneOptions(ratio=0.25)
+    r = engine.ask(str(index_video), "Q?", frames=8, prune=prune, gen=GenerationOptions(max_new_tokens=6,
+                                                                                          compile=True))
+    eager = engine.ask(str(index_video), "Q?", frames=8, prune=prune, gen=GenerationOptions(max_new_tokens=6,
+                                                                                              compile=False))
+    assert r.decode_mode == "fused" and r.answer == eager.answer and r.new_tokens == 6
+    assert not any("--compile" in n for n in r.notes)
+
+
+def test_fused_step_says_which_models_it_cannot_run(engine, monkeypatch):
+    assert fast_decode.unsupported(engine.model) is None  # LLaVA-OV's Qwen2 LLM
+    monkeypatch.setattr(fast_decode, "LAYER_CLASSES", {"LlamaDecoderLayer"})
+    assert "not Qwen2/Qwen3 dense layers" in fast_decode.unsupported(engine.model)
+    monkeypatch.undo()
+    layer = engine.model.get_decoder().layers[1]
+    monkeypatch.setattr(layer, "_hf_hook", object(), raising=False)
+    assert "accelerate hooks" in fast_decode.unsupported(engine.model)

@@ -9,8 +9,10 @@ import json
 import pytest
 import torch
 
+from fastvid_cli import fast_decode
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+from fastvid_cli.fast_decode import FusedDecoder
 from fastvid_cli.errors import InvalidOptionError, VideoDecodeError
 from fastvid_cli.models import qwen_vl as Q
 from fastvid_cli.pruning.fastvid_qwen import duplicate_runs, fastvid_qwen, segment_budget
@@ -58,14 +60,17 @@ def encoded(engine, clip):
     return pixels, a.encode(pixels)
 
 
-def our_tokens(engine, asm, n: int, *, static: bool = False) -> list[int]:
-    """Greedy tokens from our prefill + the eager loop, or the static-cache decoder (no CUDA graph, as on CPU)."""
+def our_tokens(engine, asm, n: int, *, static: bool = False, fused: bool = False) -> list[int]:
+    """Greedy tokens from our prefill + the eager loop, the static-cache decoder or the fused step (both without
+    CUDA graphs, as on CPU)."""
     model = engine.model
     cache = new_cache(model)
     logits = prefill(model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
     s = Sampling(max_new_tokens=n)
     if static:
         return StaticDecoder(model, graphs=False).decode(model, logits, cache, asm.next_position, s).token_ids
+    if fused:
+        return FusedDecoder(model, graphs=False).decode(model, logits, cache, asm.next_position, s).token_ids
     return decode(model, logits, cache, asm.next_position, s).token_ids
 
 
@@ -197,6 +202,10 @@ def test_ratio_one_reproduces_stock_generate_token_for_token(engines, clip, inde
     assert asm.length == asm.full_length == a.full_input_ids(prompt, feats).shape[1]
     assert our_tokens(eng, asm, 12) == ref
     assert our_tokens(eng, asm, 12, static=True) == ref  # the CUDA-graph decoder's step, run eagerly
+    if kind == "qwen3_vl_moe":  # experts: the fused step leaves this model to the StaticDecoder
+        assert "not Qwen2/Qwen3 dense layers" in fast_decode.unsupported(eng.model)
+    else:
+        assert our_tokens(eng, asm, 12, fused=True) == ref  # the fused step (torch kernels, no graph)
     report = eng.ask(str(index_video), "What happens in this video?", clip=clip, sample_ms=1.0,
                      prune=PruneOptions(method="none", ratio=1.0), gen=GenerationOptions(max_new_tokens=12))
     assert report.answer == a.tokenizer.decode(ref, skip_special_tokens=True)
@@ -257,6 +266,7 @@ def test_pruned_run_keeps_original_3d_positions(engines, clip, kind):
                                  do_sample=False)
     assert out[0].tolist() == ours
     assert our_tokens(eng, asm, 5, static=True) == ours  # the static-cache decoder continues the same way
+    assert our_tokens(eng, asm, 5, fused=True) == ours  # so does the fused step (rotary from the M-RoPE column)
 
 
 def test_qwen3_deepstack_is_pruned_with_the_same_indices(engines, clip):
@@ -282,6 +292,7 @@ def test_qwen3_deepstack_is_pruned_with_the_same_indices(engines, clip):
     assert asm.prefill_extra(asm.video_span[1]) is None  # nothing visual after the span (shared-prefix split)
     ours = our_tokens(eng, asm, 6)
     assert our_tokens(eng, asm, 6, static=True) == ours  # the static-cache decoder continues the same way
+    assert our_tokens(eng, asm, 6, fused=True) == ours
     with torch.inference_mode():  # without DeepStack the model computes something else
         cache = new_cache(eng.model)
         plain = prefill(eng.model, asm.inputs_embeds, asm.position_ids, cache)

@@ -242,6 +242,19 @@ def test_runs_are_shared_out_to_parallel_decoders(no_fallback, counting, gop12, 
     assert np.array_equal(clip.frames, single.frames) and clip.indices == single.indices
 
 
+def test_a_long_run_is_cut_at_keyframes_for_parallel_decoders(no_fallback, counting, gop12):
+    """20 of 240 frames (GOP 12): one decoder decodes straight through (a seek would cost more than the few
+    frames it skips), so the targets form one run; with 4 decoders the run is cut at keyframes into about equal
+    parts, so no decoder decodes much more than a quarter. Same frames, no more work in all."""
+    clip = sample_frames(gop12, 20, threads=4)
+    assert_exact(clip, gop12, 240, 20)
+    decoders = [c for c in counting if c.decoded]
+    assert len(decoders) == 4
+    assert max(c.decoded for c in decoders) <= 240 // 4 + 12
+    assert sum(c.decoded for c in counting) <= 240
+    assert video._plan_runs(list(range(240)), list(range(0, 240, 12)), clip.indices)[1] == [240]  # one run alone
+
+
 # --- variable frame rate ---
 
 

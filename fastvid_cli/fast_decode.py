@@ -1,0 +1,396 @@
+"""A short, fused decode step for the Qwen2 / Qwen3 dense language models (gpt-fast style), replayed as CUDA graphs.
+
+Why: one decode step of a 7B model through transformers' layer modules is ~1500 small kernels; even replayed as
+one CUDA graph (`decoding.StaticDecoder`) their fixed cost (~1-9 us each) adds ~3 ms to the ~4-6 ms it takes to
+stream the weights, so decoding stalls at 100-130 tok/s. This step computes the same layers from the same weight
+tensors with about a dozen kernels per layer:
+
+* q/k/v and gate/up are each ONE matrix product: the model's own weight tensors are moved into one contiguous
+  block per layer and the projections' parameters become views of it (same values, same memory, so the stock
+  prefill is unchanged and bit-identical);
+* RMSNorm with the residual add, rotary embedding with the KV-cache write (and Qwen3's q/k norm), and SiLU * up
+  are single Triton kernels on CUDA (plain torch elsewhere: the CPU tests run that path);
+* attention of the one new query over the static cache is two batched matmuls per layer, grouped by KV head
+  (no repeat of K/V), over the first `span` cache slots only, where spans come in steps of SPAN so that one
+  graph per span serves any prompt length.
+
+Nothing of transformers is patched: the prefill still runs the stock model; this module only reads its
+configuration and weights (after the one-time re-layout above).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fastvid_cli.decoding import (DecodeResult, Sampling, _eager_steps, _emit, _Picker, eos_ids, new_cache,
+                                  position_column)
+
+# Decoder layer classes whose computation this step reproduces (checked in tests against the stock forward).
+LAYER_CLASSES = {"Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen3VLTextDecoderLayer",
+                 "Qwen3DecoderLayer"}
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Qwen RMSNorm: normalise in fp32, cast back, scale."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+# ------------------------------------------------------------------------------------------ kernels
+class _TorchOps:
+    """Reference kernels in plain torch (CPU, or CUDA without Triton). Same contracts as _TritonOps."""
+
+    name = "torch"
+
+    @staticmethod
+    def add_rms(x: torch.Tensor, res: torch.Tensor | None, w: torch.Tensor, eps: float) -> torch.Tensor:
+        """x += res (in place: x is the residual stream), then RMSNorm(x) * w. x: (1, H)."""
+        if res is not None:
+            x.add_(res)
+        return _rms(x, w, eps)
+
+    @staticmethod
+    def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_buf: torch.Tensor,
+                   v_buf: torch.Tensor, q_out: torch.Tensor, nq: int, nkv: int, qn: torch.Tensor | None,
+                   kn: torch.Tensor | None, eps: float) -> None:
+        """Split the fused (1, (nq+2nkv)*D) projection, (q/k norm), rotate q and k, write q to q_out (nq, D) and
+        k, v into the caches (nkv, cap, D) at `slot` (a (1,) long tensor)."""
+        d = q_out.shape[-1]
+        q, k, v = qkv.view(nq + 2 * nkv, d).split((nq, nkv, nkv))
+        if qn is not None:
+            q, k = _rms(q, qn, eps), _rms(k, kn, eps)
+        q_out.copy_(_rotate(q, cos, sin))
+        k_buf.index_copy_(1, slot, _rotate(k, cos, sin).unsqueeze(1))
+        v_buf.index_copy_(1, slot, v.unsqueeze(1))
+
+    @staticmethod
+    def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+        g, u = gu.chunk(2, dim=-1)
+        return F.silu(g) * u
+
+
+_TRITON = None
+
+
+def _triton_ops():
+    """The Triton kernels (compiled on first use, cached by Triton on disk), or None where Triton is missing."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from fastvid_cli import fast_kernels
+            _TRITON = fast_kernels.TritonOps
+        except Exception:  # noqa: BLE001 - no Triton (CPU wheels): the torch kernels are used
+            _TRITON = False
+    return _TRITON or None
+
+
+# ------------------------------------------------------------------------------------------ weights
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor | None
+    o_w: torch.Tensor
+    gu_w: torch.Tensor
+    down_w: torch.Tensor
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+
+
+def _block(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The one tensor that `tensors` (contiguous, same trailing shape) already form back to back in one storage,
+    or None."""
+    first = tensors[0].detach()
+    ptr, storage = first.data_ptr(), first.untyped_storage().data_ptr()
+    for t in tensors:  # adjacent addresses are not enough: the caching allocator packs separate tensors too
+        if not t.is_contiguous() or t.data_ptr() != ptr or t.untyped_storage().data_ptr() != storage:
+            return None
+        ptr += t.numel() * t.element_size()
+    return first.as_strided((sum(t.shape[0] for t in tensors), *first.shape[1:]), first.stride())
+
+
+def _fuse(linears: list, name: str) -> torch.Tensor | None:
+    """Stack parameter `name` ("weight" or "bias") of `linears` into one block and make each module's parameter a
+    row view of it (values unchanged; each old tensor is freed as it is replaced). A second call finds the block."""
+    params = [getattr(m, name) for m in linears]
+    if params[0] is None:
+        return None
+    block = _block(params)
+    if block is not None:
+        return block
+    block = torch.empty((sum(p.shape[0] for p in params), *params[0].shape[1:]), dtype=params[0].dtype,
+                        device=params[0].device)
+    r = 0
+    for m, p in zip(linears, params):
+        n = p.shape[0]
+        block[r:r + n].copy_(p.detach())
+        setattr(m, name, torch.nn.Parameter(block[r:r + n], requires_grad=False))
+        r += n
+    return block
+
+
+def unsupported(model) -> str | None:
+    """Why the fused step cannot run this model (None when it can)."""
+    lm = model.get_decoder()
+    layers = getattr(lm, "layers", None)
+    if layers is None or len(layers) == 0:
+        return "no decoder layers found"
+    names = {type(layer).__name__ for layer in layers}
+    if not names <= LAYER_CLASSES:
+        return f"decoder layers {sorted(names)} are not Qwen2/Qwen3 dense layers"
+    cfg = lm.config
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r}"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "the model has sliding-window layers"
+    if any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return "the model is dispatched with accelerate hooks (offloaded or split over devices)"
+    devs = {p.device for p in lm.parameters()} | {model.get_output_embeddings().weight.device}
+    if len(devs) != 1:
+        return "the language model is spread over several devices"
+    a = layers[0].self_attn
+    if not all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        return "attention without q/k/v projections"
+    if getattr(layers[0].mlp, "gate_proj", None) is None:
+        return "a mixture-of-experts or non-gated MLP"
+    if getattr(a, "scaling", None) is None:
+        return "attention without a scaling attribute"
+    return None
+
+
+class FusedDecoder:
+    """Same contract as `decoding.StaticDecoder.decode` (and the same token stream as the eager loop, up to the
+    rounding of fused kernels in bf16). `graphs=False` runs the step without CUDA graphs (CPU tests).
+
+    State: static K/V buffers (layers, nkv, capacity, D) filled from the prefilled dynamic cache; a rotary table
+    for the positions this answer will use; one CUDA graph per attention span (multiple of SPAN)."""
+
+    SPAN = 256
+
+    def __init__(self, model, *, graphs: bool = True, ops=None):
+        self.model = model
+        self.graphs = graphs
+        lm = model.get_decoder()
+        self.lm = lm
+        self.embed = model.get_input_embeddings()
+        self.head_w = model.get_output_embeddings().weight
+        self.norm_w, self.norm_eps = lm.norm.weight, _eps(lm.norm)
+        self.rotary = lm.rotary_emb
+        a0 = lm.layers[0].self_attn
+        self.d = int(a0.head_dim)
+        self.nq = int(lm.config.num_attention_heads)
+        self.nkv = int(lm.config.num_key_value_heads)
+        self.scaling = float(a0.scaling)
+        self.eps = _eps(lm.layers[0].input_layernorm)
+        dev = self.head_w.device
+        self.ops = ops or (_triton_ops() if dev.type == "cuda" else None) or _TorchOps
+        self.layers: list[_Layer] = []
+        with torch.no_grad():
+            for layer in lm.layers:
+                at, mlp = layer.self_attn, layer.mlp
+                qkv = [at.q_proj, at.k_proj, at.v_proj]
+                qkv_w, qkv_b = _fuse(qkv, "weight"), _fuse(qkv, "bias")
+                gu_w = _fuse([mlp.gate_proj, mlp.up_proj], "weight")
+                qn = getattr(at, "q_norm", None)
+                kn = getattr(at, "k_norm", None)
+                self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                                          qkv_w, qkv_b, at.o_proj.weight, gu_w, mlp.down_proj.weight,
+                                          None if qn is None else qn.weight, None if kn is None else kn.weight))
+        self.capacity = 0
+        self.k = self.v = None
+        self.graphs_by_span: dict[int, tuple] = {}
+        self.captures = 0
+        self.capture_ms = 0.0
+
+    # -------------------------------------------------------------------------------------- buffers
+    def _allocate(self, capacity: int, dtype: torch.dtype) -> None:
+        dev = self.head_w.device
+        self.k = self.v = None
+        self.graphs_by_span = {}
+        if self.graphs:
+            torch.cuda.empty_cache()
+        n = len(self.layers)
+        self.k = torch.zeros((n, self.nkv, capacity, self.d), dtype=dtype, device=dev)
+        self.v = torch.zeros_like(self.k)
+        self.capacity = capacity
+        self.tok = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=dev)  # cache slot the next token is written to
+        self.step = torch.zeros((1,), dtype=torch.long, device=dev)  # row of the rotary table
+        self.cos = self.sin = None
+        self.slots = torch.arange(capacity, device=dev)
+        self.q = torch.empty((self.nq, self.d), dtype=dtype, device=dev)
+
+    def _rope_table(self, first: torch.Tensor, n: int) -> None:
+        """cos/sin (n, D) for the positions first, first+1, ... computed by the model's own rotary module (so any
+        rope scaling is the model's). M-RoPE columns must have equal rows (text tokens after the prompt)."""
+        dev = self.head_w.device
+        col = first.to(dev).reshape(first.shape[0], -1)[:, :1] if first.dim() == 3 else first.to(dev).reshape(1, 1)
+        if first.dim() == 3 and first.shape[0] == 4:
+            col = col[1:]  # Qwen2-VL's leading row is the text position, the rope uses the three M-RoPE rows
+        rows = col + torch.arange(n, device=dev).view(1, n)  # (R, n)
+        if first.dim() == 3:
+            pos = rows.view(rows.shape[0], 1, n)
+        else:
+            pos = rows.view(1, n)
+        dummy = torch.empty((1, n, self.d), dtype=self.k.dtype, device=dev)
+        cos, sin = self.rotary(dummy, pos)
+        if cos.dim() == 4:  # (3, B, n, D) before the model combines M-RoPE sections: the rows are equal here
+            cos, sin = cos[0], sin[0]
+        if self.cos is None or self.cos.shape != (n, self.d):
+            self.cos = torch.empty((n, self.d), dtype=self.k.dtype, device=dev)
+            self.sin = torch.empty_like(self.cos)
+        self.cos.copy_(cos.reshape(n, self.d))
+        self.sin.copy_(sin.reshape(n, self.d))
+
+    # -------------------------------------------------------------------------------------- the step
+    def _step(self, span: int) -> torch.Tensor:
+        """Embed tok, run every layer attending over cache slots [0, span) (those > slot masked), write this
+        token's K/V at slot; returns logits (1, V) and leaves the greedy token in tok; advances slot and step."""
+        ops = self.ops
+        x = F.embedding(self.tok.view(1), self.embed.weight)  # (1, H): the residual stream
+        cos = self.cos.index_select(0, self.step)
+        sin = self.sin.index_select(0, self.step)
+        bias = torch.zeros((1, 1, span), dtype=x.dtype, device=x.device).masked_fill_(
+            (self.slots[:span] > self.slot).view(1, 1, span), float("-inf"))
+        g = self.nq // self.nkv
+        res = None
+        for i, L in enumerate(self.layers):
+            h = ops.add_rms(x, res, L.ln1, self.eps)
+            qkv = F.linear(h, L.qkv_w, L.qkv_b)
+            ops.rope_write(qkv, cos, sin, self.slot, self.k[i], self.v[i], self.q, self.nq, self.nkv, L.q_norm,
+                           L.k_norm, self.eps)
+            s = torch.baddbmm(bias, self.q.view(self.nkv, g, self.d), self.k[i, :, :span].transpose(1, 2),
+                              alpha=self.scaling)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(x.dtype)
+            o = torch.bmm(p, self.v[i, :, :span]).view(1, self.nq * self.d)
+            res = F.linear(o, L.o_w)
+            h = ops.add_rms(x, res, L.ln2, self.eps)
+            res = F.linear(ops.silu_mul(F.linear(h, L.gu_w)), L.down_w)
+        h = ops.add_rms(x, res, self.norm_w, self.norm_eps)
+        logits = F.linear(h, self.head_w)
+        self.tok.copy_(logits.argmax(-1).view(1, 1))
+        self.slot.add_(1)
+        self.step.add_(1)
+        return logits
+
+    def _span(self, slot: int) -> int:
+        return min(self.capacity, (slot // self.SPAN + 1) * self.SPAN)
+
+    def _graph(self, span: int):
+        """(graph, logits) for `span`, captured on first use. Capturing runs the step; the caller restores the
+        state it changed (tok/slot/step and the K/V slot it wrote, which the next real step rewrites anyway)."""
+        got = self.graphs_by_span.get(span)
+        if got is not None:
+            return got
+        t0 = time.perf_counter()
+        saved = (self.tok.clone(), self.slot.clone(), self.step.clone())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step(span)  # warm-up: Triton compiles/launch caches, cuBLAS handles
+            self.tok.copy_(saved[0]); self.slot.copy_(saved[1]); self.step.copy_(saved[2])  # noqa: E702
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            logits = self._step(span)
+        torch.cuda.synchronize()
+        self.tok.copy_(saved[0]); self.slot.copy_(saved[1]); self.step.copy_(saved[2])  # noqa: E702
+        self.graphs_by_span[span] = (graph, logits)
+        self.captures += 1
+        self.capture_ms += (time.perf_counter() - t0) * 1e3
+        return graph, logits
+
+    # -------------------------------------------------------------------------------------- loading
+    def load(self, cache, next_position: torch.Tensor, max_new_tokens: int) -> None:
+        """Copy a prefilled dynamic `cache` into the static buffers (growing them if needed) and build the rotary
+        table for the next max_new_tokens positions."""
+        ks = [layer.keys for layer in cache.layers]
+        vs = [layer.values for layer in cache.layers]
+        if len(ks) != len(self.layers) or len({int(k.shape[2]) for k in ks}) != 1 or ks[0].shape[0] != 1:
+            raise ValueError("the KV cache does not have one equal-length batch-1 entry per layer")
+        length = int(ks[0].shape[2])
+        need = length + max_new_tokens
+        if self.k is None or need > self.capacity or self.k.dtype != ks[0].dtype:
+            self._allocate(-(-max(need, self.capacity) // self.SPAN) * self.SPAN, ks[0].dtype)
+        for i, (k, v) in enumerate(zip(ks, vs)):
+            self.k[i, :, :length].copy_(k[0])
+            self.v[i, :, :length].copy_(v[0])
+        self.slot.fill_(length)
+        self.step.zero_()
+        self._rope_table(next_position, max_new_tokens)
+        self.length = length
+
+    @torch.inference_mode()
+    def decode(self, model, first_logits: torch.Tensor, cache, next_position: int | torch.Tensor, s: Sampling,
+               on_token=None, stop: threading.Event | None = None) -> DecodeResult:
+        """Emit the first token from `first_logits` (before any buffer copy or capture), then decode on the
+        static buffers. `cache` is only read. Errors while loading/capturing propagate (the engine falls back)."""
+        res = DecodeResult(mode="fused-graph" if self.graphs else "fused")
+        pos = position_column(next_position, first_logits.device)
+        pick = _Picker(s, first_logits.device)
+        greedy = pick.gen is None
+        eos = eos_ids(model)
+        tok = pick(first_logits)
+        if _emit(res, int(tok.item()), s, eos, on_token, stop):
+            return res
+        before = self.capture_ms
+        try:
+            self.load(cache, pos, s.max_new_tokens)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the eager loop still answers, from the untouched prefill cache
+            return self._fall_back(e, res, cache, tok, pos, pick, s, eos, on_token, stop)
+        self.tok.copy_(tok.view(1, 1))
+        slot = self.length
+        while True:
+            span = self._span(slot)
+            try:
+                if self.graphs:
+                    graph, logits = self._graph(span)
+                    graph.replay()
+                else:
+                    logits = self._step(span)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - e.g. a failed capture of a longer span: go on eagerly
+                t = torch.tensor([[res.token_ids[-1]]], device=first_logits.device)
+                return self._fall_back(e, res, self._dynamic(slot), t, pos + (len(res.token_ids) - 1), pick, s,
+                                       eos, on_token, stop)
+            slot += 1
+            if not greedy:
+                self.tok.copy_(pick(logits[0]).view(1, 1))
+            if _emit(res, int(self.tok.item()), s, eos, on_token, stop):
+                if self.capture_ms > before:
+                    res.capture_ms = self.capture_ms - before
+                return res
+
+    def _dynamic(self, length: int):
+        """A transformers DynamicCache holding the first `length` static slots (what the eager loop continues)."""
+        cache = new_cache(self.model)
+        for i in range(len(self.layers)):
+            cache.update(self.k[i, :, :length].unsqueeze(0).clone(), self.v[i, :, :length].unsqueeze(0).clone(), i)
+        return cache
+
+    def _fall_back(self, e: Exception, res: DecodeResult, cache, tok, pos, pick, s, eos, on_token, stop):
+        res.mode = "eager"
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        res.fallback = f"{type(e).__name__}: {msg}"
+        self.k = self.v = None  # rebuilt on the next load
+        self.graphs_by_span = {}
+        return _eager_steps(self.model, tok.view(1, 1), cache, pos, pick, res, s, eos, on_token, stop)
+
+
+def _eps(norm) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
