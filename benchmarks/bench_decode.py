@@ -146,7 +146,20 @@ def tiny_fused_check() -> dict:
                     cache = new_cache(model)
                     logits = prefill(model, emb, pos, cache)
                     streams.append(fn(model, logits, cache, nxt, s).token_ids)
-            res[label] = streams[0] == streams[1] == streams[2]
+            a = streams[0]
+            res[label] = dict(tokens=len(a), equal_prefix=[next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                                                                 len(a)) for b in streams[1:]])
+        # one step's logits, fused vs the stock forward, from the same cache
+        with torch.inference_mode():
+            cache = new_cache(model)
+            prefill(model, emb, pos, cache)
+            tok = torch.tensor([[7]], device="cuda")
+            ref = model(input_ids=tok, position_ids=nxt, past_key_values=cache, use_cache=True).logits[0, -1]
+            cache = new_cache(model)
+            prefill(model, emb, pos, cache)
+            fused.load(cache, nxt, 4)
+            fused.tok.fill_(7)
+            res["step_logits_max_abs_diff"] = (fused._step(fused._span(fused.length))[0] - ref).abs().max().item()
         res["graphs"] = fused.captures
         res["ops"] = fused.ops.name
         out[name] = res

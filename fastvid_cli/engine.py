@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from fastvid_cli import __version__, fast_decode, hub
@@ -22,7 +24,8 @@ from fastvid_cli.models import FAMILIES, ModelRef, resolve_model
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
-from fastvid_cli.models.base import Assembled, VideoFeatures, dtype_name, resolve_device, resolve_dtype
+from fastvid_cli.models.base import (Assembled, VideoFeatures, dtype_name, merge_frame_chunks, resolve_device,
+                                     resolve_dtype)
 from fastvid_cli.video import Clip, sample_frames
 
 Stage = Callable[[str, str], None]  # (stage name, "start" | "done") progress callback
@@ -158,6 +161,9 @@ class Engine:
         self.static_broken: str | None = None  # why the CUDA-graph decoder cannot be used, once it failed
         self.fused_decoder: fast_decode.FusedDecoder | None = None  # Qwen2/Qwen3 LLMs: the fused graph step
         self.fused_broken: str | None = None
+        # Encode frames on the GPU while the rest are still being decoded (see sample_and_encode). None: wherever
+        # it pays, i.e. a CUDA vision tower (on the CPU the encoder would compete with the decoders for cores).
+        self.pipeline: bool | None = None
 
     # ------------------------------------------------------------------ load
     @classmethod
@@ -252,6 +258,101 @@ class Engine:
         timings["preprocess"] = (t1 - t0) * 1e3
         timings["vision"] = (t2 - t1) * 1e3
         return feats
+
+    def _pipelined(self) -> bool:
+        if not getattr(self.adapter, "frames_independent", False):
+            return False
+        if self.pipeline is not None:
+            return self.pipeline
+        return self.adapter.vision_device.type == "cuda"
+
+    # Fewest decoded frames worth one encoder call while decoding goes on (a larger backlog goes in one call).
+    PIPELINE_CHUNK = 8
+
+    def sample_and_encode(self, video: str, frames, timings: dict[str, float],
+                          on_stage: Stage) -> tuple[Clip, VideoFeatures]:
+        """Sample `frames` of `video` on a worker thread and encode the frames in groups as they are decoded, so
+        that preprocessing and the vision tower run during decoding instead of after it. Every frame is encoded
+        alone by the family (frames_independent), so the groups only change which frames share a batch.
+
+        Timings: sample = decoding wall time; preprocess / vision = their summed work (mostly hidden);
+        encode_after_sample = what was left to wait for after the last frame. If the frames handed out early are
+        not the clip's final frames (sequential fallback, rotation), the clip is encoded again as usual."""
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["clip"] = sample_frames(video, frames, on_frame=lambda slot, a: ready.put((slot, a)))
+            except BaseException as e:  # noqa: BLE001 - raised on the calling thread
+                box["error"] = e
+            finally:
+                box["t"] = time.perf_counter()
+                ready.put(None)
+
+        on_stage("sample", "start")
+        t0 = time.perf_counter()
+        worker = threading.Thread(target=work, daemon=True, name="fastvid-sample")
+        worker.start()
+        parts: list[tuple[list[int], list, VideoFeatures]] = []
+        spans: list[tuple[Any, Any, Any]] = []
+        host = {"preprocess": 0.0, "vision": 0.0}
+        try:
+            with torch.inference_mode(), _oom_guard():
+                pending: list = []
+                done = False
+                while not done:
+                    item = ready.get()
+                    while item is not None:
+                        pending.append(item)
+                        try:
+                            item = ready.get_nowait()
+                        except queue.Empty:
+                            break
+                    done = item is None
+                    if pending and (done or len(pending) >= self.PIPELINE_CHUNK):
+                        m0, h0 = self._mark(), time.perf_counter()
+                        pixels = self.adapter.preprocess(np.stack([a for _, a in pending]))
+                        m1, h1 = self._mark(), time.perf_counter()
+                        feats = self.adapter.encode(pixels)
+                        m2 = self._mark()
+                        host["preprocess"] += h1 - h0
+                        host["vision"] += time.perf_counter() - h1
+                        spans.append((m0, m1, m2))
+                        parts.append(([s for s, _ in pending], [a for _, a in pending], feats))
+                        pending = []
+        finally:
+            worker.join()
+        on_stage("sample", "done")
+        if "error" in box:
+            raise box["error"]
+        clip: Clip = box["clip"]
+        on_stage("encode", "start")
+        handed = [(s, a) for slots, arrays, _ in parts for s, a in zip(slots, arrays)]
+        if len(handed) == len(clip.indices) and all(np.shares_memory(clip.frames[s], a) for s, a in handed):
+            with torch.inference_mode(), _oom_guard():
+                feats = merge_frame_chunks([(slots, f) for slots, _, f in parts], len(clip.indices))
+            t_end = self.clock.now()
+            timings["sample"] = (box["t"] - t0) * 1e3
+            if self.cuda and spans and spans[0][0] is not None:
+                timings["preprocess"] = sum(a.elapsed_time(b) for a, b, _ in spans)
+                timings["vision"] = sum(b.elapsed_time(c) for _, b, c in spans)
+            else:
+                timings["preprocess"], timings["vision"] = host["preprocess"] * 1e3, host["vision"] * 1e3
+            timings["encode_after_sample"] = (t_end - box["t"]) * 1e3
+        else:
+            timings["sample"] = (box["t"] - t0) * 1e3
+            feats = self.features(clip, timings)
+        on_stage("encode", "done")
+        return clip, feats
+
+    def _mark(self):
+        """A recorded CUDA event on the vision device's stream (None on the CPU)."""
+        if self.adapter.vision_device.type != "cuda":
+            return None
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(torch.cuda.current_stream(self.adapter.vision_device))
+        return ev
 
     def prune(self, feats: VideoFeatures, opts: PruneOptions, timings: dict[str, float]):
         from fastvid_cli.pruning import accepts_attention, get_method
@@ -356,14 +457,17 @@ class Engine:
             clip, feats = hit
             timings.update(sample=0.0, preprocess=0.0, vision=0.0)
         else:
-            if clip is None:
-                on_stage("sample", "start")
-                clip, sample_ms = self.sample(video, frames)
-                on_stage("sample", "done")
-            timings["sample"] = sample_ms or 0.0
-            on_stage("encode", "start")
-            feats = self.features(clip, timings)
-            on_stage("encode", "done")
+            if clip is None and self._pipelined():
+                clip, feats = self.sample_and_encode(video, frames, timings, on_stage)
+            else:
+                if clip is None:
+                    on_stage("sample", "start")
+                    clip, sample_ms = self.sample(video, frames)
+                    on_stage("sample", "done")
+                timings["sample"] = sample_ms or 0.0
+                on_stage("encode", "start")
+                feats = self.features(clip, timings)
+                on_stage("encode", "done")
             if feature_cache is not None:
                 feature_cache.store(key, clip, feats)
         sess = self.session_from_features(video, clip, feats, prune, timings, system=system, on_stage=on_stage)

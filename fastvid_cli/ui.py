@@ -195,6 +195,10 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
         times = times.replace(f"sample [bold]{fmt_ms(t.get('sample'))}[/]",
                               f"sample [bold]{fmt_ms(t.get('sample'))}[/] (during load; waited "
                               f"{fmt_ms(t['sample_wait'])})")
+    if "encode_after_sample" in t:  # frames were encoded while the rest decoded: only the tail adds to TTFT
+        times = times.replace(f"vision [bold]{fmt_ms(t.get('vision'))}[/]",
+                              f"vision [bold]{fmt_ms(t.get('vision'))}[/] (during sampling; "
+                              f"{fmt_ms(t['encode_after_sample'])} after it)")
     if load_ms is not None:
         times = f"load [bold]{fmt_ms(load_ms)}[/]  " + times
     grid.add_row("time", times)

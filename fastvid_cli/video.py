@@ -104,7 +104,8 @@ def _pick_indices(total: int, num_frames: "int | IndexPlan", fps: float | None) 
     return indices
 
 
-def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = None) -> Clip:
+def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = None,
+                  on_frame: "Callable[[int, np.ndarray], None] | None" = None) -> Clip:
     """Decode ``num_frames`` uniformly spaced frames of the first video stream of ``path``.
 
     ``num_frames`` may instead be an IndexPlan: the frames at the indices it picks from the stream's exact frame
@@ -112,6 +113,11 @@ def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = 
 
     Returns a :class:`Clip` whose ``frames`` are uint8 (n, H, W, 3) RGB with n = min(num_frames, total_frames).
     threads: decoding threads in all (parallel GOP decoders x FFmpeg threads each); None or 0: every core.
+    on_frame(slot, frame): called from the decoding threads as each kept frame is ready (in the order they
+    finish, not in slot order), with a view of the uint8 (H, W, 3) row it fills, so a caller can start work on
+    frames before the last one is decoded. Only the sparse decoding path calls it; a frame handed out is final
+    only if it shares memory with the returned ``Clip.frames[slot]`` (a fallback to sequential decoding or an
+    upright rotation returns new arrays instead).
 
     Raises InvalidOptionError (num_frames < 1, threads < 0), VideoNotFoundError (no such path, or not a regular
     file), VideoDecodeError (not a video, no video stream, no decodable frame, truncated or corrupt data).
@@ -124,7 +130,7 @@ def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = 
     num_frames = num_frames if plan else int(num_frames)
     p, name = _existing_file(path)
     try:
-        return _sample(p, name, num_frames, int(threads or 0))
+        return _sample(p, name, num_frames, int(threads or 0), on_frame)
     except VideoDecodeError:
         raise
     except _AV_ERRORS as e:
@@ -209,7 +215,7 @@ class _Info:
     start: int | None  # stream.start_time, in time_base units
 
 
-def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int) -> Clip:
+def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int, on_frame=None) -> Clip:
     container, stream = _open_stream(p, name, threads)
     frames = None
     with container:
@@ -218,7 +224,7 @@ def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int) -> 
         pts, keys, exact = _demux_index(container, stream)
         if exact and pts:
             indices = _pick_indices(len(pts), num_frames, info.fps)
-            got = _decode_frames(p, name, container, stream, pts, keys, indices, threads)
+            got = _decode_frames(p, name, container, stream, pts, keys, indices, threads, on_frame)
             if got is not None:
                 frames, rotation = got
                 total = len(pts)
@@ -323,7 +329,7 @@ def _key_pos(pts: list[int], keys: list[int], target: int) -> tuple[int, int]:
 
 
 def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: list[int], indices: list[int],
-                   threads: int):
+                   threads: int, on_frame=None):
     """The frames at ``indices``, decoded sparsely on as many cores as ``threads`` allows (0: all).
 
     Frame threading alone scales poorly here: every seek flushes FFmpeg's frame-thread pipeline, and sparse
@@ -336,7 +342,7 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     runs, work = _plan_runs(pts, keys, indices, parts=min(budget, _MAX_DECODERS))
     workers = min(budget, len(runs), _MAX_DECODERS)
     if workers <= 1:
-        return _decode_sparse(container, stream, pts, keys, indices)
+        return _decode_sparse(container, stream, pts, keys, indices, on_frame=on_frame)
     per = max(1, budget // workers)
     # Longest run first to the least-loaded decoder; each decoder then visits its runs in file order.
     shares: list[list[int]] = [[] for _ in range(workers)]
@@ -354,7 +360,8 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     def job(slots: list[int]):
         c, s = _open_stream(p, name, per)
         with c:
-            return _decode_sparse(c, s, pts, keys, [indices[j] for j in slots], out=out, slots=slots)
+            return _decode_sparse(c, s, pts, keys, [indices[j] for j in slots], out=out, slots=slots,
+                                  on_frame=on_frame)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -416,7 +423,7 @@ def _cpu_count() -> int:
 
 
 def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: list[int],
-                   out: np.ndarray | None = None, slots: list[int] | None = None):
+                   out: np.ndarray | None = None, slots: list[int] | None = None, on_frame=None):
     """Decode only what is needed to produce the frames at ``indices`` (increasing).
 
     Every frame the decoder hands out is checked against the demuxed list, so a packet that yields no frame or a
@@ -465,7 +472,10 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
                 out = np.empty((len(indices), frame.height, frame.width, 3), np.uint8)
             elif out.shape[1:3] != (frame.height, frame.width):
                 return None
-        out[slots[j] if slots is not None else j] = _rgb(frame, out.shape[2], out.shape[1])
+        slot = slots[j] if slots is not None else j
+        out[slot] = _rgb(frame, out.shape[2], out.shape[1])
+        if on_frame is not None:
+            on_frame(slot, out[slot])
     return out, rotation
 
 

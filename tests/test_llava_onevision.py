@@ -164,6 +164,34 @@ def test_encode_in_chunks_equals_one_pass(engine, clip):
     assert torch.allclose(whole.saliency, parts.saliency, atol=1e-7)
 
 
+def test_frames_encoded_while_decoding_give_the_same_features_and_answer(engine, index_video, monkeypatch):
+    """The pipelined path (default on CUDA): frames are preprocessed and encoded in groups, in the order the
+    decoders finish them, then put back in frame order: same features, same answer as encoding after sampling."""
+    prune, gen = PruneOptions(ratio=0.25, params=dict(c=4)), GenerationOptions(max_new_tokens=6)
+    monkeypatch.setattr(engine, "pipeline", False)
+    plain = engine.session(str(index_video), frames=16, prune=prune)
+    monkeypatch.setattr(engine, "pipeline", True)
+    monkeypatch.setattr(engine, "PIPELINE_CHUNK", 3)
+    groups = []
+    real = engine.adapter.encode
+    monkeypatch.setattr(engine.adapter, "encode", lambda px, *a, **k: groups.append(px.shape[0]) or real(px, *a, **k))
+    piped = engine.session(str(index_video), frames=16, prune=prune)
+    assert sum(groups) == 16 and len(groups) >= 2
+    for name in ("embeds", "saliency", "frame_features", "attn_received"):
+        assert torch.allclose(getattr(plain.feats, name), getattr(piped.feats, name), atol=1e-6), name
+    assert piped.clip.indices == plain.clip.indices
+    assert {"sample", "preprocess", "vision", "encode_after_sample"} <= set(piped.timings)
+    assert piped.answer("What happens?", gen).answer == plain.answer("What happens?", gen).answer
+
+
+def test_pipelining_is_off_on_the_cpu_and_for_families_that_encode_frames_together(engine, monkeypatch):
+    assert engine.pipeline is None and not engine._pipelined()  # the tiny model runs on the CPU
+    monkeypatch.setattr(engine, "pipeline", True)
+    assert engine._pipelined()
+    monkeypatch.setattr(type(engine.adapter), "frames_independent", False)
+    assert not engine._pipelined()
+
+
 def test_fallback_saliency_when_head_unavailable(tiny_llava, clip, index_video):
     eng = Engine.load(str(tiny_llava), device="cpu", dtype="float32")  # default head: not cached, offline
     assert eng.adapter.saliency_head is None

@@ -255,6 +255,32 @@ def test_a_long_run_is_cut_at_keyframes_for_parallel_decoders(no_fallback, count
     assert video._plan_runs(list(range(240)), list(range(0, 240, 12)), clip.indices)[1] == [240]  # one run alone
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+def test_frames_are_handed_out_as_they_are_decoded(no_fallback, gop12, threads):
+    """on_frame sees every kept frame once, as the final array row it fills (so early work on it stays valid)."""
+    seen = []
+    clip = sample_frames(gop12, 10, threads=threads, on_frame=lambda slot, a: seen.append((slot, a)))
+    assert sorted(s for s, _ in seen) == list(range(10))
+    for slot, a in seen:
+        assert np.shares_memory(a, clip.frames[slot]) and np.array_equal(a, clip.frames[slot])
+    assert [decode_index(clip.frames[s]) for s in range(10)] == clip.indices
+
+
+def test_frames_handed_out_before_a_fallback_are_not_the_clips(vdir, monkeypatch):
+    """If the sparse path gives up, the sequential decode returns new arrays: a caller can tell."""
+    path = write_video(vdir / "fb.mp4", index_frames(48, H, W), fps=24, gop=12)
+
+    def give_up(*args):
+        args[-1](0, np.zeros((H, W, 3), np.uint8))  # one frame handed out, then the sparse path gives up
+        return None
+
+    monkeypatch.setattr(video, "_decode_frames", give_up)
+    seen = []
+    clip = sample_frames(path, 4, on_frame=lambda slot, a: seen.append((slot, a)))
+    assert seen and not any(np.shares_memory(a, clip.frames) for _, a in seen)
+    assert [decode_index(f) for f in clip.frames] == clip.indices
+
+
 # --- variable frame rate ---
 
 

@@ -157,3 +157,26 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+def merge_frame_chunks(parts: list[tuple[list[int], VideoFeatures]], total: int) -> VideoFeatures:
+    """One VideoFeatures in frame order from features encoded in groups of frames (`parts`: each group's frame
+    positions, and its features in that order). Only for families whose frames are encoded independently."""
+    order = torch.tensor([s for slots, _ in parts for s in slots])
+    if sorted(order.tolist()) != list(range(total)):
+        raise ValueError(f"frame groups do not cover frames 0..{total - 1} exactly once")
+    where = torch.empty_like(order)
+    where[order] = torch.arange(total)
+
+    def cat(get):
+        xs = [get(f) for _, f in parts]
+        if any(x is None for x in xs):
+            return None
+        return torch.cat(xs)[where.to(xs[0].device)]
+
+    first = parts[0][1]
+    sides = [cat(lambda f, i=i: f.side_embeds[i]) for i in range(len(first.side_embeds))]
+    return VideoFeatures(embeds=cat(lambda f: f.embeds), saliency=cat(lambda f: f.saliency),
+                         frame_features=cat(lambda f: f.frame_features), extra_embeds=first.extra_embeds,
+                         grid=first.grid, saliency_source=first.saliency_source,
+                         attn_received=cat(lambda f: f.attn_received), side_embeds=sides, meta=dict(first.meta))

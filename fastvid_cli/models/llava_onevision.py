@@ -44,6 +44,9 @@ def read_mean_std(ref: ModelRef) -> tuple[list[float], list[float], str]:
 class LlavaOnevisionAdapter:
     family = FAMILY
     defaults = DEFAULTS
+    # Each frame goes through SigLIP, the projector and the pooling alone: frames can be encoded in any groups
+    # (the engine encodes them while the rest are still being decoded) and put back in order.
+    frames_independent = True
 
     def __init__(self, model, tokenizer, ref: ModelRef, *, mean, std, norm_source: str, saliency_head,
                  saliency_source: str, warnings_: list[str]):
