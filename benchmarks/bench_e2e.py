@@ -266,8 +266,9 @@ def main() -> None:
         diff = (plain.feats.embeds.float() - piped.feats.embeds.float()).abs().max().item()
         same = plain.answer(QUESTION, GenerationOptions(max_new_tokens=32)).answer == \
             piped.answer(QUESTION, GenerationOptions(max_new_tokens=32)).answer
-        notes.append(f"frames encoded during sampling vs after it: video embeddings max |diff| {diff:.3g}, 32-token "
-                     f"greedy answers {'equal' if same else 'DIFFERENT'}")
+        graphs = "CUDA-graph encoder" if engine.vision_graphs is True else f"eager encoder ({engine.vision_graphs})"
+        notes.append(f"frames encoded during sampling ({graphs}, groups of {engine.PIPELINE_CHUNK}) vs after it: video "
+                     f"embeddings max |diff| {diff:.3g}, 32-token greedy answers {'equal' if same else 'DIFFERENT'}")
         log(f"note: {notes[-1]}")
 
     # ---- sampling on the long clip

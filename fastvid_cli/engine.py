@@ -164,6 +164,9 @@ class Engine:
         # Encode frames on the GPU while the rest are still being decoded (see sample_and_encode). None: wherever
         # it pays, i.e. a CUDA vision tower (on the CPU the encoder would compete with the decoders for cores).
         self.pipeline: bool | None = None
+        # Encode those groups through a captured CUDA graph (vision_graph.py): True, False, or why it failed.
+        self.vision_graphs: bool | str = True
+        self._vision_graph = None
 
     # ------------------------------------------------------------------ load
     @classmethod
@@ -275,9 +278,13 @@ class Engine:
         that preprocessing and the vision tower run during decoding instead of after it. Every frame is encoded
         alone by the family (frames_independent), so the groups only change which frames share a batch.
 
-        Timings: sample = decoding wall time; preprocess / vision = their summed work (mostly hidden);
-        encode_after_sample = what was left to wait for after the last frame. If the frames handed out early are
-        not the clip's final frames (sequential fallback, rotation), the clip is encoded again as usual."""
+        On CUDA each group of PIPELINE_CHUNK frames is one replay of a captured graph (vision_graph.py): launching
+        the encoder's kernels from Python while the decoder threads contend for the GIL would be slow.
+
+        Timings: sample = decoding wall time; preprocess / vision = their summed GPU-stream time, mostly hidden
+        (with the graph, preprocess is the upload and the GPU resize counts as vision); encode_after_sample = what
+        was left to wait for after the last frame. If the frames handed out early are not the clip's final frames
+        (sequential fallback, rotation), the clip is encoded again as usual."""
         ready: queue.SimpleQueue = queue.SimpleQueue()
         box: dict[str, Any] = {}
 
@@ -310,17 +317,23 @@ class Engine:
                         except queue.Empty:
                             break
                     done = item is None
-                    if pending and (done or len(pending) >= self.PIPELINE_CHUNK):
+                    while pending and (done or len(pending) >= self.PIPELINE_CHUNK):
+                        graphed = self._graphed_encoder(pending[0][1].shape)
+                        group = pending[:graphed.n] if graphed is not None else pending
+                        pending = pending[len(group):]
+                        frames_u8 = np.stack([a for _, a in group])
                         m0, h0 = self._mark(), time.perf_counter()
-                        pixels = self.adapter.preprocess(np.stack([a for _, a in pending]))
+                        if graphed is not None:  # upload only; resizing runs inside the graph (counted as vision)
+                            k = graphed.load(frames_u8)
+                        else:
+                            pixels = self.adapter.preprocess(frames_u8)
                         m1, h1 = self._mark(), time.perf_counter()
-                        feats = self.adapter.encode(pixels)
+                        feats = graphed.run(k) if graphed is not None else self.adapter.encode(pixels)
                         m2 = self._mark()
                         host["preprocess"] += h1 - h0
                         host["vision"] += time.perf_counter() - h1
                         spans.append((m0, m1, m2))
-                        parts.append(([s for s, _ in pending], [a for _, a in pending], feats))
-                        pending = []
+                        parts.append(([s for s, _ in group], [a for _, a in group], feats))
         finally:
             worker.join()
         on_stage("sample", "done")
@@ -345,6 +358,27 @@ class Engine:
             feats = self.features(clip, timings)
         on_stage("encode", "done")
         return clip, feats
+
+    def _graphed_encoder(self, frame_shape: tuple[int, ...]):
+        """The CUDA-graph encoder of PIPELINE_CHUNK frames of this size (captured on first use, the last size
+        kept), or None: not on CUDA, turned off, or its capture failed once (then groups are encoded eagerly)."""
+        if self.adapter.vision_device.type != "cuda" or self.vision_graphs is not True:
+            return None
+        key = (self.PIPELINE_CHUNK, *frame_shape[:2])
+        got = self._vision_graph
+        if got is None or got[0] != key:
+            from fastvid_cli.vision_graph import GraphedEncoder
+
+            self._vision_graph = None
+            try:
+                got = (key, GraphedEncoder(self.adapter, *key))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - encoding eagerly still works
+                self.vision_graphs = f"{type(e).__name__}: {str(e).strip()[:120]}"
+                return None
+            self._vision_graph = got
+        return got[1]
 
     def _mark(self):
         """A recorded CUDA event on the vision device's stream (None on the CPU)."""

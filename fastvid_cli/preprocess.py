@@ -181,6 +181,23 @@ def resize_frames(frames: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(T, C, h, w) float 0..255 -> ``(x / 255 - mean) / std`` per channel, float32 (the HF processors' rescale
     and normalise, in the same operation order as our CPU path, so CPU and GPU results agree)."""
-    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(list(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m, s = _channel_stats(tuple(float(v) for v in mean), tuple(float(v) for v in std), x.device)
     return (x.to(torch.float32) * (1.0 / 255.0) - m) / s
+
+
+_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean/std as (1, C, 1, 1) float32 on `device`, made once per device: no host-to-device copy per call (a
+    CUDA graph that captures the preprocessing could not contain one)."""
+    key = (mean, std, str(device))
+    with _LOCK:
+        got = _STATS.get(key)
+        if got is None:
+            got = (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+                   torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+            if len(_STATS) > 16:
+                _STATS.clear()
+            _STATS[key] = got
+    return got

@@ -180,3 +180,13 @@ def merge_frame_chunks(parts: list[tuple[list[int], VideoFeatures]], total: int)
                          frame_features=cat(lambda f: f.frame_features), extra_embeds=first.extra_embeds,
                          grid=first.grid, saliency_source=first.saliency_source,
                          attn_received=cat(lambda f: f.attn_received), side_embeds=sides, meta=dict(first.meta))
+
+
+def frames_slice(feats: VideoFeatures, k: int) -> VideoFeatures:
+    """The features of the first `k` frames, as copies (per-frame tensors sliced, the rest shared)."""
+    def cut(x):
+        return None if x is None else x[:k].clone()
+
+    return replace(feats, embeds=cut(feats.embeds), saliency=cut(feats.saliency),
+                   frame_features=cut(feats.frame_features), attn_received=cut(feats.attn_received),
+                   side_embeds=[cut(x) for x in feats.side_embeds], meta=dict(feats.meta))
