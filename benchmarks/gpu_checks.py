@@ -266,9 +266,10 @@ def qwen_processor_end_to_end():
 
 
 def qwen_tiny_on_cuda():
-    """Per family on CUDA: ratio 1.0 == stock generate token for token (eager and CUDA-graph decode), the pruned
-    kept set equals the CPU one, and the last-block saliency is the same with sdpa and eager attention."""
+    """Per family on CUDA: ratio 1.0 == stock generate token for token (eager, CUDA-graph and fused decode), the
+    pruned kept set equals the CPU one, and the last-block saliency is the same with sdpa and eager attention."""
     from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
+    from fastvid_cli.fast_decode import FusedDecoder
     from fastvid_cli.pruning.fastvid_qwen import fastvid_qwen
 
     torch.manual_seed(2)
@@ -285,12 +286,12 @@ def qwen_tiny_on_cuda():
         flat = feats.embeds.flatten(0, 1)
         asm = a.assemble(prompt, feats, flat, torch.arange(flat.shape[0]))
         got = {}
-        for mode in ("eager", "cuda-graph"):
+        decoders = {"eager": decode, "cuda-graph": StaticDecoder(a.model).decode,
+                    "fused": FusedDecoder(a.model).decode}
+        for mode, fn in decoders.items():
             cache = new_cache(a.model)
             logits = prefill(a.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
-            s = Sampling(max_new_tokens=16)
-            res = (decode(a.model, logits, cache, asm.next_position, s) if mode == "eager" else
-                   StaticDecoder(a.model).decode(a.model, logits, cache, asm.next_position, s))
+            res = fn(a.model, logits, cache, asm.next_position, Sampling(max_new_tokens=16))
             got[mode] = (res.token_ids == ref.tolist(), res.mode)
         pruned = fastvid_qwen(feats.embeds, feats.saliency, feats.frame_features, 0.27, c=4)
         pruned_cpu = fastvid_qwen(feats.embeds.cpu(), feats.saliency.cpu(), feats.frame_features.cpu(), 0.27, c=4)
@@ -298,7 +299,8 @@ def qwen_tiny_on_cuda():
         eager.model.load_state_dict(a.model.state_dict())
         sal_eager = eager.encode(eager.preprocess(frames)).saliency
         sal_diff = (sal_eager - a.encode(a.preprocess(frames)).saliency).abs().max().item()
-        record(f"tiny {kind} on CUDA: ratio 1.0 == stock generate: eager {got['eager']}, static {got['cuda-graph']}; "
+        record(f"tiny {kind} on CUDA: ratio 1.0 == stock generate: eager {got['eager']}, static {got['cuda-graph']}, "
+               f"fused {got['fused']}; "
                f"FastVID-Qwen kept {pruned.kept}/{flat.shape[0]}, same as CPU "
                f"{torch.equal(pruned.index.cpu(), pruned_cpu.index)}; "
                f"saliency sdpa vs eager max diff {sal_diff:.2e}")
