@@ -228,7 +228,10 @@ class FusedDecoder:
         self.tok = torch.zeros((1, 1), dtype=torch.long, device=dev)
         self.slot = torch.zeros((1,), dtype=torch.long, device=dev)  # cache slot the next token is written to
         self.step = torch.zeros((1,), dtype=torch.long, device=dev)  # row of the rotary table
-        self.cos = self.sin = None
+        # rotary rows for the positions of one answer (at most capacity of them), filled in place by each load:
+        # captured graphs read these addresses, so they must never be reallocated while the graphs live
+        self.cos = torch.zeros((capacity, self.d), dtype=dtype, device=dev)
+        self.sin = torch.zeros_like(self.cos)
         self.slots = torch.arange(capacity, device=dev)
         self.q = torch.empty((self.nq, self.d), dtype=dtype, device=dev)
 
@@ -248,11 +251,8 @@ class FusedDecoder:
         cos, sin = self.rotary(dummy, pos)
         if cos.dim() == 4:  # (3, B, n, D) before the model combines M-RoPE sections: the rows are equal here
             cos, sin = cos[0], sin[0]
-        if self.cos is None or self.cos.shape != (n, self.d):
-            self.cos = torch.empty((n, self.d), dtype=self.k.dtype, device=dev)
-            self.sin = torch.empty_like(self.cos)
-        self.cos.copy_(cos.reshape(n, self.d))
-        self.sin.copy_(sin.reshape(n, self.d))
+        self.cos[:n].copy_(cos.reshape(n, self.d))
+        self.sin[:n].copy_(sin.reshape(n, self.d))
 
     # -------------------------------------------------------------------------------------- the step
     def _step(self, span: int) -> torch.Tensor:

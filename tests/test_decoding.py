@@ -194,6 +194,18 @@ def test_fused_step_greedy_equals_eager_loop_across_attention_spans(engine, prun
     assert fused.capacity >= pruned.length + 40 and fused.capacity % 16 == 0
 
 
+def test_fused_buffers_keep_their_addresses_across_answers(engine, pruned):
+    """Captured CUDA graphs read the buffers by address: answers of other lengths must refill them in place
+    (a rotary table reallocated per answer once made a graph read freed memory)."""
+    fused = FusedDecoder(engine.model, graphs=False)
+    run(fused.decode, engine.model, pruned, Sampling(max_new_tokens=30))
+    before = [t.data_ptr() for t in (fused.k, fused.v, fused.cos, fused.sin, fused.tok, fused.slot, fused.step)]
+    for n in (5, 17, 30):
+        run(fused.decode, engine.model, pruned, Sampling(max_new_tokens=n, temperature=1.0, seed=n))
+        assert [t.data_ptr() for t in (fused.k, fused.v, fused.cos, fused.sin, fused.tok, fused.slot,
+                                       fused.step)] == before
+
+
 def test_fused_step_sampling_with_a_seed_equals_eager_loop(engine, pruned):
     s = Sampling(max_new_tokens=12, temperature=1.3, top_p=0.9, seed=11)
     eager, _ = run(decode, engine.model, pruned, s)
