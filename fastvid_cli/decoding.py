@@ -110,6 +110,19 @@ def position_column(next_position: int | torch.Tensor, device: torch.device) -> 
     return torch.tensor([[int(next_position)]], device=device)
 
 
+def _start(res: DecodeResult, model, first_logits: torch.Tensor, next_position: int | torch.Tensor, s: Sampling,
+           on_token, stop):
+    """Pick and emit the first token (from the prefill's logits). Returns (picker, eos ids, first token, position
+    column of the next step), or None when that token already ends the answer."""
+    pick = _Picker(s, first_logits.device)
+    eos = eos_ids(model)
+    tok = pick(first_logits)
+    # int(tok.item()) is the one host sync per step: the token is needed on the host anyway
+    if _emit(res, int(tok.item()), s, eos, on_token, stop):
+        return None
+    return pick, eos, tok, position_column(next_position, first_logits.device)
+
+
 def _emit(res: DecodeResult, token: int, s: Sampling, eos: set[int], on_token, stop) -> bool:
     """Record one token; True when decoding must stop (reason set on `res`)."""
     now = time.perf_counter()
@@ -133,14 +146,11 @@ def decode(model, first_logits: torch.Tensor, cache, next_position: int | torch.
 
     `on_token(token_id, t)` is called as each token is known on the host; `stop` ends the loop early."""
     res = DecodeResult()
-    pick = _Picker(s, first_logits.device)
-    eos = eos_ids(model)
-    tok = pick(first_logits)
-    # int(tok.item()) is the one host sync per step: the token is needed on the host anyway
-    if _emit(res, int(tok.item()), s, eos, on_token, stop):
+    started = _start(res, model, first_logits, next_position, s, on_token, stop)
+    if started is None:
         return res
-    return _eager_steps(model, tok, cache, position_column(next_position, first_logits.device), pick, res, s, eos,
-                        on_token, stop)
+    pick, eos, tok, pos = started
+    return _eager_steps(model, tok, cache, pos, pick, res, s, eos, on_token, stop)
 
 
 def _eager_steps(model, tok: torch.Tensor, cache, pos: torch.Tensor, pick: _Picker, res: DecodeResult, s: Sampling,
@@ -331,13 +341,11 @@ class StaticDecoder:
         (the prefilled dynamic cache) is only read — unless filling the static buffers fails (e.g. the capture),
         in which case decoding goes on eagerly on `cache` and `res.fallback` says why."""
         res = DecodeResult(mode="cuda-graph" if self.graphs else "static")
-        pos = position_column(next_position, first_logits.device)
-        pick = _Picker(s, first_logits.device)
-        greedy = pick.gen is None
-        eos = eos_ids(model)
-        tok = pick(first_logits)
-        if _emit(res, int(tok.item()), s, eos, on_token, stop):
+        started = _start(res, model, first_logits, next_position, s, on_token, stop)
+        if started is None:
             return res
+        pick, eos, tok, pos = started
+        greedy = pick.gen is None
         try:
             res.capture_ms = self.load(cache, pos, s.max_new_tokens)
         except torch.OutOfMemoryError:

@@ -157,10 +157,10 @@ class Engine:
             # benchmarks/diag_shapes.py (H100, 7B shape): per-question time 476 -> 155 ms eager, 131 -> 113 ms with
             # CUDA graphs, first-seen lengths 730-830 -> ~150 ms, full-token prefill 204 -> 182 ms.
             torch.backends.cuda.enable_cudnn_sdp(False)
-        self.static_decoder: StaticDecoder | None = None
-        self.static_broken: str | None = None  # why the CUDA-graph decoder cannot be used, once it failed
-        self.fused_decoder: fast_decode.FusedDecoder | None = None  # Qwen2/Qwen3 LLMs: the fused graph step
-        self.fused_broken: str | None = None
+        # The graph decoders, made on first use: "fused" (fast_decode.FusedDecoder: Qwen2/Qwen3 LLMs) and "static"
+        # (decoding.StaticDecoder: any other model); `broken` says why one is not used any more, once it failed.
+        self.decoders: dict[str, Any] = {}
+        self.broken: dict[str, str] = {}
         # Encode frames on the GPU while the rest are still being decoded (see sample_and_encode). None: wherever
         # it pays, i.e. a CUDA vision tower (on the CPU the encoder would compete with the decoders for cores).
         self.pipeline: bool | None = None
@@ -418,30 +418,24 @@ class Engine:
         fused = False
         if gen.compile is not False:  # None = on where it can run, silently off where it cannot
             why = ("--compile needs a CUDA device" if not self.cuda else
-                   self.static_broken or StaticDecoder.unsupported(self.model, cache))
-            fused = why is None and self.fused_broken is None and fast_decode.unsupported(self.model) is None
+                   self.broken.get("static") or StaticDecoder.unsupported(self.model, cache))
+            fused = why is None and "fused" not in self.broken and fast_decode.unsupported(self.model) is None
             if why is None and not fused and cache_length(cache) + gen.max_new_tokens > StaticDecoder.MAX_TOKENS:
                 why = (f"prompt + answer longer than {StaticDecoder.MAX_TOKENS} tokens (the graph attends over its "
                        "whole static buffer every step, slower than eager decoding at that length)")
         if gen.compile is not False and why is None:
-            if fused:
-                if self.fused_decoder is None:
-                    self.fused_decoder = fast_decode.FusedDecoder(self.model)
-                res = self.fused_decoder.decode(self.model, logits, cache, next_position, gen.sampling(),
-                                                on_token=on_token, stop=stop)
-                if res.fallback:
-                    self.fused_decoder = None
-                    self.fused_broken = f"fused decode step failed ({res.fallback})"
-                    notes.append(f"--compile: {self.fused_broken}; decoded eagerly")
-                return res
-            if self.static_decoder is None:
-                self.static_decoder = StaticDecoder(self.model)
-            res = self.static_decoder.decode(self.model, logits, cache, next_position, gen.sampling(),
-                                             on_token=on_token, stop=stop)
+            kind = "fused" if fused else "static"
+            decoder = self.decoders.get(kind)
+            if decoder is None:
+                decoder = fast_decode.FusedDecoder(self.model) if fused else StaticDecoder(self.model)
+                self.decoders[kind] = decoder
+            res = decoder.decode(self.model, logits, cache, next_position, gen.sampling(), on_token=on_token,
+                                 stop=stop)
             if res.fallback:
-                self.static_decoder = None
-                self.static_broken = f"CUDA-graph capture failed ({res.fallback})"
-                notes.append(f"--compile: {self.static_broken}; decoded eagerly")
+                self.decoders[kind] = None
+                what = "fused decode step failed" if fused else "CUDA-graph capture failed"
+                self.broken[kind] = f"{what} ({res.fallback})"
+                notes.append(f"--compile: {self.broken[kind]}; decoded eagerly")
             return res
         if why and gen.compile:
             notes.append(f"--compile: {why}; decoded eagerly")

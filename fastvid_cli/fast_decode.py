@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastvid_cli.decoding import (DecodeResult, Sampling, _eager_steps, _emit, _Picker, eos_ids, new_cache,
-                                  position_column)
+from fastvid_cli.decoding import DecodeResult, Sampling, _eager_steps, _emit, _start, new_cache
 
 # Decoder layer classes whose computation this step reproduces (checked in tests against the stock forward).
 LAYER_CLASSES = {"Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen3VLTextDecoderLayer",
@@ -336,15 +335,15 @@ class FusedDecoder:
     def decode(self, model, first_logits: torch.Tensor, cache, next_position: int | torch.Tensor, s: Sampling,
                on_token=None, stop: threading.Event | None = None) -> DecodeResult:
         """Emit the first token from `first_logits` (before any buffer copy or capture), then decode on the
-        static buffers. `cache` is only read. Errors while loading/capturing propagate (the engine falls back)."""
+        static buffers. `cache` is only read. If loading the buffers or a step (e.g. capturing the graph of a
+        longer span) fails, the eager loop goes on from the tokens so far and `res.fallback` says why; running out
+        of GPU memory is raised."""
         res = DecodeResult(mode="fused-graph" if self.graphs else "fused")
-        pos = position_column(next_position, first_logits.device)
-        pick = _Picker(s, first_logits.device)
-        greedy = pick.gen is None
-        eos = eos_ids(model)
-        tok = pick(first_logits)
-        if _emit(res, int(tok.item()), s, eos, on_token, stop):
+        started = _start(res, model, first_logits, next_position, s, on_token, stop)
+        if started is None:
             return res
+        pick, eos, tok, pos = started
+        greedy = pick.gen is None
         before = self.capture_ms
         try:
             self.load(cache, pos, s.max_new_tokens)

@@ -57,10 +57,11 @@ def test_static_decoder_greedy_equals_eager_loop(engine, pruned):
     assert dyn.get_seq_length() == pruned.length  # the prefilled dynamic cache is only read
 
 
-def test_static_decoder_sampling_with_a_seed_equals_eager_loop(engine, pruned):
-    s = Sampling(max_new_tokens=10, temperature=1.3, top_p=0.9, seed=11)
+@pytest.mark.parametrize("decoder", [StaticDecoder, FusedDecoder])
+def test_graph_decoders_sampling_with_a_seed_equals_eager_loop(engine, pruned, decoder):
+    s = Sampling(max_new_tokens=12, temperature=1.3, top_p=0.9, seed=11)
     eager, _ = run(decode, engine.model, pruned, s)
-    ours, _ = run(StaticDecoder(engine.model, graphs=False).decode, engine.model, pruned, s)
+    ours, _ = run(decoder(engine.model, graphs=False).decode, engine.model, pruned, s)
     assert ours.token_ids == eager.token_ids
 
 
@@ -79,7 +80,8 @@ def test_static_buffers_are_reused_and_grow_only_when_needed(engine, pruned):
     assert res.token_ids == eager.token_ids  # still the same stream after growing
 
 
-def test_static_decoder_after_a_shared_prefix_equals_a_fresh_prefill(engine, pruned):
+@pytest.mark.parametrize("decoder", [StaticDecoder, FusedDecoder])
+def test_graph_decoders_after_a_shared_prefix_equal_a_fresh_prefill(engine, pruned, decoder):
     """The batch path: prefix KV cache prefilled once, question suffix on top, decode from there."""
     model, cut = engine.model, pruned.video_span[1]
     s = Sampling(max_new_tokens=8)
@@ -87,7 +89,7 @@ def test_static_decoder_after_a_shared_prefix_equals_a_fresh_prefill(engine, pru
     cache = new_cache(model)
     prefill(model, pruned.inputs_embeds[:, :cut], pruned.position_ids[..., :cut], cache)
     logits = prefill(model, pruned.inputs_embeds[:, cut:], pruned.position_ids[..., cut:], cache)
-    ours = StaticDecoder(model, graphs=False).decode(model, logits, cache, pruned.next_position, s)
+    ours = decoder(model, graphs=False).decode(model, logits, cache, pruned.next_position, s)
     assert ours.token_ids == fresh.token_ids
 
 
@@ -206,13 +208,6 @@ def test_fused_buffers_keep_their_addresses_across_answers(engine, pruned):
                                        fused.step)] == before
 
 
-def test_fused_step_sampling_with_a_seed_equals_eager_loop(engine, pruned):
-    s = Sampling(max_new_tokens=12, temperature=1.3, top_p=0.9, seed=11)
-    eager, _ = run(decode, engine.model, pruned, s)
-    ours, _ = run(FusedDecoder(engine.model, graphs=False).decode, engine.model, pruned, s)
-    assert ours.token_ids == eager.token_ids
-
-
 def test_fused_weights_are_views_that_leave_the_stock_forward_unchanged(engine, pruned):
     """q/k/v and gate/up become row views of one block per layer: same values, so the stock model computes
     exactly what it did; a second decoder on the same model finds the blocks instead of copying again."""
@@ -230,17 +225,6 @@ def test_fused_weights_are_views_that_leave_the_stock_forward_unchanged(engine, 
     second = FusedDecoder(model, graphs=False)
     assert second.layers[0].qkv_w.data_ptr() == block.data_ptr()
     assert second.layers[0].gu_w.data_ptr() == first.layers[0].gu_w.data_ptr()
-
-
-def test_fused_step_after_a_shared_prefix_equals_a_fresh_prefill(engine, pruned):
-    model, cut = engine.model, pruned.video_span[1]
-    s = Sampling(max_new_tokens=8)
-    fresh, _ = run(decode, model, pruned, s)
-    cache = new_cache(model)
-    prefill(model, pruned.inputs_embeds[:, :cut], pruned.position_ids[..., :cut], cache)
-    logits = prefill(model, pruned.inputs_embeds[:, cut:], pruned.position_ids[..., cut:], cache)
-    ours = FusedDecoder(model, graphs=False).decode(model, logits, cache, pruned.next_position, s)
-    assert ours.token_ids == fresh.token_ids
 
 
 @pytest.mark.parametrize("fail_at", [0, 5])
@@ -267,7 +251,7 @@ def test_a_failing_fused_step_goes_on_eagerly_with_the_same_stream(engine, prune
 def test_engine_uses_the_fused_step_without_a_length_limit(engine, index_video, monkeypatch):
     monkeypatch.setattr(engine, "cuda", True)
     monkeypatch.setattr(StaticDecoder, "MAX_TOKENS", 64)  # would stop the StaticDecoder; the fused step has spans
-    monkeypatch.setattr(engine, "fused_decoder", FusedDecoder(engine.model, graphs=False))
+    monkeypatch.setitem(engine.decoders, "fused", FusedDecoder(engine.model, graphs=False))
     prune = PruneOptions(ratio=0.25)
     r = engine.ask(str(index_video), "Q?", frames=8, prune=prune, gen=GenerationOptions(max_new_tokens=6,
                                                                                           compile=True))
