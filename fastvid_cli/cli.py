@@ -410,6 +410,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         t.add_row("offline", str(info["offline"]))
         t.add_row("cached models", ", ".join(info["cached_models"]) or "none")
         t.add_row("saliency weights", info["saliency_weights"])
+        t.add_row("fused decode", info["fused_decode"])
         t.add_row("PyAV decoders", ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in info["decoders"].items()))
         Console().print(t)
         return 0
@@ -456,9 +457,17 @@ def _doctor_info() -> dict[str, Any]:
         decoders = decoder_support()
     except Exception:
         decoders = {}
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        from importlib.metadata import version
+
+        kernels = f"Triton {version('triton')} kernels (on CUDA; compiled once per machine, then cached)"
+    else:
+        kernels = "plain torch kernels (Triton is not installed; CUDA wheels of torch bring it)"
     return {"versions": vers, "python": platform.python_version(), "cpu_cores": os.cpu_count(), "gpus": gpus,
             "hf_cache": hub.cache_dir(), "fastvid_cache": str(hub.fastvid_cache_dir()), "offline": hub.is_offline(),
-            "cached_models": cached, "saliency_weights": sal, "decoders": decoders}
+            "cached_models": cached, "saliency_weights": sal, "decoders": decoders, "fused_decode": kernels}
 
 
 def _register_batch() -> None:

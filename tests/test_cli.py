@@ -168,6 +168,9 @@ def test_doctor_reports_environment(runner):
     assert info["decoders"]["h264"] is True
     assert info["offline"] is True and set(info["cached_models"]) <= {"demo"}
     assert "NOT cached" in info["saliency_weights"]
+    import importlib.util
+
+    assert info["fused_decode"].startswith("Triton") == (importlib.util.find_spec("triton") is not None)
 
 
 def test_exit_codes_are_documented_in_readme():
