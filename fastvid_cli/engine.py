@@ -272,7 +272,8 @@ class Engine:
             return self.pipeline
         return self.adapter.vision_device.type == "cuda"
 
-    # Fewest decoded frames worth one encoder call while decoding goes on (a larger backlog goes in one call).
+    # Frames per encoder call while decoding goes on (the graph's fixed batch; without the graph, a larger backlog
+    # goes in one call).
     PIPELINE_CHUNK = 8
 
     def sample_and_encode(self, video: str, frames, timings: dict[str, float],
