@@ -22,14 +22,26 @@ What differs from the OV semantics of ``fastvid.py``:
 Because of the caps and the dropped duplicates, the retention is usually below ``r`` (the reference's nominal
 0.27 keeps ≈ 0.241); the result's notes say how much was kept. Deterministic: ties go to the lowest index and the
 density has no noise (see ``density.py``).
+
+Structure (no loop over patches, anchors or tokens): the budgets are computed on the host from the similarities
+(the one device→host transfer) and sent in one host→device transfer; the salient tokens of all patches come from
+one sort, the context tokens of all anchors from one padded batch of density scores, and the merge runs over
+groups of segments, each group one padded batch (a few groups at most: segments of very different sizes go to
+different groups so that padding costs little). Choices (salient and context tokens, each source's target) and
+tie rules are those of the former loop implementation, kept in ``tests/test_pruning_fastvid_qwen.py`` as the
+reference; its merged rows are reproduced bit for bit where the arithmetic is exact, and otherwise to within float
+rounding, the batched matrix products rounding differently from per-anchor ones.
 """
 
 from __future__ import annotations
 
+from array import array
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from .density import dpc_scores, topk_lowest_index
+from .density import bmm_fp32, dpc_scores
 from .fastvid import (PruneResult, _check_params, _check_shapes, _l2_normalize, _number, anchor_positions,
                       dyseg_segments, keep_all)
 
@@ -91,27 +103,151 @@ def segment_budget(similarities: list[float], n_tokens: int, ratio: float, d: fl
     return salient, context
 
 
-# ------------------------------------------------------------------------------------------ tensor ops
+# ------------------------------------------------------------------------------------------ host plan
 
 
-def _merge(x: Tensor, xn: Tensor, targets: Tensor, sources: Tensor, beta: float) -> Tensor:
-    """Merged context tokens: each source joins its most cosine-similar target (ties: the earliest target).
+class _Tables:
+    """Integer tables built on the host and sent to the device together: one int64 transfer per call."""
 
-    ``x``/``xn`` (M, D) tokens and their normalised copies; ``targets`` (q,), ``sources`` (n,) row indices.
-    Returns (q, D) float32 ``w·x_c + (1−w)·mean(assigned)``, ``w = max(1/(n_c+1), beta)``, 1 with none assigned.
+    def __init__(self) -> None:
+        self.values = array("q")
+        self.sizes: list[int] = []
+
+    def add(self, values) -> int:
+        """Queue ``values``; returns the position of their tensor in ``send()``'s list."""
+        before = len(self.values)
+        self.values.extend(values)
+        self.sizes.append(len(self.values) - before)
+        return len(self.sizes) - 1
+
+    def send(self, device: torch.device) -> list[Tensor]:
+        host = torch.frombuffer(self.values, dtype=torch.int64).clone()  # never empty: F ≥ 1 salient budgets
+        if device.type == "cuda":
+            host = host.pin_memory().to(device, non_blocking=True)
+        return list(host.split(self.sizes))
+
+
+@dataclass
+class _Group:
+    """Segments merged as one padded batch: sizes, and positions of their tables in ``_Tables.send()``'s list."""
+
+    G: int  # segments
+    U: int  # most sources (non-salient tokens) of a segment
+    T: int  # most targets (context tokens) of a segment
+    A: int  # most anchors of a segment
+    K: int  # most context tokens of an anchor
+    src_off: int  # (G,) each segment's first position in the list of all non-salient slots
+    src_n: int  # (G,) its sources
+    tgt_off: int  # (G,) its first position in the list of all targets
+    cols: int  # (G·A·K,) the columns (of its T) of each anchor's targets; −1: padding
+    owners: int  # (G·A,) each anchor's position in ``anchors``; −1: padding
+    select: int  # (Σ targets,) the real rows of the (G·T) merged rows
+    dest: int  # (Σ targets,) ... and their positions in the list of all targets
+
+
+@dataclass
+class _Plan:
+    """Sizes and table positions of the context choice and the merge (see ``_context_and_merge``)."""
+
+    A: int  # anchors
+    T: int  # context tokens (targets) in all
+    M: int  # most non-salient tokens of an anchor patch
+    K: int  # most context tokens of an anchor
+    free: int  # non-salient tokens in all
+    padded: bool  # whether anchor patches differ in their number of non-salient tokens
+    frames: int  # (A,) anchor patches
+    counts: int  # (A,) their context tokens
+    m: int  # (A,) their non-salient tokens
+    pick: int  # (T,) positions a·K + j (j < count) of the real targets in an (A, K) table
+    groups: list[_Group]
+    lone: int  # (targets of anchors without any source,) or −1 when there are none
+
+
+def _merge_groups(work: list[tuple[int, int]]) -> list[list[int]]:
+    """Segments merged together as one padded batch, from each one's (sources, targets).
+
+    Largest first; a segment joins the current group while the padded products (group size × most sources
+    × most targets) stay within 1.25 times the group's own work, so padding costs at most a quarter more time
+    (and, for the gathered sources, memory) than the reference's per-anchor products. Few groups in practice;
+    equal segments share one.
     """
-    own = x.index_select(0, targets).float()
-    if sources.numel() == 0:
-        return own
-    sim = xn.index_select(0, sources) @ xn.index_select(0, targets).T  # (n, q), input dtype as the reference
-    assign = sim.argmax(dim=1)
-    q = targets.numel()
-    # a one-hot product sums each target's sources (a matmul: faster than index_add_ on both CPU and GPU)
-    onehot = (assign[None, :] == torch.arange(q, device=x.device)[:, None]).to(torch.float32)  # (q, n)
-    sums = onehot @ x.index_select(0, sources).float()
-    counts = onehot.sum(dim=1, keepdim=True)
-    w = torch.where(counts > 0, (counts + 1.0).reciprocal().clamp_min(beta), torch.ones_like(counts))
-    return torch.lerp(sums / counts.clamp_min(1.0), own, w)
+    order = sorted(range(len(work)), key=lambda i: (-work[i][0], -work[i][1], i))
+    groups: list[list[int]] = []
+    need = u_max = t_max = 0
+    for i in order:
+        u, t = work[i]
+        if groups and (len(groups[-1]) + 1) * u_max * max(t_max, t) <= 1.25 * (need + u * t):
+            groups[-1].append(i)
+            need += u * t
+            t_max = max(t_max, t)
+        else:
+            groups.append([i])
+            need, u_max, t_max = u * t, u, t
+    return groups
+
+
+def _plan(tables: _Tables, N: int, anchors: list[tuple[int, int]], anchor_segment: list[int],
+          seg_free: list[int], per_patch: list[int]) -> _Plan:
+    """Host tables of the context choice and the merge, for the anchors (patch, context tokens) in slot order.
+
+    ``anchor_segment``: each anchor's segment; ``seg_free``: each segment's non-salient tokens, which lie in the
+    list of all non-salient slots one segment after another; ``per_patch``: salient tokens of each patch.
+    """
+    A = len(anchors)
+    counts = [q for _, q in anchors]
+    m = [N - per_patch[f] for f, _ in anchors]  # ≥ the anchor's context tokens
+    K = max(counts)
+    t_off = [0]  # targets: every anchor's context tokens, in anchor order
+    for q in counts:
+        t_off.append(t_off[-1] + q)
+    src_off = [0]
+    for u in seg_free:
+        src_off.append(src_off[-1] + u)
+    by_segment: dict[int, list[int]] = {}
+    for a, s in enumerate(anchor_segment):
+        by_segment.setdefault(s, []).append(a)
+    segments = list(by_segment)
+    work = [(seg_free[s], t_off[by_segment[s][-1] + 1] - t_off[by_segment[s][0]]) for s in segments]
+
+    groups: list[_Group] = []
+    lone: list[int] = []
+    for members in _merge_groups(work):
+        ids = [segments[i] for i in members]
+        U = max(work[i][0] for i in members)
+        T = max(work[i][1] for i in members)
+        A_g = max(len(by_segment[s]) for s in ids)
+        K_g = max(counts[a] for s in ids for a in by_segment[s])
+        cols: list[int] = []
+        owners: list[int] = []
+        select: list[int] = []
+        dest: list[int] = []
+        for g, s in enumerate(ids):
+            mine = by_segment[s]
+            first, end = t_off[mine[0]], t_off[mine[-1] + 1]
+            for a in mine:
+                lo, q = t_off[a] - first, counts[a]
+                cols += [*range(lo, lo + q), *[-1] * (K_g - q)]
+                if seg_free[s] == q:  # the segment's only non-salient tokens are this anchor's context tokens
+                    lone += range(t_off[a], t_off[a] + q)
+            cols += [-1] * (K_g * (A_g - len(mine)))
+            owners += [*mine, *[-1] * (A_g - len(mine))]
+            select += range(g * T, g * T + end - first)
+            dest += range(first, end)
+        groups.append(_Group(
+            G=len(ids), U=U, T=T, A=A_g, K=K_g,
+            src_off=tables.add([src_off[s] for s in ids]), src_n=tables.add([seg_free[s] for s in ids]),
+            tgt_off=tables.add([t_off[by_segment[s][0]] for s in ids]),
+            cols=tables.add(cols), owners=tables.add(owners), select=tables.add(select), dest=tables.add(dest),
+        ))
+    return _Plan(
+        A=A, T=t_off[-1], M=max(m), K=K, free=src_off[-1], padded=min(m) != max(m),
+        frames=tables.add([f for f, _ in anchors]), counts=tables.add(counts), m=tables.add(m),
+        pick=tables.add([a * K + j for a, q in enumerate(counts) for j in range(q)]),
+        groups=groups, lone=tables.add(lone) if lone else -1,
+    )
+
+
+# ------------------------------------------------------------------------------------------ tensor ops
 
 
 def _true_indices(mask: Tensor, count: int) -> Tensor:
@@ -120,19 +256,76 @@ def _true_indices(mask: Tensor, count: int) -> Tensor:
     return torch.sort((~mask).to(torch.uint8), stable=True).indices[:count]
 
 
-def _salient_slots(saliency: Tensor, frame: int, count: int) -> Tensor:
-    """Flat slots (in-frame indices, increasing) of the ``count`` most salient tokens of ``frame``."""
-    return torch.sort(topk_lowest_index(saliency[frame], count)).values
+def _context_and_merge(flat: Tensor, salient: Tensor, context: Tensor, data: list[Tensor], plan: _Plan,
+                       N: int, k: int, beta: float) -> tuple[Tensor, Tensor]:
+    """Chooses every anchor's context tokens (marked in ``context``, (F, N) bool) and merges them.
 
+    ``flat`` (F·N, D) tokens; ``salient`` (F, N) bool. Returns ``(rows (T, D) float32, slots (T,))``: the merged
+    targets, in anchor order and each anchor's in slot order.
+    """
+    device = flat.device
+    D = flat.shape[1]
+    A, M, K, T = plan.A, plan.M, plan.K, plan.T
+    frames, counts = data[plan.frames], data[plan.counts]
+    ranks = torch.arange(N, device=device)
+    base = frames[:, None] * N
 
-def _context_slots(x: Tensor, salient: Tensor, count: int, k: int) -> Tensor:
-    """In-frame indices (increasing) of the ``count`` top density-peak tokens among the non-salient ones."""
-    N = x.shape[0]
-    free = torch.ones(N, dtype=torch.bool, device=x.device)
-    free[salient] = False
-    rest = _true_indices(free, N - salient.numel())
-    score = dpc_scores(x.index_select(0, rest)[None], min(k, rest.numel()))[2][0]
-    return torch.sort(rest.index_select(0, topk_lowest_index(score, count))).values
+    # Context: the density peaks among each anchor patch's non-salient tokens, all anchors as one batch of (A, M)
+    # tokens, each row's in slot order; rows with fewer are padded (with salient tokens) and masked.
+    rest = torch.sort(salient.index_select(0, frames).to(torch.uint8), dim=1, stable=True).indices[:, :M] + base
+    x = flat.index_select(0, rest.view(-1)).view(A, M, D)
+    if plan.padded:
+        score = dpc_scores(x, k, ranks[:M] < data[plan.m][:, None])[2]  # padding: −inf
+    else:
+        score = dpc_scores(x, min(k, M))[2]
+    best = torch.sort(score, dim=1, descending=True, stable=True).indices  # ties: the lowest slot
+    chosen = torch.zeros((A, N), dtype=torch.bool, device=device)
+    chosen.scatter_(1, rest.gather(1, best) - base, ranks[:M] < counts[:, None])
+    by_anchor = torch.sort((~chosen).to(torch.uint8), dim=1, stable=True).indices[:, :K] + base  # (A, K)
+    targets = by_anchor.view(-1).index_select(0, data[plan.pick])  # (T,)
+    context.view(-1).index_fill_(0, targets, True)
+    owner = torch.full((flat.shape[0],), -1, dtype=torch.int64, device=device)  # the anchor of each target slot
+    anchor_ids = torch.arange(A, device=device)[:, None].expand(A, K).reshape(-1)
+    owner.index_copy_(0, targets, anchor_ids.index_select(0, data[plan.pick]))
+
+    # Merge: for every anchor of a segment, each non-salient token of the segment but the anchor's own targets
+    # joins the anchor's most cosine-similar target. A padded batch of segments per group: (G, U) sources against
+    # (G, T) targets, the targets of a segment's anchors side by side.
+    sources = _true_indices(~salient.view(-1), plan.free)  # non-salient slots, one segment after another
+    rows = torch.empty((T, D), dtype=torch.float32, device=device)
+    half = flat.dtype in (torch.float16, torch.bfloat16)
+    for grp in plan.groups:
+        G, U, Tg, Ag, Kg = grp.G, grp.U, grp.T, grp.A, grp.K
+        u_pos = torch.arange(U, device=device)
+        src = sources.index_select(0, (data[grp.src_off][:, None] + u_pos).clamp_max_(plan.free - 1).view(-1))
+        tgt = targets.index_select(0, (data[grp.tgt_off][:, None] + torch.arange(Tg, device=device))
+                                   .clamp_max_(T - 1).view(-1))
+        x_src = flat.index_select(0, src).view(G, U, D)
+        x_tgt = flat.index_select(0, tgt).view(G, Tg, D)
+        # cosines times each source's norm, which leaves every argmax as it is (a zero source: all zeros, the first
+        # target, as with the reference's zero cosines) and spares a normalised copy of the sources; input dtype,
+        # as the reference
+        sim = torch.bmm(x_src, _l2_normalize(x_tgt).transpose(1, 2))  # (G, U, Tg)
+        cols = data[grp.cols].view(G, 1, Ag * Kg)
+        per_anchor = sim.gather(2, cols.clamp_min(0).expand(G, U, Ag * Kg))
+        per_anchor.masked_fill_(cols < 0, float("-inf"))
+        first_best = per_anchor.view(G, U, Ag, Kg).argmax(dim=3, keepdim=True)  # ties: the lowest target slot
+        col = cols.clamp_min(0).view(G, 1, Ag, Kg).expand(G, U, Ag, Kg).gather(3, first_best).squeeze(3)
+        owners = data[grp.owners].view(G, 1, Ag)
+        joins = ((u_pos < data[grp.src_n][:, None])[:, :, None] & (owners >= 0)
+                 & (owner.index_select(0, src).view(G, U, 1) != owners))  # (G, U, Ag)
+        # (target, source) one-hot; each (source, anchor) pair adds 1 (or 0) to a distinct entry
+        onehot = torch.zeros((G, Tg, U), dtype=flat.dtype if half else torch.float32, device=device)
+        onehot.scatter_add_(1, col.transpose(1, 2), joins.transpose(1, 2).to(onehot.dtype))
+        sums = bmm_fp32(onehot, x_src)  # float32
+        n = onehot.sum(dim=2, keepdim=True, dtype=torch.float32)
+        w = torch.where(n > 0, (n + 1.0).reciprocal().clamp_min(beta), torch.ones_like(n))
+        merged = torch.lerp(sums / n.clamp_min(1.0), x_tgt.float(), w)
+        rows.index_copy_(0, data[grp.dest], merged.view(G * Tg, D).index_select(0, data[grp.select]))
+    if plan.lone >= 0:  # no sources at all: the reference keeps the token as it is
+        lone = data[plan.lone]
+        rows.index_copy_(0, lone, flat.index_select(0, targets.index_select(0, lone)).float())
+    return rows, targets
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -172,61 +365,59 @@ def fastvid_qwen(
     if c > F:
         notes.append(f"c lowered from {c} to {F}: only {F} temporal patch{'es' if F != 1 else ''}")
 
+    # queued before the wait for the similarities: each patch's tokens, most salient first (ties: lowest index)
+    order = torch.sort(saliency, dim=1, descending=True, stable=True).indices  # (F, N)
     g = _l2_normalize(frame_features.to(device))
     similarities = (g[:-1] * g[1:]).sum(dim=1).tolist() if F > 1 else []
     sizes = dyseg_segments(similarities, min(c, F), tau)
 
-    xn = _l2_normalize(embeds.reshape(F * N, D))
-    flat = embeds.reshape(F * N, D)
-    kept_slots: list[Tensor] = []
-    kept_rows: list[Tensor] = []
-    merged_flags: list[Tensor] = []
+    # 1. Budgets, on the host: salient tokens of each patch, the anchors (patch, context tokens) in slot order,
+    # and each segment's non-salient tokens.
+    per_patch: list[int] = []
     anchors: list[tuple[int, int]] = []
-    n_salient = n_context = 0
+    anchor_segment: list[int] = []
+    seg_free: list[int] = []
     start = 0
-    for L in sizes:
-        frames = range(start, start + L)
+    for s, L in enumerate(sizes):
         salient_b, context_b = segment_budget(similarities[start:start + L - 1], N, ratio, d, p, ignore)
-        salient = {f: _salient_slots(saliency, f, salient_b[f - start]) for f in frames}
-        seg_free = torch.ones(L * N, dtype=torch.bool, device=device)  # merge sources of this segment
-        for f in frames:
-            seg_free[(f - start) * N + salient[f]] = False
-            kept_slots.append(f * N + salient[f])
-            kept_rows.append(flat.index_select(0, f * N + salient[f]))
-            merged_flags.append(torch.zeros(salient[f].numel(), dtype=torch.bool, device=device))
-            n_salient += salient[f].numel()
-        free_count = L * N - sum(salient_b)
-        for f in frames:
-            q = context_b[f - start]
-            if q == 0:
-                continue
-            ctx = _context_slots(embeds[f], salient[f], q, k)
-            src = seg_free.clone()
-            src[(f - start) * N + ctx] = False
-            sources = start * N + _true_indices(src, free_count - q)
-            rows = _merge(flat, xn, f * N + ctx, sources, beta).to(embeds.dtype)
-            kept_slots.append(f * N + ctx)
-            kept_rows.append(rows)
-            merged_flags.append(torch.ones(q, dtype=torch.bool, device=device))
-            anchors.append((f, q))
-            n_context += q
+        per_patch += salient_b
+        seg_free.append(L * N - sum(salient_b))
+        anchors += [(start + i, q) for i, q in enumerate(context_b) if q]
+        anchor_segment += [s] * (len(anchors) - len(anchor_segment))
         start += L
+    n_salient = sum(per_patch)
+    n_context = sum(q for _, q in anchors)
+    kept = n_salient + n_context
+    tables = _Tables()
+    salient_budget = tables.add(per_patch)
+    plan = _plan(tables, N, anchors, anchor_segment, seg_free, per_patch) if anchors else None
+    data = tables.send(device)
 
-    slots = torch.cat(kept_slots)
-    index, order = torch.sort(slots)
-    kept = int(index.numel())
+    # 2. Salient tokens (ATS): the first ones of each patch's order.
+    flat = embeds.reshape(F * N, D)
+    salient = torch.zeros((F, N), dtype=torch.bool, device=device)
+    salient.scatter_(1, order, torch.arange(N, device=device) < data[salient_budget][:, None])
+    context = torch.zeros((F, N), dtype=torch.bool, device=device)
+    if plan is not None:  # 3. context tokens and their merge
+        merged_rows, targets = _context_and_merge(flat, salient, context, data, plan, N, k, beta)
+
+    # 4. Output: the kept tokens by slot, the merged context tokens in their own slots.
+    is_context = context.view(-1)
+    index = _true_indices(salient.view(-1) | is_context, kept)
+    rows = flat.index_select(0, index)
+    if plan is not None:
+        rows.index_copy_(0, torch.searchsorted(index, targets), merged_rows.to(embeds.dtype))
     notes.append(f"FastVID Qwen variant: kept {kept} of {F * N} video tokens ({100.0 * kept / (F * N):.1f}%) for "
                  f"ratio {ratio:g}: only the last patch of each near-duplicate run keeps tokens, context is capped "
                  f"at half a patch")
     return PruneResult(
-        embeds=torch.cat(kept_rows).index_select(0, order),
+        embeds=rows,
         index=index,
         segments=sizes,
         notes=notes,
-        merged=torch.cat(merged_flags).index_select(0, order),
+        merged=is_context.index_select(0, index),
         salient=n_salient,
         context=n_context,
         anchors=anchors,
         similarities=similarities,
     )
-
