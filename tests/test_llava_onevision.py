@@ -192,6 +192,18 @@ def test_pipelining_is_off_on_the_cpu_and_for_families_that_encode_frames_togeth
     assert not engine._pipelined()
 
 
+def test_warm_up_resizes_encodes_prunes_and_decodes(engine, monkeypatch):
+    import fastvid_cli.models.llava_onevision as ov
+
+    sizes, pruned = [], []
+    real_resize, real_prune = ov.resize_frames, engine.prune
+    monkeypatch.setattr(ov, "resize_frames", lambda x, size: sizes.append(tuple(x.shape[-2:])) or real_resize(x, size))
+    monkeypatch.setattr(engine, "prune", lambda *a, **k: pruned.append(a[1].method) or real_prune(*a, **k))
+    engine.warmup()
+    assert sizes and sizes[0] != (engine.adapter.image_size, engine.adapter.image_size)  # a real resize ran
+    assert pruned == ["fastvid"] and engine.warmup_ms > 0
+
+
 def test_fallback_saliency_when_head_unavailable(tiny_llava, clip, index_video):
     eng = Engine.load(str(tiny_llava), device="cpu", dtype="float32")  # default head: not cached, offline
     assert eng.adapter.saliency_head is None

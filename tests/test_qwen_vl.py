@@ -189,6 +189,18 @@ def test_grid_timestamps_pad_like_the_processor():
     assert Q.grid_timestamps([0, 6, 12], 6.0) == [0.5, 2.0]
 
 
+@pytest.mark.parametrize("kind", KINDS + ("qwen3_vl_moe",))
+def test_warm_up_runs_every_stage(engines, kind, monkeypatch):
+    """Engine.warmup (run at load on CUDA) passes through resize, vision, the family's default pruning, prefill
+    and decoding, so the first real question pays no one-time kernel loading."""
+    eng = engines(kind)
+    seen = []
+    real = eng.prune
+    monkeypatch.setattr(eng, "prune", lambda *a, **k: seen.append(a[1].method) or real(*a, **k))
+    eng.warmup()
+    assert seen == ["fastvid"] and eng.warmup_ms > 0
+
+
 # ------------------------------------------------------------------------------------------ stock equivalence
 @pytest.mark.parametrize("kind", KINDS + ("qwen3_vl_moe",))
 def test_ratio_one_reproduces_stock_generate_token_for_token(engines, clip, index_video, kind):
