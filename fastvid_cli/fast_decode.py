@@ -166,6 +166,11 @@ def unsupported(model) -> str | None:
         return "a mixture-of-experts or non-gated MLP"
     if getattr(a, "scaling", None) is None:
         return "attention without a scaling attribute"
+    for layer in layers:  # the step adds the q/k/v biases (all or none) and no other
+        at, mlp = layer.self_attn, layer.mlp
+        if len({at.q_proj.bias is None, at.k_proj.bias is None, at.v_proj.bias is None}) != 1 or any(
+                m.bias is not None for m in (at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+            return "projection biases other than Qwen's q/k/v biases"
     return None
 
 
@@ -288,8 +293,8 @@ class FusedDecoder:
         return min(self.capacity, (slot // self.SPAN + 1) * self.SPAN)
 
     def _graph(self, span: int):
-        """(graph, logits) for `span`, captured on first use. Capturing runs the step; the caller restores the
-        state it changed (tok/slot/step and the K/V slot it wrote, which the next real step rewrites anyway)."""
+        """(graph, logits) for `span`, captured on first use. The warm-up and the capture run the step; the state
+        they change is restored here (tok/slot/step; the K/V slot they wrote is rewritten by the next real step)."""
         got = self.graphs_by_span.get(span)
         if got is not None:
             return got

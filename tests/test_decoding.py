@@ -267,5 +267,13 @@ def test_fused_step_says_which_models_it_cannot_run(engine, monkeypatch):
     assert "not Qwen2/Qwen3 dense layers" in fast_decode.unsupported(engine.model)
     monkeypatch.undo()
     layer = engine.model.get_decoder().layers[1]
+    down = layer.mlp.down_proj
+    down.bias = torch.nn.Parameter(torch.zeros(down.out_features))  # a bias the step would leave out
+    try:
+        assert "biases" in fast_decode.unsupported(engine.model)
+    finally:
+        down.bias = None
     monkeypatch.setattr(layer, "_hf_hook", object(), raising=False)
     assert "accelerate hooks" in fast_decode.unsupported(engine.model)
+    monkeypatch.undo()
+    assert fast_decode.unsupported(engine.model) is None
