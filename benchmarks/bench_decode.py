@@ -1,13 +1,19 @@
-"""Decode speed and correctness of the CUDA-graph decoder (`--compile`) against the eager loop, on the GPU.
+"""Decode speed and correctness of the `--compile` decoders against the eager loop, on the GPU.
 
-    python benchmarks/bench_decode.py [--tokens 128] [--repeat 3] [--prompt 800] [--out decode.json]
+    python benchmarks/bench_decode.py [--tokens 128] [--repeat 3] [--prompt 800 [--prompt 6000 ...]] [--out f.json]
 
-1. Correctness on a tiny random LLaVA-OV checkpoint in float32 on CUDA: greedy and seeded-sampling token streams
-   of the graph decoder equal the eager loop's (pruned prompt, original positions, shared-prefix path too).
-2. Speed on a LLaVA-OV-7B-shaped random bf16 model (bench_ask.build_7b_shaped): decode tokens/s after a prompt of
-   --prompt tokens (≈ a 32-frame video at ratio 0.1), eager vs graph, medians of --repeat runs, graph capture time,
-   and how many of the greedy tokens agree (bf16 kernels differ between the two attention paths, so random
-   weights with near-tied logits may diverge late; the tiny fp32 check is the exactness test).
+1. Correctness (unless --skip-tiny) on a tiny random LLaVA-OV checkpoint in float32 on CUDA: greedy and
+   seeded-sampling token streams of the graph of transformers' modules (`StaticDecoder`) equal the eager loop's
+   (pruned prompt, original positions, shared-prefix path too), and `Engine.ask` answers the same either way.
+2. The fused step (unless --skip-fused-checks): its Triton kernels against the torch reference ops on 7B-shaped bf16
+   inputs (max abs difference), and on tiny random LLaVA-OV / Qwen2.5-VL / Qwen3-VL models in float32 on CUDA
+   (Triton kernels, CUDA graphs, several attention spans): greedy and sampled streams against the eager loop, twice
+   (the second run replays the captured graphs), and one step's logits against the stock forward.
+3. Speed (unless --skip-speed) on a LLaVA-OV-7B-shaped random bf16 model (bench_ask.build_7b_shaped): the weight
+   products alone replayed as one graph (the floor of any step with these kernels), then decode tokens/s after a
+   prompt of each --prompt length: eager loop, `StaticDecoder` (up to its 4096-token limit), optionally the
+   torch.compile'd StaticDecoder (--inductor), and the fused step; medians of --repeat runs after a warm-up run,
+   capture times, and for how many tokens each greedy stream agrees with the eager one.
 """
 
 from __future__ import annotations
