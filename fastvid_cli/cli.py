@@ -493,13 +493,18 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
     pass
 
 
+# Threads running torch/FFmpeg code that an interpreter exit must not run under (see main).
+_WORKERS = ("fastvid-load", "fastvid-decode", "fastvid-sample", "fastvid-gop")
+
+
 def main() -> None:
     try:
         app()
     except SystemExit as e:
-        # Interrupted while the model was still loading on its worker thread: an interpreter that exits under a
-        # running load can abort (exit 134), so leave at once with the code we meant.
-        if any(t.name == "fastvid-load" and t.is_alive() for t in threading.enumerate()):
+        # Interrupted while the model was still loading (or, in a rare race, a frame decoder or the decode loop was
+        # still running) on a worker thread: an interpreter that exits under running torch/FFmpeg code can abort
+        # (exit 134), so leave at once with the code we meant.
+        if any(t.name.startswith(_WORKERS) and t.is_alive() for t in threading.enumerate()):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(e.code if isinstance(e.code, int) else EXIT_INTERNAL)

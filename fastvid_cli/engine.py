@@ -125,6 +125,15 @@ class _Clock:
         return time.perf_counter()
 
 
+def _join(worker: threading.Thread) -> None:
+    """Wait for `worker`, ignoring further Ctrl-C: it stops within a token once asked to."""
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            continue
+
+
 @contextlib.contextmanager
 def _oom_guard():
     try:
@@ -742,23 +751,25 @@ class VideoSession:
         started_decode = False
         pieces = iter(stream)
         while True:
+            # Ctrl-C may land anywhere in here (also while a piece is printed): stop after the current token and
+            # keep what was printed; the worker must have finished before we return (an interpreter that exits
+            # under a running forward pass aborts)
             try:
                 piece = next(pieces)
+                report.answer += piece
+                if not started_decode:
+                    on_stage("prefill", "done")
+                    on_stage("decode", "start")
+                    started_decode = True
+                if on_text is not None:
+                    on_text(piece)
             except StopIteration:
                 break
-            except KeyboardInterrupt:  # Ctrl-C: stop after the current token, keep what was printed
+            except KeyboardInterrupt:
                 stop.set()
-                worker.join()
+                _join(worker)
                 report.stop_reason = "interrupted"
-                continue
-            if not started_decode:
-                on_stage("prefill", "done")
-                on_stage("decode", "start")
-                started_decode = True
-            if on_text is not None:
-                on_text(piece)
-            report.answer += piece
-        worker.join()
+        _join(worker)
         if "error" in box:
             err = box["error"]
             if isinstance(err, torch.OutOfMemoryError):

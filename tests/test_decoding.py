@@ -277,3 +277,23 @@ def test_fused_step_says_which_models_it_cannot_run(engine, monkeypatch):
     assert "accelerate hooks" in fast_decode.unsupported(engine.model)
     monkeypatch.undo()
     assert fast_decode.unsupported(engine.model) is None
+
+
+def test_ctrl_c_while_a_piece_is_printed_stops_cleanly(engine, index_video):
+    """Ctrl-C can land inside the printing of a piece, not only while waiting for the next one: the answer keeps
+    what was streamed, the decode thread has finished when answer() returns (an interpreter exiting under a
+    running forward pass aborts), and the report says interrupted."""
+    import threading
+
+    printed = []
+
+    def on_text(piece):
+        printed.append(piece)
+        if len(printed) == 3:
+            raise KeyboardInterrupt
+
+    sess = engine.session(str(index_video), frames=8, prune=PruneOptions(ratio=0.25))
+    r = sess.answer("Tell me everything.", GenerationOptions(max_new_tokens=400), on_text=on_text)
+    assert r.stop_reason == "interrupted" and r.new_tokens < 400
+    assert r.answer.startswith("".join(printed)) and len(printed) >= 3
+    assert not any(t.name == "fastvid-decode" and t.is_alive() for t in threading.enumerate())
