@@ -164,6 +164,16 @@ def _eager_steps(model, tok: torch.Tensor, cache, pos: torch.Tensor, pick: _Pick
             return res
 
 
+def _hand_over(e: Exception, model, tok: torch.Tensor, cache, pos: torch.Tensor, pick: _Picker, res: DecodeResult,
+               s: Sampling, eos: set[int], on_token, stop) -> DecodeResult:
+    """A graph decoder failed with `e`: say why on `res` and let the eager loop go on, feeding `tok` (already
+    emitted) at `pos` on top of `cache`."""
+    msg = str(e).strip()
+    res.mode = "eager"
+    res.fallback = f"{type(e).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
+    return _eager_steps(model, tok.view(1, 1), cache, pos, pick, res, s, eos, on_token, stop)
+
+
 @torch.inference_mode()
 def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_positions: list[torch.Tensor],
                  s: Sampling, clock=None) -> tuple[list[DecodeResult], float]:
@@ -352,9 +362,7 @@ class StaticDecoder:
             raise
         except Exception as e:  # noqa: BLE001 - any capture problem: the eager loop still answers
             self.cache = self.graph = None
-            res.mode = "eager"
-            res.fallback = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
-            return _eager_steps(model, tok, cache, pos, pick, res, s, eos, on_token, stop)
+            return _hand_over(e, model, tok, cache, pos, pick, res, s, eos, on_token, stop)
         self.tok_buf.copy_(tok.view(1, 1))
         while True:
             if self.graph is not None:

@@ -125,6 +125,11 @@ class _Clock:
         return time.perf_counter()
 
 
+def _elapsed_ms(a, b) -> float:
+    """ms between two Engine._mark()s (CUDA events: read after a synchronize)."""
+    return a.elapsed_time(b) if isinstance(a, torch.cuda.Event) else (b - a) * 1e3
+
+
 def _join(worker: threading.Thread) -> None:
     """Wait for `worker`, ignoring further Ctrl-C: it stops within a token once asked to."""
     while worker.is_alive():
@@ -317,15 +322,14 @@ class Engine:
         worker = threading.Thread(target=work, daemon=True, name="fastvid-sample")
         worker.start()
         parts: list[tuple[list[int], list, VideoFeatures]] = []
-        spans: list[tuple[Any, Any, Any]] = []
-        host = {"preprocess": 0.0, "vision": 0.0}
+        spans: list[tuple] = []  # per group: (start, uploaded/preprocessed, encoded) as CUDA events or host times
         try:
             with torch.inference_mode(), _oom_guard():
                 pending: list = []
                 done = False
                 while not done:
                     item = ready.get()
-                    while item is not None:
+                    while item is not None:  # take everything decoded by now
                         pending.append(item)
                         try:
                             item = ready.get_nowait()
@@ -333,21 +337,9 @@ class Engine:
                             break
                     done = item is None
                     while pending and (done or len(pending) >= self.PIPELINE_CHUNK):
-                        graphed = self._graphed_encoder(pending[0][1].shape)
-                        group = pending[:graphed.n] if graphed is not None else pending
+                        group, feats, span = self._encode_group(pending)
                         pending = pending[len(group):]
-                        frames_u8 = np.stack([a for _, a in group])
-                        m0, h0 = self._mark(), time.perf_counter()
-                        if graphed is not None:  # upload only; resizing runs inside the graph (counted as vision)
-                            k = graphed.load(frames_u8)
-                        else:
-                            pixels = self.adapter.preprocess(frames_u8)
-                        m1, h1 = self._mark(), time.perf_counter()
-                        feats = graphed.run(k) if graphed is not None else self.adapter.encode(pixels)
-                        m2 = self._mark()
-                        host["preprocess"] += h1 - h0
-                        host["vision"] += time.perf_counter() - h1
-                        spans.append((m0, m1, m2))
+                        spans.append(span)
                         parts.append(([s for s, _ in group], [a for _, a in group], feats))
         finally:
             worker.join()
@@ -362,11 +354,8 @@ class Engine:
                 feats = merge_frame_chunks([(slots, f) for slots, _, f in parts], len(clip.indices))
             t_end = self.clock.now()
             timings["sample"] = (box["t"] - t0) * 1e3
-            if self.cuda and spans and spans[0][0] is not None:
-                timings["preprocess"] = sum(a.elapsed_time(b) for a, b, _ in spans)
-                timings["vision"] = sum(b.elapsed_time(c) for _, b, c in spans)
-            else:
-                timings["preprocess"], timings["vision"] = host["preprocess"] * 1e3, host["vision"] * 1e3
+            timings["preprocess"] = sum(_elapsed_ms(a, b) for a, b, _ in spans)
+            timings["vision"] = sum(_elapsed_ms(b, c) for _, b, c in spans)
             timings["encode_after_sample"] = (t_end - box["t"]) * 1e3
         else:
             timings["sample"] = (box["t"] - t0) * 1e3
@@ -395,10 +384,27 @@ class Engine:
             self._vision_graph = got
         return got[1]
 
+    def _encode_group(self, pending: list) -> tuple[list, VideoFeatures, tuple]:
+        """Encode the first frames of `pending` ((slot, frame) pairs): PIPELINE_CHUNK of them through the graphed
+        encoder, or all of them eagerly. Returns (the pairs taken, their features, timing marks)."""
+        graphed = self._graphed_encoder(pending[0][1].shape)
+        group = pending[:graphed.n] if graphed is not None else pending
+        frames_u8 = np.stack([a for _, a in group])
+        m0 = self._mark()
+        if graphed is not None:  # upload only; resizing runs inside the graph (counted as vision)
+            k = graphed.load(frames_u8)
+            m1 = self._mark()
+            feats = graphed.run(k)
+        else:
+            pixels = self.adapter.preprocess(frames_u8)
+            m1 = self._mark()
+            feats = self.adapter.encode(pixels)
+        return group, feats, (m0, m1, self._mark())
+
     def _mark(self):
-        """A recorded CUDA event on the vision device's stream (None on the CPU)."""
+        """A timing mark on the vision device: a recorded CUDA event, or on the CPU (synchronous) a host time."""
         if self.adapter.vision_device.type != "cuda":
-            return None
+            return time.perf_counter()
         ev = torch.cuda.Event(enable_timing=True)
         ev.record(torch.cuda.current_stream(self.adapter.vision_device))
         return ev
@@ -431,7 +437,8 @@ class Engine:
         if gen.compile is not False:  # None = on where it can run, silently off where it cannot
             why = ("--compile needs a CUDA device" if not self.cuda else
                    self.broken.get("static") or StaticDecoder.unsupported(self.model, cache))
-            fused = why is None and "fused" not in self.broken and fast_decode.unsupported(self.model) is None
+            fused = why is None and "fused" not in self.broken and (
+                self.decoders.get("fused") is not None or fast_decode.unsupported(self.model) is None)
             if why is None and not fused and cache_length(cache) + gen.max_new_tokens > StaticDecoder.MAX_TOKENS:
                 why = (f"prompt + answer longer than {StaticDecoder.MAX_TOKENS} tokens (the graph attends over its "
                        "whole static buffer every step, slower than eager decoding at that length)")

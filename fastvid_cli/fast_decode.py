@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastvid_cli.decoding import DecodeResult, Sampling, _eager_steps, _emit, _start, new_cache
+from fastvid_cli.decoding import DecodeResult, Sampling, _emit, _hand_over, _start, new_cache
 
 # Decoder layer classes whose computation this step reproduces (checked in tests against the stock forward).
 LAYER_CLASSES = {"Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen3VLTextDecoderLayer",
@@ -187,7 +187,6 @@ class FusedDecoder:
         self.model = model
         self.graphs = graphs
         lm = model.get_decoder()
-        self.lm = lm
         self.embed = model.get_input_embeddings()
         self.head_w = model.get_output_embeddings().weight
         self.norm_w, self.norm_eps = lm.norm.weight, _eps(lm.norm)
@@ -388,12 +387,9 @@ class FusedDecoder:
         return cache
 
     def _fall_back(self, e: Exception, res: DecodeResult, cache, tok, pos, pick, s, eos, on_token, stop):
-        res.mode = "eager"
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        res.fallback = f"{type(e).__name__}: {msg}"
         self.k = self.v = None  # rebuilt on the next load
         self.graphs_by_span = {}
-        return _eager_steps(self.model, tok.view(1, 1), cache, pos, pick, res, s, eos, on_token, stop)
+        return _hand_over(e, self.model, tok, cache, pos, pick, res, s, eos, on_token, stop)
 
 
 def _eps(norm) -> float:

@@ -87,26 +87,34 @@ def axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, int]:
     return dense, precision
 
 
-_DEVICE_CACHE: dict[tuple, tuple[torch.Tensor, int]] = {}
+_DEVICE_CACHE: dict[tuple, tuple] = {}
 _LOCK = threading.Lock()
+
+
+def _device_cached(key: tuple, make):
+    """`make()`'s result, made once per key (a key names its device): the tensors the GPU preprocessing needs
+    are uploaded once, not per call (and a CUDA graph that captures the preprocessing could not upload)."""
+    with _LOCK:
+        hit = _DEVICE_CACHE.get(key)
+    if hit is None:
+        hit = make()
+        with _LOCK:
+            if len(_DEVICE_CACHE) > 64:
+                _DEVICE_CACHE.clear()
+            _DEVICE_CACHE[key] = hit
+    return hit
 
 
 def _split_weights(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """float32 (2*out, in) on `device`: rows [0, out) the high bytes, rows [out, 2*out) the low bytes (0..255)."""
-    key = (in_size, out_size, str(device))
-    with _LOCK:
-        hit = _DEVICE_CACHE.get(key)
-    if hit is not None:
-        return hit
-    dense, p = axis_weights(in_size, out_size)
-    hi = np.floor_divide(dense, 256)  # -128..127: |w| < 2**15
-    lo = dense - 256 * hi  # 0..255
-    both = torch.from_numpy(np.concatenate([hi, lo]).astype(np.float32)).to(device)
-    with _LOCK:
-        if len(_DEVICE_CACHE) > 64:
-            _DEVICE_CACHE.clear()
-        _DEVICE_CACHE[key] = (both, p)
-    return both, p
+
+    def make() -> tuple[torch.Tensor, int]:
+        dense, p = axis_weights(in_size, out_size)
+        hi = np.floor_divide(dense, 256)  # -128..127: |w| < 2**15
+        lo = dense - 256 * hi  # 0..255
+        return torch.from_numpy(np.concatenate([hi, lo]).astype(np.float32)).to(device), p
+
+    return _device_cached(("resize", in_size, out_size, str(device)), make)
 
 
 def _exact_in_float32(in_size: int, out_size: int) -> bool:
@@ -181,23 +189,7 @@ def resize_frames(frames: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(T, C, h, w) float 0..255 -> ``(x / 255 - mean) / std`` per channel, float32 (the HF processors' rescale
     and normalise, in the same operation order as our CPU path, so CPU and GPU results agree)."""
-    m, s = _channel_stats(tuple(float(v) for v in mean), tuple(float(v) for v in std), x.device)
+    mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    m, s = _device_cached(("stats", mean, std, str(x.device)), lambda: tuple(
+        torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) for v in (mean, std)))
     return (x.to(torch.float32) * (1.0 / 255.0) - m) / s
-
-
-_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """mean/std as (1, C, 1, 1) float32 on `device`, made once per device: no host-to-device copy per call (a
-    CUDA graph that captures the preprocessing could not contain one)."""
-    key = (mean, std, str(device))
-    with _LOCK:
-        got = _STATS.get(key)
-        if got is None:
-            got = (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
-                   torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
-            if len(_STATS) > 16:
-                _STATS.clear()
-            _STATS[key] = got
-    return got

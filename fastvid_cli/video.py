@@ -382,19 +382,18 @@ def _plan_runs(pts: list[int], keys: list[int], indices: list[int],
     crosses (the one that balances its halves best): one decoder would rather decode on than seek there, but
     a run is decoded by one decoder alone, so two GOPs in one run take twice as long as two decoders take for
     them. Decoding from a keyframe gives the same frames either way; the cut also skips the frames between."""
+    key = [_key_pos(pts, keys, pts[i])[1] for i in indices]  # index in pts of each target's keyframe
     runs: list[list[int]] = []
     pos = None
     for j, i in enumerate(indices):
-        _, k = _key_pos(pts, keys, pts[i])
-        if pos is None or k - pos > _MIN_SKIP:
+        if pos is None or key[j] - pos > _MIN_SKIP:
             runs.append([j])
         else:
             runs[-1].append(j)
         pos = i + 1
 
     def work(run: list[int]) -> int:
-        first = indices[run[0]]
-        return first - _key_pos(pts, keys, pts[first])[1] + 1 + indices[run[-1]] - first
+        return indices[run[-1]] - key[run[0]] + 1
 
     if parts > 1:
         done: set[int] = set()  # runs that cannot be cut
@@ -404,8 +403,7 @@ def _plan_runs(pts: list[int], keys: list[int], indices: list[int],
             if r is None or loads[r] * parts <= sum(loads):
                 break
             run = runs[r]
-            cuts = [c for c in range(1, len(run))
-                    if _key_pos(pts, keys, pts[indices[run[c]]])[1] > indices[run[c - 1]]]
+            cuts = [c for c in range(1, len(run)) if key[run[c]] > indices[run[c - 1]]]
             if not cuts:
                 done.add(r)
                 continue

@@ -40,6 +40,15 @@ def tiny_saliency(tmp_path_factory) -> Path:
     return save_saliency_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-siglip")
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_llava, tiny_saliency):
+    """The tiny LLaVA-OneVision model loaded on the CPU with its saliency head; one per test module, since tests
+    change engine state (decoders, pipeline switches) under monkeypatch."""
+    from fastvid_cli.engine import Engine
+
+    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
+
+
 @pytest.fixture(scope="session")
 def index_video(tmp_path_factory) -> Path:
     """A 48-frame 64x48 H.264 clip whose frames encode their own index (see videogen.index_frames)."""

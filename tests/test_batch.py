@@ -38,13 +38,6 @@ def clips(tmp_path_factory, index_video) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llava, tiny_saliency):
-    from fastvid_cli.engine import Engine
-
-    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
-
-
-@pytest.fixture(scope="module")
 def cli_args(tiny_llava, tiny_saliency):
     return ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu",
             "--frames", "8", "--max-new-tokens", "24", "--temperature", "1.0", "--seed", "11"]

@@ -14,14 +14,9 @@ import torch
 from fastvid_cli import fast_decode
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
 from fastvid_cli.fast_decode import FusedDecoder
-from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.pruning import fastvid
 from fastvid_cli.video import sample_frames
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llava, tiny_saliency):
-    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
 
 
 @pytest.fixture(scope="module")

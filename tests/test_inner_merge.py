@@ -6,17 +6,12 @@ import pytest
 import torch
 
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
-from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.inner_merge import _last_row_attention, parse_inner, prefill_inner
 from fastvid_cli.pruning import holitom
 from fastvid_cli.pruning.holitom import inner_keep
 from fastvid_cli.video import sample_frames
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llava, tiny_saliency):
-    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
 
 
 @pytest.fixture(scope="module")

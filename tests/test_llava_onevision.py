@@ -13,11 +13,6 @@ GREEDY = GenerationOptions(max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llava, tiny_saliency):
-    return Engine.load(str(tiny_llava), device="cpu", dtype="float32", saliency_model=str(tiny_saliency))
-
-
-@pytest.fixture(scope="module")
 def clip(index_video):
     return sample_frames(str(index_video), 8)
 
