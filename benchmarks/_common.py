@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: cached synthetic clips, medians, environment lines.
+"""Helpers shared by the benchmark scripts: cached synthetic clips, random-weight full-size modules, medians,
+environment lines.
 
 The 7B-shaped model builder and the clip writer live in bench_ask.py (its first user); this module only adds
 what several scripts need on top of them, so no script carries its own copy.
@@ -40,6 +41,26 @@ def cached_clip(seconds: int, *, fps: int = 30, size: tuple[int, int] = (1280, 7
         os.replace(tmp, path)
         print(f"  written in {time.perf_counter() - t0:.1f} s ({path.stat().st_size / 2**20:.1f} MiB)", flush=True)
     return str(path)
+
+
+def random_modules(device: str, dtype, *makers) -> list:
+    """Build each module (`makers`: callables) directly on `device` in `dtype` with N(0, 0.02) weights, seed 0:
+    full-size model shapes without their weights (speed does not depend on the values)."""
+    import torch
+
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            modules = [make().eval() for make in makers]
+    finally:
+        torch.set_default_dtype(old)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                p.normal_(0, 0.02)
+    return modules
 
 
 def med(xs) -> tuple[float, float, float]:

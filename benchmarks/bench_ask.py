@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import measure_setting  # noqa: E402
+from _common import measure_setting, med, random_modules  # noqa: E402
 from fastvid_cli.decoding import Sampling, decode, new_cache, prefill  # noqa: E402
 from fastvid_cli.engine import Engine, PruneOptions, versions  # noqa: E402
 from fastvid_cli.models import ModelRef  # noqa: E402
@@ -48,19 +48,10 @@ def build_7b_shaped(device: str, dtype: torch.dtype):
                                video_token_index=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
                                vision_feature_select_strategy="full", image_grid_pinpoints=[[384, 384]])
     cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlavaOnevisionForConditionalGeneration(cfg).eval()
-            head = SaliencyHead(SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
-                                                   layer_norm_eps=1e-6)).eval()
-    finally:
-        torch.set_default_dtype(old)
-    with torch.no_grad():
-        for p in list(model.parameters()) + list(head.parameters()):
-            p.normal_(0, 0.02)
+    head_cfg = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
+                                  layer_norm_eps=1e-6)
+    model, head = random_modules(device, dtype, lambda: LlavaOnevisionForConditionalGeneration(cfg),
+                                 lambda: SaliencyHead(head_cfg))
     model.generation_config.eos_token_id = None  # random weights: never stop early, decode a fixed count
     model.generation_config.pad_token_id = tok.pad_token_id
     adapter = LlavaOnevisionAdapter(model, tok, ModelRef("llava-ov-7b-shaped", None, True), mean=[0.5] * 3,
@@ -98,10 +89,6 @@ def _write_clip_here(path: str, seconds: int, fps: int, size) -> str:
         for pkt in s.encode():
             c.mux(pkt)
     return path
-
-
-def med(xs):
-    return statistics.median(xs), min(xs), max(xs)
 
 
 def main() -> None:

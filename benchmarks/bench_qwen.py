@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from _common import cached_clip, environment, fmt, measure_setting, med  # noqa: E402  (puts the repo on sys.path)
+from _common import (cached_clip, environment, fmt, measure_setting, med,  # noqa: E402  (puts the repo on sys.path)
+                     random_modules)
 from fastvid_cli.decoding import Sampling, decode, new_cache, prefill  # noqa: E402
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions  # noqa: E402
 from fastvid_cli.models import ModelRef  # noqa: E402
@@ -49,17 +50,7 @@ def build_7b_shaped(device: str, dtype: torch.dtype):
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
     cfg = Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
     cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    finally:
-        torch.set_default_dtype(old)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+    (model,) = random_modules(device, dtype, lambda: Qwen2_5_VLForConditionalGeneration(cfg))
     return _engine(model, tok, "qwen2.5-vl-7b-shaped", device, dtype)
 
 
