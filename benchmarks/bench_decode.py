@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from _common import med  # noqa: E402  (sets sys.path)
-from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill  # noqa: E402
+from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill, with_cache  # noqa: E402
 from fastvid_cli.engine import versions  # noqa: E402
 
 
@@ -160,7 +160,7 @@ def tiny_fused_check() -> dict:
             cache = new_cache(model)
             prefill(model, emb, pos, cache)
             tok = torch.tensor([[7]], device="cuda")
-            ref = model(input_ids=tok, position_ids=nxt, past_key_values=cache, use_cache=True).logits[0, -1]
+            ref = model(input_ids=tok, position_ids=nxt, use_cache=True, **with_cache(model, cache)).logits[0, -1]
             cache = new_cache(model)
             prefill(model, emb, pos, cache)
             fused.load(cache, nxt, 4)

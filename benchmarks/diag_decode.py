@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ask import build_7b_shaped  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
+from fastvid_cli.decoding import with_cache  # noqa: E402
 
 eng = build_7b_shaped("cuda", torch.bfloat16)
 eng.warmup()
@@ -31,11 +32,11 @@ for L in (680, 6343):
         for _ in range(2):
             cache = DynamicCache(config=model.config)
             torch.cuda.synchronize(); t = time.perf_counter()
-            o = model(inputs_embeds=emb, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            o = model(inputs_embeds=emb, position_ids=pos, use_cache=True, logits_to_keep=1, **with_cache(model, cache))
             nxt = o.logits[:, -1].argmax(-1, keepdim=True); torch.cuda.synchronize(); tp = time.perf_counter() - t
             t = time.perf_counter()
             for i in range(32):
-                o = model(input_ids=nxt, position_ids=torch.tensor([[L + i]], device="cuda"), past_key_values=o.past_key_values, use_cache=True)
+                o = model(input_ids=nxt, position_ids=torch.tensor([[L + i]], device="cuda"), use_cache=True, **with_cache(model, cache))
                 nxt = o.logits[:, -1].argmax(-1, keepdim=True)
             torch.cuda.synchronize(); td = time.perf_counter() - t
         print(f"L={L} manual: prefill {tp*1e3:.1f} ms, decode {32/td:.1f} tok/s")

@@ -38,6 +38,7 @@ SPEEDUP_NOTE = ("The prefill speedup is MEASURED with --baseline (an extra unpru
 
 def _run(debug: bool, body: Callable[[], int | None]) -> None:
     """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
+    _hide_library_noise(debug)
     try:
         code = body() or 0
     except FastVidError as e:
@@ -62,6 +63,20 @@ def _run(debug: bool, body: Callable[[], int | None]) -> None:
             _error(f"internal error: {type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)", debug)
             code = EXIT_INTERNAL
     raise typer.Exit(code)
+
+
+def _hide_library_noise(debug: bool) -> None:
+    """Keep the libraries' own warnings (deprecations, hub retries, load reports) off the user's terminal: they
+    land in the middle of the progress display and say nothing the user can act on. `--debug` shows them."""
+    import logging
+    import warnings
+
+    level = logging.WARNING if debug else logging.ERROR
+    if not debug:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    for name in ("transformers", "huggingface_hub", "accelerate", "torch", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _error(message: str, debug: bool) -> None:

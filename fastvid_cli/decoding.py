@@ -8,6 +8,8 @@ continue from, (2) position ids that continue after the UNPRUNED length, (3) exa
 
 from __future__ import annotations
 
+import functools
+import inspect
 import queue
 import threading
 import time
@@ -39,6 +41,19 @@ def new_cache(model):
     return DynamicCache(config=model.config)
 
 
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    """The name under which `cls.forward` takes the KV cache: `cache` from transformers 5.25 on (which deprecates
+    `past_key_values` with a FutureWarning on every call), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def with_cache(module, cache) -> dict:
+    """`{keyword: cache}` for calling `module` (a model, its decoder or one decoder layer) with a KV cache, under
+    the keyword the installed transformers uses: `module(..., **with_cache(module, cache))`."""
+    return {_cache_keyword(type(module)): cache}
+
+
 def cache_length(cache) -> int:
     return int(cache.get_seq_length())
 
@@ -61,11 +76,12 @@ def prefill(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cach
     input_ids, so with `extra` the decoder is called directly, then the LM head on the last position: the same
     computation as the wrapper's forward minus its multimodal scatter, which the adapter already did."""
     if extra:
-        h = model.get_decoder()(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache,
-                                use_cache=True, **extra).last_hidden_state
+        decoder = model.get_decoder()
+        h = decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=True,
+                    **with_cache(decoder, cache), **extra).last_hidden_state
         return model.get_output_embeddings()(h[:, -1:])[0, -1]
-    out = model(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
+    out = model(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                **with_cache(model, cache))
     return out.logits[0, -1]
 
 
@@ -157,7 +173,7 @@ def _eager_steps(model, tok: torch.Tensor, cache, pos: torch.Tensor, pick: _Pick
                  eos: set[int], on_token, stop) -> DecodeResult:
     """Feed `tok` (already emitted) at `pos`, and go on until a stop condition."""
     while True:
-        out = model(input_ids=tok.view(1, 1), position_ids=pos, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok.view(1, 1), position_ids=pos, use_cache=True, **with_cache(model, cache))
         pos = pos + 1
         tok = pick(out.logits[0, -1])
         if _emit(res, int(tok.item()), s, eos, on_token, stop):
@@ -208,8 +224,8 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
     if lead:
         pos[0] = P + torch.arange(L, device=dev)
     t0 = clock() if clock is not None else time.perf_counter()
-    out = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
+    out = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                **with_cache(model, cache))
     nxt = pos[..., -1:] + 1
     results = [DecodeResult(mode=f"batched x{B}") for _ in range(B)]
     alive = list(range(B))
@@ -220,7 +236,7 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
         if not alive:
             return results, t0
         mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
-        out = model(input_ids=tok, position_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok, position_ids=nxt, attention_mask=mask, use_cache=True, **with_cache(model, cache))
         nxt = nxt + 1
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
 
@@ -291,8 +307,8 @@ class StaticDecoder:
             self._capture()
 
     def _logits(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        h = self.lm(inputs_embeds=self.embed(tok), position_ids=pos, past_key_values=self.cache,
-                    use_cache=True).last_hidden_state
+        h = self.lm(inputs_embeds=self.embed(tok), position_ids=pos, use_cache=True,
+                    **with_cache(self.lm, self.cache)).last_hidden_state
         return self.head(h[:, -1])[0]
 
     def _step(self) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastvid_cli.decoding import with_cache
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.pruning.holitom import inner_keep, sequential_merge
 
@@ -110,8 +111,8 @@ def prefill_inner(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor
             info.visual_after, info.length_after = keep_n, h.shape[1]
         if i == k - 1:
             att = _last_row_attention(layer, h, cos_sin)
-        h = layer(h, attention_mask=None, position_ids=pos, past_key_values=cache, use_cache=True,
-                  position_embeddings=cos_sin)
+        h = layer(h, attention_mask=None, position_ids=pos, use_cache=True, position_embeddings=cos_sin,
+                  **with_cache(layer, cache))
         if isinstance(h, tuple):  # older decoder layers return (hidden_states, ...)
             h = h[0]
     h = lm.norm(h[:, -1:])

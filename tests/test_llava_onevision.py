@@ -108,6 +108,8 @@ def test_pruned_generate_equals_manual_prefill_and_decode(engine, clip):
     """Greedy generate on the pruned prompt == prefill with original ids, then decode at Ltot, Ltot+1, ..."""
     from transformers import DynamicCache
 
+    from fastvid_cli.decoding import with_cache
+
     from fastvid_cli.pruning import fastvid
 
     a = engine.adapter
@@ -118,12 +120,12 @@ def test_pruned_generate_equals_manual_prefill_and_decode(engine, clip):
         out = a.model.generate(inputs_embeds=asm.inputs_embeds, attention_mask=torch.ones(asm.inputs_embeds.shape[:2],
                                dtype=torch.long), position_ids=asm.position_ids, max_new_tokens=6, do_sample=False)
         cache = DynamicCache(config=a.model.config)
-        o = a.model(inputs_embeds=asm.inputs_embeds, position_ids=asm.position_ids, past_key_values=cache,
-                    use_cache=True)
+        o = a.model(inputs_embeds=asm.inputs_embeds, position_ids=asm.position_ids, use_cache=True,
+                    **with_cache(a.model, cache))
         tokens = [int(o.logits[0, -1].argmax())]
         for i in range(5):
             o = a.model(input_ids=torch.tensor([[tokens[-1]]]), position_ids=torch.tensor([[asm.full_length + i]]),
-                        past_key_values=o.past_key_values, use_cache=True)
+                        use_cache=True, **with_cache(a.model, cache))
             tokens.append(int(o.logits[0, -1].argmax()))
     assert out[0].tolist() == tokens
 
