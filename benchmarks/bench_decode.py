@@ -34,7 +34,7 @@ from fastvid_cli.engine import versions  # noqa: E402
 
 def tiny_check() -> dict:
     from fastvid_cli.engine import Engine
-    from fastvid_cli.pruning import fastvid
+    from fastvid_cli.pruning.fastvid import fastvid
     from fastvid_cli.tiny import save_llava_checkpoint, save_saliency_checkpoint
     from fastvid_cli.video import sample_frames
 

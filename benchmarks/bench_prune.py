@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastvid_cli.pruning import fastvid, holitom  # noqa: E402
+from fastvid_cli.pruning.fastvid import fastvid  # noqa: E402
+from fastvid_cli.pruning.holitom import holitom  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -6,7 +6,7 @@ import sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastvid_cli.pruning import fastvid  # noqa: E402
+from fastvid_cli.pruning.fastvid import fastvid  # noqa: E402
 
 x = torch.zeros(16, device="cuda")
 for _ in range(100):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions, versions  # noqa: E402
 from fastvid_cli.preprocess import resize_frames  # noqa: E402
-from fastvid_cli.pruning import fastvid  # noqa: E402
+from fastvid_cli.pruning.fastvid import fastvid  # noqa: E402
 from fastvid_cli.tiny import save_llava_checkpoint, save_saliency_checkpoint  # noqa: E402
 
 RESULTS: list[str] = []

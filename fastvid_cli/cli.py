@@ -110,6 +110,7 @@ def ask(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    threads: Optional[int] = O.THREADS,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
@@ -147,15 +148,17 @@ def ask(
     """
 
     def body() -> int:
-        from fastvid_cli import hub
-        from fastvid_cli.engine import GenerationOptions, PruneOptions
-        from fastvid_cli.ui import StageDisplay, print_summary, write_answer_piece
-
         _check_ratio(ratio)
         _check_method(method)
-        inner = _inner_params(method, holitom_inner)  # checked before the model loads
         if not question.strip():
             raise InvalidOptionError("the question is empty")
+        _check_cheaply(video, model, device, dtype, attn_implementation)
+        inner = _inner_params(method, holitom_inner)  # checked before the model loads
+        from fastvid_cli import hub
+        from fastvid_cli.engine import GenerationOptions, PruneOptions, set_threads
+        from fastvid_cli.ui import StageDisplay, print_summary, write_answer_piece
+
+        set_threads(threads)
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 system=system, compile=compile_decode)
         gen.validate()
@@ -193,20 +196,18 @@ def ask(
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
                      attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool,
                      fps: float | None = None):
-    """Validate cheaply, then load the model on a worker thread while this thread samples the frames.
+    """Load the model on a worker thread while this thread samples the frames (after `_check_cheaply`).
 
-    The two overlap, and a bad video or option fails at once instead of after a long load. Returns
+    The two overlap. Returns
     (engine, clip, sample_ms, wait_ms) where wait_ms is how long sampling outlasted the load."""
     from fastvid_cli import hub
+    from fastvid_cli.models import frame_request
 
     hub.set_offline(offline)
     from fastvid_cli.engine import Engine
-    from fastvid_cli.models import frame_request, resolve_model
     from fastvid_cli.models.base import resolve_device, resolve_dtype
-    from fastvid_cli.video import probe_video, sample_frames
+    from fastvid_cli.video import sample_frames
 
-    probe_video(video)  # ms: bad files fail before any load starts, so no load is ever abandoned mid-way
-    resolve_model(model)
     resolve_dtype(dtype, resolve_device(device))
     request = frame_request(model, frames, fps)  # a frame count, or the family's own plan (Qwen-VL: --fps)
     loaded: dict[str, Any] = {}
@@ -240,6 +241,21 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
         for w in engine.adapter.warnings:
             warn_line(w)
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
+
+
+def _check_cheaply(video: Path | None, model: str, device: str, dtype: str, attn_implementation: str) -> None:
+    """Every check that needs no torch, before torch is imported (~1-3 s): a bad option or file fails at once.
+    The video is probed (ms) so that a bad file fails before any load starts, and no load is abandoned mid-way."""
+    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
+
+    check_device_name(device)
+    check_dtype_name(dtype)
+    check_attn_implementation(attn_implementation)
+    if video is not None:
+        from fastvid_cli.video import probe_video
+
+        probe_video(video)
+    resolve_model(model)
 
 
 def _inner_params(method: str, text: str | None) -> dict[str, Any]:
@@ -288,6 +304,7 @@ def compare(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    threads: Optional[int] = O.THREADS,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
@@ -308,23 +325,25 @@ def compare(
     """
 
     def body() -> int:
-        from fastvid_cli import hub
-        from fastvid_cli.compare import run_compare
-        from fastvid_cli.engine import GenerationOptions
-        from fastvid_cli.feature_cache import FeatureCache
-        from fastvid_cli.ui import StageDisplay, print_compare
-
         ratios = ratio or [0.5, 0.25, 0.1]
         for r in ratios:
             _check_ratio(r)
         methods = method or ["fastvid"]
         for m in methods:
             _check_method(m)
-        inner = _inner_params("holitom", holitom_inner) if holitom_inner else {}
-        if inner and not any(m.startswith("holitom") for m in methods):
+        if holitom_inner and not any(m.startswith("holitom") for m in methods):
             raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
         if not question.strip():
             raise InvalidOptionError("the question is empty")
+        _check_cheaply(video, model, device, dtype, attn_implementation)
+        inner = _inner_params("holitom", holitom_inner) if holitom_inner else {}
+        from fastvid_cli import hub
+        from fastvid_cli.compare import run_compare
+        from fastvid_cli.engine import GenerationOptions, set_threads
+        from fastvid_cli.feature_cache import FeatureCache
+        from fastvid_cli.ui import StageDisplay, print_compare
+
+        set_threads(threads)
         gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system, compile=compile_decode)
         display = StageDisplay(enabled=not as_json)
         engine, clip, sample_ms, _ = _load_and_sample(

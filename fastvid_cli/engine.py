@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import queue
 import threading
 import time
@@ -20,7 +21,7 @@ import torch
 
 from fastvid_cli import __version__, fast_decode, hub
 from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError, UnknownModelError
-from fastvid_cli.models import FAMILIES, ModelRef, resolve_model
+from fastvid_cli.models import FAMILIES, ModelRef, check_attn_implementation, resolve_model
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
@@ -148,6 +149,44 @@ def _oom_guard():
                                "try fewer --frames, a lower --ratio, or --dtype float16/bfloat16") from None
 
 
+# Intra-op threads chosen by the user (`--threads`, or OMP_NUM_THREADS): then every CPU op uses them. Otherwise the
+# model's forwards use torch's default (one per core) and the small CPU work (pruning: many small ops) runs on one
+# thread, because OpenMP workers spinning on a busy machine cost far more than they save there: FastVID on the demo
+# model's 16x64 tokens took 152 ms with 2 threads and 3.6 ms with 1 on a loaded 2-core CPU (benchmarks/RESULTS.md).
+_user_threads: int | None = None
+
+
+def set_threads(n: int | None) -> None:
+    """Use `n` intra-op threads for all CPU work (None: OMP_NUM_THREADS if set, else the defaults above)."""
+    global _user_threads
+    if n is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        n = int(env) if env.isdigit() and int(env) > 0 else None
+    elif n < 1:
+        raise InvalidOptionError(f"--threads must be >= 1 (got {n})")
+    if n is not None:
+        torch.set_num_threads(n)
+    _user_threads = n
+
+
+set_threads(None)
+
+
+@contextlib.contextmanager
+def small_cpu_work(device: torch.device):
+    """Run a block of small ops on `device` with one intra-op thread when it is the CPU and the user chose no
+    thread count; anywhere else, as is."""
+    if device.type != "cpu" or _user_threads is not None or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Engine:
     """A loaded model family adapter plus the pipeline that answers questions with it."""
 
@@ -199,9 +238,7 @@ class Engine:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         device_map = _auto_device_map(ref, torch_dtype) if (want_auto and dev.startswith("cuda")) else None
-        if attn_implementation not in {"sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"}:
-            raise InvalidOptionError(f"--attn-implementation must be sdpa, eager or flash_attention_2 "
-                                     f"(got '{attn_implementation}')")
+        check_attn_implementation(attn_implementation)
         module = importlib.import_module(FAMILIES[family])
         on_stage("load", "start")
         with _oom_guard():
@@ -417,7 +454,7 @@ class Engine:
         # methods that rank tokens by last-layer vision attention get it (None: they fall back, with a note)
         extra = {"attn": feats.attn_received} if accepts_attention(method) else {}
         params = {k: v for k, v in opts.params.items() if k != "inner"}  # "inner": the LLM stage, not this one
-        with torch.inference_mode(), _oom_guard():
+        with torch.inference_mode(), _oom_guard(), small_cpu_work(feats.embeds.device):
             t0 = self.clock.now()
             result = method(feats.embeds, feats.saliency, feats.frame_features, opts.ratio, **params, **extra)
             t1 = self.clock.now()

@@ -20,6 +20,9 @@ SALIENCY = typer.Option(
     None, help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives FastVID's "
                "saliency; default google/siglip-so400m-patch14-384, falling back (with a warning) to last-layer "
                "attention when unavailable. 'fallback' forces the fallback.", rich_help_panel="Model")
+THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for torch's work (default: one per core for the "
+                                                      "model, one for pruning; OMP_NUM_THREADS sets it too).",
+                       rich_help_panel="Model")
 OFFLINE = typer.Option(False, "--offline", help="Never touch the network (same as HF_HUB_OFFLINE=1).",
                        rich_help_panel="Model")
 

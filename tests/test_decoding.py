@@ -15,7 +15,7 @@ from fastvid_cli import fast_decode
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
 from fastvid_cli.fast_decode import FusedDecoder
 from fastvid_cli.engine import GenerationOptions, PruneOptions
-from fastvid_cli.pruning import fastvid
+from fastvid_cli.pruning.fastvid import fastvid
 from fastvid_cli.video import sample_frames
 
 

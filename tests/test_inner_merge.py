@@ -9,7 +9,7 @@ from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, pre
 from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.inner_merge import _last_row_attention, parse_inner, prefill_inner
-from fastvid_cli.pruning import holitom
+from fastvid_cli.pruning.holitom import holitom
 from fastvid_cli.pruning.holitom import inner_keep
 from fastvid_cli.video import sample_frames
 

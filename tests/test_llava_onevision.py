@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
-from fastvid_cli.pruning import expected_kept
+from fastvid_cli.pruning.fastvid import expected_kept
 from fastvid_cli.video import sample_frames
 
 GREEDY = GenerationOptions(max_new_tokens=12)
@@ -82,7 +82,7 @@ def _spy_positions(model):
 def test_pruned_prompt_uses_original_positions_and_decodes_after_full_length(engine, clip):
     a = engine.adapter
     feats = a.encode(a.preprocess(clip.frames))
-    from fastvid_cli.pruning import fastvid
+    from fastvid_cli.pruning.fastvid import fastvid
 
     result = fastvid(feats.embeds, feats.saliency, feats.frame_features, ratio=0.1, c=4)
     prompt = a.build_prompt("Where?")
@@ -110,7 +110,7 @@ def test_pruned_generate_equals_manual_prefill_and_decode(engine, clip):
 
     from fastvid_cli.decoding import with_cache
 
-    from fastvid_cli.pruning import fastvid
+    from fastvid_cli.pruning.fastvid import fastvid
 
     a = engine.adapter
     feats = a.encode(a.preprocess(clip.frames))

@@ -44,3 +44,98 @@ def test_a_normal_run_prints_no_library_warning():
     quiet = run_cli("ask", DEMO_CLIP, "What colour is the circle?", "--model", "demo", "--device", "cpu",
                     "--max-new-tokens", "3", "--no-cache", "--quiet", env={"PYTHONWARNINGS": "always"})
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip()
+
+
+# --------------------------------------------------------------------------- bad options fail before torch loads
+CHECK_WITHOUT_TORCH = """
+import sys
+from fastvid_cli.cli import main
+sys.argv = ["fastvid", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    print(e.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args, code", [
+    (["ask", "missing.mp4", "q", "--model", "demo"], 3),
+    (["ask", "README.md", "q", "--model", "demo"], 4),
+    (["ask", "examples/demo.mp4", "q", "--ratio", "1.5"], 2),
+    (["ask", "examples/demo.mp4", "q", "--method", "pool"], 2),
+    (["ask", "examples/demo.mp4", "q", "--device", "gpu"], 2),
+    (["ask", "examples/demo.mp4", "q", "--dtype", "int8"], 2),
+    (["ask", "examples/demo.mp4", "q", "--attn-implementation", "flash_attention_2"], 2),
+    (["ask", "examples/demo.mp4", "q", "--model", "no-such-model"], 5),
+    (["ask", "examples/demo.mp4", " ", "--model", "demo"], 2),
+    (["compare", "examples/demo.mp4", "q", "-r", "0", "--model", "demo"], 2),
+    (["compare", "missing.mp4", "q", "--model", "demo"], 3),
+])
+def test_bad_options_and_files_fail_before_torch_is_imported(args, code):
+    """Importing torch + transformers costs seconds: every check that needs neither runs first, so a typo fails
+    at once, with its exit code."""
+    res = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH, *args], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert res.stdout.split() == [str(code), "False"], (res.stdout, res.stderr)
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_flash_attention_without_the_package_is_a_usage_error_with_the_install_hint():
+    import importlib.util
+
+    from fastvid_cli.errors import InvalidOptionError
+    from fastvid_cli.models import check_attn_implementation
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(InvalidOptionError) as e:
+        check_attn_implementation("flash_attention_2")
+    assert "pip install flash-attn" in e.value.one_line() and e.value.exit_code == 2
+    assert check_attn_implementation("sdpa") == "sdpa"
+
+
+def test_a_folder_of_checkpoints_says_which_subfolder_to_pass(tmp_path):
+    from fastvid_cli.errors import UnknownModelError
+    from fastvid_cli.models import resolve_model
+
+    for name in ("llava-ov", "siglip-head"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    with pytest.raises(UnknownModelError) as e:
+        resolve_model(str(tmp_path))
+    assert f"--model {tmp_path / 'llava-ov'}" in e.value.one_line() and "siglip-head" in e.value.one_line()
+
+
+# --------------------------------------------------------------------------- CPU threads
+def test_pruning_runs_on_one_thread_unless_the_user_chose_a_count(monkeypatch, engine, index_video):
+    """On a busy machine OpenMP workers make small ops tens of times slower, so pruning runs single-threaded on
+    the CPU; --threads / OMP_NUM_THREADS apply everywhere, pruning included."""
+    import torch
+
+    from fastvid_cli import engine as engine_mod
+    from fastvid_cli.engine import PruneOptions
+    from fastvid_cli.pruning import get_method
+    from fastvid_cli.video import sample_frames
+
+    feats = engine.features(sample_frames(str(index_video), 4), {})
+    uniform, seen = get_method("uniform"), []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return uniform(*args, **kwargs)
+
+    monkeypatch.setattr(engine.adapter, "pruning_method", lambda name: spy, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(engine_mod, "_user_threads", None)
+        engine.prune(feats, PruneOptions(method="uniform", ratio=0.5), {})
+        assert torch.get_num_threads() == 2  # restored after pruning
+        engine_mod.set_threads(2)  # --threads 2
+        engine.prune(feats, PruneOptions(method="uniform", ratio=0.5), {})
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        engine_mod.set_threads(None)
+        engine.prune(feats, PruneOptions(method="uniform", ratio=0.5), {})
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2, 2]

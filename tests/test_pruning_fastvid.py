@@ -11,18 +11,10 @@ import pytest
 import torch
 
 from fastvid_cli.errors import InvalidOptionError
-from fastvid_cli.pruning import (
-    DEFAULTS,
-    METHODS,
-    PruneResult,
-    dpc_scores,
-    expected_kept,
-    fastvid,
-    get_method,
-    prune_fastvid,
-    topk_lowest_index,
-)
-from fastvid_cli.pruning.fastvid import anchor_positions, dyseg_segments, frame_budget
+from fastvid_cli.pruning import DEFAULTS, REGISTRY, get_method
+from fastvid_cli.pruning.density import dpc_scores, topk_lowest_index
+from fastvid_cli.pruning.fastvid import (PruneResult, anchor_positions, dyseg_segments, expected_kept, fastvid,
+                                         frame_budget, prune_fastvid)
 
 TV_F2_SIMS = [0.95] * 31
 for _i, _v in {3: 0.50, 5: 0.93, 10: 0.60, 11: 0.85, 15: 0.92, 20: 0.70, 25: 0.88, 28: 0.80, 30: 0.91}.items():
@@ -566,7 +558,7 @@ def test_context_only_and_salient_only():
 
 
 def test_registry():
-    assert set(METHODS) >= {"fastvid", "none"}
+    assert set(REGISTRY) >= {"fastvid", "none"}
     assert get_method("fastvid") is fastvid
     assert DEFAULTS["fastvid"] == dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4)
     X, A, g = random_inputs(4, 16, 4, seed=70)
@@ -601,7 +593,7 @@ def test_cuda_matches_cpu():
 def fastvid_module():
     import importlib
 
-    return importlib.import_module("fastvid_cli.pruning.fastvid")  # the package attribute is the function
+    return importlib.import_module("fastvid_cli.pruning.fastvid")
 
 
 def count_ops(fn) -> int:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fastvid_cli.errors import InvalidOptionError
-from fastvid_cli.pruning import DEFAULTS, METHODS, accepts_attention, dpc_scores, get_method
+from fastvid_cli.pruning import DEFAULTS, REGISTRY, accepts_attention, get_method
+from fastvid_cli.pruning.density import dpc_scores
 from fastvid_cli.pruning.holitom import (
     expected_kept_holitom,
     holitom,
@@ -412,9 +413,9 @@ def test_bad_shapes():
 
 
 def test_registry():
-    assert METHODS["holitom"] is holitom and get_method("holitom") is holitom
+    assert REGISTRY["holitom"].function is holitom and get_method("holitom") is holitom
     assert DEFAULTS["holitom"]["ratio"] == 0.1 and DEFAULTS["holitom"]["k"] == 7
-    assert accepts_attention(holitom) and not accepts_attention(METHODS["fastvid"])
+    assert accepts_attention(holitom) and not accepts_attention(get_method("fastvid"))
     X, a = structured(windows=())
     params = {k: v for k, v in DEFAULTS["holitom"].items() if k != "ratio"}
     assert holitom(X, a, None, 0.1, **params).kept == 10 * 5

@@ -109,6 +109,11 @@ def resolve_model(name: str) -> ModelRef:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
+            inside = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
+            if inside:
+                raise UnknownModelError(f"{name} is a folder of checkpoints, not a checkpoint: pass one of its "
+                                        f"subfolders, e.g. --model {path / inside[0]}",
+                                        f"checkpoints in it: {', '.join(inside)}")
             raise UnknownModelError(f"{name} is a folder but has no config.json: not a model checkpoint")
         return ModelRef(str(path.resolve()), None, True)
     if path.exists():
@@ -120,6 +125,44 @@ def resolve_model(name: str) -> ModelRef:
         raise UnknownModelError(f"unknown model '{name}'", f"use an alias ({known}), a hub id like org/name, "
                                 "or a local checkpoint folder; `fastvid models` lists them")
     return ModelRef(name, None, False)
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DTYPE_NAMES = {"auto": "auto", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+               "half": "float16", "float32": "float32", "fp32": "float32"}
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_device_name(device: str) -> str:
+    """`--device`, normalised, checked for its form only (whether CUDA is there is known once torch is imported)."""
+    d = device.strip().lower()
+    if d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()):
+        return d
+    raise InvalidOptionError(f"--device must be {DEVICE_CHOICES} (got '{device}')")
+
+
+def check_dtype_name(dtype: str) -> str:
+    """`--dtype` as its canonical name (auto, bfloat16, float16, float32)."""
+    try:
+        return DTYPE_NAMES[dtype.strip().lower()]
+    except KeyError:
+        raise InvalidOptionError(f"--dtype must be auto, bfloat16, float16 or float32 (got '{dtype}')") from None
+
+
+def check_attn_implementation(name: str) -> str:
+    """`--attn-implementation`: a known kernel whose package is installed. flash attention without the
+    flash-attn package is a usage error with the install command, not a crash inside transformers."""
+    import importlib.util
+
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise InvalidOptionError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)} "
+                                 f"(got '{name}')")
+    package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise InvalidOptionError(f"--attn-implementation {name} needs the flash-attn package, which is not "
+                                 "installed", "pip install flash-attn --no-build-isolation (CUDA only), or use "
+                                 "--attn-implementation sdpa (the default)")
+    return name
 
 
 def alias_ref(alias: Alias) -> ModelRef:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from fastvid_cli.errors import InvalidOptionError
+from fastvid_cli.models import check_device_name, check_dtype_name
 
 
 @dataclass
@@ -123,35 +124,28 @@ def prefill_flops(text_config, length: int) -> float:
 
 def resolve_device(device: str) -> str:
     """'auto' | 'cuda' | 'cuda:N' | 'cpu' -> a concrete device string ('auto' stays 'auto' only for sharding)."""
-    device = device.strip().lower()
+    device = check_device_name(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise InvalidOptionError(f"--device {device}: CUDA is not available on this machine", "use --device cpu")
-        if ":" in device:
-            idx = device.split(":", 1)[1]
-            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
-                raise InvalidOptionError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-        return device
-    raise InvalidOptionError(f"--device must be auto, cpu, cuda or cuda:N (got '{device}')")
+    if not torch.cuda.is_available():
+        raise InvalidOptionError(f"--device {device}: CUDA is not available on this machine", "use --device cpu")
+    if ":" in device and int(device.split(":", 1)[1]) >= torch.cuda.device_count():
+        raise InvalidOptionError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """'auto' -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU."""
-    dtype = dtype.strip().lower()
+    dtype = check_dtype_name(dtype)
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if dtype not in _DTYPES:
-        raise InvalidOptionError(f"--dtype must be auto, bfloat16, float16 or float32 (got '{dtype}')")
     return _DTYPES[dtype]
 
 

@@ -1,50 +1,77 @@
-"""Video-token pruning methods: pure tensor code, looked up by name.
+"""Video-token pruning methods: pure tensor code, looked up by name in one registry.
 
 Every method is a callable ``(embeds (F,N,D), saliency (F,N), frame_features (F,Dg), ratio, **params)
--> PruneResult``; ``DEFAULTS[name]`` holds its default parameters. A method with an ``attn`` keyword also gets
-the mean attention each token receives in the last vision layer, (F,N) or None (see ``accepts_attention``).
+-> PruneResult`` living in its own module of this package; ``REGISTRY[name]`` says where, with its default
+parameters. A method with an ``attn`` keyword also gets the mean attention each token receives in the last vision
+layer, (F,N) or None (see ``accepts_attention``).
+
+Importing this package imports no torch: the CLI checks ``--method`` against ``method_names()`` before anything
+heavy loads. The functions themselves are imported on first use (``get_method``), or directly from their modules
+(``from fastvid_cli.pruning.fastvid import fastvid``).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import InvalidOptionError
-from .density import dpc_scores, topk_lowest_index
-from .fastvid import PruneResult, expected_kept, fastvid, keep_all, prune_fastvid
-from .holitom import expected_kept_holitom, holitom
-from .random_keep import random_keep
-from .uniform import uniform
 
-PruneMethod = Callable[..., PruneResult]
+PruneMethod = Callable[..., Any]  # -> pruning.fastvid.PruneResult
 
-METHODS: dict[str, PruneMethod] = {
-    "fastvid": fastvid,
-    "none": keep_all,
-    "uniform": uniform,  # baseline: average pooling to FastVID's per-frame budget
-    "random": random_keep,  # baseline: seeded random tokens at FastVID's per-frame budget
-    "holitom": holitom,  # HoliTom's outer stages (temporal windows + spatial merge), re-indexed positions
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One pruning method: where its function lives, fixed keyword arguments, and its default parameters."""
+
+    name: str
+    target: str  # "module:function" inside this package
+    defaults: dict[str, Any]
+    fixed: dict[str, Any] = field(default_factory=dict)  # keyword arguments this entry always passes
+
+    @functools.cached_property
+    def function(self) -> PruneMethod:
+        module, attr = self.target.split(":")
+        fn = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        return functools.partial(fn, **self.fixed) if self.fixed else fn
+
+
+# In registry order (the order `--help`, compare and eval list them). holitom's tau is left out of its defaults:
+# it follows the ratio, as the reference scripts (holitom.default_tau).
+REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
+    MethodSpec("fastvid", "fastvid:fastvid", dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4)),
+    MethodSpec("none", "fastvid:keep_all", dict(ratio=1.0)),
+    # baseline: average pooling to FastVID's per-frame budget
+    MethodSpec("uniform", "uniform:uniform", dict(ratio=0.1)),
+    # baseline: seeded random tokens at FastVID's per-frame budget
+    MethodSpec("random", "random_keep:random_keep", dict(ratio=0.1, seed=0)),
+    # HoliTom's outer stages (temporal windows + spatial merge), re-indexed positions
+    MethodSpec("holitom", "holitom:holitom", dict(ratio=0.10, beta=0.6, k=7, max_window=1024, positions="compact")),
     # the same tokens kept at their original slots and positions (FastVID-style): a model that was never shown
     # re-indexed video tokens reads these correctly (benchmarks/RESULTS.md, the demo model's count questions)
-    "holitom-orig": functools.partial(holitom, positions="original"),
-}
+    MethodSpec("holitom-orig", "holitom:holitom", dict(ratio=0.10, beta=0.6, k=7, max_window=1024,
+                                                      positions="original"), fixed=dict(positions="original")),
+]}
 
-# holitom's tau is left out: by default it follows the ratio, as the reference scripts (holitom.default_tau).
-DEFAULTS: dict[str, dict[str, float | int | str]] = {
-    "fastvid": dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4),
-    "none": dict(ratio=1.0),
-    "uniform": dict(ratio=0.1),
-    "random": dict(ratio=0.1, seed=0),
-    "holitom": dict(ratio=0.10, beta=0.6, k=7, max_window=1024, positions="compact"),
-    "holitom-orig": dict(ratio=0.10, beta=0.6, k=7, max_window=1024, positions="original"),
-}
+DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in REGISTRY.items()}
 
 
 def method_names() -> list[str]:
     """Names of the registered pruning methods, in registry order."""
-    return list(METHODS)
+    return list(REGISTRY)
+
+
+def get_method(name: str) -> PruneMethod:
+    """The pruning method called ``name``; ``InvalidOptionError`` naming the known ones otherwise."""
+    try:
+        return REGISTRY[name].function
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(REGISTRY))
+        raise InvalidOptionError(f"unknown pruning method {name!r}", hint=f"known: {known}") from None
 
 
 @functools.cache
@@ -53,31 +80,4 @@ def accepts_attention(method: PruneMethod) -> bool:
     return "attn" in inspect.signature(method).parameters
 
 
-def get_method(name: str) -> PruneMethod:
-    """The pruning method called ``name``; ``InvalidOptionError`` naming the known ones otherwise."""
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(METHODS))
-        raise InvalidOptionError(f"unknown pruning method {name!r}", hint=f"known: {known}") from None
-
-
-__all__ = [
-    "DEFAULTS",
-    "METHODS",
-    "PruneMethod",
-    "PruneResult",
-    "accepts_attention",
-    "dpc_scores",
-    "expected_kept",
-    "expected_kept_holitom",
-    "fastvid",
-    "get_method",
-    "holitom",
-    "keep_all",
-    "method_names",
-    "prune_fastvid",
-    "random_keep",
-    "topk_lowest_index",
-    "uniform",
-]
+__all__ = ["DEFAULTS", "MethodSpec", "PruneMethod", "REGISTRY", "accepts_attention", "get_method", "method_names"]
