@@ -36,6 +36,68 @@ def download_hint(repo: str) -> str:
     return f"download it first with: hf download {repo}"
 
 
+class HubUnreachableError(ModelUnavailableError):
+    """The hub cannot be reached at all (no network, no DNS, a firewall): said in seconds, with the ways out."""
+
+
+PROBE_TIMEOUT_S = 2.0
+_unreachable: dict[str, str | None] = {}  # endpoint -> why it cannot be reached (None: it can), once per process
+
+
+def _why_unreachable(endpoint: str) -> str | None:
+    """Why `endpoint` cannot be reached, found within ~2 * PROBE_TIMEOUT_S: name resolution, then a TCP connect.
+    None when it answers, or when a proxy is configured (then the library's own connection decides)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(endpoint)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    found: dict[str, Any] = {}
+
+    def resolve() -> None:  # getaddrinfo has no timeout of its own
+        try:
+            found["addrs"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            found["error"] = e
+
+    worker = threading.Thread(target=resolve, daemon=True, name="fastvid-dns")
+    worker.start()
+    worker.join(PROBE_TIMEOUT_S)
+    if worker.is_alive():
+        return f"resolving {host} timed out after {PROBE_TIMEOUT_S:g} s (no network or DNS?)"
+    if "error" in found:
+        e = found["error"]
+        return f"cannot resolve {host}: {getattr(e, 'strerror', None) or e} (no network or DNS?)"
+    errors = []
+    for family, kind, proto, _, addr in found["addrs"][:2]:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(PROBE_TIMEOUT_S)
+                sock.connect(addr)
+            return None
+        except OSError as e:
+            errors.append(getattr(e, "strerror", None) or str(e) or type(e).__name__)
+    return f"cannot connect to {host}:{port}: {errors[-1] if errors else 'no address'}"
+
+
+def ensure_reachable(repo: str, hint: str | None = None) -> None:
+    """Before downloading anything of `repo`: raise HubUnreachableError at once when the hub cannot be reached,
+    instead of minutes of retries that end in a misleading 'file not found'."""
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _unreachable:
+        _unreachable[endpoint] = _why_unreachable(endpoint)
+    why = _unreachable[endpoint]
+    if why:
+        raise HubUnreachableError(f"cannot download {repo}: {why}",
+                                  hint or f"run with --offline to use what is in the local cache, or on a connected "
+                                          f"machine: {download_hint(repo)}")
+
+
 def _local_path(ref: ModelRef, filename: str) -> str | None:
     """Path of `filename` for `ref` if it is on disk (local folder or hub cache), else None."""
     if ref.is_local:
@@ -63,6 +125,7 @@ def get_file(ref: ModelRef, filename: str, *, required: bool = True) -> str | No
             raise ModelUnavailableError(f"{ref.source} is not in the local cache and offline mode is on",
                                         download_hint(ref.source))
         return None
+    ensure_reachable(ref.source)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
@@ -118,6 +181,7 @@ def snapshot_folder(ref: ModelRef, patterns: list[str]) -> str:
         if is_offline():
             raise ModelUnavailableError(f"{ref.source} is not fully in the local cache and offline mode is on",
                                         download_hint(ref.source)) from None
+    ensure_reachable(ref.source)
     try:
         return snapshot_download(ref.source, allow_patterns=patterns)
     except Exception as e:

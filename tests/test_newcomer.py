@@ -3,6 +3,7 @@ an honest `doctor`, sensible CPU threads."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,57 @@ def test_pruning_runs_on_one_thread_unless_the_user_chose_a_count(monkeypatch, e
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 2, 2]
+
+
+# --------------------------------------------------------------------------- no network, not offline
+@pytest.fixture
+def no_network(monkeypatch):
+    """A machine whose name resolution fails, and offline mode off: what a laptop on a plane sees."""
+    import socket
+
+    from fastvid_cli import hub
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(hub, "_unreachable", {})
+
+
+def test_a_hub_id_without_network_fails_at_once_naming_the_cause(no_network):
+    import time
+
+    from fastvid_cli import hub
+    from fastvid_cli.errors import ModelUnavailableError
+    from fastvid_cli.models import ModelRef
+
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as e:
+        hub.get_file(ModelRef("llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-ov-7b", False), "config.json")
+    line = e.value.one_line()
+    assert "cannot resolve huggingface.co" in line and "--offline" in line and "hf download" in line, line
+    assert e.value.exit_code == 6 and time.perf_counter() - t0 < 5
+
+
+def test_a_local_checkpoint_without_network_fails_on_the_saliency_download_with_both_ways_out(
+        no_network, tiny_llava, index_video):
+    """The saliency head is a second download: without network the run stops in seconds and says how to go on
+    (--offline for the built-in fallback, or the download command); it does not retry for a minute."""
+    from typer.testing import CliRunner
+
+    from fastvid_cli.cli import app
+
+    res = CliRunner().invoke(app, ["ask", str(index_video), "What?", "--model", str(tiny_llava), "--device", "cpu",
+                                   "--frames", "4", "--no-cache"])
+    assert res.exit_code == 6, res.output
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot download google/siglip-so400m-patch14-384: cannot resolve huggingface.co")
+    assert "--offline" in line and "hf download google/siglip-so400m-patch14-384" in line
+    offline = CliRunner().invoke(app, ["ask", str(index_video), "What?", "--model", str(tiny_llava), "--device",
+                                       "cpu", "--frames", "4", "--no-cache", "--offline", "--max-new-tokens", "2",
+                                       "--json"])
+    assert offline.exit_code == 0, offline.output
+    assert json.loads(offline.stdout)["saliency_source"].startswith("fallback")

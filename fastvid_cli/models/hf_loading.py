@@ -33,6 +33,8 @@ def load_pretrained(model_class, ref: ModelRef, *, device: str, dtype: torch.dty
 
     hf_logging.disable_progress_bar()  # our own display shows the load stage
     local_only = ref.is_local or hub.is_cached(ref) or hub.is_offline()
+    if not local_only:
+        hub.ensure_reachable(ref.source)
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
                   trust_remote_code=False, local_files_only=local_only)
     if device_map is not None:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvid_cli.errors import ModelUnavailableError
+from fastvid_cli.hub import HubUnreachableError
 from fastvid_cli.models import ModelRef, hf_loading
 from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
 from fastvid_cli.models.hf_loading import device_of as _device_of
@@ -75,24 +76,30 @@ class LlavaOnevisionAdapter:
              saliency_model: str | None = None, device_map: Any = None) -> "LlavaOnevisionAdapter":
         from transformers import LlavaOnevisionForConditionalGeneration
 
-        model, tokenizer = hf_loading.load_pretrained(
-            LlavaOnevisionForConditionalGeneration, ref, device=device, dtype=dtype,
-            attn_implementation=attn_implementation, device_map=device_map)
-        mean, std, norm_source = read_mean_std(ref)
         notes: list[str] = []
         tower_hidden = int(config.vision_config.hidden_size)
         head, source = None, "fallback: last-layer attention received + mean-pooled frame features"
         own = Path(ref.source) / OWN_HEAD_FILE if ref.is_local else None
         wanted = saliency_model or (str(ref.source) if own is not None and own.is_file() else DEFAULT_SALIENCY_MODEL)
-        if wanted != FALLBACK:
+        if wanted != FALLBACK:  # before the model: a missing download fails in seconds, not after a long load
             try:
-                head = load_saliency_head(wanted, tower_hidden, _device_of(model.model.vision_tower), dtype)
+                head = load_saliency_head(wanted, tower_hidden, "cpu", dtype)
                 source = f"siglip-head: {wanted}"
+            except HubUnreachableError as e:  # no network: say so now, not a silently different method
+                raise HubUnreachableError(e.message, "run with --offline to use FastVID's built-in saliency "
+                                          "fallback (last-layer attention), or on a connected machine: hf download "
+                                          f"{wanted} model.safetensors config.json") from None
             except ModelUnavailableError as e:
                 if saliency_model:  # asked for explicitly: an error, not a silent substitute
                     raise
                 notes.append(f"saliency head {wanted} unavailable ({e.message}); using the fallback saliency "
                              "(mean attention received in the last vision layer, mean-pooled frame features)")
+        model, tokenizer = hf_loading.load_pretrained(
+            LlavaOnevisionForConditionalGeneration, ref, device=device, dtype=dtype,
+            attn_implementation=attn_implementation, device_map=device_map)
+        mean, std, norm_source = read_mean_std(ref)
+        if head is not None:
+            head = head.to(_device_of(model.model.vision_tower))
         return cls(model, tokenizer, ref, mean=mean, std=std, norm_source=norm_source, saliency_head=head,
                    saliency_source=source, warnings_=notes)
 
