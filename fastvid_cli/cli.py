@@ -442,6 +442,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         t.add_row("hf cache", info["hf_cache"])
         t.add_row("fastvid cache", info["fastvid_cache"])
         t.add_row("offline", str(info["offline"]))
+        t.add_row("hub", info["network"])
         t.add_row("cached models", ", ".join(info["cached_models"]) or "none")
         t.add_row("saliency weights", info["saliency_weights"])
         t.add_row("fused decode", info["fused_decode"])
@@ -459,12 +460,14 @@ def _doctor_info() -> dict[str, Any]:
     from fastvid_cli.models import ALIASES, ModelRef, alias_ref
     from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, _extracted_path
 
+    from importlib.metadata import PackageNotFoundError, version
+
     vers: dict[str, str] = {"fastvid": __version__}
-    for mod in ("torch", "transformers", "accelerate", "av", "typer", "rich", "huggingface_hub", "safetensors"):
-        try:
-            vers[mod] = __import__(mod).__version__
-        except Exception:
-            vers[mod] = "MISSING"
+    for dist in ("torch", "transformers", "accelerate", "av", "typer", "rich", "huggingface_hub", "safetensors"):
+        try:  # the installed distribution's metadata: not every package has a __version__ (rich has none)
+            vers[dist] = version(dist)
+        except PackageNotFoundError:
+            vers[dist] = "MISSING"
     gpus = []
     try:
         import torch
@@ -493,15 +496,21 @@ def _doctor_info() -> dict[str, Any]:
         decoders = {}
     import importlib.util
 
-    if importlib.util.find_spec("triton") is not None:
-        from importlib.metadata import version
+    if hub.is_offline():
+        network = "not checked (offline mode)"
+    else:
+        from huggingface_hub import constants
 
+        why = hub._why_unreachable(constants.ENDPOINT)
+        network = f"{constants.ENDPOINT} reachable" if why is None else f"{why}: use --offline, or download first"
+    if importlib.util.find_spec("triton") is not None:
         kernels = f"Triton {version('triton')} kernels (on CUDA; compiled once per machine, then cached)"
     else:
         kernels = "plain torch kernels (Triton is not installed; CUDA wheels of torch bring it)"
     return {"versions": vers, "python": platform.python_version(), "cpu_cores": os.cpu_count(), "gpus": gpus,
             "hf_cache": hub.cache_dir(), "fastvid_cache": str(hub.fastvid_cache_dir()), "offline": hub.is_offline(),
-            "cached_models": cached, "saliency_weights": sal, "decoders": decoders, "fused_decode": kernels}
+            "cached_models": cached, "saliency_weights": sal, "decoders": decoders, "fused_decode": kernels,
+            "network": network}
 
 
 def _register_batch() -> None:

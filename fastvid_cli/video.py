@@ -530,7 +530,7 @@ def _upright(frames: np.ndarray, rotation) -> tuple[np.ndarray, int]:
 
 
 def decoder_support() -> dict[str, bool]:
-    """Which of the common codecs this PyAV build can decode: {"h264", "hevc", "vp9", "av1"} -> bool.
+    """Which of the common video codecs this PyAV build can decode: codec name -> bool.
 
     FFmpeg's native "av1" decoder only drives hardware decoding, so av1 counts only with a software decoder
     (libdav1d or libaom-av1).
@@ -538,8 +538,12 @@ def decoder_support() -> dict[str, bool]:
     candidates = {
         "h264": ("h264",),
         "hevc": ("hevc",),
+        "vp8": ("vp8", "libvpx"),
         "vp9": ("vp9", "libvpx-vp9"),
         "av1": ("libdav1d", "libaom-av1"),
+        "mpeg4": ("mpeg4",),
+        "mpeg2": ("mpeg2video",),
+        "prores": ("prores",),
     }
     return {codec: any(_has_decoder(n) for n in names) for codec, names in candidates.items()}
 
