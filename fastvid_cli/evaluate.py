@@ -107,9 +107,9 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
                           f"{e.start})") from None
     if videos_root is not None:
         root = Path(videos_root).expanduser()
-        if not root.is_dir():
+        if root.exists() and not root.is_dir():
             raise BENCH_ERROR(f"--videos-root {videos_root} is not a folder")
-        root = root.resolve()
+        root = root.resolve()  # may not exist yet: videos regenerated from their seeds are written there
     else:
         root = p.resolve().parent
     questions: list[BenchQuestion] = []

@@ -869,6 +869,7 @@ def materialize(jsonl_path, out_dir, *, fps: int = DEFAULT_FPS) -> dict[str, int
             continue
         # Write next to the target and rename: an interrupted run never leaves a short file under the real name.
         tmp = path.with_name(path.stem + ".part" + path.suffix)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         write_clip(tmp, render(spec), fps)
         os.replace(tmp, path)
         written += 1

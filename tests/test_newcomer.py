@@ -218,3 +218,91 @@ def test_doctor_versions_come_from_package_metadata_and_every_decodable_codec_is
     assert sample_frames(clip, 3).frames.shape[0] == 3  # vp8 decodes here...
     assert info["decoders"]["vp8"] is True  # ...so doctor lists it
     assert info["network"] == "not checked (offline mode)"  # the tests run offline: no probe
+
+
+def test_eval_with_a_videos_root_that_does_not_exist_yet_regenerates_the_clips_there(tmp_path):
+    """The README's eval example names a fresh folder: the synthetic clips are rendered into it from their seeds
+    (it used to stop with "--videos-root … is not a folder")."""
+    from typer.testing import CliRunner
+
+    from fastvid_cli.cli import app
+    from fastvid_cli.data import __file__ as data_init
+
+    split = Path(data_init).parent / "synth_test.jsonl"
+    root = tmp_path / "not-yet" / "synth-videos"
+    res = CliRunner().invoke(app, ["eval", str(split), "--model", "demo", "--device", "cpu", "--limit", "2",
+                                   "--method", "uniform", "--ratio", "0.5", "--videos-root", str(root),
+                                   "-o", str(tmp_path / "out.jsonl"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(list(root.rglob("*.mp4"))) == 2 and json.loads(res.stdout)["run"]["failed"] == 0
+    (tmp_path / "a-file").write_text("x")
+    bad = CliRunner().invoke(app, ["eval", str(split), "--model", "demo", "--videos-root", str(tmp_path / "a-file")])
+    assert bad.exit_code == 2 and "is not a folder" in bad.stderr
+
+
+# --------------------------------------------------------------------------- the two first commands
+def load_dev(monkeypatch, tmp_path):
+    """dev.py as a module, working on a copy of pyproject.toml in tmp_path, with every command it runs recorded
+    instead of run (a fake venv python appears when `python -m venv` is called)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dev_under_test", REPO / "dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    monkeypatch.setattr(dev, "VENV", tmp_path / ".venv")
+    monkeypatch.setattr(dev, "STAMP", tmp_path / ".venv" / "fastvid-setup.json")
+    monkeypatch.setattr(dev, "LOG", tmp_path / ".venv" / "setup.log")
+    monkeypatch.setattr(dev, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(dev.platform, "system", lambda: "Linux")
+    monkeypatch.delenv("FASTVID_TORCH", raising=False)
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, "2.13.0+cpu\n", ""
+
+    def fake_run(args, **kwargs):
+        calls.append([str(a) for a in args])
+        if args[1:3] == ["-m", "venv"]:
+            dev.venv_python().parent.mkdir(parents=True)
+            dev.venv_python().write_text("")
+        return Done()
+
+    monkeypatch.setattr(dev.subprocess, "run", fake_run)
+    return dev, calls
+
+
+def test_dev_setup_installs_cpu_torch_once_and_again_only_when_the_project_changes(monkeypatch, tmp_path):
+    dev, calls = load_dev(monkeypatch, tmp_path)
+    dev.setup()
+    pip_installs = [c for c in calls if c[1:4] == ["-m", "pip", "--disable-pip-version-check"]]
+    torch_install = next(c for c in pip_installs if "torch==2.13.0" in c)
+    assert "https://download.pytorch.org/whl/cpu" in torch_install  # no NVIDIA GPU: the CPU build
+    project = next(c for c in pip_installs if "-e" in c)
+    assert project[-2:] == ["-e", ".[test]"] and "-c" in project  # torch pinned to what was just installed
+    assert (tmp_path / ".venv" / "torch-constraint.txt").read_text() == "torch==2.13.0+cpu\n"
+    calls.clear()
+    dev.setup()
+    assert calls == []  # set up already: nothing runs
+    (tmp_path / "pyproject.toml").write_text((tmp_path / "pyproject.toml").read_text() + "\n# changed\n")
+    dev.setup()
+    assert any("-e" in c for c in calls) and not any(c[1:3] == ["-m", "venv"] for c in calls)
+    calls.clear()
+    monkeypatch.setattr(dev, "has_nvidia_gpu", lambda: True)
+    dev.setup()  # a GPU appeared: the stamp's torch choice differs, so torch is installed again, from PyPI
+    assert any("torch>=2.4" in c and "https://download.pytorch.org/whl/cpu" not in c for c in calls)
+
+
+def test_dev_demo_runs_the_readme_example_and_test_runs_pytest(monkeypatch, tmp_path):
+    dev, calls = load_dev(monkeypatch, tmp_path)
+    assert dev.main(["demo"]) == 0 and calls[-1][1:] == ["-m", "fastvid_cli", *dev.DEMO]
+    assert dev.main(["test", "-x"]) == 0 and calls[-1][1:] == ["-m", "pytest", "-x"]
+    assert dev.main(["nonsense"]) == 2
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):readme.index("What a run prints")]
+    assert "python3 dev.py demo" in quick and "python3 dev.py test" in quick
+    shown = 'fastvid ask {} "{}" {}'.format(dev.DEMO[1], dev.DEMO[2], " ".join(dev.DEMO[3:]))
+    assert shown in readme  # the README's first answer is the one dev.py demo gives
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "python3 dev.py test" in ci  # CI runs the README's test command
