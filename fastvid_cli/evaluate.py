@@ -132,6 +132,8 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
         questions.append(q)
     if not questions:
         raise BENCH_ERROR(f"benchmark file {name} has no questions")
+    if not root.exists() and not any(q.seed is not None for q in questions):  # nothing to regenerate into it
+        raise BENCH_ERROR(f"--videos-root {videos_root} does not exist")
     return questions
 
 
