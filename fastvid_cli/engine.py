@@ -100,16 +100,18 @@ class Report:
     attn_implementation: str = ""
     cache: str = "off"  # feature cache: hit | miss | off
     decode_mode: str = ""  # eager | cuda-graph | batched xN (answered with N-1 other questions, see answer_many)
-    # GenerationOptions.margins: per generated token (eos included), its logit minus the best other token's. An
-    # answer whose smallest margin is near 0 can come out differently on another CPU/GPU or dtype.
-    logit_margins: list[float] | None = None
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    # GenerationOptions.margins: per generated token (eos included), its logit minus the best other token's; an
+    # answer whose smallest margin is near 0 can come out differently on another CPU/GPU or dtype. Deliberately not
+    # a dataclass field: the fixed keys of `ask --json` and of batch records (dataclasses.fields) stay as they are,
+    # and to_dict adds this one only when it was measured.
+    logit_margins = None  # list[float] | None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["logit_margins"] is None:  # only there when asked for
-            del data["logit_margins"]
+        if self.logit_margins is not None:
+            data["logit_margins"] = list(self.logit_margins)
         return data
 
     def set_margins(self, margins: list[float] | None) -> None:
