@@ -139,6 +139,10 @@ def ask(
                                  rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Answer only: no progress, no summary.",
                                rich_help_panel="Output"),
+    margins: bool = typer.Option(False, "--margins", help="Measure each answer token's logit margin (its logit "
+                                 "minus the runner-up's; near 0 = another CPU may answer differently): "
+                                 "logit_margins in --json, a note in the summary. Decodes eagerly.",
+                                 rich_help_panel="Output"),
     debug: bool = O.DEBUG,
 ) -> None:
     """Answer a question about a video, FastVID-pruned, streamed with live stats.
@@ -160,7 +164,7 @@ def ask(
 
         set_threads(threads)
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                system=system, compile=compile_decode)
+                                system=system, compile=compile_decode, margins=margins)
         gen.validate()
         display = StageDisplay(enabled=not (as_json or quiet))
         engine, clip, sample_ms, wait_ms = _load_and_sample(

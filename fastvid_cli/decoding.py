@@ -24,6 +24,10 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # Record each step's logit margin on DecodeResult.margins (see `logit_margin`): one top-2 and one host read
+    # per step, so off by default. Only the eager loops (`decode`, `decode_batch`) record it; the graph decoders
+    # (StaticDecoder, fast_decode.FusedDecoder) leave `margins` None, and Engine.decode decodes eagerly when asked.
+    margins: bool = False
 
 
 def eos_ids(model) -> set[int]:
@@ -107,6 +111,17 @@ class _Picker:
         return torch.multinomial(probs, 1, generator=self.gen)
 
 
+def logit_margin(logits: torch.Tensor, token: int) -> float:
+    """How far the chosen `token` stands above every other token in `logits` (V,): its logit minus the highest
+    other logit. Greedy: the top-1 minus the runner-up logit, >= 0; a margin near 0 is a decision that rounding
+    (another CPU's kernels, another dtype) can flip. Sampled tokens may be below the best (negative margin)."""
+    top = logits.float().topk(2)
+    values, index = top.values.tolist(), top.indices.tolist()
+    if index[0] == token:
+        return values[0] - values[1]
+    return float(logits[token]) - values[0]  # not the top-1 (sampled, or a tie the pick broke the other way)
+
+
 @dataclass
 class DecodeResult:
     token_ids: list[int] = field(default_factory=list)
@@ -115,6 +130,8 @@ class DecodeResult:
     capture_ms: float | None = None  # StaticDecoder: CUDA-graph capture time when this call captured one
     mode: str = "eager"  # eager | cuda-graph | static (static buffers, no graph: CPU tests)
     fallback: str | None = None  # why a static decode went on eagerly
+    # With Sampling.margins (eager loops only): logit_margin of every token in token_ids, eos included; else None
+    margins: list[float] | None = None
 
 
 @torch.inference_mode()
@@ -134,7 +151,10 @@ def _start(res: DecodeResult, model, first_logits: torch.Tensor, next_position: 
     eos = eos_ids(model)
     tok = pick(first_logits)
     # int(tok.item()) is the one host sync per step: the token is needed on the host anyway
-    if _emit(res, int(tok.item()), s, eos, on_token, stop):
+    token = int(tok.item())
+    if s.margins and res.mode == "eager":  # the graph decoders record none: their later steps could not
+        res.margins = [logit_margin(first_logits, token)]
+    if _emit(res, token, s, eos, on_token, stop):
         return None
     return pick, eos, tok, position_column(next_position, first_logits.device)
 
@@ -175,8 +195,12 @@ def _eager_steps(model, tok: torch.Tensor, cache, pos: torch.Tensor, pick: _Pick
     while True:
         out = model(input_ids=tok.view(1, 1), position_ids=pos, use_cache=True, **with_cache(model, cache))
         pos = pos + 1
-        tok = pick(out.logits[0, -1])
-        if _emit(res, int(tok.item()), s, eos, on_token, stop):
+        logits = out.logits[0, -1]
+        tok = pick(logits)
+        token = int(tok.item())
+        if res.margins is not None:
+            res.margins.append(logit_margin(logits, token))
+        if _emit(res, token, s, eos, on_token, stop):
             return res
 
 
@@ -227,11 +251,16 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
     out = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
                 **with_cache(model, cache))
     nxt = pos[..., -1:] + 1
-    results = [DecodeResult(mode=f"batched x{B}") for _ in range(B)]
+    results = [DecodeResult(mode=f"batched x{B}", margins=[] if s.margins else None) for _ in range(B)]
     alive = list(range(B))
     tok = out.logits[:, -1].argmax(-1, keepdim=True)
     while True:
         ids = tok[:, 0].tolist()  # the one host sync per step
+        if s.margins:  # greedy: top-1 minus runner-up, per row
+            top2 = out.logits[:, -1].float().topk(2).values
+            gaps = (top2[:, 0] - top2[:, 1]).tolist()
+            for b in alive:
+                results[b].margins.append(gaps[b])
         alive = [b for b in alive if not _emit(results[b], ids[b], s, eos, None, None)]
         if not alive:
             return results, t0

@@ -8,6 +8,7 @@ that queued it. Decoding runs in a worker thread so the caller can print tokens 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import queue
@@ -42,6 +43,8 @@ class GenerationOptions:
     # Static KV cache + CUDA-graph decode step. None: on wherever it can run (CUDA), True: on and say so when it
     # cannot, False: the eager loop.
     compile: bool | None = None
+    # Measure each answer token's logit margin (chosen minus runner-up, Report.logit_margins). Decodes eagerly.
+    margins: bool = False
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -53,7 +56,7 @@ class GenerationOptions:
 
     def sampling(self) -> Sampling:
         return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        seed=self.seed)
+                        seed=self.seed, margins=self.margins)
 
 
 @dataclass
@@ -100,9 +103,26 @@ class Report:
     decode_mode: str = ""  # eager | cuda-graph | batched xN (answered with N-1 other questions, see answer_many)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    # GenerationOptions.margins: per generated token (eos included), its logit minus the best other token's; an
+    # answer whose smallest margin is near 0 can come out differently on another CPU/GPU or dtype. Deliberately not
+    # a dataclass field: the fixed keys of `ask --json` and of batch records (dataclasses.fields) stay as they are,
+    # and to_dict adds this one only when it was measured.
+    logit_margins = None  # list[float] | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.logit_margins is not None:
+            data["logit_margins"] = list(self.logit_margins)
+        return data
+
+    def set_margins(self, margins: list[float] | None) -> None:
+        """Keep the margins of a decode (None: not measured) and say the smallest in a note."""
+        if margins is None:
+            return
+        self.logit_margins = [round(m, 4) for m in margins]
+        if margins:
+            self.notes.append(f"logit margins per answer token (chosen minus runner-up): "
+                              f"{' '.join(f'{m:.2f}' for m in margins)}; min {min(margins):.2f}")
 
 
 def versions() -> dict[str, str]:
@@ -466,11 +486,15 @@ class Engine:
                on_token=None, stop: threading.Event | None = None, notes: list[str] | None = None):
         """Decode after a prefill into `cache`. When `gen.compile` asks for it (default: on CUDA): Qwen2/Qwen3 dense
         LLMs (LLaVA-OV, Qwen2/2.5/3-VL) through the fused CUDA-graph step (fast_decode), other models through the
-        CUDA-graph StaticDecoder; else the eager loop. A failure falls back to eager (noted), and the engine stops
-        trying that decoder."""
+        CUDA-graph StaticDecoder; else the eager loop, which is also the one used when `gen.margins` asks for logit
+        margins. A failure falls back to eager (noted), and the engine stops trying that decoder."""
         notes = notes if notes is not None else []
         why = None
         fused = False
+        if gen.margins and gen.compile is not False:  # only the eager loop measures margins
+            if gen.compile:
+                notes.append("--compile: logit margins are measured by the eager loop; decoded eagerly")
+            gen = dataclasses.replace(gen, compile=False)
         if gen.compile is not False:  # None = on where it can run, silently off where it cannot
             why = ("--compile needs a CUDA device" if not self.cuda else
                    self.broken.get("static") or StaticDecoder.unsupported(self.model, cache))
@@ -722,6 +746,7 @@ class VideoSession:
             report.answer = eng.adapter.tokenizer.decode([t for t in res.token_ids if t not in eos],
                                                          skip_special_tokens=True)
             report.new_tokens, report.stop_reason, report.decode_mode = len(res.token_ids), res.stop_reason, res.mode
+            report.set_margins(res.margins)
             times = res.token_times
             timings = dict(self.timings)
             timings["prefix_prefill"] = self.prefix_ms or 0.0
@@ -834,6 +859,7 @@ class VideoSession:
         times = res.token_times
         report.new_tokens = len(res.token_ids)
         report.decode_mode = res.mode
+        report.set_margins(res.margins)
         if res.capture_ms is not None:
             timings["graph_capture"] = res.capture_ms
         report.stop_reason = "interrupted" if stop.is_set() else res.stop_reason

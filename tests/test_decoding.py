@@ -292,3 +292,75 @@ def test_ctrl_c_while_a_piece_is_printed_stops_cleanly(engine, index_video):
     assert r.stop_reason == "interrupted" and r.new_tokens < 400
     assert r.answer.startswith("".join(printed)) and len(printed) >= 3
     assert not any(t.name == "fastvid-decode" and t.is_alive() for t in threading.enumerate())
+
+
+# ------------------------------------------------------------------------------------------ logit margins
+def test_logit_margin_is_the_chosen_logit_minus_the_best_other():
+    from fastvid_cli.decoding import logit_margin
+
+    logits = torch.tensor([1.0, 3.0, 2.0])
+    assert logit_margin(logits, 1) == 1.0  # greedy: top-1 minus runner-up
+    assert logit_margin(logits, 2) == -1.0 and logit_margin(logits, 0) == -2.0  # a sampled token below the best
+    assert logit_margin(torch.tensor([2.0, 2.0, 0.0]), 1) == 0.0  # a tie either way
+    assert logit_margin(torch.tensor([0.5, -1.0], dtype=torch.bfloat16), 0) == 1.5
+
+
+def test_eager_margins_are_each_steps_top1_minus_runner_up(engine, pruned):
+    """Greedy with Sampling.margins: one margin per token (eos included), equal to the gap between the two best
+    logits of a teacher-forced forward over the prompt and the answer; off by default (None, nothing computed)."""
+    model = engine.model
+    plain, _ = run(decode, model, pruned, Sampling(max_new_tokens=8))
+    res, _ = run(decode, model, pruned, Sampling(max_new_tokens=8, margins=True))
+    assert plain.margins is None
+    assert res.token_ids == plain.token_ids and len(res.margins) == len(res.token_ids) == 8
+    ids = torch.tensor([res.token_ids[:-1]])
+    embeds = torch.cat([pruned.inputs_embeds, model.get_input_embeddings()(ids)], dim=1)
+    pos = torch.cat([pruned.position_ids, pruned.next_position + torch.arange(ids.shape[1])], dim=-1)
+    with torch.inference_mode():
+        logits = model(inputs_embeds=embeds, position_ids=pos).logits[0, pruned.length - 1:]
+    top2 = logits.topk(2).values
+    assert logits.argmax(-1).tolist() == res.token_ids
+    assert res.margins == pytest.approx((top2[:, 0] - top2[:, 1]).tolist(), abs=1e-3)
+    assert min(res.margins) >= 0
+
+
+def test_sampled_margins_are_recorded_too(engine, pruned):
+    s = Sampling(max_new_tokens=12, temperature=1.5, seed=3, margins=True)
+    res, _ = run(decode, engine.model, pruned, s)
+    assert len(res.margins) == len(res.token_ids)
+    assert res.token_ids == run(decode, engine.model, pruned, Sampling(max_new_tokens=12, temperature=1.5,
+                                                                        seed=3))[0].token_ids
+
+
+def test_graph_decoders_leave_margins_unmeasured(engine, pruned):
+    s = Sampling(max_new_tokens=4, margins=True)
+    for decoder in (StaticDecoder(engine.model, graphs=False), FusedDecoder(engine.model, graphs=False)):
+        assert run(decoder.decode, engine.model, pruned, s)[0].margins is None
+
+
+def test_margins_requested_decode_eagerly_and_reach_the_report(engine, index_video, monkeypatch):
+    """GenerationOptions.margins: the engine decodes with the eager loop even where --compile would take the fused
+    step (saying so when --compile was explicit); Report.logit_margins then holds one margin per new token, a note
+    gives the smallest, and to_dict has the key only when margins were asked for."""
+    monkeypatch.setattr(engine, "cuda", True)
+    monkeypatch.setitem(engine.decoders, "fused", FusedDecoder(engine.model, graphs=False))
+    prune = PruneOptions(ratio=0.25)
+    fused = engine.ask(str(index_video), "Q?", frames=8, prune=prune, gen=GenerationOptions(max_new_tokens=5))
+    r = engine.ask(str(index_video), "Q?", frames=8, prune=prune,
+                   gen=GenerationOptions(max_new_tokens=5, margins=True, compile=True))
+    assert fused.decode_mode == "fused" and fused.logit_margins is None and "logit_margins" not in fused.to_dict()
+    assert r.decode_mode == "eager" and r.answer == fused.answer
+    assert len(r.logit_margins) == r.new_tokens == 5 and r.to_dict()["logit_margins"] == r.logit_margins
+    assert any("decoded eagerly" in n for n in r.notes)
+    assert any(n.startswith("logit margins") and f"min {min(r.logit_margins):.2f}" in n for n in r.notes)
+
+
+def test_batched_margins_equal_one_by_one_margins(engine, index_video):
+    prune = PruneOptions(ratio=0.25, params=dict(c=4))
+    gen = GenerationOptions(max_new_tokens=6, margins=True)
+    sess = engine.session(str(index_video), frames=8, prune=prune)
+    single = [sess.answer(q, gen).logit_margins for q in QUESTIONS]
+    batched = engine.session(str(index_video), frames=8, prune=prune).answer_many(QUESTIONS, gen)
+    assert all(r.decode_mode.startswith("batched") for r in batched)
+    for one, many in zip(single, batched):
+        assert many.logit_margins == pytest.approx(one, abs=1e-3)
