@@ -23,17 +23,20 @@ from fastvid_cli import options as O
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
 
 app = typer.Typer(
+    cls=O.Group,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Answer questions about videos with a local Video LLM, made fast by FastVID token pruning.",
-    epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items() if k),
+    epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items() if k) + "\n\n"
+           + O.examples_epilog(None),
 )
 
-SPEEDUP_NOTE = ("The prefill speedup is MEASURED with --baseline (an extra unpruned prefill of the same prompt, "
-                "timed the same way); otherwise it is an ESTIMATE labelled 'est.', the ratio of LLM prefill "
-                "FLOPs (projections, causal attention, MLP) at the full and the pruned prompt length.")
+BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the unpruned prompt the way `compare` "
+                 "does (3 runs each, alternating; medians) and report the MEASURED prefill speedup with both times. "
+                 "Without it the speedup shown is an ESTIMATE labelled 'est.': the ratio of LLM prefill FLOPs "
+                 "(projections, causal attention, MLP) at the full and the pruned prompt length.")
 
 
 def _run(debug: bool, body: Callable[[], int | None]) -> None:
@@ -84,11 +87,11 @@ def _check_ratio(ratio: float | None) -> None:
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
 
 
-@app.command()
+@app.command(cls=O.Command)
 def ask(
-    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, mov, …). Use `--` before a path that "
-                                          "starts with '-'.", show_default=False),
-    question: str = typer.Argument(..., help="The question to answer.", show_default=False),
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, mkv, webm, mov, …). Use `--` before "
+                                 "a path that starts with '-'.", show_default=False),
+    question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
     model: str = O.MODEL,
     device: str = O.DEVICE,
     dtype: str = O.DTYPE,
@@ -98,9 +101,7 @@ def ask(
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
-    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
-                                          "token (default: the model's, 0.10 for LLaVA-OV).",
-                                          rich_help_panel="Pruning"),
+    ratio: Optional[float] = O.RATIO,
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
@@ -108,15 +109,13 @@ def ask(
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
+    max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
-    baseline: bool = typer.Option(False, "--baseline", help="Also time an unpruned prefill of the same prompt "
-                                  "and report the MEASURED prefill speedup. " + SPEEDUP_NOTE,
-                                  rich_help_panel="Output"),
+    baseline: bool = typer.Option(False, "--baseline", help=BASELINE_HELP, rich_help_panel="Output"),
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
@@ -248,14 +247,16 @@ def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:
     return {**{k: engine.defaults[k] for k in names}, **given}
 
 
-@app.command()
+@app.command(cls=O.Command)
 def compare(
-    video: Path = typer.Argument(..., help="Video file.", show_default=False),
-    question: str = typer.Argument(..., help="The question to answer.", show_default=False),
-    ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio; repeat it to compare several "
-                                      "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", help="fastvid | holitom | holitom-orig | none | uniform | "
-                                     "random; repeat for several (default fastvid).", rich_help_panel="Pruning"),
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Video file.", show_default=False),
+    question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
+    ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio; repeat it to "
+                                      "compare several (default: 0.5, 0.25, 0.1).", show_default=False,
+                                      rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="fastvid | holitom | holitom-orig | "
+                                     "none | uniform | random; repeat for several (default fastvid).",
+                                     show_default=False, rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
@@ -265,7 +266,7 @@ def compare(
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
-    repeat: int = typer.Option(3, min=1, max=100, help="Runs per setting; the table shows medians.",
+    repeat: int = typer.Option(3, min=1, max=100, metavar="N", help="Runs per setting; the table shows medians.",
                                rich_help_panel="Output"),
     model: str = O.MODEL,
     device: str = O.DEVICE,
@@ -277,7 +278,8 @@ def compare(
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
-    max_new_tokens: int = typer.Option(128, min=1, help="Most tokens per answer.", rich_help_panel="Generation"),
+    max_new_tokens: int = typer.Option(128, min=1, metavar="N", help="Most tokens per answer.",
+                                       rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
     full: bool = typer.Option(False, "--full", help="Print whole answers instead of shortened ones.",
@@ -332,8 +334,8 @@ def compare(
     _run(debug, body)
 
 
-@app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+@app.command(cls=O.Command)
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.", rich_help_panel="Output")) -> None:
     """List model aliases, their hub ids, and whether each is in the local cache."""
 
     def body() -> int:
@@ -381,8 +383,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     _run(False, body)
 
 
-@app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+@app.command(cls=O.Command)
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", rich_help_panel="Output")) -> None:
     """Check the installation: versions, devices and memory, caches, cached models, PyAV decoders."""
 
     def body() -> int:
@@ -474,8 +476,8 @@ def _register_batch() -> None:
     from fastvid_cli.cli_batch import batch
     from fastvid_cli.cli_eval import eval_
 
-    app.command(name="batch")(batch)
-    app.command(name="eval")(eval_)
+    app.command(name="batch", cls=O.Command)(batch)
+    app.command(name="eval", cls=O.Command)(eval_)
 
 
 _register_batch()
