@@ -133,7 +133,7 @@ def ask(
     def body() -> int:
         from fastvid_cli import hub
         from fastvid_cli.engine import GenerationOptions, PruneOptions
-        from fastvid_cli.ui import StageDisplay, print_summary, write_answer_piece
+        from fastvid_cli.ui import AnswerOut, StageDisplay, print_summary
 
         _check_ratio(ratio)
         _check_method(method)
@@ -143,7 +143,8 @@ def ask(
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 system=system, compile=compile_decode)
         gen.validate()
-        display = StageDisplay(enabled=not (as_json or quiet))
+        answer = AnswerOut()
+        display = StageDisplay(enabled=not (as_json or quiet), answer=answer)
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
@@ -156,7 +157,7 @@ def ask(
         report = engine.ask(str(video), question, prune=prune, gen=gen, baseline=baseline, clip=clip,
                             sample_ms=sample_ms, sample_wait_ms=wait_ms,
                             feature_cache=fcache, on_stage=display,
-                            on_text=None if as_json else write_answer_piece)
+                            on_text=None if as_json else answer)
         display.stop()
         data = report.to_dict()
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
@@ -164,9 +165,7 @@ def ask(
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
-            if not report.answer.endswith("\n"):
-                sys.stdout.write("\n")
-                sys.stdout.flush()
+            answer.end_line()
             if not quiet:
                 print_summary(data, engine.load_ms)
         return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
@@ -180,7 +179,8 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     """Validate cheaply, then load the model on a worker thread while this thread samples the frames.
 
     The two overlap, and a bad video or option fails at once instead of after a long load. Returns
-    (engine, clip, sample_ms, wait_ms) where wait_ms is how long sampling outlasted the load."""
+    (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait for the load after it),
+    wait_ms how long sampling outlasted the load (0 when the load took longer)."""
     from fastvid_cli import hub
 
     hub.set_offline(offline)
@@ -205,18 +205,18 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
 
     display("load", "start")
     loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
+    t_load = time.perf_counter()
     loader.start()
     t0 = time.perf_counter()
     try:
         clip = sample_frames(str(video), request)
+        t_sampled = time.perf_counter()  # before waiting for the load: that wait is not sampling
+        display("sample", "done", seconds=t_sampled - t0)
     finally:
         loader.join()  # also on a decode error found mid-file: an interpreter exiting under a running load aborts
-    t_sampled = time.perf_counter()
-    display.started["sample"] = t0
-    display("sample", "done")
     if "error" in loaded:
         raise loaded["error"]
-    display("load", "done")
+    display("load", "done", seconds=loaded["t"] - t_load)
     engine = loaded["engine"]
     if show_warnings:
         from fastvid_cli.ui import warn_line
