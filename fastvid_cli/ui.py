@@ -276,13 +276,13 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
     grid.add_row("prompt", f"{r['prompt_tokens_total']} → [bold]{r['prompt_tokens_kept']}[/] tokens")
     grid.add_row("saliency", Text(r.get("saliency_source", ""), overflow="fold"))
     if r.get("cache", "off") == "hit":
-        note = ""
+        note: list[str] = []
         if "sample_wait" in t:  # the frames were sampled during the load, before the cache could be read
             waited = t["sample_wait"] or 0.0
-            note = "(the frames sampled during the load were not needed" + (
-                f"; waited {fmt_ms(waited)} for them)" if round(waited, 1) > 0 else ")")
+            note = (["(the frames sampled during the load were not needed;", f"waited {fmt_ms(waited)} for them)"]
+                    if round(waited, 1) > 0 else ["(the frames sampled during the load were not needed)"])
         grid.add_row("feature cache", Flow([["[green]hit[/]: cached features used,", "preprocess and vision skipped"],
-                                            note.split("; ") if note else ""]))
+                                            note]))
     elif r.get("cache", "off") == "miss":
         grid.add_row("feature cache", "miss (features stored for the next run)")
     grid.add_row("time", Flow(_time_pieces(r, load_ms)))
