@@ -4,6 +4,7 @@ at 80 and at 120 columns."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import statistics
@@ -201,7 +202,7 @@ def test_compare_times_prefills_with_the_same_rounds(engine, index_video, monkey
 
 # ---------------------------------------------------------------- C: 80 and 120 columns
 def _render(renderable, width: int) -> list[str]:
-    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    console = Console(width=width, record=True, color_system=None, file=io.StringIO())
     console.print(renderable)
     return console.export_text().splitlines()
 
@@ -258,8 +259,8 @@ def _compare_result() -> dict:
 def test_compare_table_reads_at_80_and_120_columns(width):
     from fastvid_cli.ui import print_compare
 
-    out = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
-    err = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    out = Console(width=width, record=True, color_system=None, file=io.StringIO())
+    err = Console(width=width, record=True, color_system=None, file=io.StringIO())
     print_compare(_compare_result(), out=out, err=err)
     table, context = out.export_text(), err.export_text()
     lines = table.splitlines()
