@@ -25,11 +25,11 @@ OUTPUT_HELP = ("JSON Lines output, one record per row: the fields of `ask --json
 
 
 def batch(
-    questions: Path = typer.Argument(..., help=CSV_HELP, show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
-                                          rich_help_panel="Output"),
-    csv_out: Optional[Path] = typer.Option(None, "--csv-out", help="Also write a flat CSV when the run ends (id, "
-                                           "video, question, answer, status, error, video_tokens_kept, "
+    questions: Path = typer.Argument(..., metavar="QUESTIONS", help=CSV_HELP, show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
+                                          show_default=False, rich_help_panel="Output"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv-out", metavar="FILE", help="Also write a flat CSV when the "
+                                           "run ends (id, video, question, answer, status, error, video_tokens_kept, "
                                            "video_tokens_total, ttft_ms, decode_tokens_per_s), in the questions' "
                                            "order, covering rows answered in earlier runs too.",
                                            rich_help_panel="Output"),
@@ -44,14 +44,14 @@ def batch(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096, metavar="N",
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
-    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
-                                          "token (default: the model's, 0.10 for LLaVA-OV); a ratio column "
-                                          "overrides it per row.", rich_help_panel="Pruning"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", metavar="RATIO", help="Retention ratio in (0, 1]; "
+                                          "1.0 keeps every token (default: the model's, 0.10 for LLaVA-OV); a ratio "
+                                          "column overrides it per row.", rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
@@ -59,15 +59,15 @@ def batch(
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
+    max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
-    answer_batch: int = typer.Option(16, min=1, max=256, help="Greedy questions about one video decoded together "
-                                     "(same answers as one by one; a decode step costs about the same for many "
-                                     "rows as for one). 1 answers them one at a time.",
+    answer_batch: int = typer.Option(16, min=1, max=256, metavar="N", help="Greedy questions about one video "
+                                     "decoded together (same answers as one by one; a decode step costs about the "
+                                     "same for many rows as for one). 1 answers them one at a time.",
                                      rich_help_panel="Generation"),
     debug: bool = O.DEBUG,
 ) -> None:

@@ -34,15 +34,15 @@ OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, set
 
 
 def eval_(
-    bench: Path = typer.Argument(..., help=BENCH_HELP, show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
-                                          rich_help_panel="Output"),
-    videos_root: Optional[Path] = typer.Option(None, "--videos-root", help="Folder that relative video paths "
-                                               "are taken against (default: the benchmark file's folder).",
-                                               show_default=False, rich_help_panel="Benchmark"),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions of the file.",
-                                        show_default=False, rich_help_panel="Benchmark"),
-    form: str = typer.Option("mc", "--form", help=FORM_HELP, rich_help_panel="Benchmark"),
+    bench: Path = typer.Argument(..., metavar="BENCH", help=BENCH_HELP, show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
+                                          show_default=False, rich_help_panel="Output"),
+    videos_root: Optional[Path] = typer.Option(None, "--videos-root", metavar="DIR", help="Folder that relative "
+                                               "video paths are taken against (default: the benchmark file's "
+                                               "folder).", show_default=False, rich_help_panel="Input"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Only the first N questions of "
+                                        "the file.", show_default=False, rich_help_panel="Input"),
+    form: str = typer.Option("mc", "--form", metavar="FORM", help=FORM_HELP, rich_help_panel="Input"),
     model: str = O.MODEL,
     device: str = O.DEVICE,
     dtype: str = O.DTYPE,
@@ -51,11 +51,12 @@ def eval_(
     offline: bool = O.OFFLINE,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
-    method: list[str] = typer.Option([], "--method", help="Pruning method: fastvid | holitom | uniform | random | "
-                                     "none; repeat for several (default fastvid).", rich_help_panel="Pruning"),
-    ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio in (0, 1]; repeat for several "
-                                      "(default: 0.25, 0.1). 1.0 is the unpruned reference (method none), run "
-                                      "once.", rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="Pruning method: fastvid | holitom | "
+                                     "uniform | random | none; repeat for several (default fastvid).",
+                                     show_default=False, rich_help_panel="Pruning"),
+    ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio in (0, 1]; repeat "
+                                      "for several (default: 0.25, 0.1). 1.0 is the unpruned reference (method "
+                                      "none), run once.", show_default=False, rich_help_panel="Pruning"),
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not run the unpruned reference "
                                       "(none, ratio 1.0) unless asked for; retention is then not shown.",
                                       rich_help_panel="Pruning"),
@@ -66,9 +67,9 @@ def eval_(
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, help="Seed of the random method "
-                                              "(0).", rich_help_panel="Pruning"),
-    max_new_tokens: int = typer.Option(8, min=1, help="Most tokens per answer (greedy decoding).",
+    random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, metavar="N", help="Seed of the random "
+                                              "method (0).", rich_help_panel="Pruning"),
+    max_new_tokens: int = typer.Option(8, min=1, metavar="N", help="Most tokens per answer (greedy decoding).",
                                        rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
