@@ -86,7 +86,7 @@ def batch(
 
         hub.set_offline(offline)
         from fastvid_cli.batch import BatchConfig, format_exception, run_batch
-        from fastvid_cli.errors import EXIT_INTERRUPTED
+        from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
 
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
@@ -112,7 +112,12 @@ def batch(
             restore()
         if result.final:
             progress.summary(result, out, csv_out)
-        return EXIT_INTERRUPTED if result.interrupted else 0
+        if result.interrupted:
+            return EXIT_INTERRUPTED
+        if result.final_failed:  # main process: every row was tried, some stand as errors (exit 8)
+            raise RowsFailedError(f"{result.final_failed} of {result.rows} rows failed: their records in {out} have "
+                                  "status error and say why", "rerun with --retry-errors to try them again")
+        return 0
 
     _run(debug, body)
 

@@ -117,6 +117,13 @@ def eval_(
             sys.stdout.flush()
         else:
             print_eval(data, max_new_tokens)
+        failed = sum(r["errors"] for r in data["settings"])
+        if failed:  # every item was tried, some stand as errors (exit 8)
+            from fastvid_cli.errors import RowsFailedError
+
+            raise RowsFailedError(f"{failed} of {result.total} items (question x setting) failed: their records in "
+                                  f"{result.output} have status error and say why",
+                                  "rerun with --retry-errors to try them again")
         return 0
 
     _run(debug, body)

@@ -433,6 +433,73 @@ def test_shards_of_any_process_count_are_read_and_merged(engine, clips, tiny_lla
     assert B.shard_files(out) == []
 
 
+# ---------------------------------------------------------------------------------------------- CLI outcome
+def _error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error")]
+
+
+def test_exit_code_8_when_rows_failed_after_every_row_was_tried(engine, clips, cli_args, monkeypatch):
+    """A script must be able to tell: rows that end as errors give exit code 8 (one `error:` line), but only
+    after every row was tried and recorded; a rerun with those errors still standing says so again; with the
+    failures fixed and --retry-errors, 0."""
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+    from fastvid_cli.errors import EXIT_CODES, RowsFailedError
+
+    assert RowsFailedError.exit_code == 8 and 8 in EXIT_CODES
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    (clips / "broken.mp4").write_bytes(b"not a video at all")
+    csv = write_csv(clips.parent / "failing.csv", (
+        "id,video,question\n"
+        "bad1,clips/nowhere.mp4,Missing?\n"  # invalid before the load
+        "good,clips/a.mp4,What happens?\n"
+        "bad2,clips/broken.mp4,Undecodable?\n"))  # fails in its session
+    out = clips.parent / "failing.jsonl"
+    args = ["batch", str(csv), "-o", str(out), *cli_args]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 8, result.output
+    assert "Traceback" not in result.stderr
+    [line] = _error_lines(result.stderr)
+    assert "2 of 3 rows failed" in line and str(out) in line
+    view = final_view(out)  # every row was tried: the good one answered after the failures
+    assert {k: v["status"] for k, v in view.items()} == {"bad1": "error", "good": "ok", "bad2": "error"}
+
+    monkeypatch.setattr(Engine, "load", NoLoad())  # nothing left to do, the errors still stand
+    again = CliRunner().invoke(build_app(), args)
+    assert again.exit_code == 8 and len(_error_lines(again.stderr)) == 1, again.output
+
+    shutil.copy(clips / "b.mp4", clips / "nowhere.mp4")
+    shutil.copy(clips / "b.mp4", clips / "broken.mp4")
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    fixed = CliRunner().invoke(build_app(), [*args, "--retry-errors"])
+    assert fixed.exit_code == 0 and not _error_lines(fixed.stderr), fixed.output
+    assert all(r["status"] == "ok" for r in final_view(out).values())
+
+
+def test_interrupt_exit_code_wins_over_failed_rows(clips, cli_args, monkeypatch):
+    """Ctrl-C during a run that also has failed rows: 130 (interrupted), not 8."""
+    from batch_runner import build_app
+
+    real = B.run_batch
+
+    def interrupted(cfg, **kw):
+        kw["stop"].set()  # as the first Ctrl-C does: stop before the first row
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(B, "run_batch", interrupted)
+    csv = write_csv(clips.parent / "int.csv", "id,video,question\n1,clips/nowhere.mp4,Missing?\n")
+    out = clips.parent / "int.jsonl"
+    # an error record already stands for row 1 (an earlier run): the final view has a failed row
+    row = B.read_questions(csv)[0]
+    cfg = B.BatchConfig(questions=csv, output=out, model=cli_args[1], saliency_model=cli_args[3], device="cpu",
+                        frames=8, max_new_tokens=24, temperature=1.0, seed=11)
+    plan = B.make_plan(cfg)
+    out.write_text(json.dumps(B.error_record(row, "earlier failure", plan.settings[1], plan.fps[1])) + "\n")
+    result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), *cli_args])
+    assert result.exit_code == 130, result.output
+
+
 # ---------------------------------------------------------------------------------------------- real processes
 def _entry() -> list[str]:
     """`python -m fastvid_cli` once `batch` is registered in cli.py, else the runner script."""

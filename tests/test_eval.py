@@ -588,6 +588,23 @@ def test_cli_usage_errors_exit_2(tmp_path, cli_args, setup, args, message):
     assert not bench.with_name("bench.eval.jsonl").exists()
 
 
+def test_cli_exit_code_8_when_items_failed(tmp_path):
+    """Every item tried, some failed (here: videos that do not exist, so no model is even loaded): the results
+    are still printed (--json on stdout), then one `error:` line and exit code 8."""
+    bench = write_bench(tmp_path / "bench.jsonl", [row("m1", "gone/a.mp4"), row("m2", "gone/b.mp4")])
+    out = tmp_path / "out.jsonl"
+    args = [bench, "--model", "demo", "--device", "cpu", "--method", "uniform", "--ratio", "0.5", "-o", out]
+    res = invoke(*args, "--json")
+    assert res.exit_code == 8, res.output
+    data = json.loads(res.stdout)
+    assert data["run"] == {"items": 4, "skipped": 0, "answered": 4, "failed": 4}
+    [line] = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
+    assert "4 of 4 items" in line and "Traceback" not in res.stderr
+    assert len(read_jsonl(out)) == 4 and all(r["status"] == "error" for r in read_jsonl(out))
+    table = invoke(*args)  # resumed: the errors still stand
+    assert table.exit_code == 8 and "uniform@0.5" in table.stdout, table.output
+
+
 def test_cli_end_to_end_json_and_resume(clips, cli_args, tmp_path):
     """The tiny model on 2 clips x 2 questions, reference + uniform@0.25: records, JSON keys, then a rerun."""
     out = tmp_path / "results.jsonl"
