@@ -532,12 +532,13 @@ def ok_record(row: Row, report_dict: dict[str, Any], settings: dict[str, Any], f
     return rec
 
 
-def error_record(row: Row, message: str, settings: dict[str, Any], fp: str) -> dict[str, Any]:
-    """Same keys as an "ok" record; what is unknown for a failed row is null."""
+def error_record(row: Row, message: str, settings: dict[str, Any], fp: str, *, model: str) -> dict[str, Any]:
+    """Same keys as an "ok" record; what is unknown for a failed row is null. `model`: the name "ok" records carry
+    (the alias the user gave, else the hub id or folder), not the resolved source in `settings`."""
     rec = _head(row, "error", message)
     rec.update({k: None for k in _report_keys()})
     ratio, frames = settings.get("ratio"), settings.get("frames")
-    rec.update(model=settings.get("model"), video=row.video, question=row.question, method=settings.get("method"),
+    rec.update(model=model, video=row.video, question=row.question, method=settings.get("method"),
                ratio=ratio if isinstance(ratio, float) else None, params=settings.get("params"),
                frames_requested=frames if isinstance(frames, int) else None)
     rec.update(_tail(row, settings, fp))
@@ -721,6 +722,7 @@ class Plan:
     base: dict[str, Any]
     settings: dict[int, dict[str, Any]]  # row number -> settings
     fps: dict[int, str]  # row number -> fingerprint
+    model_name: str = ""  # what records call the model: the alias as given (ok records: Engine.model_name)
 
 
 def make_plan(cfg: BatchConfig, engine=None) -> Plan:
@@ -730,7 +732,7 @@ def make_plan(cfg: BatchConfig, engine=None) -> Plan:
 
     validate_config(cfg)
     rows = read_questions(cfg.questions)
-    resolve_model(cfg.model)
+    ref = resolve_model(cfg.model)
     if engine is None:
         dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
         defaults = family_defaults(cfg.model)
@@ -739,7 +741,7 @@ def make_plan(cfg: BatchConfig, engine=None) -> Plan:
         defaults = dict(engine.defaults)
     base = base_settings(cfg, defaults, dtype_label)
     settings = {r.row: row_settings(r, base) for r in rows}
-    return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()})
+    return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()}, ref.display)
 
 
 class _Writer:
@@ -819,7 +821,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                     if stop.is_set():
                         break
                     write(row, error_record(row, row.error or "invalid row", plan.settings[row.row],
-                                            plan.fps[row.row]))
+                                            plan.fps[row.row], model=plan.model_name))
                 if share and not stop.is_set():
                     frames_ahead = FramePrefetcher(share) if prefetch else None
                     try:
@@ -974,7 +976,7 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
             return
         s, fp = plan.settings[row.row], plan.fps[row.row]
         if session is None:
-            write(row, error_record(row, session_error or "failed", s, fp))
+            write(row, error_record(row, session_error or "failed", s, fp, model=plan.model_name))
             continue
         if step > 1 and not stop.is_set() and i % step == 0 and i + 1 < len(group.rows):
             chunk = group.rows[i:i + step]
@@ -989,10 +991,10 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
             report = batched.pop(i, None) or session.answer(row.question, gen, reuse_prefix=True,
                                                             lead_ms=lead_ms if i == 0 else 0.0)
         except FastVidError as e:
-            write(row, error_record(row, e.one_line(), s, fp))
+            write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
             continue
         except Exception as e:
-            write(row, error_record(row, _internal(e, on_exception), s, fp))
+            write(row, error_record(row, _internal(e, on_exception), s, fp, model=plan.model_name))
             continue
         if report.stop_reason == "interrupted":  # a second Ctrl-C mid-answer: a partial answer is not recorded
             raise KeyboardInterrupt

@@ -444,11 +444,12 @@ class EvalPlan:
 
     questions: list[BenchQuestion]
     settings: list[Setting]
-    model: str  # resolved: hub id or absolute folder
+    model: str  # resolved: hub id or absolute folder (what fingerprints hold)
     frames: dict[str, int]  # question id -> frames requested
     full_settings: dict[tuple[str, str], dict[str, Any]]  # (question id, setting label) -> settings
     fps: dict[tuple[str, str], str]  # (question id, setting label) -> fingerprint
     form: str = "mc"  # EvalConfig.form
+    model_name: str = ""  # what records and the table call the model: the alias as given (as `ask` and `batch` do)
 
     def fp(self, q: BenchQuestion, s: Setting) -> str:
         return self.fps[(q.id, s.label)]
@@ -551,7 +552,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
                 x["fps"] = rate
             full[(q.id, s.label)] = x
             fps[(q.id, s.label)] = fingerprint(x)
-    return EvalPlan(questions, settings, ref.source, frames, full, fps, cfg.form)
+    return EvalPlan(questions, settings, ref.source, frames, full, fps, cfg.form, ref.display)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -573,7 +574,7 @@ def _record(plan: EvalPlan, q: BenchQuestion, s: Setting, status: str, error: st
         "answer": None, "predicted": None, "correct": None,
         "video_tokens_kept": None, "video_tokens_total": None, "frames_used": None,
         "ttft_ms": None, "prefill_ms": None, "prune_ms": None, "new_tokens": None,
-        "input_error": False, "model": plan.model, "settings": plan.full_settings[(q.id, s.label)],
+        "input_error": False, "model": plan.model_name, "settings": plan.full_settings[(q.id, s.label)],
         "fingerprint": plan.fp(q, s), "finished_at": None,
     }
 
@@ -838,5 +839,5 @@ def summarize(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rows:
             if r["n"]:
                 r["retention"] = round(r["correct"] / r["n"] / ref_acc, 4)
-    return {"questions": len(plan.questions), "model": plan.model, "form": plan.form, "settings": rows,
+    return {"questions": len(plan.questions), "model": plan.model_name, "form": plan.form, "settings": rows,
             "by_type": {t: by_type[t] for t in sorted(by_type)}}

@@ -495,9 +495,32 @@ def test_interrupt_exit_code_wins_over_failed_rows(clips, cli_args, monkeypatch)
     cfg = B.BatchConfig(questions=csv, output=out, model=cli_args[1], saliency_model=cli_args[3], device="cpu",
                         frames=8, max_new_tokens=24, temperature=1.0, seed=11)
     plan = B.make_plan(cfg)
-    out.write_text(json.dumps(B.error_record(row, "earlier failure", plan.settings[1], plan.fps[1])) + "\n")
+    out.write_text(json.dumps(B.error_record(row, "earlier failure", plan.settings[1], plan.fps[1],
+                                             model=plan.model_name)) + "\n")
     result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), *cli_args])
     assert result.exit_code == 130, result.output
+
+
+def test_every_record_names_the_model_as_the_user_did(clips, tmp_path):
+    """`--model demo`: ok and error records alike say "demo" (not the weights folder inside the package); the
+    fingerprinted settings keep the resolved source."""
+    from batch_runner import build_app
+
+    (clips / "broken.mp4").write_bytes(b"not a video at all")
+    csv = write_csv(clips.parent / "names.csv", (
+        "id,video,question\n"
+        "ok,clips/a.mp4,What happens?\n"
+        "missing,clips/nowhere-at-all.mp4,Missing?\n"
+        "broken,clips/broken.mp4,Undecodable?\n"
+        "empty,clips/a.mp4,\n"))
+    out = tmp_path / "names.jsonl"
+    result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), "--model", "demo", "--device", "cpu",
+                                              "--frames", "4", "--max-new-tokens", "2"])
+    assert result.exit_code == 8, result.output
+    recs = read_jsonl(out)
+    assert sorted(r["status"] for r in recs) == ["error", "error", "error", "ok"]
+    assert {r["model"] for r in recs} == {"demo"}
+    assert all(r["settings"]["model"].endswith("weights") for r in recs)
 
 
 # ---------------------------------------------------------------------------------------------- real processes

@@ -605,6 +605,19 @@ def test_cli_exit_code_8_when_items_failed(tmp_path):
     assert table.exit_code == 8 and "uniform@0.5" in table.stdout, table.output
 
 
+def test_records_and_table_name_the_model_as_the_user_did(tmp_path):
+    """`--model demo`: records, --json and the table title say "demo", not the weights folder in the package."""
+    bench = write_bench(tmp_path / "bench.jsonl", [row("m1", "gone/a.mp4")])
+    args = [bench, "--model", "demo", "--device", "cpu", "--method", "uniform", "--ratio", "0.5",
+            "-o", tmp_path / "out.jsonl"]
+    res = invoke(*args, "--json")
+    assert json.loads(res.stdout)["model"] == "demo"
+    assert {r["model"] for r in read_jsonl(tmp_path / "out.jsonl")} == {"demo"}
+    table = invoke(*args)
+    assert table.stdout.lstrip().startswith("demo · 1 questions"), table.stdout
+    assert "weights" not in table.stdout
+
+
 def test_cli_end_to_end_json_and_resume(clips, cli_args, tmp_path):
     """The tiny model on 2 clips x 2 questions, reference + uniform@0.25: records, JSON keys, then a rerun."""
     out = tmp_path / "results.jsonl"
