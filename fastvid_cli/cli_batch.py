@@ -21,7 +21,8 @@ CSV_HELP = ("Questions CSV. Header row required: columns video,question; optiona
             "Relative video paths are relative to the CSV's folder.")
 OUTPUT_HELP = ("JSON Lines output, one record per row: the fields of `ask --json` plus id, row, status (ok|error), "
                "error, settings and fingerprint. Rerunning the same command resumes: rows already answered with "
-               "the same settings are skipped. Default: QUESTIONS with the suffix .answers.jsonl.")
+               "the same settings are skipped. Default: QUESTIONS' name with the suffix .answers.jsonl, in the "
+               "current directory.")
 
 
 def batch(
@@ -90,7 +91,7 @@ def batch(
 
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
-        out = output if output is not None else questions.with_name(questions.stem + ".answers.jsonl")
+        out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, device=device, dtype=dtype,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
                           fps=fps,

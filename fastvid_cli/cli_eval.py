@@ -29,8 +29,8 @@ FORM_HELP = ("mc: the question with its options, scored by the option letter rea
              "other.")
 OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, setting, answer, predicted letter "
                "(short: the normalised answer), correct, tokens kept, TTFT, settings and fingerprint. Rerunning the "
-               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH "
-               "with the suffix .eval.jsonl.")
+               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH's "
+               "name with the suffix .eval.jsonl, in the current directory.")
 
 
 def eval_(
@@ -38,7 +38,8 @@ def eval_(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
                                           rich_help_panel="Output"),
     videos_root: Optional[Path] = typer.Option(None, "--videos-root", help="Folder that relative video paths "
-                                               "are taken against (default: the benchmark file's folder).",
+                                               "are taken against (default: the benchmark file's folder; the "
+                                               "current directory for the split shipped in the package).",
                                                show_default=False, rich_help_panel="Benchmark"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions of the file.",
                                         show_default=False, rich_help_panel="Benchmark"),

@@ -112,6 +112,8 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
         root = root.resolve()
     else:
         root = p.resolve().parent
+        if _in_package(root):  # the shipped split: its videos are not there, and regenerated ones must not go there
+            root = Path.cwd().resolve()
     questions: list[BenchQuestion] = []
     first_line_of: dict[str, int] = {}
     for n, raw_line in enumerate(text.split("\n"), start=1):
@@ -133,6 +135,12 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
     if not questions:
         raise BENCH_ERROR(f"benchmark file {name} has no questions")
     return questions
+
+
+def _in_package(folder: Path) -> bool:
+    """Whether `folder` is inside the installed fastvid_cli package (site-packages for a normal install)."""
+    package = Path(__file__).resolve().parent
+    return folder == package or package in folder.parents
 
 
 def _parse_question(obj: dict[str, Any], n: int, name: str, root: Path) -> BenchQuestion:
@@ -349,7 +357,7 @@ class EvalConfig:
     """Everything `fastvid eval` was asked to do (command-line values; None = the model family's default)."""
 
     bench: Path
-    output: Path | None = None  # default: BENCH with the suffix .eval.jsonl
+    output: Path | None = None  # default: BENCH's name with the suffix .eval.jsonl, in the working directory
     videos_root: Path | None = None
     model: str = "llava-ov-7b"
     device: str = "auto"
@@ -375,8 +383,8 @@ class EvalConfig:
     def output_path(self) -> Path:
         if self.output is not None:
             return Path(self.output)
-        b = Path(self.bench)
-        return b.with_name(b.stem + ".eval.jsonl")
+        # the working directory, never next to BENCH: that may be the installed package (the shipped split)
+        return Path(Path(self.bench).stem + ".eval.jsonl")
 
     def generation(self):
         from fastvid_cli.engine import GenerationOptions

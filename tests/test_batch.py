@@ -523,6 +523,27 @@ def test_every_record_names_the_model_as_the_user_did(clips, tmp_path):
     assert all(r["settings"]["model"].endswith("weights") for r in recs)
 
 
+def test_default_output_goes_to_the_working_directory(engine, clips, cli_args, tmp_path, monkeypatch):
+    """Without -o the answers go to ./<questions name>.answers.jsonl, not next to the CSV (which may sit in a
+    read-only or installed folder); a rerun from the same directory resumes from it."""
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    csv = write_csv(clips.parent / "where.csv", "id,video,question\n1,clips/a.mp4,What happens?\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(build_app(), ["batch", str(csv), *cli_args])
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(work / "where.answers.jsonl")] == ["1"]
+    assert not (clips.parent / "where.answers.jsonl").exists()
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    again = CliRunner().invoke(build_app(), ["batch", str(csv), *cli_args])
+    assert again.exit_code == 0 and "1 already answered" in again.stderr, again.output
+
+
 # ---------------------------------------------------------------------------------------------- real processes
 def _entry() -> list[str]:
     """`python -m fastvid_cli` once `batch` is registered in cli.py, else the runner script."""
