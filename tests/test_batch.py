@@ -544,6 +544,45 @@ def test_default_output_goes_to_the_working_directory(engine, clips, cli_args, t
     assert again.exit_code == 0 and "1 already answered" in again.stderr, again.output
 
 
+def test_progress_shows_no_eta_before_the_model_is_ready(engine, clips, tiny_llava, tiny_saliency):
+    """Rows that fail validation are written before the model loads, in no time: they must not make the progress
+    say "ETA 0 s" while the model is still loading. The ETA is "?" until a row was answered after the model was
+    ready, then an estimate from those rows only."""
+    import io
+
+    from rich.console import Console
+
+    from fastvid_cli.cli_batch import BatchProgress
+
+    csv = write_csv(clips.parent / "eta.csv", (
+        "id,video,question\n"
+        "bad1,clips/nowhere.mp4,Missing?\n"
+        "bad2,clips/a.mp4,\n"
+        "ok1,clips/a.mp4,What happens?\n"
+        "ok2,clips/a.mp4,What moves?\n"
+        "ok3,clips/a.mp4,Anything else?\n"))
+    progress = BatchProgress()
+    buf = io.StringIO()
+    progress.console = Console(file=buf, width=400, highlight=False)  # not a terminal: one line per row
+    marks: list[str] = []
+    ready = progress.answering
+
+    def answering() -> None:  # what the progress would show while the model loads, and once it is ready
+        marks.append(progress.eta())
+        ready()
+        marks.append(progress.eta())
+
+    progress.answering = answering
+    cfg = config(tiny_llava, tiny_saliency, csv, clips.parent / "eta.jsonl", max_new_tokens=4, answer_batch=1)
+    B.run_batch(cfg, engine=engine, progress=progress)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("[")]
+    assert [ln.split("]")[0] for ln in lines] == [f"[{i}/5" for i in range(1, 6)]
+    assert marks == ["?", "?"]  # while loading, and when ready with no answered row yet
+    assert lines[0].endswith("ETA ?") and lines[1].endswith("ETA ?")  # the invalid rows
+    assert lines[2].endswith(" s") and "ETA ?" not in lines[2]  # an estimate from the first answered row
+    assert lines[4].endswith("ETA 0 s")
+
+
 # ---------------------------------------------------------------------------------------------- real processes
 def _entry() -> list[str]:
     """`python -m fastvid_cli` once `batch` is registered in cli.py, else the runner script."""
