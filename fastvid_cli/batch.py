@@ -220,6 +220,7 @@ class BatchConfig:
     system: str | None = None
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs); not in the fingerprint: same tokens
     answer_batch: int = 16  # greedy rows of one video decoded together (1: one at a time); same answers
+    cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
     holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage (holitom methods only)
     retry_errors: bool = False
     overwrite: bool = False
@@ -826,6 +827,13 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                     frames_ahead = FramePrefetcher(share) if prefetch else None
                     try:
                         engine = engine or _load_engine(cfg, dist, progress)
+                        fcache = None
+                        if cfg.cache_dir is not None:
+                            from fastvid_cli.feature_cache import FeatureCache
+
+                            fcache = FeatureCache(cfg.cache_dir)
+                            if frames_ahead is not None:  # a video whose features are cached needs no decoding
+                                frames_ahead.skip = lambda g: _cached(engine, fcache, g)
                         progress.answering()
                         gen = cfg.generation()
                         for k, group in enumerate(share):
@@ -833,7 +841,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                                 break
                             _answer_group(engine, group, plan, gen, write, stop, on_exception,
                                           frames_ahead.take(k) if frames_ahead is not None else None,
-                                          answer_batch=cfg.answer_batch)
+                                          answer_batch=cfg.answer_batch, feature_cache=fcache)
                     finally:
                         if frames_ahead is not None:
                             frames_ahead.close()
@@ -861,6 +869,14 @@ def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):
     return engine
 
 
+def _cached(engine, fcache, group: "Group") -> bool:
+    """Whether the feature cache holds `group`'s video at its frames (the key `Engine.session` looks up)."""
+    try:
+        return fcache.contains(engine.feature_cache_key(group.path, engine.frame_plan(group.frames, group.fps)))
+    except Exception:  # noqa: BLE001 - unreadable file, bad request: the session finds out and says so
+        return False
+
+
 def _clear(path: Path, main_output: bool) -> None:
     """--overwrite: empty the main output (under its lock, so never under a running batch); remove a shard."""
     if not main_output:
@@ -884,7 +900,10 @@ class FramePrefetcher:
 
     What the records then say: timings_ms.sample is how long the background decode took, timings_ms.sample_wait
     how long the answering thread still waited for it (only that wait counts towards the first row's TTFT), as
-    `ask` reports sampling that overlapped the model load."""
+    `ask` reports sampling that overlapped the model load.
+
+    `skip(group)` (set once the model is loaded, with a feature cache): True for a group whose features are cached;
+    its frames are not decoded, and `take` hands out no clip for it."""
 
     def __init__(self, groups: list[Group]):
         from concurrent.futures import ThreadPoolExecutor
@@ -893,10 +912,17 @@ class FramePrefetcher:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvid-prefetch")
         self.futures: dict[int, Any] = {}
         self.started: list[int] = []  # group indices in the order sampling was started (tests read it)
+        self.skip: Callable[[Group], bool] | None = None
         self._submit(0)
 
     def _submit(self, k: int) -> None:
         if k < len(self.groups) and k not in self.futures:
+            if self.skip is not None and self.skip(self.groups[k]):
+                from concurrent.futures import Future
+
+                self.futures[k] = done = Future()
+                done.set_result((None, 0.0))
+                return
             self.started.append(k)
             self.futures[k] = self.pool.submit(self._sample, self.groups[k])
 
@@ -915,7 +941,7 @@ class FramePrefetcher:
         return clip, (time.perf_counter() - t0) * 1e3
 
     def take(self, k: int) -> "Prefetched":
-        """Group k's frames: (clip, sample_ms, wait_ms) or the exception sampling raised."""
+        """Group k's frames: (clip, sample_ms, wait_ms) or the exception sampling raised; clip None if skipped."""
         self._submit(k)  # not started yet (groups skipped): start now
         fut = self.futures.pop(k)
         self._submit(k + 1)  # queued behind k on the single worker: decoded while k is answered
@@ -936,16 +962,18 @@ class FramePrefetcher:
 
 @dataclass
 class Prefetched:
-    clip: Any  # fastvid_cli.video.Clip, or None when sampling failed
+    clip: Any  # fastvid_cli.video.Clip, or None when sampling failed or was skipped (features cached)
     sample_ms: float
     wait_ms: float
     error: BaseException | None
 
 
 def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: threading.Event,
-                  on_exception, prefetched: Prefetched | None = None, answer_batch: int = 1) -> None:
+                  on_exception, prefetched: Prefetched | None = None, answer_batch: int = 1,
+                  feature_cache=None) -> None:
     """One VideoSession for the group; each row answered with the shared prefix KV cache. With `prefetched`
-    frames (FramePrefetcher) the session starts from them instead of sampling here. Greedy rows go through
+    frames (FramePrefetcher) the session starts from them instead of sampling here; with a `feature_cache` its
+    features are looked up there first (and stored after a miss). Greedy rows go through
     `VideoSession.answer_many` in chunks of `answer_batch` (decoded together: same answers, a fraction of the
     per-row cost); a chunk is finished before a Ctrl-C stops the run, and a chunk that fails as a whole is
     retried row by row so one bad row cannot take its neighbours' answers with it."""
@@ -956,13 +984,14 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
     session, session_error = None, None
     try:
-        if prefetched is None:
-            session = engine.session(group.path, frames=group.frames, fps=group.fps, prune=prune, system=gen.system)
+        if prefetched is not None and prefetched.error is not None:
+            raise prefetched.error
+        if prefetched is None or prefetched.clip is None:  # not prefetched, or skipped because cached
+            session = engine.session(group.path, frames=group.frames, fps=group.fps, prune=prune, system=gen.system,
+                                     feature_cache=feature_cache)
         else:
-            if prefetched.error is not None:
-                raise prefetched.error
             session = engine.session(group.path, prune=prune, system=gen.system, clip=prefetched.clip,
-                                     sample_ms=prefetched.sample_ms)
+                                     sample_ms=prefetched.sample_ms, feature_cache=feature_cache)
     except FastVidError as e:
         session_error = e.one_line()
     except Exception as e:  # a bug or a library failure on this video: recorded, the batch goes on

@@ -45,6 +45,8 @@ def batch(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
@@ -98,7 +100,8 @@ def batch(
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
                           answer_batch=answer_batch, holitom_inner=holitom_inner,
-                          retry_errors=retry_errors, overwrite=overwrite)
+                          retry_errors=retry_errors, overwrite=overwrite,
+                          cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
         stop = threading.Event()
         progress = BatchProgress()
         restore = _stop_on_sigint(stop, progress)

@@ -50,6 +50,8 @@ def eval_(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     method: list[str] = typer.Option([], "--method", help="Pruning method: fastvid | holitom | uniform | random | "
@@ -102,7 +104,8 @@ def eval_(
                          holitom_inner=holitom_inner,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
-                         retry_errors=retry_errors, form=form.strip().lower())
+                         retry_errors=retry_errors, form=form.strip().lower(),
+                         cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
         progress = EvalProgress(enabled=not as_json)
 
         def on_exception(e: BaseException) -> None:

@@ -378,6 +378,7 @@ class EvalConfig:
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs)
     retry_errors: bool = False
     form: str = "mc"  # "mc": options and a letter; "short": short_prompt, exact match against short_answer
+    cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
 
     @property
     def output_path(self) -> Path:
@@ -693,11 +694,16 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
                 answerable = [(q, s) for q, s in todo if not q.error]
                 if answerable and not stop.is_set():
                     engine = engine or _load_engine(cfg, progress)
+                    fcache = None
+                    if cfg.cache_dir is not None:
+                        from fastvid_cli.feature_cache import FeatureCache
+
+                        fcache = FeatureCache(cfg.cache_dir)
                     progress.answering()
                     for group in _groups(answerable, plan):
                         if stop.is_set():
                             break
-                        _answer_group(engine, group, plan, cfg, write, stop, on_exception)
+                        _answer_group(engine, group, plan, cfg, write, stop, on_exception, fcache)
             finally:
                 appender.close()
     finally:
@@ -749,9 +755,10 @@ def _one_line(e: BaseException, on_exception=None) -> str:
 
 
 def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write: Callable, stop: threading.Event,
-                  on_exception=None) -> None:
-    """Encode the video once (method none keeps the features whole), then per setting prune those features into
-    a session whose prompt-prefix KV cache every question of this video shares."""
+                  on_exception=None, feature_cache=None) -> None:
+    """Encode the video once (method none keeps the features whole; looked up in / stored to `feature_cache` when
+    given), then per setting prune those features into a session whose prompt-prefix KV cache every question of
+    this video shares."""
     from fastvid_cli.engine import PruneOptions
 
     gen = cfg.generation()
@@ -759,7 +766,8 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
     parse = None if short else choice_parser()
     try:
         base = engine.session(group.path, frames=group.frames, prune=PruneOptions(method="none", ratio=1.0),
-                              system=gen.system, fps=cfg.fps if group.frames is None else None)
+                              system=gen.system, fps=cfg.fps if group.frames is None else None,
+                              feature_cache=feature_cache)
     except Exception as e:  # an unreadable video (or a bug): its items are errors, the run goes on
         message = _one_line(e, on_exception)
         for s, qs in group.items.items():

@@ -338,6 +338,71 @@ def test_next_video_is_decoded_while_the_current_one_is_answered(engine, clips, 
         assert "sample_wait" not in (view0[key]["timings_ms"] or {})
 
 
+def test_feature_cache_is_used_and_skips_decoding(engine, clips, tiny_llava, tiny_saliency, tmp_path, monkeypatch):
+    """With a cache folder, each video's encoded features are stored (records say cache "miss"); a run with other
+    answer settings takes them from there ("hit"), does not decode videos whose features are cached (only the first
+    one, decoded while the model would load, before the cache can be asked), and answers the same. Without one,
+    nothing is stored ("off")."""
+    import fastvid_cli.video as V
+
+    csv = six_rows(clips.parent)
+    cache = tmp_path / "features"
+    real_sample, real_features = V.sample_frames, engine.features
+    sampled: list[str] = []
+    encoded: list[int] = []
+    monkeypatch.setattr(V, "sample_frames", lambda path, n, **kw: sampled.append(Path(path).name)
+                        or real_sample(path, n, **kw))
+    monkeypatch.setattr(engine, "features", lambda clip, t: encoded.append(1) or real_features(clip, t))
+
+    def run(name: str, **kw) -> dict[str, dict]:
+        sampled.clear()
+        encoded.clear()
+        B.run_batch(config(tiny_llava, tiny_saliency, csv, tmp_path / name, max_new_tokens=6, **kw), engine=engine)
+        return final_view(tmp_path / name)
+
+    miss = run("miss.jsonl", cache_dir=cache)
+    assert {r["cache"] for r in miss.values()} == {"miss"} and len(encoded) == 2
+    assert len(list(cache.rglob("*.safetensors"))) == 2  # one entry per video
+    hit = run("hit.jsonl", cache_dir=cache, seed=12)  # other answer settings, same features
+    assert {r["cache"] for r in hit.values()} == {"hit"} and encoded == []
+    assert sampled == ["a.mp4"]  # b.mp4 was not decoded at all
+    same = run("same.jsonl", cache_dir=cache)
+    assert {k: r["answer"] for k, r in same.items()} == {k: r["answer"] for k, r in miss.items()}
+    off = run("off.jsonl")
+    assert {r["cache"] for r in off.values()} == {"off"} and len(encoded) == 2
+    assert sorted(sampled) == ["a.mp4", "b.mp4"] and len(list(cache.rglob("*.safetensors"))) == 2
+
+
+def test_cli_cache_dir_and_no_cache(engine, clips, cli_args, tmp_path, monkeypatch):
+    """`batch --cache-dir DIR` stores and reuses features there, `--no-cache` neither reads nor writes any, and by
+    default (as `ask`) the cache under $FASTVID_CACHE/features is used."""
+    import os
+
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    monkeypatch.setenv("FASTVID_CACHE", str(tmp_path / "default"))
+    csv = write_csv(clips.parent / "cached.csv", "id,video,question\n1,clips/b.mp4,What happens?\n")
+    out = tmp_path / "cached.jsonl"
+    mine = tmp_path / "mine"
+
+    def run(*extra: str) -> str:
+        result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), "--overwrite", *cli_args,
+                                                  *extra])
+        assert result.exit_code == 0, result.output
+        [rec] = read_jsonl(out)
+        return rec["cache"]
+
+    assert run("--cache-dir", str(mine)) == "miss" and len(list(mine.rglob("*.safetensors"))) == 1
+    assert run("--cache-dir", str(mine)) == "hit"
+    assert run("--no-cache", "--cache-dir", str(mine)) == "off"
+    assert run("--no-cache") == "off" and not os.path.exists(tmp_path / "default")
+    assert run() == "miss" and len(list((tmp_path / "default" / "features").rglob("*.safetensors"))) == 1
+    assert run() == "hit"
+
+
 # ---------------------------------------------------------------------------------------------- resume
 def test_resume_retry_errors_overwrite_and_csv_out(engine, clips, tiny_llava, tiny_saliency, monkeypatch):
     from fastvid_cli.engine import Engine
@@ -488,7 +553,7 @@ def test_interrupt_exit_code_wins_over_failed_rows(clips, cli_args, monkeypatch)
         return real(cfg, **kw)
 
     monkeypatch.setattr(B, "run_batch", interrupted)
-    csv = write_csv(clips.parent / "int.csv", "id,video,question\n1,clips/nowhere.mp4,Missing?\n")
+    csv = write_csv(clips.parent / "int.csv", "id,video,question\n1,clips/int-missing.mp4,Missing?\n")
     out = clips.parent / "int.jsonl"
     # an error record already stands for row 1 (an earlier run): the final view has a failed row
     row = B.read_questions(csv)[0]
@@ -556,7 +621,7 @@ def test_progress_shows_no_eta_before_the_model_is_ready(engine, clips, tiny_lla
 
     csv = write_csv(clips.parent / "eta.csv", (
         "id,video,question\n"
-        "bad1,clips/nowhere.mp4,Missing?\n"
+        "bad1,clips/eta-missing.mp4,Missing?\n"
         "bad2,clips/a.mp4,\n"
         "ok1,clips/a.mp4,What happens?\n"
         "ok2,clips/a.mp4,What moves?\n"

@@ -714,6 +714,34 @@ def test_real_engine_groups_and_counts(clips, tiny_llava, tiny_saliency, tmp_pat
     assert {r["params"].get("seed") for r in recs if r["method"] == "random"} == {0}
 
 
+def test_feature_cache_serves_a_later_run(clips, engine, tiny_llava, tiny_saliency, tmp_path, monkeypatch):
+    """With a cache folder, each video is encoded once and stored; another run on the same videos (here: another
+    ratio) encodes nothing. Without one, nothing is stored and every run encodes. The CLI has --cache-dir and
+    --no-cache, as `ask`."""
+    real = engine.features
+    encoded: list[int] = []
+    monkeypatch.setattr(engine, "features", lambda clip, t: encoded.append(1) or real(clip, t))
+    cache = tmp_path / "features"
+
+    def run(ratio: float, name: str, cache_dir) -> E.EvalResult:
+        encoded.clear()
+        cfg = E.EvalConfig(bench=clips / "bench.jsonl", output=tmp_path / name, model=str(tiny_llava),
+                           saliency_model=str(tiny_saliency), frames=4, methods=["uniform"], ratios=[ratio],
+                           reference=False, max_new_tokens=2, cache_dir=cache_dir)
+        result = E.run_eval(cfg, engine=engine)
+        assert result.failed == 0 and result.answered == 4
+        return result
+
+    run(0.5, "a.jsonl", cache)
+    assert len(encoded) == 2 and len(list(cache.rglob("*.safetensors"))) == 2
+    run(0.25, "b.jsonl", cache)
+    assert encoded == []  # both videos' features came from the cache
+    run(0.25, "c.jsonl", None)
+    assert len(encoded) == 2 and len(list(cache.rglob("*.safetensors"))) == 2
+    res = invoke(clips / "bench.jsonl", "--help")
+    assert "--cache-dir" in res.stdout and "--no-cache" in res.stdout
+
+
 def test_demo_model_short_form_end_to_end(tmp_path):
     """The shipped demo model, both forms on its documented clip (synth seed 2_000_015: the square turns red):
     the short form scores its answer right at 1.0 and at fastvid 0.1; the mc run on the same output answers
