@@ -55,6 +55,11 @@ CSV_OUT_COLUMNS = ("id", "video", "question", "answer", "status", "error", "vide
                    "video_tokens_total", "ttft_ms", "decode_tokens_per_s")
 PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 FINGERPRINT_VERSION = 1
+# --answer-batch auto, per device. CUDA: batched rows cost about one row per decode step (1 video x 10 questions
+# 5.31x faster than separate asks, H100, benchmarks/RESULTS.md). CPU: at best 1.4-1.6x faster per row on an idle
+# 2-core machine, 1.7-3.1x slower on a busy one (torch's threads contend; records showed prefill 17-58x and decode
+# 29-38x longer): benchmarks/bench_batch_cpu.py, RESULTS.md 2026-12-07.
+AUTO_ANSWER_BATCH = {"cuda": 16, "cpu": 1}
 DIST_TIMEOUT_S = 7 * 24 * 3600
 
 
@@ -219,7 +224,8 @@ class BatchConfig:
     seed: int | None = None
     system: str | None = None
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs); not in the fingerprint: same tokens
-    answer_batch: int = 16  # greedy rows of one video decoded together (1: one at a time); same answers
+    # greedy rows of one video decoded together (1: one at a time; same answers); None: auto (AUTO_ANSWER_BATCH)
+    answer_batch: int | None = None
     cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
     holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage (holitom methods only)
     retry_errors: bool = False
@@ -834,6 +840,9 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                             fcache = FeatureCache(cfg.cache_dir)
                             if frames_ahead is not None:  # a video whose features are cached needs no decoding
                                 frames_ahead.skip = lambda g: _cached(engine, fcache, g)
+                        answer_batch = resolve_answer_batch(cfg.answer_batch, engine)
+                        if cfg.answer_batch is None and cfg.temperature == 0:
+                            progress.note(f"--answer-batch auto: {answer_batch} on {engine.device}")
                         progress.answering()
                         gen = cfg.generation()
                         for k, group in enumerate(share):
@@ -841,7 +850,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                                 break
                             _answer_group(engine, group, plan, gen, write, stop, on_exception,
                                           frames_ahead.take(k) if frames_ahead is not None else None,
-                                          answer_batch=cfg.answer_batch, feature_cache=fcache)
+                                          answer_batch=answer_batch, feature_cache=fcache)
                     finally:
                         if frames_ahead is not None:
                             frames_ahead.close()
@@ -855,6 +864,14 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
     if dist.is_main:
         result.final = finalize(cfg, plan)
     return result
+
+
+def resolve_answer_batch(requested: int | None, engine) -> int:
+    """--answer-batch: the number asked for, or for auto (None) AUTO_ANSWER_BATCH of the device the model runs on
+    (CUDA wherever any of its weights are on a GPU, else CPU)."""
+    if requested is not None:
+        return int(requested)
+    return AUTO_ANSWER_BATCH["cuda" if getattr(engine, "cuda", False) else "cpu"]
 
 
 def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):

@@ -68,9 +68,11 @@ def batch(
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
-    answer_batch: int = typer.Option(16, min=1, max=256, help="Greedy questions about one video decoded together "
-                                     "(same answers as one by one; a decode step costs about the same for many "
-                                     "rows as for one). 1 answers them one at a time.",
+    answer_batch: str = typer.Option("auto", "--answer-batch", metavar="auto|N",
+                                     help="Greedy questions about one video decoded together, 1 to 256 (same "
+                                          "answers as one by one). auto: 16 on CUDA, where a decode step costs about "
+                                          "the same for many rows as for one; 1 on CPU, where batching gained at "
+                                          "most 1.6x and lost up to 3x on a busy machine (benchmarks/RESULTS.md).",
                                      rich_help_panel="Generation"),
     debug: bool = O.DEBUG,
 ) -> None:
@@ -91,6 +93,7 @@ def batch(
         from fastvid_cli.batch import BatchConfig, format_exception, run_batch
         from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
 
+        rows_together = _answer_batch(answer_batch)
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
         out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
@@ -99,7 +102,7 @@ def batch(
                           fps=fps,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
-                          answer_batch=answer_batch, holitom_inner=holitom_inner,
+                          answer_batch=rows_together, holitom_inner=holitom_inner,
                           retry_errors=retry_errors, overwrite=overwrite,
                           cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
         stop = threading.Event()
@@ -124,6 +127,19 @@ def batch(
         return 0
 
     _run(debug, body)
+
+
+def _answer_batch(text: str) -> int | None:
+    """--answer-batch: None for auto (batch.resolve_answer_batch picks per device once the model is loaded)."""
+    from fastvid_cli.errors import InvalidOptionError
+
+    t = text.strip().lower()
+    if t == "auto":
+        return None
+    n = int(t) if t.isdigit() else 0
+    if not 1 <= n <= 256:
+        raise InvalidOptionError(f"--answer-batch must be auto or a whole number from 1 to 256 (got '{text}')")
+    return n
 
 
 def _stop_on_sigint(stop: threading.Event, progress: "BatchProgress"):

@@ -252,7 +252,7 @@ def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_sal
     opened = []
     real_session = engine.session
     monkeypatch.setattr(engine, "session", lambda video, **kw: opened.append(video) or real_session(video, **kw))
-    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=10, temperature=0.0, seed=None)
+    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=10, temperature=0.0, seed=None, answer_batch=16)
     result = B.run_batch(cfg, engine=engine)
     assert len(opened) == 4  # (a, 8, 0.1) (b, 8, 0.1) (a, 8, 0.25) (b, 6, 0.1): one session each
     view = final_view(out)
@@ -401,6 +401,44 @@ def test_cli_cache_dir_and_no_cache(engine, clips, cli_args, tmp_path, monkeypat
     assert run("--no-cache") == "off" and not os.path.exists(tmp_path / "default")
     assert run() == "miss" and len(list((tmp_path / "default" / "features").rglob("*.safetensors"))) == 1
     assert run() == "hit"
+
+
+def test_answer_batch_auto_is_one_on_cpu_and_sixteen_on_cuda(engine, clips, tiny_llava, tiny_saliency, monkeypatch):
+    """--answer-batch auto (the default) answers greedy rows one at a time on the CPU (batching lost up to 3x
+    there, benchmarks/RESULTS.md) and 16 together on CUDA; a number given is used as given; anything else is a
+    one-line usage error (exit 2) before the model loads."""
+    from types import SimpleNamespace
+
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    assert B.BatchConfig(questions=Path("q.csv"), output=Path("o.jsonl")).answer_batch is None  # auto
+    assert B.resolve_answer_batch(None, SimpleNamespace(cuda=False)) == 1
+    assert B.resolve_answer_batch(None, SimpleNamespace(cuda=True)) == 16
+    assert B.resolve_answer_batch(4, SimpleNamespace(cuda=True)) == 4 and B.resolve_answer_batch(4, engine) == 4
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    csv = write_csv(clips.parent / "auto.csv", "id,video,question\n1,clips/a.mp4,What happens?\n"
+                    "2,clips/a.mp4,What moves?\n3,clips/a.mp4,Which colours?\n")
+    out = clips.parent / "auto.jsonl"
+    greedy = ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu", "--frames", "8",
+              "--max-new-tokens", "4", "-o", str(out), "--overwrite", "--no-cache"]
+
+    def modes(*extra: str) -> list[str]:
+        result = CliRunner().invoke(build_app(), ["batch", str(csv), *greedy, *extra])
+        assert result.exit_code == 0, result.output
+        return [r["decode_mode"] for r in read_jsonl(out)]
+
+    assert modes() == ["eager"] * 3  # auto on this CPU engine: one at a time
+    assert modes("--answer-batch", "auto") == ["eager"] * 3
+    assert modes("--answer-batch", "16") == ["batched x3"] * 3
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    for bad in ("0", "257", "many", "-1"):
+        result = CliRunner().invoke(build_app(), ["batch", str(csv), *greedy, "--answer-batch", bad])
+        assert result.exit_code == 2, result.output
+        [line] = _error_lines(result.stderr)
+        assert "--answer-batch must be auto or a whole number from 1 to 256" in line
 
 
 # ---------------------------------------------------------------------------------------------- resume
