@@ -29,8 +29,8 @@ FORM_HELP = ("mc: the question with its options, scored by the option letter rea
              "other.")
 OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, setting, answer, predicted letter "
                "(short: the normalised answer), correct, tokens kept, TTFT, settings and fingerprint. Rerunning the "
-               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH "
-               "with the suffix .eval.jsonl.")
+               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH's "
+               "name with the suffix .eval.jsonl, in the current directory.")
 
 
 def eval_(
@@ -39,7 +39,8 @@ def eval_(
                                           show_default=False, rich_help_panel="Output"),
     videos_root: Optional[Path] = typer.Option(None, "--videos-root", metavar="DIR", help="Folder that relative "
                                                "video paths are taken against (default: the benchmark file's "
-                                               "folder).", show_default=False, rich_help_panel="Input"),
+                                               "folder; the current directory for the split shipped in the "
+                                               "package).", show_default=False, rich_help_panel="Input"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Only the first N questions of "
                                         "the file.", show_default=False, rich_help_panel="Input"),
     form: str = typer.Option("mc", "--form", metavar="FORM", help=FORM_HELP, rich_help_panel="Input"),
@@ -49,6 +50,8 @@ def eval_(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     method: list[str] = typer.Option([], "--method", metavar="METHOD", help="Pruning method: fastvid | holitom | "
@@ -102,7 +105,8 @@ def eval_(
                          holitom_inner=holitom_inner,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
-                         retry_errors=retry_errors, form=form.strip().lower())
+                         retry_errors=retry_errors, form=form.strip().lower(),
+                         cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
         progress = EvalProgress(enabled=not as_json)
 
         def on_exception(e: BaseException) -> None:
@@ -118,6 +122,13 @@ def eval_(
             sys.stdout.flush()
         else:
             print_eval(data, max_new_tokens)
+        failed = sum(r["errors"] for r in data["settings"])
+        if failed:  # every item was tried, some stand as errors (exit 8)
+            from fastvid_cli.errors import RowsFailedError
+
+            raise RowsFailedError(f"{failed} of {result.total} items (question x setting) failed: their records in "
+                                  f"{result.output} have status error and say why",
+                                  "rerun with --retry-errors to try them again")
         return 0
 
     _run(debug, body)

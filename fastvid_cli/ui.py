@@ -121,7 +121,7 @@ def fmt_secs(s: float) -> str:
 class ItemProgress:
     """What `batch` and `eval` show while they work, on stderr: a rich bar over this run's items on a terminal,
     one plain line per item otherwise; notes print above the bar; the ETA counts only items done since the model
-    was ready. Subclasses say what an item is (`label`) and what the stats show (`stats`)."""
+    was ready, and is "?" until one is. Subclasses say what an item is (`label`) and what the stats show (`stats`)."""
 
     label = "items"
 
@@ -136,6 +136,7 @@ class ItemProgress:
         self.failed = 0
         self.t0 = time.perf_counter()
         self.done_at_t0 = 0
+        self.ready = False  # answering(): the model is loaded; items before that (invalid ones) say nothing of speed
 
     def open(self, total: int, *, bar: bool = True) -> None:
         """Start counting `total` items; with `bar`, draw the progress bar when stderr is a terminal."""
@@ -154,6 +155,7 @@ class ItemProgress:
         """The model is ready: items before this (invalid ones, instant) stay out of the rate."""
         self.t0 = time.perf_counter()
         self.done_at_t0 = self.done
+        self.ready = True
 
     def note(self, message: str, force: bool = False) -> None:
         if not (self.enabled or force):
@@ -185,12 +187,13 @@ class ItemProgress:
         return f"✓ {self.done - self.failed}  ✗ {self.failed}"
 
     def eta(self) -> str:
-        """Remaining items times the mean time of the items done since the model was ready."""
+        """Remaining items times the mean time of the items done since the model was ready; "?" before the model
+        is ready (it may still be loading) and until one item has been done since."""
         left = self.total - self.done
         timed = self.done - self.done_at_t0
         if left <= 0:
             return "0 s"
-        if timed <= 0:
+        if not self.ready or timed <= 0:
             return "?"
         return fmt_secs((time.perf_counter() - self.t0) / timed * left)
 
