@@ -209,6 +209,7 @@ class BatchConfig:
     output: Path
     csv_out: Path | None = None
     model: str = "llava-ov-7b"
+    threads: int | None = None  # torch's CPU threads (engine.set_threads)
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
@@ -232,7 +233,7 @@ class BatchConfig:
     overwrite: bool = False
 
     def generation(self):
-        from fastvid_cli.engine import GenerationOptions
+        from fastvid_cli.settings import GenerationOptions
 
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                  top_p=self.top_p, seed=self.seed, system=self.system, compile=self.compile)
@@ -734,12 +735,16 @@ class Plan:
 
 def make_plan(cfg: BatchConfig, engine=None) -> Plan:
     """Everything that can fail on a bad option or a bad CSV fails here, before anything is written or loaded."""
-    from fastvid_cli.models import resolve_model
-    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
+    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
 
     validate_config(cfg)
     rows = read_questions(cfg.questions)
     ref = resolve_model(cfg.model)
+    check_device_name(cfg.device)
+    check_dtype_name(cfg.dtype)
+    check_attn_implementation(cfg.attn_implementation)
+    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype  # torch: after every cheap check
+
     if engine is None:
         dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
         defaults = family_defaults(cfg.model)
@@ -875,8 +880,9 @@ def resolve_answer_batch(requested: int | None, engine) -> int:
 
 
 def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):
-    from fastvid_cli.engine import Engine
+    from fastvid_cli.engine import Engine, set_threads
 
+    set_threads(cfg.threads)
     progress.note("loading model…")
     engine = Engine.load(cfg.model, device=dist.device(cfg.device), dtype=cfg.dtype,
                          attn_implementation=cfg.attn_implementation, saliency_model=cfg.saliency_model)

@@ -545,9 +545,38 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 _WORKERS = ("fastvid-load", "fastvid-decode", "fastvid-sample", "fastvid-gop")
 
 
+def _invoke() -> int:
+    """Run the app; a usage error click finds itself (a missing argument, a value out of its range) is one line
+    with exit code 2, like ours, instead of click's framed box."""
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:
+        from click import exceptions as cx
+
+    try:
+        code = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:  # `fastvid` or `fastvid ask` alone: the help screen
+        e.show()
+        return e.exit_code
+    except cx.UsageError as e:
+        from fastvid_cli.ui import error_line
+
+        where = e.ctx.command_path if e.ctx is not None else "fastvid"
+        error_line(f"{e.format_message()} (see: {where} --help)")
+        return e.exit_code
+    except cx.ClickException as e:
+        from fastvid_cli.ui import error_line
+
+        error_line(e.format_message())
+        return e.exit_code
+    except typer.Abort:
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
     try:
-        app()
+        sys.exit(_invoke())
     except SystemExit as e:
         # Interrupted while the model was still loading (or, in a rare race, a frame decoder or the decode loop was
         # still running) on a worker thread: an interpreter that exits under running torch/FFmpeg code can abort

@@ -45,6 +45,7 @@ def batch(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    threads: Optional[int] = O.THREADS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096, metavar="N",
@@ -97,7 +98,8 @@ def batch(
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
         out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
-        cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, device=device, dtype=dtype,
+        cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, threads=threads,
+                          device=device, dtype=dtype,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
                           fps=fps,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,

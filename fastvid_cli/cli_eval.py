@@ -50,6 +50,7 @@ def eval_(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    threads: Optional[int] = O.THREADS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = O.FRAMES,
@@ -98,7 +99,8 @@ def eval_(
 
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
-        cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, device=device,
+        cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, threads=threads,
+                         device=device,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
                          frames=frames, fps=fps, methods=list(method) or ["fastvid"],
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,

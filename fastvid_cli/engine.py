@@ -27,44 +27,12 @@ from fastvid_cli.models import FAMILIES, ModelRef, check_attn_implementation, re
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
+from fastvid_cli.settings import GenerationOptions, PruneOptions
 from fastvid_cli.models.base import (Assembled, VideoFeatures, dtype_name, merge_frame_chunks, resolve_device,
                                      resolve_dtype)
 from fastvid_cli.video import Clip, sample_frames
 
 Stage = Callable[[str, str], None]  # (stage name, "start" | "done") progress callback
-
-
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    system: str | None = None
-    # Static KV cache + CUDA-graph decode step. None: on wherever it can run (CUDA), True: on and say so when it
-    # cannot, False: the eager loop.
-    compile: bool | None = None
-    # Measure each answer token's logit margin (chosen minus runner-up, Report.logit_margins). Decodes eagerly.
-    margins: bool = False
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InvalidOptionError(f"--max-new-tokens must be >= 1 (got {self.max_new_tokens})")
-        if not (self.temperature >= 0):
-            raise InvalidOptionError(f"--temperature must be >= 0 (got {self.temperature})")
-        if not (0 < self.top_p <= 1):
-            raise InvalidOptionError(f"--top-p must be in (0, 1] (got {self.top_p})")
-
-    def sampling(self) -> Sampling:
-        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        seed=self.seed, margins=self.margins)
-
-
-@dataclass
-class PruneOptions:
-    method: str = "fastvid"
-    ratio: float = 0.10
-    params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta, ...
 
 
 @dataclass

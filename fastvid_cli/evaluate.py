@@ -362,6 +362,7 @@ class EvalConfig:
     output: Path | None = None  # default: BENCH's name with the suffix .eval.jsonl, in the working directory
     videos_root: Path | None = None
     model: str = "llava-ov-7b"
+    threads: int | None = None  # torch's CPU threads (engine.set_threads)
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
@@ -390,7 +391,7 @@ class EvalConfig:
         return Path(Path(self.bench).stem + ".eval.jsonl")
 
     def generation(self):
-        from fastvid_cli.engine import GenerationOptions
+        from fastvid_cli.settings import GenerationOptions
 
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0, system=self.system,
                                  compile=self.compile)
@@ -500,7 +501,8 @@ def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
-    from fastvid_cli.models import ALIASES, resolve_model
+    from fastvid_cli.models import (ALIASES, check_attn_implementation, check_device_name, check_dtype_name,
+                                    resolve_model)
 
     validate_config(cfg)
     questions = read_bench(cfg.bench, cfg.videos_root)
@@ -509,6 +511,9 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     ref = resolve_model(cfg.model)
+    check_device_name(cfg.device)
+    check_dtype_name(cfg.dtype)
+    check_attn_implementation(cfg.attn_implementation)
     if engine is None:
         from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
 
@@ -715,8 +720,9 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
 
 
 def _load_engine(cfg: EvalConfig, progress: Progress):
-    from fastvid_cli.engine import Engine
+    from fastvid_cli.engine import Engine, set_threads
 
+    set_threads(cfg.threads)
     progress.note("loading model…")
     engine = Engine.load(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
                          saliency_model=cfg.saliency_model)
