@@ -662,10 +662,11 @@ def test_default_output_goes_to_the_working_directory_never_into_the_package(tmp
     """`fastvid eval <the shipped split>` without -o: results land in ./synth_test.eval.jsonl and the clip that is
     regenerated from its seed in ./videos/; nothing is written into the installed package, and a rerun resumes
     from the file in the working directory."""
+    import fastvid_cli
     from fastvid_cli import synth
 
     split = synth.shipped_split_path()
-    package = Path(E.__file__).resolve().parent
+    package = Path(fastvid_cli.__file__).resolve().parent  # the whole package, not only fastvid_cli/evaluate
 
     def files() -> set[Path]:
         return {p for p in package.rglob("*") if "__pycache__" not in p.parts}

@@ -141,7 +141,7 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
 
 def _in_package(folder: Path) -> bool:
     """Whether `folder` is inside the installed fastvid_cli package (site-packages for a normal install)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     return folder == package or package in folder.parents
 
 
