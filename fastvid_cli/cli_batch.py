@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress, fmt_ms
 
 CSV_HELP = ("Questions CSV. Header row required: columns video,question; optional id (default: the 1-based data "
@@ -171,18 +172,18 @@ class BatchProgress(ItemProgress):
         self.kept: list[int] = []
         self.ttft: list[float] = []
 
-    # -- Progress protocol (fastvid_cli.batch.Progress)
-    def start(self, *, rows: int, pending: int, mine: int, skipped: int, dist: Any) -> None:
-        if dist.world > 1:
-            self.prefix = f"[rank {dist.rank}/{dist.world}] "
-        if dist.is_main:
-            self.note(f"{rows} rows: {skipped} already answered with these settings, {pending} to do"
-                      + (f" over {dist.world} processes" if dist.world > 1 else ""))
-        if dist.world > 1:
-            self.note(f"{mine} rows for this process")
-        self.open(mine, bar=dist.world == 1)
+    # -- Progress protocol (fastvid_cli.runs.Progress)
+    def start(self, counts: RunCounts) -> None:
+        if counts.world > 1:
+            self.prefix = f"[rank {counts.rank}/{counts.world}] "
+        if counts.is_main:
+            self.note(f"{counts.total} rows: {counts.skipped} already answered with these settings, {counts.pending} "
+                      "to do" + (f" over {counts.world} processes" if counts.world > 1 else ""))
+        if counts.world > 1:
+            self.note(f"{counts.mine} rows for this process")
+        self.open(counts.mine, bar=counts.world == 1)
 
-    def row_done(self, rec: dict[str, Any]) -> None:
+    def item_done(self, rec: dict[str, Any]) -> None:
         ok = rec.get("status") == "ok"
         if ok:
             if rec.get("video_tokens_kept") is not None:
