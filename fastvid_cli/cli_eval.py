@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress
 
 BENCH_HELP = ("Benchmark JSONL, one question per line: {\"id\", \"video\" (relative to the file's folder or "
@@ -153,10 +154,11 @@ class EvalProgress(ItemProgress):
         super().__init__(enabled)
         self.correct = 0
 
-    def start(self, *, total: int, pending: int, skipped: int) -> None:
-        self.note(f"{total} items (questions x settings): {skipped} already done with these settings, "
-                  f"{pending} to do")
-        self.open(pending)
+    # -- Progress protocol (fastvid_cli.runs.Progress)
+    def start(self, counts: RunCounts) -> None:
+        self.note(f"{counts.total} items (questions x settings): {counts.skipped} already done with these settings, "
+                  f"{counts.pending} to do")
+        self.open(counts.mine)
 
     def item_done(self, rec: dict[str, Any]) -> None:
         ok = rec.get("status") == "ok"
