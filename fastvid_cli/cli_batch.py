@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.cli_common import feature_cache_dir, given_prune_params, run_command, traceback_printer
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress, fmt_ms
 
@@ -86,18 +87,15 @@ def batch(
     video groups are split over the processes (one per GPU, or gloo on CPU) and merged into the output in CSV
     order at the end. Progress (done/failed, ETA, mean tokens kept, mean TTFT) goes to stderr.
     """
-    from fastvid_cli.cli import _run
-
     def body() -> int:
         from fastvid_cli import hub
 
         hub.set_offline(offline)
-        from fastvid_cli.batch import BatchConfig, format_exception, run_batch
+        from fastvid_cli.batch import BatchConfig, run_batch
         from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
 
         rows_together = _answer_batch(answer_batch)
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore).items() if v is not None}
+        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, threads=threads,
                           device=device, dtype=dtype,
@@ -107,17 +105,12 @@ def batch(
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
                           answer_batch=rows_together, holitom_inner=holitom_inner,
                           retry_errors=retry_errors, overwrite=overwrite,
-                          cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
+                          cache_dir=feature_cache_dir(cache_dir, no_cache))
         stop = threading.Event()
         progress = BatchProgress()
         restore = _stop_on_sigint(stop, progress)
-
-        def on_exception(e: BaseException) -> None:
-            if debug:
-                progress.note(format_exception(e).rstrip())
-
         try:
-            result = run_batch(cfg, progress=progress, stop=stop, on_exception=on_exception)
+            result = run_batch(cfg, progress=progress, stop=stop, on_exception=traceback_printer(progress, debug))
         finally:
             restore()
         if result.final:
@@ -129,7 +122,7 @@ def batch(
                                   "status error and say why", "rerun with --retry-errors to try them again")
         return 0
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 def _answer_batch(text: str) -> int | None:

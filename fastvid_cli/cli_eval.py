@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.cli_common import feature_cache_dir, given_prune_params, run_command, traceback_printer
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress
 
@@ -90,16 +91,13 @@ def eval_(
     about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
     as they finish; rerun the same command to resume. Ctrl-C stops (exit 130); what was written is kept.
     """
-    from fastvid_cli.cli import _run
-
     def body() -> int:
         from fastvid_cli import hub
 
         hub.set_offline(offline)
         from fastvid_cli.evaluate import DEFAULT_RATIOS, EvalConfig, run_eval
 
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore).items() if v is not None}
+        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, threads=threads,
                          device=device,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
@@ -109,16 +107,9 @@ def eval_(
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower(),
-                         cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
+                         cache_dir=feature_cache_dir(cache_dir, no_cache))
         progress = EvalProgress(enabled=not as_json)
-
-        def on_exception(e: BaseException) -> None:
-            if debug:
-                from fastvid_cli.batch import format_exception
-
-                progress.note(format_exception(e).rstrip(), force=True)
-
-        result = run_eval(cfg, progress=progress, on_exception=on_exception)
+        result = run_eval(cfg, progress=progress, on_exception=traceback_printer(progress, debug))
         data = result_json(result)
         if as_json:
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
@@ -134,7 +125,7 @@ def eval_(
                                   "rerun with --retry-errors to try them again")
         return 0
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 def result_json(result: Any) -> dict[str, Any]:
