@@ -169,26 +169,6 @@ def load_config(ref: ModelRef):
         raise ModelUnavailableError(f"could not read config of {ref.display}: {str(e).splitlines()[0]}") from None
 
 
-def snapshot_folder(ref: ModelRef, patterns: list[str]) -> str:
-    """A local folder holding the checkpoint's files matching `patterns` (downloads what is missing)."""
-    if ref.is_local:
-        return ref.source
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(ref.source, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        if is_offline():
-            raise ModelUnavailableError(f"{ref.source} is not fully in the local cache and offline mode is on",
-                                        download_hint(ref.source)) from None
-    ensure_reachable(ref.source)
-    try:
-        return snapshot_download(ref.source, allow_patterns=patterns)
-    except Exception as e:
-        raise ModelUnavailableError(f"could not download {ref.source}: {type(e).__name__}",
-                                    "check the network, or " + download_hint(ref.source)) from None
-
-
 def fastvid_cache_dir() -> Path:
     """Our own cache (extracted saliency weights, later per-video features): $FASTVID_CACHE or the XDG cache."""
     root = os.environ.get("FASTVID_CACHE")

@@ -15,6 +15,7 @@ from typing import Any
 from fastvid_cli.batch.rows import Row, read_questions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.journal import fingerprint
+from fastvid_cli.models import DEFAULT_MODEL
 
 PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 
@@ -26,7 +27,7 @@ class BatchConfig:
     questions: Path
     output: Path
     csv_out: Path | None = None
-    model: str = "llava-ov-7b"
+    model: str = DEFAULT_MODEL
     threads: int | None = None  # torch's CPU threads (engine.set_threads)
     device: str = "auto"
     dtype: str = "auto"

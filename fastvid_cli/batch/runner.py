@@ -199,7 +199,7 @@ def resolve_answer_batch(requested: int | None, engine) -> int:
     (CUDA wherever any of its weights are on a GPU, else CPU)."""
     if requested is not None:
         return int(requested)
-    return AUTO_ANSWER_BATCH["cuda" if getattr(engine, "cuda", False) else "cpu"]
+    return AUTO_ANSWER_BATCH["cuda" if engine.cuda else "cpu"]
 
 
 def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: threading.Event,

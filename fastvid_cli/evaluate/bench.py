@@ -154,20 +154,15 @@ def _video_problem(q: BenchQuestion) -> str | None:
 
 def regenerate_videos(questions: list[BenchQuestion]) -> list[str]:
     """Questions whose video is missing but that have a "seed": re-render their clips with
-    ``fastvid_cli.synth.materialize`` (when that module exists), which writes ``root / record["video"]`` for the
-    records of a JSONL; it gets a temporary one holding just these records. Clears `error` of each question
-    whose video is there now; a failure becomes their error. Returns notes for the user."""
+    ``fastvid_cli.synth.materialize``, which writes ``root / record["video"]`` for the records of a JSONL; it gets
+    a temporary one holding just these records. Clears `error` of each question whose video is there now; a
+    failure becomes their error. Returns notes for the user."""
     wanted = [q for q in questions if q.error and q.seed is not None and not Path(q.path).exists()]
     if not wanted:
         return []
-    try:
-        from fastvid_cli import synth  # optional: only the synthetic benchmark generator provides it
-    except ImportError:
-        return []
-    materialize = getattr(synth, "materialize", None)
-    if not callable(materialize):
-        return []
     import tempfile
+
+    from fastvid_cli.synth import materialize  # numpy: imported only when a video is to be regenerated
 
     notes = []
     by_root: dict[str, list[BenchQuestion]] = defaultdict(list)

@@ -14,6 +14,7 @@ from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.evaluate.bench import BENCH_ERROR, BenchQuestion, read_bench
 from fastvid_cli.evaluate.scoring import PROMPT_VERSION, SHORT_PROMPT_VERSION, SHORT_SCORING, normalize_short
 from fastvid_cli.journal import fingerprint
+from fastvid_cli.models import DEFAULT_MODEL
 
 DEFAULT_RATIOS = (0.25, 0.1)
 FORMS = ("mc", "short")  # multiple choice (a letter); short answer (normalised exact match against short_answer)
@@ -27,7 +28,7 @@ class EvalConfig:
     bench: Path
     output: Path | None = None  # default: BENCH's name with the suffix .eval.jsonl, in the working directory
     videos_root: Path | None = None
-    model: str = "llava-ov-7b"
+    model: str = DEFAULT_MODEL
     threads: int | None = None  # torch's CPU threads (engine.set_threads)
     device: str = "auto"
     dtype: str = "auto"

@@ -3,7 +3,6 @@ answer) and "short" (no options; the answer normalised and compared with the gol
 
 from __future__ import annotations
 
-import inspect
 import re
 import string
 import unicodedata
@@ -68,26 +67,14 @@ def parse_choice(text: str, options: Sequence[str] | int = 4) -> str | None:
 
 
 def choice_parser() -> Callable[[str, Sequence[str]], str | None]:
-    """parser(text, options): `fastvid_cli.synth.parse_choice` for 4-option questions when that module provides
-    it (one reading of answers for the benchmark's generator and its evaluator), else `parse_choice`."""
-    try:
-        from fastvid_cli import synth
-    except ImportError:
-        return parse_choice
-    theirs = getattr(synth, "parse_choice", None)
-    if not callable(theirs):
-        return parse_choice
-    try:
-        positional = [p for p in inspect.signature(theirs).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return parse_choice
-    with_options = len(positional) >= 2
+    """parser(text, options): `fastvid_cli.synth.parse_choice` for 4-option questions (one reading of answers for
+    the benchmark's generator and its evaluator; it reads A-D only), else `parse_choice`."""
+    from fastvid_cli import synth
 
     def parse(text: str, options: Sequence[str]) -> str | None:
-        if len(options) != 4:  # synth's reads A-D only
+        if len(options) != 4:
             return parse_choice(text, options)
-        return theirs(text, list(options)) if with_options else theirs(text)
+        return synth.parse_choice(text, list(options))
 
     return parse
 

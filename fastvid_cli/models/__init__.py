@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastvid_cli.errors import InvalidOptionError, UnknownModelError
@@ -78,7 +78,7 @@ ALIASES: dict[str, Alias] = {
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "weights"
 
-DEFAULT_MODEL = "llava-ov-7b"
+DEFAULT_MODEL = "llava-ov-7b"  # --model when none is given (options.MODEL, BatchConfig, EvalConfig)
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,6 @@ def alias_ref(alias: Alias) -> ModelRef:
     if alias.name == "demo":
         return ModelRef(str(DEMO_DIR), "demo", True)
     return ModelRef(alias.repo, alias.name, False)
-
-
-def alias_table() -> list[dict]:
-    return [asdict(a) for a in ALIASES.values()]
 
 
 def model_family(name: str) -> str | None:
