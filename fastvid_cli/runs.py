@@ -7,13 +7,15 @@ Importing this module imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from fastvid_cli.errors import FastVidError
+from fastvid_cli.errors import FastVidError, InvalidOptionError
 from fastvid_cli.journal import Appender
+from fastvid_cli.models import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,20 @@ class NoProgress(Progress):
     `run_batch` and `run_eval`."""
 
 
-class EngineOptions(Protocol):
-    """The options of a run that say which model to load and how (BatchConfig, EvalConfig)."""
+@dataclass(kw_only=True)
+class ModelOptions:
+    """Which model a run loads and how: the options BatchConfig and EvalConfig share (keyword-only, so that each
+    config's own required fields can come first)."""
 
-    model: str
-    threads: int | None
-    device: str
-    dtype: str
-    attn_implementation: str
-    saliency_model: str | None
+    model: str = DEFAULT_MODEL
+    threads: int | None = None  # torch's CPU threads (engine.set_threads)
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    saliency_model: str | None = None
 
 
-def load_engine(cfg: EngineOptions, progress: Progress, device: str | None = None):
+def load_engine(cfg: ModelOptions, progress: Progress, device: str | None = None):
     """Load the model of `cfg` (on `device` when given, else cfg.device), telling `progress` how long it took and
     what the model's adapter warned about. Returns the Engine."""
     from fastvid_cli.engine import Engine, set_threads
@@ -107,6 +111,26 @@ class RecordWriter:
 
     def close(self) -> None:
         self.appender.close()
+
+
+def read_input_text(path: str | os.PathLike, what: str, utf8_hint: str | None = None) -> str:
+    """The whole input file of a run (`what`: "questions file", "benchmark file") as text: UTF-8, a byte order
+    mark dropped. A missing, unreadable or non-UTF-8 file is a usage error (exit 2) naming it."""
+    p = Path(path)
+    name = str(path)
+    if not p.exists():
+        raise InvalidOptionError(f"{what} not found: {name}")
+    if not p.is_file():
+        raise InvalidOptionError(f"{what} is not a regular file: {name}")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InvalidOptionError(f"cannot read {what} {name}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")  # also strips a UTF-8 byte order mark
+    except UnicodeDecodeError as e:
+        raise InvalidOptionError(f"{what} {name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                                 f"{e.start})", utf8_hint) from None
 
 
 def item_error(e: BaseException, on_exception: Callable[[BaseException], None] | None = None) -> str:

@@ -10,29 +10,25 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastvid_cli.batch.rows import Row, read_questions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.journal import fingerprint
-from fastvid_cli.models import DEFAULT_MODEL
+from fastvid_cli.models import ModelRef
+from fastvid_cli.runs import ModelOptions
 
 PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 
 
 @dataclass
-class BatchConfig:
-    """Everything `fastvid batch` was asked to do (command-line values; None = the model family's default)."""
+class BatchConfig(ModelOptions):
+    """Everything `fastvid batch` was asked to do (command-line values; None = the model family's default),
+    with the model options (model, threads, device, dtype, attn_implementation, saliency_model) of ModelOptions."""
 
     questions: Path
     output: Path
     csv_out: Path | None = None
-    model: str = DEFAULT_MODEL
-    threads: int | None = None  # torch's CPU threads (engine.set_threads)
-    device: str = "auto"
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
-    saliency_model: str | None = None
     frames: int | None = None
     fps: float | None = None  # Qwen-VL families: sampling rate (exclusive with frames)
     method: str = "fastvid"
@@ -79,6 +75,32 @@ def family_defaults(model: str) -> dict[str, Any]:
         raise UnknownModelError(f"unsupported architecture '{family}' in {ref.display}",
                                 f"supported: {', '.join(FAMILIES)}")
     return dict(importlib.import_module(FAMILIES[family]).DEFAULTS)
+
+
+class ModelSettings(NamedTuple):
+    """The model side of a run's settings, known before any weights load."""
+
+    ref: ModelRef  # the model as resolved: hub id or folder (what fingerprints hold), and the alias given
+    dtype: str  # the name of the dtype the weights run in, e.g. "float32"
+    defaults: dict[str, Any]  # the family's defaults: frames (or fps), ratio, c, tau, d, p, beta, ...
+
+
+def model_settings(cfg: ModelOptions, engine=None) -> ModelSettings:
+    """The model of `cfg` resolved and --device, --dtype and --attn-implementation checked (no torch needed for
+    that), then the dtype and the family's defaults: the loaded `engine`'s, else from the checkpoint's config.json
+    (torch is imported only then, after every cheap check). Used by `batch` and `eval` alike."""
+    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
+
+    ref = resolve_model(cfg.model)
+    check_device_name(cfg.device)
+    check_dtype_name(cfg.dtype)
+    check_attn_implementation(cfg.attn_implementation)
+    if engine is not None:
+        return ModelSettings(ref, str(engine.dtype).replace("torch.", ""), dict(engine.defaults))
+    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
+
+    return ModelSettings(ref, dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device))),
+                         family_defaults(cfg.model))
 
 
 def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -> dict[str, Any]:
@@ -186,22 +208,9 @@ class Plan:
 
 def make_plan(cfg: BatchConfig, engine=None) -> Plan:
     """Everything that can fail on a bad option or a bad CSV fails here, before anything is written or loaded."""
-    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
-
     validate_config(cfg)
     rows = read_questions(cfg.questions)
-    ref = resolve_model(cfg.model)
-    check_device_name(cfg.device)
-    check_dtype_name(cfg.dtype)
-    check_attn_implementation(cfg.attn_implementation)
-    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype  # torch: after every cheap check
-
-    if engine is None:
-        dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
-        defaults = family_defaults(cfg.model)
-    else:
-        dtype_label = dtype_name(engine.dtype)
-        defaults = dict(engine.defaults)
+    ref, dtype_label, defaults = model_settings(cfg, engine)
     base = base_settings(cfg, defaults, dtype_label)
     settings = {r.row: row_settings(r, base) for r in rows}
     return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()}, ref.display)

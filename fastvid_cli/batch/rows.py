@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.journal import duplicate_key
+from fastvid_cli.runs import read_input_text
 
 # Whole-file problems (missing/unreadable CSV, not UTF-8, no header, a required column missing) are usage
 # errors, exit 2, as the issue asks.
@@ -52,19 +53,7 @@ def read_questions(path: str | os.PathLike) -> list[Row]:
     in `Row.error` (joined with '; ' when a row has several)."""
     p = Path(path)
     name = str(path)
-    if not p.exists():
-        raise CSV_ERROR(f"questions file not found: {name}")
-    if not p.is_file():
-        raise CSV_ERROR(f"questions file is not a regular file: {name}")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise CSV_ERROR(f"cannot read questions file {name}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8-sig")  # also strips a UTF-8 byte order mark
-    except UnicodeDecodeError as e:
-        raise CSV_ERROR(f"questions file {name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                        f"{e.start})", "save it as UTF-8 CSV") from None
+    text = read_input_text(path, "questions file", "save it as UTF-8 CSV")  # CSV_ERROR is InvalidOptionError too
     if "\x00" in text:
         raise CSV_ERROR(f"questions file {name} contains NUL bytes: not a text CSV")
     reader = csv.reader(io.StringIO(text, newline=""))

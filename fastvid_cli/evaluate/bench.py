@@ -14,6 +14,7 @@ from typing import Any
 
 from fastvid_cli.batch.rows import MAX_FRAMES
 from fastvid_cli.errors import FastVidError, InvalidOptionError
+from fastvid_cli.runs import read_input_text
 
 BENCH_ERROR = InvalidOptionError
 
@@ -47,19 +48,7 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
     problem with the file or a line raises BENCH_ERROR naming the line; a missing video only sets `error`."""
     p = Path(path)
     name = str(path)
-    if not p.exists():
-        raise BENCH_ERROR(f"benchmark file not found: {name}")
-    if not p.is_file():
-        raise BENCH_ERROR(f"benchmark file is not a regular file: {name}")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise BENCH_ERROR(f"cannot read benchmark file {name}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise BENCH_ERROR(f"benchmark file {name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                          f"{e.start})") from None
+    text = read_input_text(path, "benchmark file")  # BENCH_ERROR is InvalidOptionError too
     if videos_root is not None:
         root = Path(videos_root).expanduser()
         if root.exists() and not root.is_dir():

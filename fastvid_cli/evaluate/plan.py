@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastvid_cli.batch.plan import PRUNE_PARAM_NAMES, family_defaults
+from fastvid_cli.batch.plan import PRUNE_PARAM_NAMES, model_settings
 from fastvid_cli.batch.rows import MAX_FRAMES
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.evaluate.bench import BENCH_ERROR, BenchQuestion, read_bench
 from fastvid_cli.evaluate.scoring import PROMPT_VERSION, SHORT_PROMPT_VERSION, SHORT_SCORING, normalize_short
 from fastvid_cli.journal import fingerprint
-from fastvid_cli.models import DEFAULT_MODEL
+from fastvid_cli.runs import ModelOptions
 
 DEFAULT_RATIOS = (0.25, 0.1)
 FORMS = ("mc", "short")  # multiple choice (a letter); short answer (normalised exact match against short_answer)
@@ -22,18 +22,13 @@ DEFAULT_MAX_NEW_TOKENS = 8
 
 
 @dataclass
-class EvalConfig:
-    """Everything `fastvid eval` was asked to do (command-line values; None = the model family's default)."""
+class EvalConfig(ModelOptions):
+    """Everything `fastvid eval` was asked to do (command-line values; None = the model family's default),
+    with the model options (model, threads, device, dtype, attn_implementation, saliency_model) of ModelOptions."""
 
     bench: Path
     output: Path | None = None  # default: BENCH's name with the suffix .eval.jsonl, in the working directory
     videos_root: Path | None = None
-    model: str = DEFAULT_MODEL
-    threads: int | None = None  # torch's CPU threads (engine.set_threads)
-    device: str = "auto"
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
-    saliency_model: str | None = None
     frames: int | None = None
     fps: float | None = None  # Qwen-VL families: sampling rate when no frame count is given
     methods: list[str] = field(default_factory=lambda: ["fastvid"])
@@ -168,8 +163,7 @@ def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
-    from fastvid_cli.models import (ALIASES, check_attn_implementation, check_device_name, check_dtype_name,
-                                    resolve_model)
+    from fastvid_cli.models import ALIASES
 
     validate_config(cfg)
     questions = read_bench(cfg.bench, cfg.videos_root)
@@ -177,18 +171,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
         check_short_answers(questions, str(cfg.bench))
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
-    ref = resolve_model(cfg.model)
-    check_device_name(cfg.device)
-    check_dtype_name(cfg.dtype)
-    check_attn_implementation(cfg.attn_implementation)
-    if engine is None:
-        from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
-
-        dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
-        defaults = family_defaults(cfg.model)
-    else:
-        dtype_label = str(engine.dtype).replace("torch.", "")
-        defaults = dict(engine.defaults)
+    ref, dtype_label, defaults = model_settings(cfg, engine)
     alias = ALIASES.get(cfg.model.strip())
     default_frames = cfg.frames or (alias.frames if alias else defaults["frames"])
     default_frames = int(default_frames) if default_frames else None  # None: sampled by rate (Qwen-VL)
