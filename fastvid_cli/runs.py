@@ -1,6 +1,6 @@
 """What the long resumable runs (`batch`, `eval`) share besides their journal (fastvid_cli.journal): the Progress
-protocol they report to (and the silent default), loading the engine, writing records, and the one-line message an
-item's failure is recorded with.
+protocol they report to (and the silent default), the model options and loading the engine, reading the input
+file, writing records, and the one-line message an item's failure is recorded with.
 
 Importing this module imports neither torch nor transformers.
 """
