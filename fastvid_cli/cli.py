@@ -12,15 +12,15 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
 from fastvid_cli import __version__
 from fastvid_cli import options as O
-from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
+from fastvid_cli.cli_run import run as _run
+from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidOptionError
 
 app = typer.Typer(
     cls=O.Group,
@@ -37,57 +37,6 @@ BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the un
                  "does (3 runs each, alternating; medians) and report the MEASURED prefill speedup with both times. "
                  "Without it the speedup shown is an ESTIMATE labelled 'est.': the ratio of LLM prefill FLOPs "
                  "(projections, causal attention, MLP) at the full and the pruned prompt length.")
-
-
-def _run(debug: bool, body: Callable[[], int | None]) -> None:
-    """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
-    _hide_library_noise(debug)
-    try:
-        code = body() or 0
-    except FastVidError as e:
-        _error(e.one_line(), debug)
-        code = e.exit_code
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        from fastvid_cli.ui import err_console
-
-        err_console.print("\n[yellow]interrupted[/]")
-        code = EXIT_INTERRUPTED
-    except typer.Exit:
-        raise
-    except Exception as e:  # a bug: still one line, unless --debug
-        from fastvid_cli.errors import OutOfMemoryError
-
-        if type(e).__name__ == "OutOfMemoryError":
-            _error(OutOfMemoryError("out of memory", "try fewer --frames or a lower --ratio").one_line(), debug)
-            code = OutOfMemoryError.exit_code
-        else:
-            msg = " ".join(str(e).split()) or type(e).__name__
-            _error(f"internal error: {type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)", debug)
-            code = EXIT_INTERNAL
-    raise typer.Exit(code)
-
-
-def _hide_library_noise(debug: bool) -> None:
-    """Keep the libraries' own warnings (deprecations, hub retries, load reports) off the user's terminal: they
-    land in the middle of the progress display and say nothing the user can act on. `--debug` shows them."""
-    import logging
-    import warnings
-
-    level = logging.WARNING if debug else logging.ERROR
-    if not debug:
-        warnings.filterwarnings("ignore")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
-    for name in ("transformers", "huggingface_hub", "accelerate", "torch", "httpx", "urllib3"):
-        logging.getLogger(name).setLevel(level)
-
-
-def _error(message: str, debug: bool) -> None:
-    from fastvid_cli.ui import error_line
-
-    if debug:
-        traceback.print_exc()
-    error_line(message)
 
 
 def _check_method(method: str) -> None:

@@ -85,7 +85,7 @@ def batch(
     video groups are split over the processes (one per GPU, or gloo on CPU) and merged into the output in CSV
     order at the end. Progress (done/failed, ETA, mean tokens kept, mean TTFT) goes to stderr.
     """
-    from fastvid_cli.cli import _run
+    from fastvid_cli.cli_run import run as _run
 
     def body() -> int:
         from fastvid_cli import hub

@@ -89,7 +89,7 @@ def eval_(
     about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
     as they finish; rerun the same command to resume. Ctrl-C stops (exit 130); what was written is kept.
     """
-    from fastvid_cli.cli import _run
+    from fastvid_cli.cli_run import run as _run
 
     def body() -> int:
         from fastvid_cli import hub
