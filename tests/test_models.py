@@ -92,6 +92,16 @@ def test_a_family_missing_a_required_method_cannot_load():
         Half()
 
 
+def test_the_registry_and_the_resolver_import_no_torch():
+    """The CLI checks --model, --device, --dtype, --frames/--fps and reads family defaults before torch loads."""
+    import subprocess
+
+    code = ("import sys, fastvid_cli.models, fastvid_cli.models.aliases, fastvid_cli.models.loading, "
+            "fastvid_cli.models.sampling, fastvid_cli.settings; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def _imports(path: Path, module: str, is_package: bool, names: set[str]) -> set[str]:
     """The package modules `module` imports anywhere in its file (function-level imports included), and those it
     names in a string (the registry imports its families by name)."""

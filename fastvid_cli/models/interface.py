@@ -12,7 +12,6 @@ import abc
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import numpy as np
 import torch
 
 from fastvid_cli.errors import InvalidOptionError
@@ -20,6 +19,8 @@ from fastvid_cli.models.sampling import SamplePlan, uniform_count
 
 if TYPE_CHECKING:
     from typing import Self
+
+    import numpy as np
 
     from fastvid_cli.hub import ModelRef
     from fastvid_cli.video import Clip
