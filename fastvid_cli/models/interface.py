@@ -257,7 +257,8 @@ class FamilyAdapter(abc.ABC):
         return {}
 
     def pruning_method(self, name: str) -> Callable | None:
-        """This family's own variant of pruning method `name`, or None for the registry's (the default)."""
+        """This family's own variant of pruning method `name`, or None for the registry's (the default). Interim:
+        per-family variants are moving into the pruning registry (issue 13), which will key them by family."""
         return None
 
     def llm_prefill_flops(self, length: int) -> float:
