@@ -152,11 +152,11 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
     for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer)."""
     from fastvid_cli import hub
-    from fastvid_cli.models import frame_request
+    from fastvid_cli.settings import frame_request
 
     hub.set_offline(offline)
     from fastvid_cli.engine import Engine
-    from fastvid_cli.models.base import resolve_device, resolve_dtype
+    from fastvid_cli.models.loading import resolve_device, resolve_dtype
     from fastvid_cli.video import sample_frames
 
     resolve_dtype(dtype, resolve_device(device))

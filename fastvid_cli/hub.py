@@ -9,11 +9,27 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastvid_cli.errors import ModelUnavailableError, UnknownModelError
-from fastvid_cli.models import ModelRef
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the user asked for, resolved: a hub id or a local folder, plus the alias it came from.
+
+    Defined here, not in `fastvid_cli.models`, because everything in this module takes one, and the model
+    registry reads checkpoints through this module: the dependency goes one way, models -> hub."""
+
+    source: str  # hub repo id or absolute local folder
+    alias: str | None
+    is_local: bool
+
+    @property
+    def display(self) -> str:
+        return self.alias or self.source
 
 
 def set_offline(flag: bool) -> None:

@@ -48,7 +48,7 @@ class Dist:
 
 
 def _wants_cpu(device: str) -> bool:
-    from fastvid_cli.models.base import resolve_device
+    from fastvid_cli.models.loading import resolve_device
 
     d = device.strip().lower()
     return d == "cpu" or (d == "auto" and resolve_device("auto") == "cpu")

@@ -54,29 +54,6 @@ class BatchConfig(ModelOptions):
                                  top_p=self.top_p, seed=self.seed, system=self.system, compile=self.compile)
 
 
-def family_defaults(model: str) -> dict[str, Any]:
-    """The model family's defaults (frames, ratio, c, tau, d, p, beta) from the checkpoint's config.json alone,
-    so resume can decide what is done without loading any weights."""
-    import importlib
-
-    from fastvid_cli import hub
-    from fastvid_cli.errors import ModelUnavailableError, UnknownModelError
-    from fastvid_cli.models import FAMILIES, resolve_model
-
-    ref = resolve_model(model)
-    # config.json read as JSON: transformers' AutoConfig costs seconds of imports, and a rerun with nothing
-    # left to do should not pay them. Engine.load checks the same field again when it loads.
-    try:
-        with open(hub.get_file(ref, "config.json"), encoding="utf-8") as f:
-            family = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelUnavailableError(f"could not read config of {ref.display}: {e}") from None
-    if family not in FAMILIES:
-        raise UnknownModelError(f"unsupported architecture '{family}' in {ref.display}",
-                                f"supported: {', '.join(FAMILIES)}")
-    return dict(importlib.import_module(FAMILIES[family]).DEFAULTS)
-
-
 class ModelSettings(NamedTuple):
     """The model side of a run's settings, known before any weights load."""
 
@@ -97,7 +74,8 @@ def model_settings(cfg: ModelOptions, engine=None) -> ModelSettings:
     check_attn_implementation(cfg.attn_implementation)
     if engine is not None:
         return ModelSettings(ref, str(engine.dtype).replace("torch.", ""), dict(engine.defaults))
-    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
+    from fastvid_cli.models.loading import dtype_name, resolve_device, resolve_dtype
+    from fastvid_cli.settings import family_defaults
 
     return ModelSettings(ref, dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device))),
                          family_defaults(cfg.model))
@@ -106,9 +84,9 @@ def model_settings(cfg: ModelOptions, engine=None) -> ModelSettings:
 def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -> dict[str, Any]:
     """The answer-affecting settings of the command line, resolved (aliases to hub ids, folders to absolute
     paths, family defaults filled in). Rows then override frames and ratio."""
-    from fastvid_cli.models import ALIASES, resolve_model
+    from fastvid_cli.models import resolve_model
+    from fastvid_cli.settings import sampling_settings
 
-    alias = ALIASES.get(cfg.model.strip())
     fastvid = cfg.method == "fastvid"
     # the Qwen-VL FastVID variant also has "ignore"; other families' settings (and fingerprints) are unchanged
     names = PRUNE_PARAM_NAMES + tuple(k for k in ("ignore",) if k in defaults)
@@ -121,19 +99,15 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -
         from fastvid_cli.inner_merge import parse_inner
 
         params["inner"] = list(parse_inner(cfg.holitom_inner))
-    frames = cfg.frames or (alias.frames if alias else defaults["frames"])
-    by_rate = "fps" in defaults  # families that sample by rate unless given a frame count
-    if cfg.fps is not None and (not by_rate or cfg.frames):
-        raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly"
-                                 if not by_rate else "--frames and --fps exclude each other")
-    rate = {"fps": float(cfg.fps or defaults["fps"])} if by_rate and not cfg.frames else {}
+    frames, fps = sampling_settings(cfg.model, cfg.frames, cfg.fps, defaults)  # fps: families sampling by rate
+    rate = {"fps": fps} if fps is not None else {}
     return rate | {
         "model": resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
         # every method but "none" prunes at the given ratio (uniform, random and holitom too, not only fastvid)
         "ratio": float(cfg.ratio if cfg.ratio is not None else defaults["ratio"]) if cfg.method != "none" else 1.0,
-        "frames": int(frames) if frames else None,  # None: sampled by rate
+        "frames": frames,  # None: sampled by rate
         "params": {k: params[k] for k in sorted(params)},
         "saliency_model": _saliency_setting(cfg.saliency_model) if fastvid else None,
         "max_new_tokens": int(cfg.max_new_tokens),

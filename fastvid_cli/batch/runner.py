@@ -103,7 +103,7 @@ def find_work(cfg: BatchConfig, plan: Plan, dist: Dist) -> Work:
     invalid = [r for r in pending if r.error] if dist.is_main else []
     share = split_groups(make_groups([r for r in pending if not r.error], plan.settings), dist.world)[dist.rank]
     if share:
-        from fastvid_cli.models import frame_request
+        from fastvid_cli.settings import frame_request
 
         for g in share:  # sampled before the model loads (prefetch): the family's own plan, or a count
             g.sampling = frame_request(cfg.model, g.frames, g.fps)

@@ -163,7 +163,7 @@ def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
-    from fastvid_cli.models import ALIASES
+    from fastvid_cli.settings import sampling_settings
 
     validate_config(cfg)
     questions = read_bench(cfg.bench, cfg.videos_root)
@@ -172,18 +172,12 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     ref, dtype_label, defaults = model_settings(cfg, engine)
-    alias = ALIASES.get(cfg.model.strip())
-    default_frames = cfg.frames or (alias.frames if alias else defaults["frames"])
-    default_frames = int(default_frames) if default_frames else None  # None: sampled by rate (Qwen-VL)
     if "ignore" in cfg.params and "ignore" not in defaults:
         raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
     if cfg.holitom_inner and not any(m.startswith("holitom") for m in cfg.methods):
         raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
-    if cfg.fps is not None and cfg.frames:
-        raise InvalidOptionError("--frames and --fps exclude each other")
-    if cfg.fps is not None and "fps" not in defaults:
-        raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly")
-    rate = float(cfg.fps or defaults.get("fps") or 0.0) or None
+    # default_frames None: sampled by `rate` (Qwen-VL), unless a question gives its own count
+    default_frames, rate = sampling_settings(cfg.model, cfg.frames, cfg.fps, defaults)
     from fastvid_cli.compare import settings as compare_settings
 
     # compare's order: none@1 first, then methods x ratios high to low; a ratio of 1.0 is that reference, run once
