@@ -322,7 +322,7 @@ def row_settings(row: Row, base: dict[str, Any]) -> dict[str, Any]:
         s["frames"] = row.frames
     elif row.raw_frames is not None:
         s["frames"] = row.raw_frames
-    if base["method"] == "fastvid":
+    if base["method"] != "none":  # every method but "none" prunes at the row's ratio
         if row.ratio is not None:
             s["ratio"] = float(row.ratio)
         elif row.raw_ratio is not None:

@@ -70,6 +70,16 @@ def test_batch_row_ratio_of_fastvid_is_that_of_earlier_versions(tmp_path):
     assert (s["ratio"], B.fingerprint(s)) == (0.2, "7d0f8ade46ff")
 
 
+@pytest.mark.parametrize("method", ["uniform", "random", "holitom", "holitom-orig"])
+def test_batch_row_ratio_applies_to_every_method_that_prunes(tmp_path, method):
+    """A row's ratio cell overrides --ratio for every method (it was read for fastvid alone); none keeps 1.0."""
+    row = B.Row(row=1, id="1", video="v", path="v", question="q", ratio=0.2, raw_ratio="0.2")
+    assert batch_settings(tmp_path, method, row=row)["ratio"] == 0.2
+    bad = B.Row(row=1, id="1", video="v", path="v", question="q", raw_ratio="x")
+    assert batch_settings(tmp_path, method, row=bad)["ratio"] == "x"  # an invalid cell enters as its text
+    assert batch_settings(tmp_path, "none", row=row)["ratio"] == 1.0
+
+
 # ---------------------------------------------------------------------------------------------- eval
 class SettingsEngine:
     """Supplies the defaults and dtype of an eval plan."""
