@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InvalidOptionError
 
-PruneMethod = Callable[..., Any]  # -> pruning.fastvid.PruneResult
+PruneMethod = Callable[..., Any]  # -> pruning.result.PruneResult
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class MethodSpec:
 # it follows the ratio, as the reference scripts (holitom.default_tau).
 REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
     MethodSpec("fastvid", "fastvid:fastvid", dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4)),
-    MethodSpec("none", "fastvid:keep_all", dict(ratio=1.0)),
+    MethodSpec("none", "result:keep_all", dict(ratio=1.0)),
     # baseline: average pooling to FastVID's per-frame budget
     MethodSpec("uniform", "uniform:uniform", dict(ratio=0.1)),
     # baseline: seeded random tokens at FastVID's per-frame budget
