@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from fastvid_cli.errors import FastVidError, InvalidOptionError
+from fastvid_cli.pruning import DEFAULT_METHOD
 
 # Whole-file problems (missing/unreadable CSV, not UTF-8, no header, a required column missing) are usage
 # errors, exit 2, as the issue asks.
@@ -53,7 +54,6 @@ OPTIONAL_COLUMNS = ("id", "ratio", "frames")
 MAX_FRAMES = 4096
 CSV_OUT_COLUMNS = ("id", "video", "question", "answer", "status", "error", "video_tokens_kept",
                    "video_tokens_total", "ttft_ms", "decode_tokens_per_s")
-PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 FINGERPRINT_VERSION = 1
 # --answer-batch auto, per device. CUDA: batched rows cost about one row per decode step (1 video x 10 questions
 # 5.31x faster than separate asks, H100, benchmarks/RESULTS.md). CPU: at best 1.4-1.6x faster per row on an idle
@@ -216,9 +216,10 @@ class BatchConfig:
     saliency_model: str | None = None
     frames: int | None = None
     fps: float | None = None  # Qwen-VL families: sampling rate (exclusive with frames)
-    method: str = "fastvid"
+    method: str = DEFAULT_METHOD
     ratio: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta given on the command line
+    # the method options given on the command line, by flag ("--dyseg-tau") or parameter name ("tau")
+    params: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
@@ -228,7 +229,6 @@ class BatchConfig:
     # greedy rows of one video decoded together (1: one at a time; same answers); None: auto (AUTO_ANSWER_BATCH)
     answer_batch: int | None = None
     cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
-    holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage (holitom methods only)
     retry_errors: bool = False
     overwrite: bool = False
 
@@ -240,11 +240,12 @@ class BatchConfig:
 
 
 def family_defaults(model: str) -> dict[str, Any]:
-    """The model family's defaults (frames, ratio, c, tau, d, p, beta) from the checkpoint's config.json alone,
-    so resume can decide what is done without loading any weights."""
+    """The model family's defaults (frames or fps, method family, ratio, the default method's settings: as
+    Engine.defaults) from the checkpoint's config.json alone, so resume can decide what is done without loading
+    any weights."""
     import importlib
 
-    from fastvid_cli import hub
+    from fastvid_cli import hub, pruning
     from fastvid_cli.errors import ModelUnavailableError, UnknownModelError
     from fastvid_cli.models import FAMILIES, resolve_model
 
@@ -259,27 +260,20 @@ def family_defaults(model: str) -> dict[str, Any]:
     if family not in FAMILIES:
         raise UnknownModelError(f"unsupported architecture '{family}' in {ref.display}",
                                 f"supported: {', '.join(FAMILIES)}")
-    return dict(importlib.import_module(FAMILIES[family]).DEFAULTS)
+    module = importlib.import_module(FAMILIES[family])
+    return {**module.DEFAULTS, **pruning.family_defaults(module.Adapter.method_family)}
 
 
 def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -> dict[str, Any]:
     """The answer-affecting settings of the command line, resolved (aliases to hub ids, folders to absolute
     paths, family defaults filled in). Rows then override frames and ratio."""
     from fastvid_cli.models import ALIASES, resolve_model
+    from fastvid_cli.pruning import check_options, resolve_params, spec_of
 
     alias = ALIASES.get(cfg.model.strip())
-    fastvid = cfg.method == "fastvid"
-    # the Qwen-VL FastVID variant also has "ignore"; other families' settings (and fingerprints) are unchanged
-    names = PRUNE_PARAM_NAMES + tuple(k for k in ("ignore",) if k in defaults)
-    if "ignore" in cfg.params and "ignore" not in defaults:
-        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
-    params = {**{k: defaults[k] for k in names}, **cfg.params} if fastvid else {}
-    if cfg.holitom_inner:
-        if not cfg.method.startswith("holitom"):
-            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
-        from fastvid_cli.inner_merge import parse_inner
-
-        params["inner"] = list(parse_inner(cfg.holitom_inner))
+    family = defaults.get("method_family")  # None: the registry's default family
+    check_options([cfg.method], family, cfg.params)
+    params = resolve_params(cfg.method, family, cfg.params)
     frames = cfg.frames or (alias.frames if alias else defaults["frames"])
     by_rate = "fps" in defaults  # families that sample by rate unless given a frame count
     if cfg.fps is not None and (not by_rate or cfg.frames):
@@ -290,11 +284,11 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -
         "model": resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
-        # every method but "none" prunes at the given ratio (uniform, random and holitom too, not only fastvid)
+        # every method but "none" prunes at the given ratio
         "ratio": float(cfg.ratio if cfg.ratio is not None else defaults["ratio"]) if cfg.method != "none" else 1.0,
         "frames": int(frames) if frames else None,  # None: sampled by rate
         "params": {k: params[k] for k in sorted(params)},
-        "saliency_model": _saliency_setting(cfg.saliency_model) if fastvid else None,
+        "saliency_model": _saliency_setting(cfg.saliency_model) if spec_of(cfg.method).uses_saliency else None,
         "max_new_tokens": int(cfg.max_new_tokens),
         "temperature": float(cfg.temperature),
         "top_p": float(cfg.top_p),
@@ -700,10 +694,11 @@ class BatchResult:
 
 def validate_config(cfg: BatchConfig) -> None:
     """Option checks that need no model (exit 2 on failure)."""
-    from fastvid_cli.pruning import method_names
+    from fastvid_cli.pruning import check_options, method_names
 
     if cfg.method not in method_names():
         raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{cfg.method}')")
+    check_options([cfg.method], None, cfg.params)  # on any family: the model's, once known (base_settings)
     if cfg.ratio is not None and (math.isnan(cfg.ratio) or not 0 < cfg.ratio <= 1):
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {cfg.ratio})")
     cfg.generation().validate()
@@ -1003,8 +998,7 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     from fastvid_cli.engine import PruneOptions
 
     t0 = time.perf_counter()
-    params = plan.base["params"] if group.method == "fastvid" or group.method.startswith("holitom") else {}
-    prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
+    prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(plan.base["params"]))
     session, session_error = None, None
     try:
         if prefetched is not None and prefetched.error is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastvid_cli.errors import InvalidOptionError
+from fastvid_cli.pruning import DEFAULT_METHOD
 
 
 @dataclass
@@ -43,6 +44,7 @@ class GenerationOptions:
 
 @dataclass
 class PruneOptions:
-    method: str = "fastvid"
+    method: str = DEFAULT_METHOD
     ratio: float = 0.10
-    params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta, ...
+    # the method's parameters (pruning.resolve_params), those of its LLM stage included: c, tau, …, inner
+    params: dict[str, Any] = field(default_factory=dict)

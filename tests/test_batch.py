@@ -259,7 +259,7 @@ def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_sal
     assert list(view) == ["a1", "b1", "a2", "b2", "a3", "a4", "b3"]  # the output ends in CSV order
     assert result.final_ok == 7 and all(r["status"] == "ok" for r in view.values())
     gen = GenerationOptions(max_new_tokens=10)
-    params = {k: engine.defaults[k] for k in B.PRUNE_PARAM_NAMES}
+    params = {k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}
     for rec in view.values():
         alone = engine.ask(str(clips / Path(rec["video"]).name), rec["question"], frames=rec["settings"]["frames"],
                            prune=PruneOptions("fastvid", rec["settings"]["ratio"], params), gen=gen).to_dict()

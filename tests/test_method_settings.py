@@ -16,7 +16,9 @@ from fastvid_cli import batch as B
 from fastvid_cli import evaluate as E
 
 LLAVA = dict(frames=32, method="fastvid", ratio=0.1, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
-QWEN = dict(frames=None, fps=2.0, method="fastvid", ratio=0.27, c=8, tau=0.84, ignore=0.95, d=0.4, p=4, beta=0.6)
+# the family's defaults as Engine.defaults gives them (the method family: which variant and defaults it runs)
+QWEN = dict(frames=None, fps=2.0, method="fastvid", ratio=0.27, c=8, tau=0.84, ignore=0.95, d=0.4, p=4, beta=0.6,
+            method_family="qwen")
 FASTVID = {"beta": 0.6, "c": 8, "d": 0.4, "p": 4, "tau": 0.9}
 SIGLIP = "google/siglip-so400m-patch14-384"
 
@@ -26,10 +28,8 @@ def batch_settings(tmp_path: Path, method: str, defaults=LLAVA, model="llava-ov-
                    options: dict | None = None, row: B.Row | None = None, **kw) -> dict:
     """The settings of a batch row, as `fastvid batch --method METHOD` with the method options `options` (by
     parameter name: c, tau, ..., inner) records them."""
-    options = dict(options or {})
-    inner = options.pop("inner", None)
     cfg = B.BatchConfig(questions=tmp_path / "q.csv", output=tmp_path / "o.jsonl", model=model, method=method,
-                        params=options, holitom_inner=inner, **kw)
+                        params=dict(options or {}), **kw)
     settings = B.base_settings(cfg, defaults, dtype)
     return settings if row is None else B.row_settings(row, settings)
 
@@ -100,11 +100,8 @@ def eval_plan(tmp_path: Path, defaults=LLAVA, options: dict | None = None, **kw)
     bench = tmp_path / "b.jsonl"
     bench.write_text(json.dumps({"id": "q1", "video": "a.mp4", "question": "Q?", "options": ["a", "b", "c", "d"],
                                  "answer": "A"}) + "\n")
-    options = dict(options or {})
-    inner, seed = options.pop("inner", None), options.pop("seed", None)
     cfg = E.EvalConfig(bench=bench, output=tmp_path / "o.jsonl", model="llava-ov-0.5b", methods=METHODS,
-                       ratios=[0.5], params=options, holitom_inner=inner, random_seed=seed,
-                       **{"frames": 4, **kw})
+                       ratios=[0.5], params=dict(options or {}), **{"frames": 4, **kw})
     plan = E.make_plan(cfg, SettingsEngine(defaults))
     return {s.label: (json.loads(json.dumps(s.param_dict())), plan.full_settings[("q1", s.label)]["saliency_model"],
                       plan.fp(plan.questions[0], s)) for s in plan.settings}

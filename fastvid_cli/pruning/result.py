@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -61,6 +62,23 @@ def keep_all(embeds: Tensor, saliency: Tensor | None = None, frame_features: Ten
         merged=torch.zeros(F * N, dtype=torch.bool, device=embeds.device),
         salient=F * N,
     )
+
+
+class LLMStage(Protocol):
+    """A method's stage inside the LLM prefill (``MethodSpec.llm_stage`` builds one from the method's parameters).
+
+    The prefill (``fastvid_cli.llm_stage``) runs the LLM layer by layer; before layer ``layer`` it hands the stage
+    the video span's hidden states and the last prompt token's attention over them at layer ``layer``-1, and runs
+    the remaining layers on what ``reduce`` returns, at the kept tokens' positions."""
+
+    layer: int
+    option: str  # the command-line option that asked for the stage, for messages
+    label: str  # what the answer's notes call it
+
+    def reduce(self, hidden: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
+        """(V, D) hidden states, (V,) attention -> (kept (V',) int64 increasing indices into the span, (V', D) their
+        hidden states from here on)."""
+        ...
 
 
 # ------------------------------------------------------------------------------------------ argument checks
@@ -141,5 +159,5 @@ def per_frame_budget(n_tokens: int, ratio: float) -> tuple[int, list[str]]:
     return R, notes
 
 
-__all__ = ["PruneResult", "check_embeds", "check_inputs", "check_number", "check_ratio", "keep_all",
+__all__ = ["LLMStage", "PruneResult", "check_embeds", "check_inputs", "check_number", "check_ratio", "keep_all",
            "per_frame_budget", "positive_int", "share"]
