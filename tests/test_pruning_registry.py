@@ -203,3 +203,15 @@ def test_the_engine_runs_a_new_method_with_its_family_defaults(new_method, engin
     params = pruning.resolve_params("toy", engine.defaults["method_family"], {})
     result = engine.prune(feats, PruneOptions(method="toy", ratio=0.5, params=params), {})
     assert params == {"stride": 2} and result.kept == F * len(range(0, N, 2))
+
+
+def test_the_readme_tables_are_the_registrys():
+    """README.md's method options and methods tables are printed by `python -m fastvid_cli.pruning`: an entry changed
+    without them fails here."""
+    from pathlib import Path
+
+    from fastvid_cli.pruning.docs import methods_table, options_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [row for row in options_table() + methods_table() if row not in readme.splitlines()]
+    assert not missing, "README.md lacks (run python -m fastvid_cli.pruning): " + "\n".join(missing)

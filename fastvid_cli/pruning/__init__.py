@@ -147,6 +147,7 @@ HOLITOM = dict(needs_attention=True, segments=("windows", "HoliTom's DP"), llm_s
 REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
     MethodSpec(
         "fastvid", "fastvid:fastvid", dict(ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6, k=4), title="FastVID",
+        summary="DySeg segments; per frame, salient tokens and density-merged context tokens",
         params=(Param("c", "--dyseg-c", "DySeg: minimum number of segments", int, "C", min=1),
                 Param("tau", "--dyseg-tau", "DySeg: cut where adjacent-frame similarity < tau", float, "TAU"),
                 Param("d", "--stprune-d", "Share of each frame's budget for merged context tokens", float, "D",
