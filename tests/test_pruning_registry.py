@@ -47,7 +47,7 @@ def test_each_entry_describes_its_functions(name):
         assert spec.needs_attention == accepts_attention(fn), (name, family)
         for p in spec.params_for(family):
             assert p.stage or p.name in kwargs, (name, family, p.name)
-            assert not p.stage or spec.llm_stage is not None
+            assert not p.stage or spec.stage_for(family) is not None
         for key in spec.defaults_for(family):
             assert key in kwargs or takes_any, (name, family, key)
         X, S, G = inputs()

@@ -75,6 +75,7 @@ class Variant:
     target: str | None = None  # "module:function"; None: the method's own function
     defaults: dict[str, Any] = field(default_factory=dict)  # overrides of the method's defaults on this family
     params: tuple[Param, ...] = ()  # parameters only this variant takes, after the method's own
+    llm_stage: str | None = None  # its own LLM stage ("module:function"); None: the method's
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ class MethodSpec:
     def params_for(self, family: str | None) -> tuple[Param, ...]:
         v = self.variant(family)
         return self.params + v.params if v is not None else self.params
+
+    def stage_for(self, family: str | None) -> str | None:
+        """The "module:function" of the method's LLM stage on `family`, if it has one."""
+        v = self.variant(family)
+        return v.llm_stage if v is not None and v.llm_stage else self.llm_stage
 
     def all_params(self) -> tuple[Param, ...]:
         """Every parameter of the method on any family."""
@@ -328,11 +334,11 @@ def llm_stage(method: str, family: str | None, params: Mapping[str, Any]):
     """The method's stage inside the LLM prefill (pruning.result.LLMStage) for these params; None when it has none
     or none of its stage parameters is set."""
     spec = spec_of(method)
+    target = spec.stage_for(family)
     staged = [p for p in spec.params_for(family) if p.stage and params.get(p.name) is not None]
-    if spec.llm_stage is None or not staged:
+    if target is None or not staged:
         return None
-    return _load(spec.llm_stage)(**{p.name: params[p.name] for p in staged},
-                                 option=" ".join(p.flag for p in staged))
+    return _load(target)(**{p.name: params[p.name] for p in staged}, option=" ".join(p.flag for p in staged))
 
 
 def family_defaults(family: str | None) -> dict[str, Any]:
