@@ -493,6 +493,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
     from fastvid_cli.models import (ALIASES, check_attn_implementation, check_device_name, check_dtype_name,
                                     resolve_model)
+    from fastvid_cli.pruning import check_options, spec_of
 
     validate_config(cfg)
     questions = read_bench(cfg.bench, cfg.videos_root)
@@ -515,8 +516,6 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     alias = ALIASES.get(cfg.model.strip())
     default_frames = cfg.frames or (alias.frames if alias else defaults["frames"])
     default_frames = int(default_frames) if default_frames else None  # None: sampled by rate (Qwen-VL)
-    from fastvid_cli.pruning import check_options, spec_of
-
     check_options(cfg.methods, defaults.get("method_family"), cfg.params)
     if cfg.fps is not None and cfg.frames:
         raise InvalidOptionError("--frames and --fps exclude each other")
