@@ -52,6 +52,7 @@ def _check_ratio(ratio: float | None) -> None:
 
 
 @app.command(cls=O.Command)
+@O.method_options(after="ratio")
 def ask(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, mkv, webm, mov, …). Use `--` before "
                                  "a path that starts with '-'.", show_default=False),
@@ -67,13 +68,6 @@ def ask(
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
     ratio: Optional[float] = O.RATIO,
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -92,6 +86,7 @@ def ask(
                                  "logit_margins in --json, a note in the summary. Decodes eagerly.",
                                  rich_help_panel="Output"),
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Answer a question about a video, FastVID-pruned, streamed with live stats.
 
@@ -105,7 +100,10 @@ def ask(
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         _check_cheaply(video, model, device, dtype, attn_implementation)
-        inner = _inner_params(method, holitom_inner)  # checked before the model loads
+        from fastvid_cli.pruning import check_options, given_options, resolve_params
+
+        given = given_options(method_options)
+        check_options([method], None, given)  # before the model loads, on any family; on the model's family below
         from fastvid_cli import hub
         from fastvid_cli.engine import GenerationOptions, PruneOptions, set_threads
         from fastvid_cli.ui import AnswerOut, StageDisplay, print_summary
@@ -119,9 +117,10 @@ def ask(
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
-        params = _fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta, dyseg_ignore)
+        family = engine.defaults["method_family"]
+        check_options([method], family, given)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
-                             params=params if method == "fastvid" else inner)
+                             params=resolve_params(method, family, given))
         from fastvid_cli.feature_cache import FeatureCache
 
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
@@ -209,44 +208,16 @@ def _check_cheaply(video: Path | None, model: str, device: str, dtype: str, attn
     resolve_model(model)
 
 
-def _inner_params(method: str, text: str | None) -> dict[str, Any]:
-    """{"inner": (K, R)} for HoliTom with --holitom-inner, {} without; a usage error for other methods."""
-    if not text:
-        return {}
-    if not method.startswith("holitom"):
-        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
-    from fastvid_cli.inner_merge import parse_inner
-
-    return {"inner": parse_inner(text)}
-
-
-def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:
-    """The family's FastVID defaults, overridden by the options the user gave (`ignore`: only the Qwen-VL
-    variant has it)."""
-    if ignore is not None and "ignore" not in engine.defaults:
-        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
-    given = {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta, ignore=ignore).items() if v is not None}
-    names = [k for k in ("c", "tau", "d", "p", "beta", "ignore") if k in engine.defaults]
-    return {**{k: engine.defaults[k] for k in names}, **given}
-
-
 @app.command(cls=O.Command)
+@O.method_options(after="method")
 def compare(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file.", show_default=False),
     question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
     ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio; repeat it to "
                                       "compare several (default: 0.5, 0.25, 0.1).", show_default=False,
                                       rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="fastvid | holitom | holitom-orig | "
-                                     "none | uniform | random; repeat for several (default fastvid).",
-                                     show_default=False, rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help=O.METHODS_HELP, show_default=False,
+                                     rich_help_panel="Pruning"),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
     repeat: int = typer.Option(3, min=1, max=100, metavar="N", help="Runs per setting; the table shows medians.",
@@ -271,6 +242,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with a list of rows.",
                                  rich_help_panel="Output"),
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Compare pruning settings on one video and question: one table, every cell measured.
 
@@ -282,15 +254,16 @@ def compare(
         ratios = ratio or [0.5, 0.25, 0.1]
         for r in ratios:
             _check_ratio(r)
-        methods = method or ["fastvid"]
+        from fastvid_cli.pruning import DEFAULT_METHOD, check_options, given_options
+
+        methods = method or [DEFAULT_METHOD]
         for m in methods:
             _check_method(m)
-        if holitom_inner and not any(m.startswith("holitom") for m in methods):
-            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+        given = given_options(method_options)
+        check_options(methods, None, given)  # on any family: the model's is checked once it is loaded
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         _check_cheaply(video, model, device, dtype, attn_implementation)
-        inner = _inner_params("holitom", holitom_inner) if holitom_inner else {}
         from fastvid_cli import hub
         from fastvid_cli.compare import run_compare
         from fastvid_cli.engine import GenerationOptions, set_threads
@@ -305,9 +278,8 @@ def compare(
             saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
-        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, inner=inner,
-                             params=_fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta,
-                                                    dyseg_ignore),
+        check_options(methods, engine.defaults["method_family"], given)
+        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
         display.stop()

@@ -70,13 +70,6 @@ def error(message: str, debug: bool) -> None:
     error_line(message)
 
 
-def given_prune_params(*, c: int | None, tau: float | None, d: float | None, p: int | None, beta: float | None,
-                       ignore: float | None) -> dict[str, Any]:
-    """The FastVID parameters given on the command line (--dyseg-c, --dyseg-tau, --stprune-d, --dtm-p, --dtm-beta,
-    --dyseg-ignore), by name; those not given are left to the model family's defaults."""
-    return {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta, ignore=ignore).items() if v is not None}
-
-
 def feature_cache_dir(cache_dir: Path | None, no_cache: bool) -> Path | None:
     """Where the feature cache is (--cache-dir, else ~/.cache/fastvid/features), or None with --no-cache."""
     if no_cache:

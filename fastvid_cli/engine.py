@@ -26,7 +26,7 @@ from fastvid_cli.hub import ModelRef
 from fastvid_cli.models import adapter_class, check_attn_implementation, resolve_model
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
-from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
+from fastvid_cli.llm_stage import check_supported as check_stage, prefill_with_stage
 from fastvid_cli.settings import GenerationOptions, PruneOptions
 from fastvid_cli.models.interface import Assembled, FamilyAdapter, VideoFeatures, merge_frame_chunks
 from fastvid_cli.models.loading import dtype_name, resolve_device, resolve_dtype
@@ -247,7 +247,11 @@ class Engine:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        return self.adapter.defaults
+        """The family's frames/fps (its adapter's), its method family, the default method and ratio, and that
+        method's settings on the family (pruning.family_defaults)."""
+        from fastvid_cli.pruning import family_defaults
+
+        return {**self.adapter.defaults, **family_defaults(self.adapter.method_family)}
 
     def warmup(self) -> None:
         """One tiny pass through every stage — resize, vision, the default pruning, prefill and a 2-token answer —
@@ -430,13 +434,13 @@ class Engine:
         return ev
 
     def prune(self, feats: VideoFeatures, opts: PruneOptions, timings: dict[str, float]):
-        from fastvid_cli.pruning import accepts_attention, get_method
+        from fastvid_cli import pruning
 
-        # a family's own variant (FastVID on Qwen), else the registry's
-        method = self.adapter.pruning_method(opts.method) or get_method(opts.method)
+        family = self.adapter.method_family
+        method = pruning.method_for(opts.method, family)  # the family's variant, if the method has one
         # methods that rank tokens by last-layer vision attention get it (None: they fall back, with a note)
-        extra = {"attn": feats.attn_received} if accepts_attention(method) else {}
-        params = {k: v for k, v in opts.params.items() if k != "inner"}  # "inner": the LLM stage, not this one
+        extra = {"attn": feats.attn_received} if pruning.spec_of(opts.method).needs_attention else {}
+        params = pruning.function_params(opts.method, family, opts.params)  # less its LLM stage's
         with torch.inference_mode(), _oom_guard(), small_cpu_work(feats.embeds.device):
             t0 = self.clock.now()
             result = method(feats.embeds, feats.saliency, feats.frame_features, opts.ratio, **params, **extra)
@@ -488,20 +492,20 @@ class Engine:
     # Timed prefills of each prompt behind `ask --baseline` (compare times --repeat of them per setting).
     BASELINE_RUNS = 3
 
-    def timed_prefill(self, asm: Assembled, inner: tuple[int, float] | None = None) -> float:
+    def timed_prefill(self, asm: Assembled, inner=None) -> float:
         """ms of a plain prefill of `asm` into a fresh cache (the measured-speedup measurement, same for every
-        prompt); with `inner` (K, R) the prefill that merges video tokens before layer K (HoliTom's inner stage)."""
+        prompt); with `inner` (a method's LLM stage, pruning.result.LLMStage) the prefill that runs it."""
         with torch.inference_mode(), _oom_guard():
             cache = new_cache(self.model)
             t0 = self.clock.now()
             if inner:
-                prefill_inner(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.video_span, *inner)
+                prefill_with_stage(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.video_span, inner)
             else:
                 prefill(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
             t1 = self.clock.now()
         return (t1 - t0) * 1e3
 
-    def timed_prefills(self, prompts: list[tuple[Assembled, tuple[int, float] | None]], runs: int) -> list[list[float]]:
+    def timed_prefills(self, prompts: list[tuple[Assembled, Any]], runs: int) -> list[list[float]]:
         """`runs` timed prefills of each prompt ((Assembled, inner) pairs, see `timed_prefill`), taken in rounds
         (A B …, A B …) so that drift and the load of other processes fall on every prompt alike; one list of ms per
         prompt. Every measured prefill speedup (`ask --baseline`, `compare`) is a ratio of medians of these."""
@@ -620,10 +624,12 @@ class VideoSession:
         self.prefix_ms: float | None = None
         self.notes: list[str] = []
         self.cache_status = "off"
-        inner = prune.params.get("inner")
-        self.inner: tuple[int, float] | None = (int(inner[0]), float(inner[1])) if inner else None
+        from fastvid_cli.pruning import llm_stage
+
+        # the method's stage inside the LLM prefill (HoliTom's inner merge), when its parameters ask for one
+        self.inner = llm_stage(prune.method, engine.adapter.method_family, prune.params)
         if self.inner:
-            check_inner(engine.model, self.inner[0])
+            check_stage(engine.model, self.inner)
 
     def _assemble(self, question: str, system: str | None):
         a = self.engine.adapter
@@ -634,7 +640,7 @@ class VideoSession:
                 asm = asm.reindexed()
         return prompt, asm
 
-    def prefill_input(self, question: str, system: str | None = None) -> tuple[Assembled, tuple[int, float] | None]:
+    def prefill_input(self, question: str, system: str | None = None) -> tuple[Assembled, Any]:
         """This question's prompt as Engine.timed_prefills takes it."""
         return self._assemble(question, system if system is not None else self.system)[1], self.inner
 
@@ -760,7 +766,7 @@ class VideoSession:
         prompt, asm = self._assemble(question, gen.system if gen.system is not None else self.system)
         report = self.report_base(question, asm)
         timings = dict(self.timings)
-        # HoliTom's inner merge depends on the question (the last prompt token's attention): no shared prefix
+        # an LLM stage depends on the question (HoliTom's: the last prompt token's attention): no shared prefix
         shared = reuse_prefix and not self.inner and self._prefix_for(prompt, asm)
         stream = TextStream(eng.adapter.tokenizer, eos_ids(eng.model))
         box: dict[str, Any] = {}
@@ -776,8 +782,8 @@ class VideoSession:
                     elif self.inner:
                         cache = new_cache(eng.model)
                         t0 = eng.clock.now()
-                        logits, box["inner"] = prefill_inner(eng.model, asm.inputs_embeds, asm.position_ids, cache,
-                                                             asm.video_span, *self.inner)
+                        logits, box["inner"] = prefill_with_stage(eng.model, asm.inputs_embeds, asm.position_ids,
+                                                                  cache, asm.video_span, self.inner)
                     else:
                         cache = new_cache(eng.model)
                         t0 = eng.clock.now()
@@ -833,10 +839,7 @@ class VideoSession:
         res = box["res"]
         t_end = time.perf_counter()
         if "inner" in box:
-            m = box["inner"]
-            report.notes.append(f"HoliTom inner merge before LLM layer {m.layer}: {m.visual_after} of "
-                                f"{m.visual_before} video-span tokens kept from there on ({m.length_after} of "
-                                f"{asm.length} prompt tokens in layers {m.layer}+)")
+            report.notes.append(box["inner"].note(asm.length))
         times = res.token_times
         report.new_tokens = len(res.token_ids)
         report.decode_mode = res.mode

@@ -128,6 +128,7 @@ def test_pruning_runs_on_one_thread_unless_the_user_chose_a_count(monkeypatch, e
 
     from fastvid_cli import engine as engine_mod
     from fastvid_cli.engine import PruneOptions
+    from fastvid_cli import pruning
     from fastvid_cli.pruning import get_method
     from fastvid_cli.video import sample_frames
 
@@ -138,7 +139,7 @@ def test_pruning_runs_on_one_thread_unless_the_user_chose_a_count(monkeypatch, e
         seen.append(torch.get_num_threads())
         return uniform(*args, **kwargs)
 
-    monkeypatch.setattr(engine.adapter, "pruning_method", lambda name: spy, raising=False)
+    monkeypatch.setattr(pruning, "method_for", lambda name, family: spy)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
