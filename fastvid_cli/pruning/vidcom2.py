@@ -34,9 +34,12 @@ spec A7 V5). Nothing is upcast.
 
 Deviations from the reference, all deliberate:
 
-* Ties (exactly equal scores: duplicated frames, black or padded regions) go to the lowest index everywhere:
-  channel choice, per-frame selection, vLLM's reconcile (the token with the lower slot is kept). The
-  reference's ``torch.topk(sorted=False)`` picks among equal values in an unspecified, device-dependent order.
+* Ties (exactly equal values: duplicated frames, black or padded regions, and in half precision many channel
+  variances) go to the lowest index everywhere: channel choice, per-frame selection, vLLM's reconcile (the
+  token with the lower slot is kept). The reference's ``torch.topk`` orders equal values in an unspecified,
+  device-dependent way; ``ties="topk"`` calls it as the reference does (a loop over frames), for parity runs:
+  e.g. bf16 inputs can tie on channel variances, and then only "topk" gives the reference's budgets (spec A7
+  V5: K = 1576 there, 1584 with lowest-index ties).
 * Ratio 1.0 keeps every token unchanged (the reference still prunes unless p is uniform), so ``--ratio 1.0``
   reproduces the stock model, as every method here does.
 * One channel is kept when ``int(D·channel_ratio)`` is 0 (the reference fails for D = 1), with a note.
@@ -59,7 +62,7 @@ frames (F = grid_t, N = grid_h/2 · grid_w/2), as both references use it.
 
 Speed: a fixed number of batched operations, no loop over frames or tokens. ``variant="authors"`` waits once
 for the host (the F budgets, which fix the output size); ``variant="vllm"`` never does (its count is known in
-advance).
+advance). ``ties="topk"`` waits once and loops over frames.
 """
 
 from __future__ import annotations
@@ -290,9 +293,11 @@ def vidcom2(
     common interface and ignored. ``ratio``: retention r in (0, 1]; ``variant``: "authors" (the reference,
     K = Σ k_f) or "vllm" (exactly ``vllm_retained_count(N, F, 1.0 − r)`` tokens); ``positions``: "original"
     (``index`` = kept slots) or "compact" (the reference's LLaVA-OneVision layout: ``index`` 0..K−1,
-    ``compact`` set, ``source`` = kept slots); ``temperature``, ``channel_ratio``, ``alphas``: the reference's
-    constants; ``score_features`` (F, N, Ds): score on these instead of ``embeds`` (vLLM's Qwen3-VL scores on
-    the main embeddings and the DeepStack features concatenated), the kept rows still come from ``embeds``.
+    ``compact`` set, ``source`` = kept slots); ``ties``: "lowest" (equal scores keep the lower slot) or
+    "topk" (``torch.topk``'s order, as the reference); ``temperature``, ``channel_ratio``, ``alphas``: the
+    reference's constants; ``score_features`` (F, N, Ds): score on these instead of ``embeds`` (vLLM's
+    Qwen3-VL scores on the main embeddings and the DeepStack features concatenated), the kept rows still come
+    from ``embeds``.
 
     Returns a ``PruneResult`` of K rows copied from ``embeds`` (its dtype and device) in ascending slot order;
     at ratio 1.0 every token, unchanged. ``InvalidOptionError`` for bad parameters, ``ValueError`` for
