@@ -40,8 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fastvid import PruneResult, check_embeds, keep_all
-from .uniform import check_ratio
+from .result import PruneResult, check_embeds, check_ratio, keep_all
 from .vidcom2 import check_score_features, pruning_rate
 
 

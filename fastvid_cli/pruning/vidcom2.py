@@ -74,8 +74,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
-from .fastvid import PruneResult, _number, check_embeds, keep_all
-from .uniform import check_ratio
+from .result import PruneResult, check_embeds, check_number, check_ratio, keep_all
 
 VARIANTS = ("authors", "vllm")
 TIES = ("lowest", "topk")
@@ -242,15 +241,15 @@ def _check_params(variant, positions, ties, temperature, channel_ratio,
         raise InvalidOptionError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     if positions not in POSITIONS:
         raise InvalidOptionError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
-    temperature = _number("temperature", temperature)
+    temperature = check_number("temperature", temperature)
     if not 0.0 < temperature < math.inf:
         raise InvalidOptionError(f"temperature must be a positive number, got {temperature:g}")
-    channel_ratio = _number("channel_ratio", channel_ratio)
+    channel_ratio = check_number("channel_ratio", channel_ratio)
     if not 0.0 < channel_ratio <= 1.0:
         raise InvalidOptionError(f"channel_ratio must be in (0, 1], got {channel_ratio:g}")
     if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence) or not alphas:
         raise InvalidOptionError(f"alphas must be a non-empty sequence of positive numbers, got {alphas!r}")
-    values = tuple(_number("alphas", a) for a in alphas)
+    values = tuple(check_number("alphas", a) for a in alphas)
     if not all(0.0 < a < math.inf for a in values):
         raise InvalidOptionError(f"alphas must all be positive numbers, got {alphas!r}")
     return temperature, channel_ratio, values
