@@ -55,8 +55,8 @@ def test_each_entry_describes_its_functions(name):
         params = pruning.function_params(name, family, pruning.full_params(name, family, {}))
         result = fn(X, S, G, 0.5 if name != "none" else 1.0, **params, **extra)
         assert isinstance(result, PruneResult)
-        assert result.compact == (spec.positions == "compact"), (name, family)
-        assert spec.positions in ("original", "compact")
+        assert result.compact == (spec.positions_for(family) == "compact"), (name, family)
+        assert spec.positions_for(family) in ("original", "compact")
         if result.segments:
             assert spec.segments is not None, (name, family)
 

@@ -76,6 +76,7 @@ class Variant:
     defaults: dict[str, Any] = field(default_factory=dict)  # overrides of the method's defaults on this family
     params: tuple[Param, ...] = ()  # parameters only this variant takes, after the method's own
     llm_stage: str | None = None  # its own LLM stage ("module:function"); None: the method's
+    positions: str | None = None  # its own position layout ("original" | "compact"); None: the method's
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,11 @@ class MethodSpec:
     def params_for(self, family: str | None) -> tuple[Param, ...]:
         v = self.variant(family)
         return self.params + v.params if v is not None else self.params
+
+    def positions_for(self, family: str | None) -> str:
+        """Where the method puts kept tokens on `family`: "original" positions or "compact" (re-indexed)."""
+        v = self.variant(family)
+        return v.positions if v is not None and v.positions else self.positions
 
     def stage_for(self, family: str | None) -> str | None:
         """The "module:function" of the method's LLM stage on `family`, if it has one."""
@@ -184,6 +190,17 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
     MethodSpec("holitom-orig", "holitom:holitom", dict(ratio=0.10, beta=0.6, k=7, max_window=1024,
                                                       positions="original"), fixed=dict(positions="original"),
                summary="the same, kept tokens at their original positions", **HOLITOM),
+    # VidCom2 (EMNLP 2025; vidcom2-spec Part A): the reference lays LLaVA-OneVision's kept tokens out contiguously,
+    # Qwen-VL keeps the original M-RoPE columns (spec A3)
+    MethodSpec("vidcom2", "vidcom2:vidcom2", dict(ratio=0.25, variant="authors", positions="compact"),
+               title="VidCom2", positions="compact",
+               summary="frame budgets by frame uniqueness, tokens by multi-scale Gaussian distinctiveness",
+               params=(Param("variant", "--vidcom2-variant", "VidCom2: authors (the paper's code) or vllm (vLLM's "
+                             "exact-count variant)", str, "NAME"),),
+               variants={"qwen": Variant(None, dict(positions="original"), positions="original")}),
+    # EVS (vLLM's --video-pruning-method evs; spec Part B): frame 0 whole, then the most changed tokens overall
+    MethodSpec("evs", "evs:evs", dict(ratio=0.25), title="EVS",
+               summary="first frame whole, then the tokens that changed most since the previous frame"),
 ]}
 
 DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in REGISTRY.items()}
