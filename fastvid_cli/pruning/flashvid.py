@@ -357,23 +357,20 @@ def tstm(segment: Tensor, kappa: Tensor, lower_bound: int, tau: float) -> list[t
 # ----------------------------------------------------------------------------------------------- DPC
 
 
-def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tensor, noise: Tensor, *,
-              max_clusters: int, max_neighbours: int) -> tuple[Tensor, Tensor, Tensor]:
-    """FlashVID's DPC-kNN (spec §2.6) on B independent point sets at once, padded to P points.
+def dpc_peaks(points: Tensor, valid: Tensor, neighbours: Tensor, noise: Tensor, *,
+              max_neighbours: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """FlashVID's DPC-kNN scores (spec §2.6) of B independent point sets at once, padded to P points.
 
-    ``points`` (B, P, D) any float dtype; ``valid`` (B, P) bool (the first n_b of each row); ``clusters`` (B,)
-    int64 c_b ≥ 1; ``neighbours`` (B,) int64 k_b ≤ n_b; ``noise`` (B, P) float32 u in [0, 1) (the reference's
-    ``rand_like``); ``max_clusters`` ≥ max c_b, ``max_neighbours`` ≥ max k_b.
-
-    ``δ = ||y_i − y_j|| / sqrt(D)``; density ``exp(−mean of the k smallest δ²) + 1e−6·u``; distance to the
-    nearest strictly denser point (else the largest δ of the set); centres: the c highest ``distance·density``,
-    in that order (ties: lowest index); each point joins its nearest centre (ties: the earlier centre), each
-    centre its own cluster. Returns ``(centres (B, C) int64, member (B, C, P) bool, centre_ok (B, C) bool)``,
-    C = ``max_clusters``.
+    ``points`` (B, P, D) any float dtype; ``valid`` (B, P) bool (the first n_b of each row); ``neighbours`` (B,)
+    int64 k_b ≤ n_b, ``max_neighbours`` ≥ their maximum; ``noise`` (B, P) float32 u in [0, 1) (the reference's
+    ``rand_like``). With ``δ = ||y_i − y_j|| / sqrt(D)`` (float32): density ``exp(−mean of the k smallest δ²)
+    + 1e−6·u``; distance to the nearest strictly denser point, else the largest δ of the set; score
+    ``distance·density``. Returns ``(δ (B, P, P), density, distance, score)``, the last three (B, P) with −inf
+    density and score at padding.
     """
     B, P, D = points.shape
     device = points.device
-    if P <= _CDIST_EXACT_MAX:
+    if P <= _CDIST_EXACT_MAX:  # the reference's torch.cdist subtracts below 26 points (bit-identical there)
         x = points.float()
         delta = torch.cdist(x, x) / math.sqrt(D)
     else:
@@ -389,6 +386,21 @@ def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tenso
     denser = density[:, None, :] > density[:, :, None]  # [b, i, j]: j is strictly denser than i
     dist = torch.where(denser, delta, largest[:, None, None]).amin(dim=-1)
     score = (dist * density).masked_fill_(~valid, -math.inf)
+    return delta, density, dist, score
+
+
+def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tensor, noise: Tensor, *,
+              max_clusters: int, max_neighbours: int) -> tuple[Tensor, Tensor, Tensor]:
+    """FlashVID's DPC-kNN clustering of B padded point sets (``dpc_peaks`` for the arguments): ``clusters`` (B,)
+    int64 c_b ≥ 1, ``max_clusters`` ≥ their maximum.
+
+    Centres: the c highest scores, best first (ties: lowest index); each point joins its nearest centre (ties: the
+    better-scored one), each centre its own cluster. Returns ``(centres (B, C) int64, member (B, C, P) bool,
+    centre_ok (B, C) bool)``, C = ``max_clusters``.
+    """
+    B, P, _ = points.shape
+    device = points.device
+    delta, _, _, score = dpc_peaks(points, valid, neighbours, noise, max_neighbours=max_neighbours)
     C = max_clusters
     centres = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :C]
     centre_ok = torch.arange(C, device=device) < clusters[:, None]
@@ -684,6 +696,7 @@ __all__ = [
     "check_params",
     "cosine_distances",
     "dpc_batch",
+    "dpc_peaks",
     "dyseg_lengths",
     "flashvid",
     "flashvid_budget",
