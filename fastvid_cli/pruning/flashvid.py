@@ -196,18 +196,20 @@ def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "at
     exclude = selection != "attn_div_v2"
     offsets = torch.arange(0, F * N, N, device=device)
     rows = W.view(F * N, N)
-    picks = torch.empty((F, count), dtype=torch.int64, device=device)
+    picks = torch.empty((count, F), dtype=torch.int64, device=device)  # row i: the i-th pick of every frame
     first = torch.topk(W, k=2, dim=1, largest=False).values[:, 1, :]  # second-smallest of every column
-    picks[:, 0] = first.argmax(dim=1)  # first maximum: lowest index
+    torch.argmax(first, dim=1, out=picks[0])  # first maximum: lowest index
     if count > 1:
-        best = rows.index_select(0, picks[:, 0] + offsets)  # running minimum over the picked rows
+        at = torch.add(picks[0], offsets)
+        best = rows.index_select(0, at)  # running minimum over the picked rows
         for i in range(1, count):
             if exclude:  # every picked column to −1 (again: a minimum below −1 may have replaced an earlier −1)
-                best.scatter_(1, picks[:, :i], -1.0)
-            picks[:, i] = best.argmax(dim=1)
+                best.scatter_(1, picks[:i].T, -1.0)
+            torch.argmax(best, dim=1, out=picks[i])
             if i + 1 < count:
-                torch.minimum(best, rows.index_select(0, picks[:, i] + offsets), out=best)
-    return torch.sort(picks, dim=1).values
+                torch.add(picks[i], offsets, out=at)
+                torch.minimum(best, rows.index_select(0, at), out=best)
+    return torch.sort(picks.T.contiguous(), dim=1).values
 
 
 def _true_positions(mask: Tensor, count: int) -> Tensor:
@@ -242,36 +244,68 @@ class Trees:
     soft: Tensor
 
 
+@dataclass
+class SegmentPlan:
+    """A segmentation's per-frame and per-segment tables, on the device (built with one upload).
+
+    Per frame (F,): ``seg`` int64 segment index, ``usable`` bool (in a TSTM segment and not its first frame),
+    ``single`` bool (a single-frame segment), ``inv_size`` float32 1/F_s. Per segment: ``kpos`` int64 flat
+    position, in the segment-grouped order, of the soft threshold's k-th largest similarity; ``lower`` B·F_s;
+    ``tokens`` F_s·N; ``active`` bool (TSTM runs).
+    """
+
+    lengths: list[int]
+    active_list: list[bool]
+    seg: Tensor
+    usable: Tensor
+    single: Tensor
+    inv_size: Tensor
+    kpos: Tensor
+    lower: Tensor
+    tokens: Tensor
+    active: Tensor
+
+
+def segment_plan(lengths: Sequence[int], active: Sequence[bool], budget: int, n_tokens: int,
+                 device: torch.device) -> SegmentPlan:
+    """``SegmentPlan`` of segments with these ``lengths`` (zeros allowed), TSTM on where ``active``, budget B."""
+    N = n_tokens
+    F = sum(lengths)
+    seg, usable, single, start, kpos = [], [], [], 0, []
+    for s, (L, on) in enumerate(zip(lengths, active)):
+        seg += [s] * L
+        usable += [0] + [int(bool(on))] * (L - 1) if L else []
+        single += [int(L == 1)] * L
+        k = max(L * N - budget * L, 1)  # k of the soft threshold's top-k (≥ 1 since B < N)
+        kpos.append(min(start * N + k - 1, max(F * N - 1, 0)))
+        start += L
+    lower = [budget * L for L in lengths]
+    tokens = [L * N for L in lengths]
+    ints, floats = _upload(device, seg + usable + single + kpos + lower + tokens + [int(bool(a)) for a in active],
+                           [1.0 / L for L in lengths for _ in range(L)])
+    n = len(lengths)
+    seg_t, usable_t, single_t, kpos_t, lower_t, tokens_t, active_t = ints.split([F, F, F, n, n, n, n])
+    return SegmentPlan(list(lengths), [bool(a) for a in active], seg_t, usable_t.bool(), single_t.bool(), floats,
+                       kpos_t, lower_t, tokens_t, active_t.bool())
+
+
 def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Sequence[bool], budget: int,
-               tau: float) -> Trees:
+               tau: float, plan: SegmentPlan | None = None) -> Trees:
     """TSTM's trees in every ``active`` segment at once (segments of ≥ 2 frames with a contextual budget).
 
     ``kappa`` (F, N) bool: False for ADTS tokens (they neither join nor anchor a tree); ``lengths``: segment
     lengths (summing to F; zeros allowed); ``budget``: B, so a segment's lower bound is ``B·F_s``; ``tau``: the
-    temporal threshold, compared in the input dtype as the reference does. Runs in the input dtype (the
-    reference's similarities are bf16 for bf16 input, so the same ties and thresholds).
+    temporal threshold, compared in the input dtype as the reference does; ``plan``: ``segment_plan`` of the
+    same arguments, if already built. Runs in the input dtype (the reference's similarities are bf16 for bf16
+    input, so the same ties and thresholds).
     """
     F, N, _ = embeds.shape
     if budget >= N:
         raise ValueError(f"TSTM needs B < N (B={budget}, N={N}): no token could merge (the reference crashes)")
     device = embeds.device
-    seg_of_frame, first_frame, act = [], [], []
-    for s, (L, on) in enumerate(zip(lengths, active)):
-        seg_of_frame += [s] * L
-        first_frame += [True] + [False] * (L - 1) if L else []
-        act += [bool(on)] * L
-    n_seg = len(lengths)
-    starts = [0]
-    for L in lengths:
-        starts.append(starts[-1] + L)
-    lower = [budget * L for L in lengths]
-    kth = [max(L * N - budget * L, 1) for L in lengths]  # k of the soft threshold's top-k (≥ 1 since B < N)
-    table = torch.tensor(seg_of_frame + [int(v) for v in first_frame] + [int(v) for v in act]
-                         + [min(starts[s] * N + kth[s] - 1, F * N - 1) for s in range(n_seg)] + lower
-                         + [L * N for L in lengths],
-                         dtype=torch.int64).to(device)
-    seg, first, on, kpos, lower_t, size_t = table.split([F, F, F, n_seg, n_seg, n_seg])
-    usable = on.bool() & ~first.bool()  # frames whose tokens may link to the previous frame
+    if plan is None:
+        plan = segment_plan(lengths, active, budget, N, device)
+    seg, usable, n_seg = plan.seg, plan.usable, len(lengths)
 
     sigma = torch.full((F, N), -1.0, dtype=embeds.dtype, device=device)
     parent = torch.arange(F * N, device=device).view(F, N)
@@ -289,18 +323,12 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Se
     # soft threshold: the kth largest sigma of each segment, if merging above tau leaves fewer roots than B·F_s
     merged_above_tau = (sig32 > tau_d).sum(dim=1)
     per_seg = torch.zeros(n_seg, dtype=torch.int64, device=device).index_add_(0, seg, merged_above_tau)
-    soft = on.bool().new_zeros(n_seg)
-    if n_seg:
-        soft_any = torch.zeros(n_seg, dtype=torch.int64, device=device).index_add_(0, seg, on)
-        soft = (size_t - per_seg < lower_t) & (soft_any > 0)
-        flat = sigma.view(-1)
-        order = torch.sort(flat, descending=True, stable=True).indices
-        order = order.index_select(0, torch.sort(seg.repeat_interleave(N).index_select(0, order), stable=True).indices)
-        kth_value = flat.index_select(0, order.index_select(0, kpos)).float().clamp_min_(-1.0 + 1e-6)
-        threshold = torch.where(soft, kth_value, torch.full_like(kth_value, tau_d))
-        merge = (sig32 > threshold.index_select(0, seg)[:, None]) & usable[:, None]
-    else:
-        merge = torch.zeros((F, N), dtype=torch.bool, device=device)
+    soft = (plan.tokens - per_seg < plan.lower) & plan.active
+    order = torch.sort(sigma.view(-1), descending=True, stable=True).indices  # then grouped by segment, stably
+    order = order.index_select(0, torch.sort(seg.repeat_interleave(N).index_select(0, order), stable=True).indices)
+    kth_value = sigma.view(-1).index_select(0, order.index_select(0, plan.kpos)).float().clamp_min_(-1.0 + 1e-6)
+    threshold = torch.where(soft, kth_value, tau_d)
+    merge = (sig32 > threshold.index_select(0, seg)[:, None]) & usable[:, None]
 
     if F > 1:
         parent[1:] = torch.where(merge[1:], parent_prev, parent[1:])
@@ -324,6 +352,8 @@ def tree_values(embeds: Tensor, trees: Trees, cand: Tensor, n_cand: int, n_merge
     flat = embeds.reshape(F * N, D)
     cand_flat = cand.view(-1)
     slots = _true_positions(cand_flat, n_cand)
+    if n_cand == F * N:  # nothing merged (every token a candidate): the tokens themselves
+        return slots, flat
     values = flat.index_select(0, slots).float()
     if n_merged:
         merged = _true_positions(trees.merge.view(-1), n_merged)
@@ -562,17 +592,14 @@ def flashvid(
                      f"reference)")
 
     # 2. ADTS in every frame (the segment centres only matter to attn_div_v2).
+    plan = segment_plan(lengths, [L >= 2 and S > 0 for L in lengths], B, N, device)
     picks = torch.zeros((F, 0), dtype=torch.int64, device=device)
     if A:
         centre = None
         if p["selection"] == "attn_div_v2":
-            # each frame's segment mean of the per-frame mean tokens (float32), as one (F, F) averaging product
-            weights = torch.zeros((F, F), dtype=torch.float32)
-            start = 0
-            for L in filter(None, lengths):
-                weights[start:start + L, start:start + L] = 1.0 / L
-                start += L
-            centre = weights.to(device) @ embeds.float().mean(dim=1)
+            # each frame's segment mean of the per-frame mean tokens (float32): one (F, F) averaging product
+            same = (plan.seg[:, None] == plan.seg[None, :]).float().mul_(plan.inv_size[:, None])
+            centre = same @ embeds.float().mean(dim=1)
         picks = adts_select(embeds, scores, A, p["selection"], centre)
     kappa = torch.ones((F, N), dtype=torch.bool, device=device)
     kappa.scatter_(1, picks, False)
@@ -580,12 +607,9 @@ def flashvid(
     # 3. TSTM in segments of >= 2 frames (S > 0); single-frame segments offer all their tokens to DPC.
     ctx_slots = torch.zeros(0, dtype=torch.int64, device=device)
     ctx_rows = embeds.new_zeros((0, D))
-    n_ctx_dpc = 0
     if S:
-        active = [L >= 2 for L in lengths]
-        trees = tstm_links(embeds, kappa, lengths, active, B, p["tau"])
-        single = torch.tensor([L == 1 for L in lengths for _ in range(L)], dtype=torch.bool).to(device)
-        cand = (~trees.merge & kappa) | single[:, None]
+        trees = tstm_links(embeds, kappa, lengths, plan.active_list, B, p["tau"], plan)
+        cand = (~trees.merge & kappa) | plan.single[:, None]
         stats = torch.cat([cand.sum(dim=1), trees.merge.sum().view(1), trees.soft.long()]).tolist()  # 2nd wait
         per_frame, n_merged, soft = stats[:F], stats[F], stats[F + 1:]
         if any(soft):
@@ -594,16 +618,15 @@ def flashvid(
         n_cand = sum(per_frame)
         cand_slots, cand_rows = tree_values(embeds, trees, cand, n_cand, n_merged)
 
-        # 4. Contextual budget per segment, DPC plan and noise on the host (reference call order).
-        dpc, passthrough, noise_parts = [], [], []
-        offset = frame = 0
+        # 4. Contextual budget per segment, DPC plan and noise on the host (the reference's call order).
+        dpc, noise_parts = [], []  # dpc: (candidate offset, n, clusters, neighbours, noise offset) per call
+        passing = [0] * F  # frames whose candidates are all kept (contextual share >= 1)
+        n_pass = offset = frame = n_noise = 0
         for L in lengths:
             seg_frames = range(frame, frame + L)
             frame += L
-            if not L:
-                continue
             total = sum(per_frame[t] for t in seg_frames)
-            if not total:  # impossible while A < N (a segment's first frame has N − A roots); no tokens to offer
+            if not total:  # an empty segment (a segment's first frame always has N − A > 0 candidates)
                 continue
             rho = (S * L) / total
             for t in seg_frames:
@@ -613,44 +636,47 @@ def flashvid(
                     u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1)
                     if u.numel() != n:
                         raise ValueError(f"noise({n}) returned {u.numel()} numbers")
-                    dpc.append((offset, n, c, min(c, DPC_MAX_NEIGHBOURS)))
+                    dpc.append((offset, n, c, min(c, DPC_MAX_NEIGHBOURS), n_noise))
                     noise_parts.append(u)
+                    n_noise += n
                 elif n:
-                    passthrough.append((offset, n))
+                    passing[t] = 1
+                    n_pass += n
                 offset += n
 
+        nb = len(dpc)
+        ints, noise = _upload(device, [v for d in dpc for v in d] + passing,
+                              torch.cat(noise_parts) if noise_parts else None)
+        table, passing_t = ints.split([5 * nb, F])
         parts_slots, parts_rows = [], []
         if dpc:
-            nb = len(dpc)
             P = max(d[1] for d in dpc)
             C = max(d[2] for d in dpc)
-            Kn = max(d[3] for d in dpc)
-            pad_noise = torch.zeros((nb, P), dtype=torch.float32)
-            for b, u in enumerate(noise_parts):
-                pad_noise[b, :u.numel()] = u
-            ints, floats = _upload(device, [v for d in dpc for v in d], pad_noise.view(-1))
-            offs, counts, clusters, neighbours = ints.view(nb, 4).unbind(1)
+            offs, counts, clusters, neighbours, noise_offs = table.view(nb, 5).unbind(1)
             col = torch.arange(P, device=device)
             valid = col < counts[:, None]
             idx = torch.where(valid, offs[:, None] + col, 0)  # (nb, P) rows of the candidate list
-            points = cand_rows.index_select(0, idx.view(-1)).view(nb, P, D)
-            centres, member, centre_ok = dpc_batch(points, valid, clusters, neighbours, floats.view(nb, P),
-                                                  max_clusters=C, max_neighbours=Kn)
+            if n_cand == nb * P and all(d[1] == P for d in dpc):  # every candidate, P per frame: no gather
+                points = cand_rows.view(nb, P, D)
+            else:
+                points = cand_rows.index_select(0, idx.view(-1)).view(nb, P, D)
+            u = noise.index_select(0, torch.where(valid, noise_offs[:, None] + col, 0).view(-1)).view(nb, P)
+            centres, member, centre_ok = dpc_batch(points, valid, clusters, neighbours, u.masked_fill_(~valid, 0.0),
+                                                  max_clusters=C, max_neighbours=max(d[3] for d in dpc))
             sums = bmm_fp32(member.to(dtype), points)  # (nb, C, D) float32
             means = sums.div_(member.sum(dim=-1, dtype=torch.float32).clamp_min_(1.0)[..., None]).to(dtype)
-            n_ctx_dpc = sum(d[2] for d in dpc)
-            keep = _true_positions(centre_ok.view(-1), n_ctx_dpc)
+            keep = _true_positions(centre_ok.view(-1), sum(d[2] for d in dpc))
             parts_slots.append(cand_slots.index_select(0, idx.gather(1, centres).view(-1).index_select(0, keep)))
             parts_rows.append(means.view(nb * C, D).index_select(0, keep))
-        if passthrough:
-            rows = torch.cat([torch.arange(o, o + n) for o, n in passthrough]).to(device)
+        if n_pass:
+            rows = _true_positions(passing_t.bool().index_select(0, cand_slots // N), n_pass)
             parts_slots.append(cand_slots.index_select(0, rows))
             parts_rows.append(cand_rows.index_select(0, rows))
         if parts_slots:
             ctx_slots, ctx_rows = torch.cat(parts_slots), torch.cat(parts_rows)
 
     # 5. Assembly: ADTS rows first, then contextual ones; a stable sort by slot.
-    adts_slots = (picks + torch.arange(0, F * N, N, device=device)[:, None]).view(-1)
+    adts_slots = (picks + torch.arange(0, F * N, N, device=device)[:, None]).reshape(-1)
     slots = torch.cat([adts_slots, ctx_slots])
     rows = torch.cat([flat.index_select(0, adts_slots), ctx_rows])
     index, perm = torch.sort(slots, stable=True)
