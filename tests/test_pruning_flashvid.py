@@ -24,6 +24,7 @@ from fastvid_cli.pruning.flashvid import (
     in_dtype,
     min_kept,
     prune_flashvid,
+    seeded_draws,
     transition_similarities,
     tstm,
     uniform_noise,
@@ -369,6 +370,20 @@ def test_tv7_default_noise_is_seeded():
     outcomes = {tuple(flashvid(X, None, None, 0.10, attn=sal, selection="attn_div", min_segment_num=4,
                                seed=s).index.tolist()) for s in range(8)}
     assert len(outcomes) > 1  # the seed matters (spec: 29 outcomes in 30 seeds for this case)
+
+
+def test_default_noise_is_the_per_call_draws():
+    """The default draws all DPC calls' noise at once; torch's CPU generator gives the same numbers as one draw
+    per call (what uniform_noise, and the reference's global RNG, do)."""
+    for sizes in ([196] * 32, [25, 3, 17, 1, 40], [5000, 7, 20000]):
+        per_call = uniform_noise(11)
+        assert all(torch.equal(a, per_call(n)) for a, n in zip(seeded_draws(11, sizes), sizes))
+    X, sal = tv7_inputs()
+    for seed in (0, 3):
+        a = flashvid(X, None, None, 0.10, attn=sal, selection="attn_div", min_segment_num=4, seed=seed)
+        b = flashvid(X, None, None, 0.10, attn=sal, selection="attn_div", min_segment_num=4,
+                     noise=uniform_noise(seed))
+        assert torch.equal(a.index, b.index) and torch.equal(a.embeds, b.embeds)
 
 
 # ------------------------------------------------------------------------------ budgets, shapes, identity

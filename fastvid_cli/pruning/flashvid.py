@@ -152,28 +152,28 @@ def transition_similarities(embeds: Tensor) -> Tensor:
     return (m[:-1] * m[1:]).sum(dim=-1)
 
 
-def cosine_distances(embeds: Tensor) -> Tensor:
+def cosine_distances(embeds: Tensor, unit: Tensor | None = None) -> Tensor:
     """(F, N, D) -> (F, N, N) float32 ``1 − cos`` between the tokens of each frame.
 
     Float32 input: normalise, then a float32 product (the reference's arithmetic). Half precision: a Gram matrix
     with float32 accumulation (products of half-precision values are exact in float32), scaled by the norms; no
-    float32 copy of the input.
+    float32 copy of the input. ``unit``: ``embeds`` already normalised (float32 input only), to share it.
     """
     if embeds.dtype in (torch.float16, torch.bfloat16):
         gram = bmm_fp32(embeds, embeds.transpose(1, 2))
         inv = torch.diagonal(gram, dim1=1, dim2=2).sqrt().clamp_min_(torch.finfo(torch.float32).tiny).reciprocal_()
         return 1.0 - gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])
-    x = _normalize(embeds.float())
+    x = unit if unit is not None and embeds.dtype == torch.float32 else _normalize(embeds.float())
     return 1.0 - torch.bmm(x, x.transpose(1, 2))
 
 
 def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "attn_div_v2",
-                centre: Tensor | None = None) -> Tensor:
+                centre: Tensor | None = None, unit: Tensor | None = None) -> Tensor:
     """Token selection in every frame at once (spec §2.4): (F, N, D), (F, N) -> (F, count) int64 token indices,
     ascending in each row (``attn_div_v2`` may repeat one).
 
     ``scores``: attention each token receives; ``centre`` (F, D) float32, only for ``attn_div_v2``: the mean token
-    of each frame's segment. ``attn_div``: ``W = (1 − cos) · (a·1e6)`` by column; the first pick maximises the
+    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``). ``attn_div``: ``W = (1 − cos) · (a·1e6)`` by column; the first pick maximises the
     second-smallest entry of its column, every next one the minimum over the picked rows, picked columns set to −1.
     ``attn_div_v2``: columns also scaled by ``<x_j, centre>``, and picked columns are not excluded. ``div``: as
     ``attn_div`` without weights; ``attn``: the ``count`` highest scores. Ties: the lowest index.
@@ -185,7 +185,7 @@ def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "at
     if selection == "attn":
         order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
         return torch.sort(order[:, :count], dim=1).values
-    W = cosine_distances(embeds)
+    W = cosine_distances(embeds, unit)
     if selection != "div":
         W.mul_((scores.float() * 1e6)[:, None, :])
     if selection == "attn_div_v2":
@@ -200,15 +200,18 @@ def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "at
     first = torch.topk(W, k=2, dim=1, largest=False).values[:, 1, :]  # second-smallest of every column
     torch.argmax(first, dim=1, out=picks[0])  # first maximum: lowest index
     if count > 1:
+        by_frame = picks.T  # (F, count) view
         at = torch.add(picks[0], offsets)
         best = rows.index_select(0, at)  # running minimum over the picked rows
+        row = torch.empty_like(best)
         for i in range(1, count):
             if exclude:  # every picked column to −1 (again: a minimum below −1 may have replaced an earlier −1)
-                best.scatter_(1, picks[:i].T, -1.0)
-            torch.argmax(best, dim=1, out=picks[i])
+                best.scatter_(1, by_frame[:, :i], -1.0)
+            pick = picks[i]
+            torch.argmax(best, dim=1, out=pick)
             if i + 1 < count:
-                torch.add(picks[i], offsets, out=at)
-                torch.minimum(best, rows.index_select(0, at), out=best)
+                torch.add(pick, offsets, out=at)
+                torch.minimum(best, torch.index_select(rows, 0, at, out=row), out=best)
     return torch.sort(picks.T.contiguous(), dim=1).values
 
 
@@ -290,13 +293,13 @@ def segment_plan(lengths: Sequence[int], active: Sequence[bool], budget: int, n_
 
 
 def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Sequence[bool], budget: int,
-               tau: float, plan: SegmentPlan | None = None) -> Trees:
+               tau: float, plan: SegmentPlan | None = None, unit: Tensor | None = None) -> Trees:
     """TSTM's trees in every ``active`` segment at once (segments of ≥ 2 frames with a contextual budget).
 
     ``kappa`` (F, N) bool: False for ADTS tokens (they neither join nor anchor a tree); ``lengths``: segment
     lengths (summing to F; zeros allowed); ``budget``: B, so a segment's lower bound is ``B·F_s``; ``tau``: the
     temporal threshold, compared in the input dtype as the reference does; ``plan``: ``segment_plan`` of the
-    same arguments, if already built. Runs in the input dtype (the reference's similarities are bf16 for bf16
+    same arguments, if already built; ``unit``: ``embeds`` normalised in its dtype, if already computed. Runs in the input dtype (the reference's similarities are bf16 for bf16
     input, so the same ties and thresholds).
     """
     F, N, _ = embeds.shape
@@ -310,7 +313,7 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Se
     sigma = torch.full((F, N), -1.0, dtype=embeds.dtype, device=device)
     parent = torch.arange(F * N, device=device).view(F, N)
     if F > 1:
-        xn = _normalize(embeds)
+        xn = unit if unit is not None else _normalize(embeds)
         sim = torch.bmm(xn[1:], xn[:-1].transpose(1, 2))  # (F−1, N, N) [t−1, n, m] = <x̂[t,n], x̂[t−1,m]>
         sim.masked_fill_(~kappa[1:, :, None], -1.0)
         sim.masked_fill_(~kappa[:-1, None, :], -1.0)
@@ -444,10 +447,18 @@ def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tenso
 
 
 def uniform_noise(seed: int) -> Callable[[int], Tensor]:
-    """The default density noise: one ``torch.rand(n)`` per DPC call from a CPU generator seeded with ``seed``
-    (with the reference's global RNG seeded the same, on the CPU, the draws are the same numbers)."""
+    """Density noise as the reference draws it: one ``torch.rand(n)`` per DPC call, here from a CPU generator
+    seeded with ``seed`` (with the reference's global RNG seeded the same, on the CPU, the same numbers)."""
     gen = torch.Generator().manual_seed(seed)
     return lambda n: torch.rand(n, generator=gen)
+
+
+def seeded_draws(seed: int, sizes: Sequence[int]) -> list[Tensor]:
+    """``uniform_noise(seed)`` called once per size, drawn as ONE ``torch.rand(Σ sizes)`` and split: the CPU
+    generator gives a long draw the same numbers as consecutive short ones (tested), for a fraction of the
+    calls. ``flashvid``'s default noise."""
+    gen = torch.Generator().manual_seed(seed)
+    return list(torch.rand(sum(sizes), generator=gen).split(list(sizes))) if sizes else []
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -579,7 +590,7 @@ def flashvid(
     if scores.device != device:
         scores = scores.to(device)
     flat = embeds.reshape(F * N, D)
-    draw = p["noise"] or uniform_noise(p["seed"])
+    draw = p["noise"]  # None: seeded_draws(seed, …), the same numbers as uniform_noise(seed)
 
     # 1. DySeg (the first wait for the host), in the input dtype as the reference.
     similarities: list[float] = []
@@ -593,6 +604,9 @@ def flashvid(
 
     # 2. ADTS in every frame (the segment centres only matter to attn_div_v2).
     plan = segment_plan(lengths, [L >= 2 and S > 0 for L in lengths], B, N, device)
+    # the tokens normalised in their dtype (TSTM); for float32 input ADTS's too, so computed once
+    shared = A and p["selection"] != "attn" and dtype == torch.float32
+    unit = _normalize(embeds) if (S and any(plan.active_list)) or shared else None
     picks = torch.zeros((F, 0), dtype=torch.int64, device=device)
     if A:
         centre = None
@@ -600,7 +614,7 @@ def flashvid(
             # each frame's segment mean of the per-frame mean tokens (float32): one (F, F) averaging product
             same = (plan.seg[:, None] == plan.seg[None, :]).float().mul_(plan.inv_size[:, None])
             centre = same @ embeds.float().mean(dim=1)
-        picks = adts_select(embeds, scores, A, p["selection"], centre)
+        picks = adts_select(embeds, scores, A, p["selection"], centre, unit)
     kappa = torch.ones((F, N), dtype=torch.bool, device=device)
     kappa.scatter_(1, picks, False)
 
@@ -608,7 +622,7 @@ def flashvid(
     ctx_slots = torch.zeros(0, dtype=torch.int64, device=device)
     ctx_rows = embeds.new_zeros((0, D))
     if S:
-        trees = tstm_links(embeds, kappa, lengths, plan.active_list, B, p["tau"], plan)
+        trees = tstm_links(embeds, kappa, lengths, plan.active_list, B, p["tau"], plan, unit)
         cand = (~trees.merge & kappa) | plan.single[:, None]
         stats = torch.cat([cand.sum(dim=1), trees.merge.sum().view(1), trees.soft.long()]).tolist()  # 2nd wait
         per_frame, n_merged, soft = stats[:F], stats[F], stats[F + 1:]
@@ -633,11 +647,12 @@ def flashvid(
                 n = per_frame[t]
                 c = math.ceil(n * rho)
                 if c > 0 and rho < 1.0:
-                    u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1)
-                    if u.numel() != n:
-                        raise ValueError(f"noise({n}) returned {u.numel()} numbers")
+                    if draw is not None:
+                        u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1)
+                        if u.numel() != n:
+                            raise ValueError(f"noise({n}) returned {u.numel()} numbers")
+                        noise_parts.append(u)
                     dpc.append((offset, n, c, min(c, DPC_MAX_NEIGHBOURS), n_noise))
-                    noise_parts.append(u)
                     n_noise += n
                 elif n:
                     passing[t] = 1
@@ -645,6 +660,8 @@ def flashvid(
                 offset += n
 
         nb = len(dpc)
+        if draw is None:
+            noise_parts = seeded_draws(p["seed"], [d[1] for d in dpc])
         ints, noise = _upload(device, [v for d in dpc for v in d] + passing,
                               torch.cat(noise_parts) if noise_parts else None)
         table, passing_t = ints.split([5 * nb, F])
@@ -729,6 +746,9 @@ __all__ = [
     "in_dtype",
     "min_kept",
     "prune_flashvid",
+    "seeded_draws",
+    "segment_plan",
+    "SegmentPlan",
     "transition_similarities",
     "tree_values",
     "tstm",
