@@ -34,7 +34,8 @@ qwen3_vl           attn_div         4                original        last
 =================  ===============  ===============  ==============  ==============================================
 
 Positions (§2.8): ``PruneResult.index`` always holds each row's original slot, non-decreasing (NOT strictly: a
-slot can repeat). LLaVA (``positions="compact"``, ``compact`` set, ``source`` = the same slots): the LLM sees the
+slot can repeat; this departs from the strictly increasing ``index`` of the other methods, and, for "compact",
+from ``index`` = 0..K−1: the engine's assemble-then-``reindexed()`` path gives the same positions either way). LLaVA (``positions="compact"``, ``compact`` set, ``source`` = the same slots): the LLM sees the
 rows at contiguous positions 0..L'−1 over the whole new sequence and decoding continues at L'; LLaVA-OneVision adds
 one newline after the video (outside the inner-prune range), LLaVA-Video one newline after each frame's rows
 (``slot // N`` is the frame; inside the range). Qwen-VL (``positions="original"``): each row takes the original
@@ -46,19 +47,22 @@ Deviations from the reference, all deliberate:
 * Deterministic: ties go to the lowest index everywhere the reference's order is undefined (complementary cuts,
   ``attn`` selection, DPC centres, the final sort, which is stable). The DPC density noise (the only random number
   in FlashVID) comes from a seeded generator of its own, ``seed``, or from ``noise`` (injectable); never from the
-  global RNG.
+  global RNG. Centre ties are real: with k = 1 every density is 1 + 1e−6·u, and float32 rounds neighbouring u to
+  the same number (spec TV7 at r = 0.10: the reference's torch.topk took index 24 or 23, this takes 22).
 * Sums (tree roots, cluster means) accumulate in float32 and are rounded once to the input dtype; the reference
   rounds partial sums in the model dtype. ADTS's relevance (v2) uses the segment's mean token
   ``<x, mean_c m_c>`` instead of ``mean_c <x, m_c>`` (equal up to rounding). Cosine distances for half-precision
-  input come from a float32-accumulated Gram matrix. None of this changes a kept slot except at exact ties.
+  input come from a float32-accumulated Gram matrix; DPC distances of more than 25 points from a Gram matrix (as
+  torch.cdist, whose own rounding differs). These change a kept slot only at near-ties.
 * Zero-norm vectors normalise to zero instead of NaN. The input is never modified (the reference's TSTM writes
   into it).
 * Arguments the reference crashes on are refused with ``InvalidOptionError``: a budget ``B ≥ N`` (ratio ·
   expansion ≥ 1, below ratio 1.0) and ``temporal_threshold ≥ 1``.
 
-Speed: two device→host waits (the DySeg similarities; the number of tree roots of each frame), two small
-host→device copies; ADTS is a loop over its A picks (all frames at once), everything else is a fixed number of
-batched operations, whatever the number of segments. No Python loop over tokens.
+Speed: three device→host waits (the DySeg similarities; the number of tree roots of each frame; the count of
+repeated slots at the end, for the notes), two small host→device copies; ADTS is a loop over its A picks (all
+frames at once, about five kernels a pick), everything else is a fixed number of batched operations whatever the
+number of segments (the host loops over segments and frames only do integer arithmetic). No loop over tokens.
 """
 
 from __future__ import annotations
@@ -173,10 +177,11 @@ def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "at
     ascending in each row (``attn_div_v2`` may repeat one).
 
     ``scores``: attention each token receives; ``centre`` (F, D) float32, only for ``attn_div_v2``: the mean token
-    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``). ``attn_div``: ``W = (1 − cos) · (a·1e6)`` by column; the first pick maximises the
-    second-smallest entry of its column, every next one the minimum over the picked rows, picked columns set to −1.
-    ``attn_div_v2``: columns also scaled by ``<x_j, centre>``, and picked columns are not excluded. ``div``: as
-    ``attn_div`` without weights; ``attn``: the ``count`` highest scores. Ties: the lowest index.
+    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``).
+    ``attn_div``: ``W = (1 − cos) · (a·1e6)`` by column; the first pick maximises the second-smallest entry of
+    its column, every next one the minimum over the picked rows, picked columns set to −1. ``attn_div_v2``:
+    columns also scaled by ``<x_j, centre>``, and picked columns are not excluded. ``div``: as ``attn_div``
+    without weights; ``attn``: the ``count`` highest scores. Ties: the lowest index.
     """
     F, N, _ = embeds.shape
     device = embeds.device
@@ -299,8 +304,8 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Se
     ``kappa`` (F, N) bool: False for ADTS tokens (they neither join nor anchor a tree); ``lengths``: segment
     lengths (summing to F; zeros allowed); ``budget``: B, so a segment's lower bound is ``B·F_s``; ``tau``: the
     temporal threshold, compared in the input dtype as the reference does; ``plan``: ``segment_plan`` of the
-    same arguments, if already built; ``unit``: ``embeds`` normalised in its dtype, if already computed. Runs in the input dtype (the reference's similarities are bf16 for bf16
-    input, so the same ties and thresholds).
+    same arguments, if already built; ``unit``: ``embeds`` normalised in its dtype, if already computed. Runs in
+    the input dtype (the reference's similarities are bf16 for bf16 input, so the same ties and thresholds).
     """
     F, N, _ = embeds.shape
     if budget >= N:
@@ -361,7 +366,8 @@ def tree_values(embeds: Tensor, trees: Trees, cand: Tensor, n_cand: int, n_merge
     if n_merged:
         merged = _true_positions(trees.merge.view(-1), n_merged)
         rank = torch.cumsum(cand_flat, dim=0) - 1  # position of each candidate in `slots`
-        _add_rows(values, rank.index_select(0, trees.root.index_select(0, merged)), flat.index_select(0, merged).float())
+        roots = rank.index_select(0, trees.root.index_select(0, merged))
+        _add_rows(values, roots, flat.index_select(0, merged).float())
         values.div_((trees.children.index_select(0, slots) + 1).float()[:, None])
     return slots, values.to(embeds.dtype)
 
@@ -699,7 +705,7 @@ def flashvid(
     index, perm = torch.sort(slots, stable=True)
     out = rows.index_select(0, perm)
     n_adts = adts_slots.numel()
-    repeated = index.numel() - torch.unique_consecutive(index).numel() if index.numel() else 0
+    repeated = int((index[1:] == index[:-1]).sum())  # the last wait for the device (for the note alone)
     if repeated:
         rule = "both vectors kept" if p["duplicates"] == "distinct" else "every copy takes the contextual value"
         notes.append(f"flashvid: {repeated} repeated slot(s) ({rule}; they share a position)")
