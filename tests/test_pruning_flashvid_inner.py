@@ -130,6 +130,11 @@ def test_inner_stage_off():
     assert full.for_kept(6272)["layer_average_ratio"] == 1.0
 
 
+def test_budget_covering_a_frame_is_refused():
+    with pytest.raises(InvalidOptionError):
+        retention_plan(32, 196, 0.85, layers=28, pruning_layer=20, llm_retention_ratio=0.3)
+
+
 @pytest.mark.parametrize("k, r", [(0, 0.3), (-1, 0.3), (2.5, 0.3), (True, 0.3), (20, 0.0), (20, 1.5), (20, "x")])
 def test_invalid_inner_settings(k, r):
     with pytest.raises(InvalidOptionError):

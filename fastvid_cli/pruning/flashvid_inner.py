@@ -28,7 +28,7 @@ Prefill integration (what the engine's prefill must do; batch 1, one video, pref
 * Layers 0..K−2 run on the whole sequence, as usual (cos/sin from the rotary embedding of those position ids).
 * Layer K−1: before (or while) running it, take its attention input ``input_layernorm(h)``, the query of the
   LAST position and the keys of ALL L' positions after the q/k projections, q/k-norm (Qwen3) and RoPE, and call
-  ``last_query_attention(q_last (H, hd), keys (Hkv, L', hd), layer.scaling)`` -> (H, L') probabilities in the
+  ``last_query_attention(q_last (H, hd), keys (Hkv, L', hd), layer.self_attn.scaling)`` -> (H, L') probabilities in the
   model dtype (logits in the model dtype, softmax in float32, then cast, as the reference). Then run the layer.
 * ``keep = inner_keep_indices(L', visual, probs, r_llm)``: (L'',) int64 ascending, every non-visual position plus
   the ``inner_keep_count(V, r_llm)`` best visual ones.
@@ -41,6 +41,12 @@ Prefill integration (what the engine's prefill must do; batch 1, one video, pref
   step attends to whatever each layer's cache holds, with no mask.
 * ``K ≥ layers`` disables the stage (nothing is pruned inside the LLM; the expansion still applies, §7.22);
   ``K = 0`` is refused (layer K−1 must exist). Ratio 1.0 (no pruning) runs no inner stage either.
+* The query is the LAST prompt token (the end of the assistant header), not the question text (§7.15). So the
+  pruned set depends on the whole prompt: a cached video-prefix KV (the engine's shared prefix) stays valid for
+  layers < K only; layers ≥ K must be recomputed per question. Batch size 1, one video: refuse anything else.
+* Qwen3-VL: DeepStack features (first layers) are indexed by the kept slots (a merged token takes its
+  representative slot's, not a merge), with ``visual_pos_masks`` gathered like the sequence. A repeated slot is
+  two sequence positions with the same position ids; both are scored and either may be dropped.
 * Report both counts: ``RetentionPlan`` gives the pre-LLM rows (V, plus LLaVA-Video's newlines) and the visual
   tokens kept from layer K on, and the layer average that ``--ratio`` stands for.
 
@@ -165,10 +171,14 @@ def retention_plan(frames: int, tokens_per_frame: int, ratio: float, *, layers: 
                    llm_retention_ratio: float, expansion: float = 1.25, alpha: float = 0.7,
                    extra_visual: int = 0) -> RetentionPlan:
     """``RetentionPlan`` for a video of F frames (Qwen: temporal patches) of N tokens. At ratio 1.0 nothing is
-    pruned (budget (N, N, 0), no inner stage)."""
+    pruned (budget (N, N, 0), no inner stage); a ratio whose budget covers a whole frame below 1.0 is refused, as
+    ``flashvid`` refuses it."""
     pruning_layer, llm_retention_ratio = check_inner(pruning_layer, llm_retention_ratio, layers)
     budget = (tokens_per_frame, tokens_per_frame, 0) if ratio >= 1.0 else \
         flashvid_budget(tokens_per_frame, ratio, expansion, alpha)
+    if ratio < 1.0 and budget[0] >= tokens_per_frame:
+        raise InvalidOptionError(f"flashvid: ratio {ratio:g} x expansion {expansion:g} keeps all {tokens_per_frame} "
+                                 f"tokens of a frame (budget {budget[0]}); use a lower ratio, or 1.0 for no pruning")
     return RetentionPlan(frames, tokens_per_frame, ratio, budget, layers, pruning_layer, llm_retention_ratio,
                          extra_visual)
 
