@@ -654,7 +654,7 @@ def flashvid(
                 c = math.ceil(n * rho)
                 if c > 0 and rho < 1.0:
                     if draw is not None:
-                        u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1)
+                        u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1).cpu()
                         if u.numel() != n:
                             raise ValueError(f"noise({n}) returned {u.numel()} numbers")
                         noise_parts.append(u)
