@@ -78,8 +78,7 @@ from torch import Tensor
 
 from ..errors import InvalidOptionError
 from .density import bmm_fp32, pairwise_sq_distances
-from .fastvid import PruneResult, _number, _positive_int, _share, check_embeds, keep_all
-from .uniform import check_ratio
+from .result import PruneResult, check_embeds, check_number, check_ratio, keep_all, positive_int, share
 
 SELECTIONS = ("attn_div_v2", "attn_div", "attn", "div")  # v2 (LLaVA), v1 (Qwen), and the two ablations
 POSITIONS = ("compact", "original")
@@ -486,15 +485,15 @@ def check_params(ratio, expansion, alpha, temporal_threshold, segment_threshold,
                  do_segment, selection, positions, duplicates, seed, noise) -> dict:
     """The arguments of ``flashvid`` checked and normalised; ``InvalidOptionError`` with a one-line message."""
     ratio = check_ratio(ratio)
-    expansion = _number("expansion", expansion)
+    expansion = check_number("expansion", expansion)
     if not 0.0 < expansion < math.inf:
         raise InvalidOptionError(f"expansion must be a positive number, got {expansion:g}")
-    alpha = _share("alpha (ADTS share of the budget)", alpha)
-    tau = _number("temporal_threshold", temporal_threshold)
+    alpha = share("alpha (ADTS share of the budget)", alpha)
+    tau = check_number("temporal_threshold", temporal_threshold)
     if not -1.0 <= tau < 1.0:  # at 1 the reference divides by zero (spec §7.9); below −1 it links first frames
         raise InvalidOptionError(f"temporal_threshold must be in [-1, 1), got {tau:g}")
-    theta = _number("segment_threshold", segment_threshold)
-    min_segment_num = _positive_int("min_segment_num", min_segment_num)
+    theta = check_number("segment_threshold", segment_threshold)
+    min_segment_num = positive_int("min_segment_num", min_segment_num)
     if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
         raise InvalidOptionError(f"seed must be an integer, got {seed!r}")
     if noise is not None and not callable(noise):
