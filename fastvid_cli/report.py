@@ -1,12 +1,14 @@
 """What an answer reports and how its numbers are taken: the Report (`ask --json`, batch/eval records, the summary
 panel), the synchronised clock every stage time is read from, and the assembly of an answer's timings and
-prefill speedup (measured by `--baseline`, else estimated from the FLOPs model).
+prefill speedup (measured by `--baseline`, else estimated from the FLOPs model). `Stage` is the progress
+callback every stage reports its start and end through.
 
 Timings (ms, `Report.timings_ms`, in this order): the session's stages (sample, preprocess, vision,
 encode_after_sample, prune), then graph_capture (a CUDA-graph capture between tokens 1 and 2, reported apart from
 decode), prefix_prefill (the shared video prefix, prefilled once per session), prefill (start of the prefill to
-the first token), ttft and total (from the call, plus the earlier work the caller counts in), decode (first to
-last token). `ask` adds sample_wait when frames were sampled beside the model load.
+the first token), ttft (from the call to the first token), decode (first to last token), total (the call); ttft
+and total include the earlier work the caller counts in. `ask` adds sample_wait when frames were sampled beside
+the model load.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class VideoSession:
         t_start = time.perf_counter()
         prompt, asm = self._assemble(question, gen.system if gen.system is not None else self.system)
         report = self.report_base(question, asm)
-        how = self._prefill_for(prompt, asm, reuse_prefix)
+        how = self._choose_prefill(prompt, asm, reuse_prefix)
         pre, res = self._decode_streamed(asm, how, gen, report, stop, on_stage, on_text)
         self._fill_in(report, pre, res, stop, t_start, lead_ms, shared=isinstance(how, PrefixPrefill))
         if baseline and report.stop_reason != "interrupted":
@@ -161,7 +161,7 @@ class VideoSession:
             report.prefill_speedup_measured = False
         return report
 
-    def _prefill_for(self, prompt, asm: Assembled, reuse_prefix: bool) -> Prefill:
+    def _choose_prefill(self, prompt, asm: Assembled, reuse_prefix: bool) -> Prefill:
         """How this question's prompt is prefilled: on the shared prefix cache when it may and can be (made now,
         on first use), else into a fresh cache (through the method's LLM stage, when it has one)."""
         # HoliTom's inner merge depends on the question (the last prompt token's attention): no shared prefix
