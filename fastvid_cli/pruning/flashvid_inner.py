@@ -4,7 +4,7 @@ Reference: Fanziyang-v/FlashVID @ 1d37422, ``flashvid/utils.py`` ``fastv_prune``
 (``modeling_qwen2.py``, ``modeling_qwen2_5_vl.py``, ``modeling_qwen3_vl.py``). Always on in the reference: a
 FastV-style prune before decoder layer K keeps the ``ceil(r_llm·V)`` visual tokens that the last prompt token
 attends to most at layer K−1, and every non-visual token. No transformers import here; the functions take the
-tensors a layer-by-layer prefill (like ``fastvid_cli/inner_merge.py``) already has.
+tensors a layer-by-layer prefill (like ``fastvid_cli/llm_stage.py``) already has.
 
 Per family (``INNER_DEFAULTS``; the reference scripts' values):
 
