@@ -111,10 +111,10 @@ class Group(TyperGroup):
 MODEL_HELP = "Alias (see `fastvid models`), hub id (org/name) or local checkpoint folder."
 
 MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", metavar="MODEL", help=MODEL_HELP, rich_help_panel="Model")
-DEVICE = typer.Option("auto", metavar="DEVICE",
+DEVICE = typer.Option("auto", "--device", metavar="DEVICE",
                       help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU across all GPUs "
                            "(accelerate device_map).", rich_help_panel="Model")
-DTYPE = typer.Option("auto", metavar="DTYPE",
+DTYPE = typer.Option("auto", "--dtype", metavar="DTYPE",
                      help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
                      rich_help_panel="Model")
 ATTN = typer.Option("sdpa", metavar="IMPL", help="sdpa | eager | flash_attention_2.", rich_help_panel="Model")
@@ -141,7 +141,7 @@ CACHE_DIR = typer.Option(None, metavar="DIR",
                               "~/.cache/fastvid/features, or $FASTVID_CACHE/features).", rich_help_panel="Video")
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.", rich_help_panel="Video")
 
-METHOD = typer.Option(pruning.DEFAULT_METHOD, metavar="METHOD",
+METHOD = typer.Option(pruning.DEFAULT_METHOD, "--method", metavar="METHOD",
                       help="Pruning method: " + " | ".join(f"{s.name} ({s.summary})" if s.summary else s.name
                                                            for s in pruning.REGISTRY.values()) + ".",
                       rich_help_panel="Pruning")

@@ -332,3 +332,18 @@ def test_usage_errors_found_by_the_parser_are_one_line_with_exit_2(args, says):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith(f"error: {says}") and res.stderr.count("\n") == 1, res.stderr
     assert "--help" in res.stderr
+
+
+def test_every_option_is_spelled_in_lowercase_kebab_case():
+    """typer 0.27 (the GPU machine's) names an option declared with a metavar but no flag after the metavar
+    (`--DEVICE`): every shared option names its flag."""
+    import typer.main
+
+    from fastvid_cli.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            for flag in getattr(param, "opts", []):
+                if flag.startswith("--"):
+                    assert flag == flag.lower() and "_" not in flag, (name, param.name, flag)
