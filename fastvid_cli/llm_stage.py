@@ -76,6 +76,18 @@ def check_supported(model, stage: LLMStage) -> None:
         raise InvalidOptionError(f"{stage.option}: K must be below the LLM's {len(layers)} layers, got {stage.layer}")
 
 
+def fit_stage(model, stage: LLMStage) -> tuple[LLMStage | None, str | None]:
+    """`stage` as it runs on `model`: (the stage, None), or (None, a note for the answers) when its layer is at or
+    past the LLM's depth and the stage says that turns it off (``off_past_depth``, e.g. FlashVID's reference
+    settings on a shallower model); check_supported's InvalidOptionError otherwise."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if getattr(stage, "off_past_depth", False) and layers is not None and stage.layer >= len(layers):
+        return None, (f"{stage.label} off: {stage.option} K={stage.layer} is not below the LLM's {len(layers)} "
+                      "layers, so every layer sees all the tokens kept before the LLM")
+    check_supported(model, stage)
+    return stage, None
+
+
 @torch.inference_mode()
 def prefill_with_stage(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache,
                        video_span: tuple[int, int], stage: LLMStage) -> tuple[torch.Tensor, StageReport]:
