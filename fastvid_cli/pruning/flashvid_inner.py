@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
-from .flashvid import flashvid, flashvid_budget
+from .flashvid import FAMILY_VARIANTS, flashvid, flashvid_budget
 from .result import PruneResult
 
 
@@ -345,10 +345,15 @@ PRE_LLM_ONLY_NOTE = ("flashvid on Qwen-VL: pre-LLM compression only (the inner-L
                      "with expansion 1 so --ratio is the share of video tokens kept")
 
 
-@functools.wraps(flashvid)
+# FlashVID's Qwen-VL variant here: the reference's Qwen2.5-VL settings, and no expansion (no inner stage follows)
+PRE_LLM_DEFAULTS = dict(FAMILY_VARIANTS["qwen2_5_vl"], expansion=1.0)
+
+
+@functools.wraps(flashvid)  # flashvid's signature, for the registry's checks
 def flashvid_pre_llm(*args, **kwargs) -> PruneResult:
-    """``flashvid`` with a note that the inner-LLM stage does not follow (its Qwen-VL variant)."""
-    result = flashvid(*args, **kwargs)
+    """``flashvid`` with the Qwen-VL defaults (``PRE_LLM_DEFAULTS``) for what the caller leaves out, and a note
+    that the inner-LLM stage does not follow (its Qwen-VL variant)."""
+    result = flashvid(*args, **{**PRE_LLM_DEFAULTS, **kwargs})
     if result.kept and not any(n.startswith("ratio 1.0") for n in result.notes):
         result.notes.append(PRE_LLM_ONLY_NOTE)
     return result
@@ -358,6 +363,7 @@ __all__ = [
     "INNER_DEFAULTS",
     "InnerPrune",
     "InnerStage",
+    "PRE_LLM_DEFAULTS",
     "PRE_LLM_ONLY_NOTE",
     "RetentionPlan",
     "balanced_expansion",
