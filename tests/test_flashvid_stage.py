@@ -128,7 +128,8 @@ def test_compare_on_the_demo_model_prints_one_table():
     out = res.stdout
     lines = out.splitlines()
     assert sum(line.split()[:2] == ["method", "r"] for line in lines if line.strip()) == 1  # one table
-    assert sum(line.split()[:1] == ["flashvid"] for line in lines) == 2  # its rows (answers: "flashvid 0.25: red")
+    rows = [line.split()[:2] for line in lines if "%)" in line]  # "flashvid  0.25    320 (31%) …"
+    assert rows == [["none", "1"]] + [[m, r] for m in ("fastvid", "flashvid", "vidcom2", "evs") for r in ("0.25", "0.1")]
     res = CliRunner().invoke(app_(), [*args, "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
