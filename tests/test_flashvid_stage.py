@@ -141,3 +141,35 @@ def app_():
     from fastvid_cli.cli import app
 
     return app
+
+
+@pytest.fixture(scope="module")
+def cli_base(tiny_llava, tiny_saliency):
+    return ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu", "--frames", "4"]
+
+
+def test_batch_and_eval_run_flashvid_with_its_inner_stage(cli_base, index_video, tmp_path):
+    import shutil
+
+    shutil.copy(index_video, tmp_path / "a.mp4")
+    csv = tmp_path / "q.csv"
+    csv.write_text("id,video,question\nr1,a.mp4,What happens?\nr2,a.mp4,Why?\n")
+    out = tmp_path / "out.jsonl"
+    res = CliRunner().invoke(app_(), [str(a) for a in ["batch", csv, *cli_base, "--max-new-tokens", "2", "--method",
+                                                       "flashvid", "--ratio", "0.25", "--flashvid-inner", "1,0.3",
+                                                       "-o", out]])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["status"] == "ok" and any("FlashVID inner prune before LLM layer 1" in n for n in r["notes"])
+               for r in recs)
+    assert {tuple(r["settings"]["params"]["inner"]) for r in recs} == {(1, 0.3)}
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "video": "a.mp4", "question": f"Which colour ({i})?",
+                                         "options": ["red", "green", "blue", "yellow"], "answer": "A"}) + "\n"
+                             for i in range(2)))
+    res = CliRunner().invoke(app_(), [str(a) for a in ["eval", bench, *cli_base, "--max-new-tokens", "2", "--method",
+                                                       "flashvid", "--ratio", "0.25", "-o", tmp_path / "res.jsonl",
+                                                       "--json"]])
+    assert res.exit_code == 0, res.output
+    settings = {s["setting"]: s for s in json.loads(res.stdout)["settings"]}
+    assert settings["flashvid@0.25"]["params"]["inner"] == [20, 0.3] and settings["flashvid@0.25"]["errors"] == 0

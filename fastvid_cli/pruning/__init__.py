@@ -324,7 +324,7 @@ def given_options(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _by_flag(given: Mapping[str, Any], methods: Iterable[str]) -> dict[str, Any]:
     """`given` keyed by flag. A key that is no flag is a parameter name (programmatic callers, configs: {"tau": 0.8}):
-    the flag of the parameter of that name among `methods`, else among all methods; it must be one."""
+    the flag of the parameter of that name among `methods` (it must be one), else those of all methods."""
     flags = {p.flag for p in options()}
     out: dict[str, Any] = {}
     for key, value in given.items():
@@ -335,10 +335,11 @@ def _by_flag(given: Mapping[str, Any], methods: Iterable[str]) -> dict[str, Any]
             raise InvalidOptionError(f"no pruning method takes {key}")
         chosen = {p.flag for m in methods for p in spec_of(m).all_params() if p.name == key}
         matches = chosen or {p.flag for p in options() if p.name == key}
-        if len(matches) != 1:
+        if not matches or (chosen and len(matches) > 1):
             raise InvalidOptionError(f"no pruning method has a parameter {key!r}" if not matches else
                                      f"method parameter {key!r} is ambiguous: give one of {', '.join(sorted(matches))}")
-        out[matches.pop()] = value
+        # none of `methods` takes it: every method's option of that name (check_options says where they apply)
+        out.update(dict.fromkeys(sorted(matches), value))
     return out
 
 
