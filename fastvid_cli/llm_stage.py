@@ -1,5 +1,6 @@
 """The prefill of a pruning method's LLM stage: the LLM driven layer by layer, the video span reduced before one
-layer (HoliTom's inner merge: ``pruning/holitom_inner.py``; which method has one says its registry entry).
+layer (HoliTom's inner merge: ``pruning/holitom_inner.py``; FlashVID's inner prune: ``pruning/flashvid_inner.py``;
+which method has one says its registry entry).
 
 The model's own modules do all the work (its decoder layers, rotary embedding, final norm and LM head; nothing
 in transformers is patched): layers 0..K-1 run on the whole prompt; then the last prompt token's attention at

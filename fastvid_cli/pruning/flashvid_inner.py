@@ -50,6 +50,12 @@ Prefill integration (what the engine's prefill must do; batch 1, one video, pref
 * Report both counts: ``RetentionPlan`` gives the pre-LLM rows (V, plus LLaVA-Video's newlines) and the visual
   tokens kept from layer K on, and the layer average that ``--ratio`` stands for.
 
+In fastvid: the registry entry ``flashvid`` builds ``InnerPrune`` with ``inner_stage`` (``--flashvid-inner K,R``, on
+by default with the LLaVA-OneVision settings), and ``fastvid_cli/llm_stage.py`` runs it: the generic layer-by-layer
+prefill does the steps above for 1-D positions (its scores are float32 head means of float32 probabilities, not bf16).
+K at or past the loaded LLM's depth turns it off (``off_past_depth``), ratio 1.0 builds none. On Qwen-VL it does not
+run (M-RoPE rows): ``flashvid_pre_llm`` is the pre-LLM part alone, with expansion 1, and says so in its notes.
+
 Deviation: top-k ties go to the lowest position (the reference's ``torch.topk`` order is undefined; with bf16
 scores ties are common, §7.15).
 """
