@@ -1,5 +1,6 @@
 """The prefill of a pruning method's LLM stage: the LLM driven layer by layer, the video span reduced before one
-layer (HoliTom's inner merge: ``pruning/holitom_inner.py``; which method has one says its registry entry).
+layer (HoliTom's inner merge: ``pruning/holitom_inner.py``; FlashVID's inner prune: ``pruning/flashvid_inner.py``;
+which method has one says its registry entry).
 
 The model's own modules do all the work (its decoder layers, rotary embedding, final norm and LM head; nothing
 in transformers is patched): layers 0..K-1 run on the whole prompt; then the last prompt token's attention at
@@ -74,6 +75,18 @@ def check_supported(model, stage: LLMStage) -> None:
                                  "LLaVA-OneVision); this model does not have them")
     if stage.layer >= len(layers):
         raise InvalidOptionError(f"{stage.option}: K must be below the LLM's {len(layers)} layers, got {stage.layer}")
+
+
+def fit_stage(model, stage: LLMStage) -> tuple[LLMStage | None, str | None]:
+    """`stage` as it runs on `model`: (the stage, None), or (None, a note for the answers) when its layer is at or
+    past the LLM's depth and the stage says that turns it off (``off_past_depth``, e.g. FlashVID's reference
+    settings on a shallower model); check_supported's InvalidOptionError otherwise."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if getattr(stage, "off_past_depth", False) and layers is not None and stage.layer >= len(layers):
+        return None, (f"{stage.label} off: {stage.option} K={stage.layer} is not below the LLM's {len(layers)} "
+                      "layers, so every layer sees all the tokens kept before the LLM")
+    check_supported(model, stage)
+    return stage, None
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ import torch
 
 from fastvid_cli.decoding import DecodeResult, TextStream, decode_batch, eos_ids
 from fastvid_cli.errors import OutOfMemoryError, oom_guard
-from fastvid_cli.llm_stage import check_supported as check_stage
+from fastvid_cli.llm_stage import fit_stage
 from fastvid_cli.models.interface import Assembled, VideoFeatures
 from fastvid_cli.models.loading import dtype_name
 from fastvid_cli.prefill import Prefill, Prefilled, PrefixPrefill, prefill_for, prefill_prefix
@@ -93,9 +93,11 @@ class VideoSession:
         from fastvid_cli.pruning import llm_stage
 
         # the method's stage inside the LLM prefill (HoliTom's inner merge), when its parameters ask for one
-        self.inner = llm_stage(prune.method, engine.adapter.method_family, prune.params)
+        self.inner = llm_stage(prune.method, engine.adapter.method_family, prune.params, ratio=prune.ratio)
         if self.inner:
-            check_stage(engine.model, self.inner)
+            self.inner, note = fit_stage(engine.model, self.inner)
+            if note:
+                self.notes.append(note)
 
     def _assemble(self, question: str, system: str | None):
         a = self.engine.adapter

@@ -214,8 +214,8 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     from fastvid_cli.engine import PruneOptions
 
     t0 = time.perf_counter()
-    params = plan.base["params"] if group.method == "fastvid" or group.method.startswith("holitom") else {}
-    prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
+    # the batch's one method with the parameters its settings record (pruning.resolve_params), whatever the method
+    prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(plan.base["params"]))
     session, session_error = None, None
     try:
         if prefetched is not None and prefetched.error is not None:

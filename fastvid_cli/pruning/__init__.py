@@ -154,6 +154,34 @@ HOLITOM_INNER = Param(
 HOLITOM = dict(needs_attention=True, segments=("windows", "HoliTom's DP"), llm_stage="holitom_inner:inner_stage",
                params=(HOLITOM_INNER,), title="HoliTom")
 
+# FlashVID's LLaVA-OneVision settings (flashvid.FAMILY_VARIANTS["llava_onevision"], flashvid_inner.INNER_DEFAULTS;
+# written out here because importing those modules imports torch; a test checks they agree)
+FLASHVID_DEFAULTS = dict(ratio=0.10, expansion=1.25, alpha=0.7, temporal_threshold=0.8, segment_threshold=0.9,
+                         min_segment_num=8, selection="attn_div_v2", positions="compact", duplicates="distinct",
+                         seed=0, inner=(20, 0.3))
+FLASHVID_PARAMS = (
+    Param("expansion", "--flashvid-expansion", "FlashVID: pre-LLM budget per frame = ceil(N x ratio x expansion); "
+          "1.25 balances the inner stage's defaults so that --ratio is the average over the LLM's layers",
+          float, "E", min=0.0),
+    Param("alpha", "--flashvid-alpha", "FlashVID: share of each frame's budget for ADTS (attention-diverse) tokens; "
+          "the rest are tree-merged, clustered context tokens", float, "A", min=0.0, max=1.0),
+    Param("temporal_threshold", "--flashvid-tau", "FlashVID TSTM: a token joins its most similar token of the "
+          "previous frame above this cosine", float, "TAU", min=-1.0, max=1.0),
+    Param("segment_threshold", "--flashvid-seg-threshold", "FlashVID DySeg: cut where adjacent frames' mean tokens "
+          "have a cosine below this", float, "THETA"),
+    Param("min_segment_num", "--flashvid-min-segments", "FlashVID DySeg: at least this many segments (also cutting "
+          "at the lowest similarities)", int, "M", min=1),
+    Param("selection", "--flashvid-selection", "FlashVID ADTS: attn_div_v2 (also weighted by relevance to the "
+          "segment), attn_div, or the ablations attn and div", str, "NAME"),
+    Param("seed", "--flashvid-seed", "FlashVID: seed of the DPC density noise (its only random numbers)", int, "N",
+          min=0),
+    Param("inner", "--flashvid-inner", "FlashVID's inner-LLM stage: before LLM layer K keep the share R of the "
+          "video tokens the last prompt token attends to most at layer K-1, drop the rest; off: none (the "
+          "expansion still applies: add --flashvid-expansion 1). Off by itself at ratio 1.0 and where K is not "
+          "below the LLM's layers; not run on Qwen-VL. Each question then prefills alone (no shared video prefix)",
+          str, "K,R", parse="flashvid_inner:parse_inner", stage=True),
+)
+
 # In registry order (the order --help, compare and eval list them). holitom's tau is left out of its defaults:
 # it follows the ratio, as the reference scripts (holitom.default_tau).
 REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
@@ -201,6 +229,21 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
     # EVS (vLLM's --video-pruning-method evs; spec Part B): frame 0 whole, then the most changed tokens overall
     MethodSpec("evs", "evs:evs", dict(ratio=0.25), title="EVS",
                summary="first frame whole, then the tokens that changed most since the previous frame"),
+    # FlashVID (ICLR 2026; flashvid-spec.md): pre-LLM DySeg + ADTS + TSTM + DPC (flashvid.py), then the inner-LLM
+    # prune before layer K (flashvid_inner.py), on by default as in the reference. --ratio is its average retention
+    # over the LLM's layers (§2.10): the pre-LLM budget is ratio x expansion (1.25), the inner stage keeps r_llm of
+    # those from layer K on. Defaults: the reference scripts' (§0; INNER_DEFAULTS, FAMILY_VARIANTS).
+    MethodSpec("flashvid", "flashvid:flashvid", dict(FLASHVID_DEFAULTS), title="FlashVID",
+               summary="DySeg segments; per frame, attention-diverse tokens plus tree-merged, clustered context; "
+                       "then the last prompt token's top video tokens from LLM layer K on",
+               params=FLASHVID_PARAMS, needs_attention=True, positions="compact", segments=("segments", "DySeg"),
+               llm_stage="flashvid_inner:inner_stage",
+               # Qwen-VL: the reference's v1 ADTS, 4 segments, original M-RoPE positions; the inner stage does not
+               # run on M-RoPE here, so no inner stage and no expansion (a documented deviation, spec §2.10)
+               variants={"qwen": Variant("flashvid_inner:flashvid_pre_llm", dict(selection="attn_div", min_segment_num=4, positions="original",
+                                                    duplicates="last", expansion=1.0, inner=None),
+                                         llm_stage="flashvid_inner:qwen_inner_stage", positions="original",
+                                         )}),
 ]}
 
 DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in REGISTRY.items()}
@@ -247,6 +290,15 @@ def options() -> list[Param]:
     return list(seen.values())
 
 
+def shown(value: Any) -> str:
+    """A parameter's value for people: 0.9, attn_div, 20,0.3 (a K,R pair), off (None)."""
+    if value is None:
+        return "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def option_help(param: Param) -> str:
     """The option's help with its defaults, from the registry: "… (0.9; Qwen-VL: 0.84)."."""
     found: dict[str, Any] = {}
@@ -255,10 +307,10 @@ def option_help(param: Param) -> str:
             if param in spec.params_for(fam) and param.name in spec.defaults_for(fam):
                 found.setdefault(fam, spec.defaults_for(fam)[param.name])
     first = found.get(DEFAULT_FAMILY)
-    parts = [] if first is None else [f"{first:g}" if isinstance(first, float) else str(first)]
+    parts = [] if DEFAULT_FAMILY not in found else [shown(first)]
     for fam, value in found.items():
         if fam != DEFAULT_FAMILY and value != first:
-            text = f"{value:g}" if isinstance(value, float) else str(value)
+            text = shown(value)
             parts.append(f"{FAMILIES.get(fam, fam)}: {text}" if parts else text)
     return param.help.rstrip(".") + (f" ({'; '.join(parts)})" if parts else "") + "."
 
@@ -272,7 +324,7 @@ def given_options(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _by_flag(given: Mapping[str, Any], methods: Iterable[str]) -> dict[str, Any]:
     """`given` keyed by flag. A key that is no flag is a parameter name (programmatic callers, configs: {"tau": 0.8}):
-    the flag of the parameter of that name among `methods`, else among all methods; it must be one."""
+    the flag of the parameter of that name among `methods` (it must be one), else those of all methods."""
     flags = {p.flag for p in options()}
     out: dict[str, Any] = {}
     for key, value in given.items():
@@ -283,10 +335,11 @@ def _by_flag(given: Mapping[str, Any], methods: Iterable[str]) -> dict[str, Any]
             raise InvalidOptionError(f"no pruning method takes {key}")
         chosen = {p.flag for m in methods for p in spec_of(m).all_params() if p.name == key}
         matches = chosen or {p.flag for p in options() if p.name == key}
-        if len(matches) != 1:
+        if not matches or (chosen and len(matches) > 1):
             raise InvalidOptionError(f"no pruning method has a parameter {key!r}" if not matches else
                                      f"method parameter {key!r} is ambiguous: give one of {', '.join(sorted(matches))}")
-        out[matches.pop()] = value
+        # none of `methods` takes it: every method's option of that name (check_options says where they apply)
+        out.update(dict.fromkeys(sorted(matches), value))
     return out
 
 
@@ -347,15 +400,17 @@ def function_params(method: str, family: str | None, params: Mapping[str, Any]) 
     return {k: v for k, v in params.items() if k not in staged}
 
 
-def llm_stage(method: str, family: str | None, params: Mapping[str, Any]):
-    """The method's stage inside the LLM prefill (pruning.result.LLMStage) for these params; None when it has none
-    or none of its stage parameters is set."""
+def llm_stage(method: str, family: str | None, params: Mapping[str, Any], ratio: float | None = None):
+    """The method's stage inside the LLM prefill (pruning.result.LLMStage) for these params; None when it has none,
+    none of its stage parameters is set, or its builder says none (a builder that takes ``ratio`` gets the run's)."""
     spec = spec_of(method)
     target = spec.stage_for(family)
     staged = [p for p in spec.params_for(family) if p.stage and params.get(p.name) is not None]
     if target is None or not staged:
         return None
-    return _load(target)(**{p.name: params[p.name] for p in staged}, option=" ".join(p.flag for p in staged))
+    build = _load(target)
+    extra = {"ratio": ratio} if ratio is not None and "ratio" in inspect.signature(build).parameters else {}
+    return build(**{p.name: params[p.name] for p in staged}, option=" ".join(p.flag for p in staged), **extra)
 
 
 def family_defaults(family: str | None) -> dict[str, Any]:

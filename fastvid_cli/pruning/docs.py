@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import DEFAULT_FAMILY, FAMILIES, REGISTRY, Param, option_help, options
+from . import DEFAULT_FAMILY, FAMILIES, REGISTRY, Param, option_help, options, shown
 
-
-def _value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+_value = shown
 
 
 def _defaults(param: Param) -> str:
@@ -22,7 +20,7 @@ def _defaults(param: Param) -> str:
     if not found:
         return "off"
     first = found.get(DEFAULT_FAMILY)
-    if first is None:
+    if DEFAULT_FAMILY not in found:
         return " · ".join(f"`{_value(v)}` ({FAMILIES.get(f, f)} only)" for f, v in found.items())
     others = [f"{FAMILIES.get(f, f)}: `{_value(v)}`" for f, v in found.items() if f != DEFAULT_FAMILY and v != first]
     return f"`{_value(first)}`" + (f" ({'; '.join(others)})" if others else "")

@@ -50,12 +50,19 @@ Prefill integration (what the engine's prefill must do; batch 1, one video, pref
 * Report both counts: ``RetentionPlan`` gives the pre-LLM rows (V, plus LLaVA-Video's newlines) and the visual
   tokens kept from layer K on, and the layer average that ``--ratio`` stands for.
 
+In fastvid: the registry entry ``flashvid`` builds ``InnerPrune`` with ``inner_stage`` (``--flashvid-inner K,R``, on
+by default with the LLaVA-OneVision settings), and ``fastvid_cli/llm_stage.py`` runs it: the generic layer-by-layer
+prefill does the steps above for 1-D positions (its scores are float32 head means of float32 probabilities, not bf16).
+K at or past the loaded LLM's depth turns it off (``off_past_depth``), ratio 1.0 builds none. On Qwen-VL it does not
+run (M-RoPE rows): ``flashvid_pre_llm`` is the pre-LLM part alone, with expansion 1, and says so in its notes.
+
 Deviation: top-k ties go to the lowest position (the reference's ``torch.topk`` order is undefined; with bf16
 scores ties are common, §7.15).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -64,7 +71,8 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
-from .flashvid import flashvid_budget
+from .flashvid import FAMILY_VARIANTS, flashvid, flashvid_budget
+from .result import PruneResult
 
 
 @dataclass(frozen=True)
@@ -268,16 +276,112 @@ def prune_sequence(keep: Tensor, hidden_states: Tensor, position_ids: Tensor | N
     return hidden, pos, pe, cp
 
 
+# ------------------------------------------------------------------------------------------ the registry's stage
+
+
+def parse_inner(value, option: str = "--flashvid-inner") -> tuple[int, float] | None:
+    """'K,R' (or an already parsed (K, R)) -> (K, r_llm) checked as ``check_inner``; "off" (or None) -> None: no
+    inner stage. ``InvalidOptionError`` naming ``option`` otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("off", "none", "no")):
+        return None
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        k_text, r_text = text.split(",")
+        k, r = int(k_text), float(r_text)
+    except ValueError:
+        raise InvalidOptionError(f"{option} must be K,R (a layer and the share of video tokens kept from it on, "
+                                 f"e.g. 20,0.3) or off, got {text!r}") from None
+    try:
+        return check_inner(k, r)
+    except InvalidOptionError as e:
+        raise InvalidOptionError(f"{option} K,R needs K >= 1 and 0 < R <= 1, got {text!r}") from e
+
+
+@dataclass(frozen=True)
+class InnerPrune:
+    """FlashVID's inner stage as the layer-by-layer prefill runs it (the ``LLMStage`` contract of
+    ``pruning.result``): before LLM layer K, keep the ``ceil(V·r_llm)`` video tokens the last prompt token attends
+    to most at layer K−1 and drop the others (no merge: the kept ones go on unchanged). Ties: the lowest index.
+
+    ``tail``: positions at the end of the video span that are outside FlashVID's visual range and always kept
+    (LLaVA-OneVision's newline after the video, spec §2.8), so V is the span less them."""
+
+    layer: int  # K
+    llm_retention_ratio: float  # r_llm
+    tail: int = 0
+    option: str = "--flashvid-inner"
+    label: str = "FlashVID inner prune"
+    # K at or past the loaded LLM's depth turns the stage off instead of being refused (the reference's behaviour,
+    # spec §7.22: a smaller model than the reference's runs FlashVID's pre-LLM part alone)
+    off_past_depth: bool = True
+
+    def reduce(self, hidden: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
+        """``hidden`` (S, D) the video span's hidden states entering layer K, ``attention`` (S,) the last prompt
+        token's attention over them at layer K−1 -> (kept (S',) int64 increasing span indices, their hidden states
+        unchanged)."""
+        span = hidden.shape[0]
+        tail = min(self.tail, span)
+        n_vis = span - tail
+        picked = select_visual(attention[:n_vis], inner_keep_count(n_vis, self.llm_retention_ratio))
+        kept = torch.cat([picked.to(torch.int64), torch.arange(n_vis, span, device=picked.device)])
+        return kept, hidden.index_select(0, kept.to(hidden.device))
+
+
+def inner_stage(inner, option: str = "--flashvid-inner", ratio: float | None = None) -> InnerPrune | None:
+    """The stage on LLaVA-OneVision (its one newline after the video stays outside the visual range) for the
+    parameter value ``inner`` ("K,R", (K, R), or None/"off": none). At ratio 1.0 nothing is pruned, inside the LLM
+    either (spec §2.9)."""
+    parsed = parse_inner(inner, option)
+    if parsed is None or (ratio is not None and ratio >= 1.0):
+        return None
+    return InnerPrune(*parsed, tail=1, option=option)
+
+
+def qwen_inner_stage(inner, option: str = "--flashvid-inner", ratio: float | None = None) -> None:
+    """On Qwen-VL the inner stage is not run: fastvid's layer-by-layer prefill (``fastvid_cli/llm_stage.py``) takes
+    1-D positions only, and Qwen-VL's are M-RoPE rows. ``InvalidOptionError`` when one is asked for."""
+    if parse_inner(inner, option) is not None and (ratio is None or ratio < 1.0):
+        raise InvalidOptionError(f"{option}: FlashVID's inner-LLM stage does not run on Qwen-VL models yet (the "
+                                 "layer-by-layer prefill needs 1-D positions, Qwen-VL uses M-RoPE rows)",
+                                 hint=f"leave {option} out (or give {option} off): the pre-LLM stage runs alone")
+    return None
+
+
+PRE_LLM_ONLY_NOTE = ("flashvid on Qwen-VL: pre-LLM compression only (the inner-LLM prune needs 1-D positions), "
+                     "with expansion 1 so --ratio is the share of video tokens kept")
+
+
+# FlashVID's Qwen-VL variant here: the reference's Qwen2.5-VL settings, and no expansion (no inner stage follows)
+PRE_LLM_DEFAULTS = dict(FAMILY_VARIANTS["qwen2_5_vl"], expansion=1.0)
+
+
+@functools.wraps(flashvid)  # flashvid's signature, for the registry's checks
+def flashvid_pre_llm(*args, **kwargs) -> PruneResult:
+    """``flashvid`` with the Qwen-VL defaults (``PRE_LLM_DEFAULTS``) for what the caller leaves out, and a note
+    that the inner-LLM stage does not follow (its Qwen-VL variant)."""
+    result = flashvid(*args, **{**PRE_LLM_DEFAULTS, **kwargs})
+    if result.kept and not any(n.startswith("ratio 1.0") for n in result.notes):
+        result.notes.append(PRE_LLM_ONLY_NOTE)
+    return result
+
+
 __all__ = [
     "INNER_DEFAULTS",
+    "InnerPrune",
     "InnerStage",
+    "PRE_LLM_DEFAULTS",
+    "PRE_LLM_ONLY_NOTE",
     "RetentionPlan",
     "balanced_expansion",
     "check_inner",
+    "flashvid_pre_llm",
     "inner_keep_count",
     "inner_keep_indices",
+    "inner_stage",
     "last_query_attention",
+    "parse_inner",
     "prune_sequence",
+    "qwen_inner_stage",
     "retention_plan",
     "select_visual",
     "visual_scores",
