@@ -64,6 +64,21 @@ class Prompt:
         return int(self.prefix_ids.numel() + self.suffix_ids.numel())
 
 
+def chat_turns(question: str, history: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The user/assistant messages of a conversation about one video, for a chat template: the video in the first
+    user turn, then the earlier (question, answer) pairs of `history`, then `question`. Without history: one user
+    turn, video + question (what every single question gets)."""
+    turns = list(history or [])
+    messages: list[dict[str, Any]] = []
+    for i, (asked, answered) in enumerate(turns):
+        content = ([{"type": "video"}] if i == 0 else []) + [{"type": "text", "text": asked}]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
+    content = ([] if turns else [{"type": "video"}]) + [{"type": "text", "text": question}]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
 @dataclass
 class Assembled:
     """The LLM input after pruning: embeddings with the ORIGINAL position ids of every kept token."""

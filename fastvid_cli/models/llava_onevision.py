@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fastvid_cli.errors import ModelUnavailableError
 from fastvid_cli.hub import HubUnreachableError
 from fastvid_cli.models import ModelRef, hf_loading
-from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
+from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, chat_turns, prefill_flops
 from fastvid_cli.models.hf_loading import device_of as _device_of
 from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN_HEAD_FILE, load_saliency_head
 from fastvid_cli.preprocess import normalize, resize_frames
@@ -191,13 +191,15 @@ class LlavaOnevisionAdapter:
                              saliency_source=self.saliency_source, attn_received=torch.cat(rec).to(emb.device))
 
     # ------------------------------------------------------------------ prompt
-    def build_prompt(self, question: str, system: str | None = None) -> Prompt:
-        """Chat-template prompt with one video placeholder; ids split around it."""
+    def build_prompt(self, question: str, system: str | None = None,
+                     history: list[tuple[str, str]] | None = None) -> Prompt:
+        """Chat-template prompt with one video placeholder; ids split around it. `history`: earlier (question,
+        answer) turns of a conversation about the video, which then sits in the first user turn."""
         tok = self.tokenizer
         messages = []
         if system:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        messages += chat_turns(question, history)
         template = tok.chat_template or None
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                        chat_template=template or FALLBACK_TEMPLATE)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, UnknownModelError, VideoDecodeError
 from fastvid_cli.models import ModelRef, hf_loading
-from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, prefill_flops
+from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, chat_turns, prefill_flops
 from fastvid_cli.models.hf_loading import device_of
 from fastvid_cli.preprocess import resize_frames
 
@@ -450,13 +450,15 @@ class QwenVLAdapter:
                              saliency_source=self.saliency_source, side_embeds=side, meta=dict(pixels.meta))
 
     # ------------------------------------------------------------------ prompt
-    def build_prompt(self, question: str, system: str | None = None) -> Prompt:
-        """Chat-template prompt with one <|vision_start|><|video_pad|><|vision_end|>; ids split around the pad."""
+    def build_prompt(self, question: str, system: str | None = None,
+                     history: list[tuple[str, str]] | None = None) -> Prompt:
+        """Chat-template prompt with one <|vision_start|><|video_pad|><|vision_end|>; ids split around the pad.
+        `history`: earlier (question, answer) turns, the video in the first user turn (see base.chat_turns)."""
         tok = self.tokenizer
         messages = []
         if system:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        messages += chat_turns(question, history)
         for template in (self.template, FALLBACK_TEMPLATE):
             if not template:
                 continue
