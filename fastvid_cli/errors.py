@@ -58,6 +58,12 @@ class OutOfMemoryError(FastVidError):
     exit_code = 7
 
 
+class ServerError(FastVidError):
+    """`--server`: the fastvid server cannot be reached, refused the API key, or failed (a 5xx answer)."""
+
+    exit_code = 9
+
+
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
 
@@ -71,5 +77,6 @@ EXIT_CODES: dict[int, str] = {
     UnknownModelError.exit_code: "unknown model, or unsupported architecture",
     ModelUnavailableError.exit_code: "model not available (offline and not cached, or download failed)",
     OutOfMemoryError.exit_code: "out of GPU/CPU memory",
+    ServerError.exit_code: "--server: the fastvid server cannot be reached, refused the API key, or failed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); text already printed is kept",
 }

@@ -137,7 +137,10 @@ def create_app(state) -> FastAPI:
         eng = state.engine
         if name is None:
             return
+        from fastvid_cli.models import ALIASES, alias_ref
+
         known = {eng.model_name, eng.model_source, state.alias} - {None}
+        known |= {a.name for a in ALIASES.values() if alias_ref(a).source == eng.model_source}
         if name not in known:
             raise ApiError(404, f"The model `{name}` does not exist on this server: it serves `{eng.model_name}` "
                                 f"(GET /v1/models)", code="model_not_found", param="model")
