@@ -55,6 +55,11 @@ CSV_OUT_COLUMNS = ("id", "video", "question", "answer", "status", "error", "vide
                    "video_tokens_total", "ttft_ms", "decode_tokens_per_s")
 PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 FINGERPRINT_VERSION = 1
+# --answer-batch auto, per device. CUDA: batched rows cost about one row per decode step (1 video x 10 questions
+# 5.31x faster than separate asks, H100, benchmarks/RESULTS.md). CPU: at best 1.4-1.6x faster per row on an idle
+# 2-core machine, 1.7-3.1x slower on a busy one (torch's threads contend; records showed prefill 17-58x and decode
+# 29-38x longer): benchmarks/bench_batch_cpu.py, RESULTS.md 2026-12-07.
+AUTO_ANSWER_BATCH = {"cuda": 16, "cpu": 1}
 DIST_TIMEOUT_S = 7 * 24 * 3600
 
 
@@ -204,6 +209,7 @@ class BatchConfig:
     output: Path
     csv_out: Path | None = None
     model: str = "llava-ov-7b"
+    threads: int | None = None  # torch's CPU threads (engine.set_threads)
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
@@ -219,13 +225,15 @@ class BatchConfig:
     seed: int | None = None
     system: str | None = None
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs); not in the fingerprint: same tokens
-    answer_batch: int = 16  # greedy rows of one video decoded together (1: one at a time); same answers
+    # greedy rows of one video decoded together (1: one at a time; same answers); None: auto (AUTO_ANSWER_BATCH)
+    answer_batch: int | None = None
+    cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
     holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage (holitom methods only)
     retry_errors: bool = False
     overwrite: bool = False
 
     def generation(self):
-        from fastvid_cli.engine import GenerationOptions
+        from fastvid_cli.settings import GenerationOptions
 
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                  top_p=self.top_p, seed=self.seed, system=self.system, compile=self.compile)
@@ -532,12 +540,13 @@ def ok_record(row: Row, report_dict: dict[str, Any], settings: dict[str, Any], f
     return rec
 
 
-def error_record(row: Row, message: str, settings: dict[str, Any], fp: str) -> dict[str, Any]:
-    """Same keys as an "ok" record; what is unknown for a failed row is null."""
+def error_record(row: Row, message: str, settings: dict[str, Any], fp: str, *, model: str) -> dict[str, Any]:
+    """Same keys as an "ok" record; what is unknown for a failed row is null. `model`: the name "ok" records carry
+    (the alias the user gave, else the hub id or folder), not the resolved source in `settings`."""
     rec = _head(row, "error", message)
     rec.update({k: None for k in _report_keys()})
     ratio, frames = settings.get("ratio"), settings.get("frames")
-    rec.update(model=settings.get("model"), video=row.video, question=row.question, method=settings.get("method"),
+    rec.update(model=model, video=row.video, question=row.question, method=settings.get("method"),
                ratio=ratio if isinstance(ratio, float) else None, params=settings.get("params"),
                frames_requested=frames if isinstance(frames, int) else None)
     rec.update(_tail(row, settings, fp))
@@ -721,16 +730,21 @@ class Plan:
     base: dict[str, Any]
     settings: dict[int, dict[str, Any]]  # row number -> settings
     fps: dict[int, str]  # row number -> fingerprint
+    model_name: str = ""  # what records call the model: the alias as given (ok records: Engine.model_name)
 
 
 def make_plan(cfg: BatchConfig, engine=None) -> Plan:
     """Everything that can fail on a bad option or a bad CSV fails here, before anything is written or loaded."""
-    from fastvid_cli.models import resolve_model
-    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
+    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
 
     validate_config(cfg)
     rows = read_questions(cfg.questions)
-    resolve_model(cfg.model)
+    ref = resolve_model(cfg.model)
+    check_device_name(cfg.device)
+    check_dtype_name(cfg.dtype)
+    check_attn_implementation(cfg.attn_implementation)
+    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype  # torch: after every cheap check
+
     if engine is None:
         dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
         defaults = family_defaults(cfg.model)
@@ -739,7 +753,7 @@ def make_plan(cfg: BatchConfig, engine=None) -> Plan:
         defaults = dict(engine.defaults)
     base = base_settings(cfg, defaults, dtype_label)
     settings = {r.row: row_settings(r, base) for r in rows}
-    return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()})
+    return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()}, ref.display)
 
 
 class _Writer:
@@ -819,11 +833,21 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                     if stop.is_set():
                         break
                     write(row, error_record(row, row.error or "invalid row", plan.settings[row.row],
-                                            plan.fps[row.row]))
+                                            plan.fps[row.row], model=plan.model_name))
                 if share and not stop.is_set():
                     frames_ahead = FramePrefetcher(share) if prefetch else None
                     try:
                         engine = engine or _load_engine(cfg, dist, progress)
+                        fcache = None
+                        if cfg.cache_dir is not None:
+                            from fastvid_cli.feature_cache import FeatureCache
+
+                            fcache = FeatureCache(cfg.cache_dir)
+                            if frames_ahead is not None:  # a video whose features are cached needs no decoding
+                                frames_ahead.skip = lambda g: _cached(engine, fcache, g)
+                        answer_batch = resolve_answer_batch(cfg.answer_batch, engine)
+                        if cfg.answer_batch is None and cfg.temperature == 0:
+                            progress.note(f"--answer-batch auto: {answer_batch} on {engine.device}")
                         progress.answering()
                         gen = cfg.generation()
                         for k, group in enumerate(share):
@@ -831,7 +855,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
                                 break
                             _answer_group(engine, group, plan, gen, write, stop, on_exception,
                                           frames_ahead.take(k) if frames_ahead is not None else None,
-                                          answer_batch=cfg.answer_batch)
+                                          answer_batch=answer_batch, feature_cache=fcache)
                     finally:
                         if frames_ahead is not None:
                             frames_ahead.close()
@@ -847,9 +871,18 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
     return result
 
 
-def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):
-    from fastvid_cli.engine import Engine
+def resolve_answer_batch(requested: int | None, engine) -> int:
+    """--answer-batch: the number asked for, or for auto (None) AUTO_ANSWER_BATCH of the device the model runs on
+    (CUDA wherever any of its weights are on a GPU, else CPU)."""
+    if requested is not None:
+        return int(requested)
+    return AUTO_ANSWER_BATCH["cuda" if getattr(engine, "cuda", False) else "cpu"]
 
+
+def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):
+    from fastvid_cli.engine import Engine, set_threads
+
+    set_threads(cfg.threads)
     progress.note("loading model…")
     engine = Engine.load(cfg.model, device=dist.device(cfg.device), dtype=cfg.dtype,
                          attn_implementation=cfg.attn_implementation, saliency_model=cfg.saliency_model)
@@ -857,6 +890,14 @@ def _load_engine(cfg: BatchConfig, dist: Dist, progress: Progress):
     for w in engine.adapter.warnings:
         progress.note(f"warning: {w}")
     return engine
+
+
+def _cached(engine, fcache, group: "Group") -> bool:
+    """Whether the feature cache holds `group`'s video at its frames (the key `Engine.session` looks up)."""
+    try:
+        return fcache.contains(engine.feature_cache_key(group.path, engine.frame_plan(group.frames, group.fps)))
+    except Exception:  # noqa: BLE001 - unreadable file, bad request: the session finds out and says so
+        return False
 
 
 def _clear(path: Path, main_output: bool) -> None:
@@ -882,7 +923,10 @@ class FramePrefetcher:
 
     What the records then say: timings_ms.sample is how long the background decode took, timings_ms.sample_wait
     how long the answering thread still waited for it (only that wait counts towards the first row's TTFT), as
-    `ask` reports sampling that overlapped the model load."""
+    `ask` reports sampling that overlapped the model load.
+
+    `skip(group)` (set once the model is loaded, with a feature cache): True for a group whose features are cached;
+    its frames are not decoded, and `take` hands out no clip for it."""
 
     def __init__(self, groups: list[Group]):
         from concurrent.futures import ThreadPoolExecutor
@@ -891,10 +935,17 @@ class FramePrefetcher:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvid-prefetch")
         self.futures: dict[int, Any] = {}
         self.started: list[int] = []  # group indices in the order sampling was started (tests read it)
+        self.skip: Callable[[Group], bool] | None = None
         self._submit(0)
 
     def _submit(self, k: int) -> None:
         if k < len(self.groups) and k not in self.futures:
+            if self.skip is not None and self.skip(self.groups[k]):
+                from concurrent.futures import Future
+
+                self.futures[k] = done = Future()
+                done.set_result((None, 0.0))
+                return
             self.started.append(k)
             self.futures[k] = self.pool.submit(self._sample, self.groups[k])
 
@@ -913,7 +964,7 @@ class FramePrefetcher:
         return clip, (time.perf_counter() - t0) * 1e3
 
     def take(self, k: int) -> "Prefetched":
-        """Group k's frames: (clip, sample_ms, wait_ms) or the exception sampling raised."""
+        """Group k's frames: (clip, sample_ms, wait_ms) or the exception sampling raised; clip None if skipped."""
         self._submit(k)  # not started yet (groups skipped): start now
         fut = self.futures.pop(k)
         self._submit(k + 1)  # queued behind k on the single worker: decoded while k is answered
@@ -934,16 +985,18 @@ class FramePrefetcher:
 
 @dataclass
 class Prefetched:
-    clip: Any  # fastvid_cli.video.Clip, or None when sampling failed
+    clip: Any  # fastvid_cli.video.Clip, or None when sampling failed or was skipped (features cached)
     sample_ms: float
     wait_ms: float
     error: BaseException | None
 
 
 def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: threading.Event,
-                  on_exception, prefetched: Prefetched | None = None, answer_batch: int = 1) -> None:
+                  on_exception, prefetched: Prefetched | None = None, answer_batch: int = 1,
+                  feature_cache=None) -> None:
     """One VideoSession for the group; each row answered with the shared prefix KV cache. With `prefetched`
-    frames (FramePrefetcher) the session starts from them instead of sampling here. Greedy rows go through
+    frames (FramePrefetcher) the session starts from them instead of sampling here; with a `feature_cache` its
+    features are looked up there first (and stored after a miss). Greedy rows go through
     `VideoSession.answer_many` in chunks of `answer_batch` (decoded together: same answers, a fraction of the
     per-row cost); a chunk is finished before a Ctrl-C stops the run, and a chunk that fails as a whole is
     retried row by row so one bad row cannot take its neighbours' answers with it."""
@@ -954,13 +1007,14 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(params))
     session, session_error = None, None
     try:
-        if prefetched is None:
-            session = engine.session(group.path, frames=group.frames, fps=group.fps, prune=prune, system=gen.system)
+        if prefetched is not None and prefetched.error is not None:
+            raise prefetched.error
+        if prefetched is None or prefetched.clip is None:  # not prefetched, or skipped because cached
+            session = engine.session(group.path, frames=group.frames, fps=group.fps, prune=prune, system=gen.system,
+                                     feature_cache=feature_cache)
         else:
-            if prefetched.error is not None:
-                raise prefetched.error
             session = engine.session(group.path, prune=prune, system=gen.system, clip=prefetched.clip,
-                                     sample_ms=prefetched.sample_ms)
+                                     sample_ms=prefetched.sample_ms, feature_cache=feature_cache)
     except FastVidError as e:
         session_error = e.one_line()
     except Exception as e:  # a bug or a library failure on this video: recorded, the batch goes on
@@ -974,7 +1028,7 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
             return
         s, fp = plan.settings[row.row], plan.fps[row.row]
         if session is None:
-            write(row, error_record(row, session_error or "failed", s, fp))
+            write(row, error_record(row, session_error or "failed", s, fp, model=plan.model_name))
             continue
         if step > 1 and not stop.is_set() and i % step == 0 and i + 1 < len(group.rows):
             chunk = group.rows[i:i + step]
@@ -989,10 +1043,10 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
             report = batched.pop(i, None) or session.answer(row.question, gen, reuse_prefix=True,
                                                             lead_ms=lead_ms if i == 0 else 0.0)
         except FastVidError as e:
-            write(row, error_record(row, e.one_line(), s, fp))
+            write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
             continue
         except Exception as e:
-            write(row, error_record(row, _internal(e, on_exception), s, fp))
+            write(row, error_record(row, _internal(e, on_exception), s, fp, model=plan.model_name))
             continue
         if report.stop_reason == "interrupted":  # a second Ctrl-C mid-answer: a partial answer is not recorded
             raise KeyboardInterrupt

@@ -23,17 +23,20 @@ from fastvid_cli import options as O
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
 
 app = typer.Typer(
+    cls=O.Group,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Answer questions about videos with a local Video LLM, made fast by FastVID token pruning.",
-    epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items() if k),
+    epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items() if k) + "\n\n"
+           + O.examples_epilog(None),
 )
 
-SPEEDUP_NOTE = ("The prefill speedup is MEASURED with --baseline (an extra unpruned prefill of the same prompt, "
-                "timed the same way); otherwise it is an ESTIMATE labelled 'est.', the ratio of LLM prefill "
-                "FLOPs (projections, causal attention, MLP) at the full and the pruned prompt length.")
+BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the unpruned prompt the way `compare` "
+                 "does (3 runs each, alternating; medians) and report the MEASURED prefill speedup with both times. "
+                 "Without it the speedup shown is an ESTIMATE labelled 'est.': the ratio of LLM prefill FLOPs "
+                 "(projections, causal attention, MLP) at the full and the pruned prompt length.")
 
 
 def _run(debug: bool, body: Callable[[], int | None]) -> None:
@@ -99,11 +102,11 @@ def _check_ratio(ratio: float | None) -> None:
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
 
 
-@app.command()
+@app.command(cls=O.Command)
 def ask(
-    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, mov, …). Use `--` before a path that "
-                                          "starts with '-'.", show_default=False),
-    question: str = typer.Argument(..., help="The question to answer.", show_default=False),
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, mkv, webm, mov, …). Use `--` before "
+                                 "a path that starts with '-'.", show_default=False),
+    question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
     model: str = O.MODEL,
     device: str = O.DEVICE,
     dtype: str = O.DTYPE,
@@ -114,9 +117,7 @@ def ask(
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
-    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
-                                          "token (default: the model's, 0.10 for LLaVA-OV).",
-                                          rich_help_panel="Pruning"),
+    ratio: Optional[float] = O.RATIO,
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
@@ -124,15 +125,13 @@ def ask(
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
+    max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
-    baseline: bool = typer.Option(False, "--baseline", help="Also time an unpruned prefill of the same prompt "
-                                  "and report the MEASURED prefill speedup. " + SPEEDUP_NOTE,
-                                  rich_help_panel="Output"),
+    baseline: bool = typer.Option(False, "--baseline", help=BASELINE_HELP, rich_help_panel="Output"),
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
@@ -160,13 +159,14 @@ def ask(
         inner = _inner_params(method, holitom_inner)  # checked before the model loads
         from fastvid_cli import hub
         from fastvid_cli.engine import GenerationOptions, PruneOptions, set_threads
-        from fastvid_cli.ui import StageDisplay, print_summary, write_answer_piece
+        from fastvid_cli.ui import AnswerOut, StageDisplay, print_summary
 
         set_threads(threads)
         gen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 system=system, compile=compile_decode, margins=margins)
         gen.validate()
-        display = StageDisplay(enabled=not (as_json or quiet))
+        answer = AnswerOut()
+        display = StageDisplay(enabled=not (as_json or quiet), answer=answer)
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
@@ -179,7 +179,7 @@ def ask(
         report = engine.ask(str(video), question, prune=prune, gen=gen, baseline=baseline, clip=clip,
                             sample_ms=sample_ms, sample_wait_ms=wait_ms,
                             feature_cache=fcache, on_stage=display,
-                            on_text=None if as_json else write_answer_piece)
+                            on_text=None if as_json else answer)
         display.stop()
         data = report.to_dict()
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
@@ -187,9 +187,7 @@ def ask(
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
-            if not report.answer.endswith("\n"):
-                sys.stdout.write("\n")
-                sys.stdout.flush()
+            answer.end_line()
             if not quiet:
                 print_summary(data, engine.load_ms)
         return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
@@ -202,8 +200,8 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
                      fps: float | None = None):
     """Load the model on a worker thread while this thread samples the frames (after `_check_cheaply`).
 
-    The two overlap. Returns
-    (engine, clip, sample_ms, wait_ms) where wait_ms is how long sampling outlasted the load."""
+    The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
+    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer)."""
     from fastvid_cli import hub
     from fastvid_cli.models import frame_request
 
@@ -226,18 +224,18 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
 
     display("load", "start")
     loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
+    t_load = time.perf_counter()
     loader.start()
     t0 = time.perf_counter()
     try:
         clip = sample_frames(str(video), request)
+        t_sampled = time.perf_counter()  # before waiting for the load: that wait is not sampling
+        display("sample", "done", seconds=t_sampled - t0)
     finally:
         loader.join()  # also on a decode error found mid-file: an interpreter exiting under a running load aborts
-    t_sampled = time.perf_counter()
-    display.started["sample"] = t0
-    display("sample", "done")
     if "error" in loaded:
         raise loaded["error"]
-    display("load", "done")
+    display("load", "done", seconds=loaded["t"] - t_load)
     engine = loaded["engine"]
     if show_warnings:
         from fastvid_cli.ui import warn_line
@@ -283,14 +281,16 @@ def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:
     return {**{k: engine.defaults[k] for k in names}, **given}
 
 
-@app.command()
+@app.command(cls=O.Command)
 def compare(
-    video: Path = typer.Argument(..., help="Video file.", show_default=False),
-    question: str = typer.Argument(..., help="The question to answer.", show_default=False),
-    ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio; repeat it to compare several "
-                                      "(default: 0.5, 0.25, 0.1).", rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", help="fastvid | holitom | holitom-orig | none | uniform | "
-                                     "random; repeat for several (default fastvid).", rich_help_panel="Pruning"),
+    video: Path = typer.Argument(..., metavar="VIDEO", help="Video file.", show_default=False),
+    question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
+    ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio; repeat it to "
+                                      "compare several (default: 0.5, 0.25, 0.1).", show_default=False,
+                                      rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="fastvid | holitom | holitom-orig | "
+                                     "none | uniform | random; repeat for several (default fastvid).",
+                                     show_default=False, rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
@@ -300,7 +300,7 @@ def compare(
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
-    repeat: int = typer.Option(3, min=1, max=100, help="Runs per setting; the table shows medians.",
+    repeat: int = typer.Option(3, min=1, max=100, metavar="N", help="Runs per setting; the table shows medians.",
                                rich_help_panel="Output"),
     model: str = O.MODEL,
     device: str = O.DEVICE,
@@ -313,7 +313,8 @@ def compare(
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
-    max_new_tokens: int = typer.Option(128, min=1, help="Most tokens per answer.", rich_help_panel="Generation"),
+    max_new_tokens: int = typer.Option(128, min=1, metavar="N", help="Most tokens per answer.",
+                                       rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
     full: bool = typer.Option(False, "--full", help="Print whole answers instead of shortened ones.",
@@ -370,8 +371,8 @@ def compare(
     _run(debug, body)
 
 
-@app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+@app.command(cls=O.Command)
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.", rich_help_panel="Output")) -> None:
     """List model aliases, their hub ids, and whether each is in the local cache."""
 
     def body() -> int:
@@ -419,8 +420,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     _run(False, body)
 
 
-@app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+@app.command(cls=O.Command)
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", rich_help_panel="Output")) -> None:
     """Check the installation: versions, devices and memory, caches, cached models, PyAV decoders."""
 
     def body() -> int:
@@ -521,8 +522,8 @@ def _register_batch() -> None:
     from fastvid_cli.cli_batch import batch
     from fastvid_cli.cli_eval import eval_
 
-    app.command(name="batch")(batch)
-    app.command(name="eval")(eval_)
+    app.command(name="batch", cls=O.Command)(batch)
+    app.command(name="eval", cls=O.Command)(eval_)
 
 
 _register_batch()
@@ -544,9 +545,38 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 _WORKERS = ("fastvid-load", "fastvid-decode", "fastvid-sample", "fastvid-gop")
 
 
+def _invoke() -> int:
+    """Run the app; a usage error click finds itself (a missing argument, a value out of its range) is one line
+    with exit code 2, like ours, instead of click's framed box."""
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:
+        from click import exceptions as cx
+
+    try:
+        code = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:  # `fastvid` or `fastvid ask` alone: the help screen
+        e.show()
+        return e.exit_code
+    except cx.UsageError as e:
+        from fastvid_cli.ui import error_line
+
+        where = e.ctx.command_path if e.ctx is not None else "fastvid"
+        error_line(f"{e.format_message()} (see: {where} --help)")
+        return e.exit_code
+    except cx.ClickException as e:
+        from fastvid_cli.ui import error_line
+
+        error_line(e.format_message())
+        return e.exit_code
+    except typer.Abort:
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
     try:
-        app()
+        sys.exit(_invoke())
     except SystemExit as e:
         # Interrupted while the model was still loading (or, in a rare race, a frame decoder or the decode loop was
         # still running) on a worker thread: an interpreter that exits under running torch/FFmpeg code can abort

@@ -21,15 +21,16 @@ CSV_HELP = ("Questions CSV. Header row required: columns video,question; optiona
             "Relative video paths are relative to the CSV's folder.")
 OUTPUT_HELP = ("JSON Lines output, one record per row: the fields of `ask --json` plus id, row, status (ok|error), "
                "error, settings and fingerprint. Rerunning the same command resumes: rows already answered with "
-               "the same settings are skipped. Default: QUESTIONS with the suffix .answers.jsonl.")
+               "the same settings are skipped. Default: QUESTIONS' name with the suffix .answers.jsonl, in the "
+               "current directory.")
 
 
 def batch(
-    questions: Path = typer.Argument(..., help=CSV_HELP, show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
-                                          rich_help_panel="Output"),
-    csv_out: Optional[Path] = typer.Option(None, "--csv-out", help="Also write a flat CSV when the run ends (id, "
-                                           "video, question, answer, status, error, video_tokens_kept, "
+    questions: Path = typer.Argument(..., metavar="QUESTIONS", help=CSV_HELP, show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
+                                          show_default=False, rich_help_panel="Output"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv-out", metavar="FILE", help="Also write a flat CSV when the "
+                                           "run ends (id, video, question, answer, status, error, video_tokens_kept, "
                                            "video_tokens_total, ttft_ms, decode_tokens_per_s), in the questions' "
                                            "order, covering rows answered in earlier runs too.",
                                            rich_help_panel="Output"),
@@ -44,14 +45,17 @@ def batch(
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096,
+    threads: Optional[int] = O.THREADS,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096, metavar="N",
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
-    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every "
-                                          "token (default: the model's, 0.10 for LLaVA-OV); a ratio column "
-                                          "overrides it per row.", rich_help_panel="Pruning"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", "-r", metavar="RATIO", help="Retention ratio in (0, 1]; "
+                                          "1.0 keeps every token (default: the model's, 0.10 for LLaVA-OV); a ratio "
+                                          "column overrides it per row.", rich_help_panel="Pruning"),
     dyseg_c: Optional[int] = O.DYSEG_C,
     dyseg_tau: Optional[float] = O.DYSEG_TAU,
     stprune_d: Optional[float] = O.STPRUNE_D,
@@ -59,15 +63,17 @@ def batch(
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    max_new_tokens: int = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation"),
+    max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
     seed: Optional[int] = O.SEED,
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
-    answer_batch: int = typer.Option(16, min=1, max=256, help="Greedy questions about one video decoded together "
-                                     "(same answers as one by one; a decode step costs about the same for many "
-                                     "rows as for one). 1 answers them one at a time.",
+    answer_batch: str = typer.Option("auto", "--answer-batch", metavar="auto|N",
+                                     help="Greedy questions about one video decoded together, 1 to 256 (same "
+                                          "answers as one by one). auto: 16 on CUDA, where a decode step costs about "
+                                          "the same for many rows as for one; 1 on CPU, where batching gained at "
+                                          "most 1.6x and lost up to 3x on a busy machine (benchmarks/RESULTS.md).",
                                      rich_help_panel="Generation"),
     debug: bool = O.DEBUG,
 ) -> None:
@@ -86,18 +92,21 @@ def batch(
 
         hub.set_offline(offline)
         from fastvid_cli.batch import BatchConfig, format_exception, run_batch
-        from fastvid_cli.errors import EXIT_INTERRUPTED
+        from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
 
+        rows_together = _answer_batch(answer_batch)
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
-        out = output if output is not None else questions.with_name(questions.stem + ".answers.jsonl")
-        cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, device=device, dtype=dtype,
+        out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
+        cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, threads=threads,
+                          device=device, dtype=dtype,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
                           fps=fps,
                           method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
-                          answer_batch=answer_batch, holitom_inner=holitom_inner,
-                          retry_errors=retry_errors, overwrite=overwrite)
+                          answer_batch=rows_together, holitom_inner=holitom_inner,
+                          retry_errors=retry_errors, overwrite=overwrite,
+                          cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
         stop = threading.Event()
         progress = BatchProgress()
         restore = _stop_on_sigint(stop, progress)
@@ -112,9 +121,27 @@ def batch(
             restore()
         if result.final:
             progress.summary(result, out, csv_out)
-        return EXIT_INTERRUPTED if result.interrupted else 0
+        if result.interrupted:
+            return EXIT_INTERRUPTED
+        if result.final_failed:  # main process: every row was tried, some stand as errors (exit 8)
+            raise RowsFailedError(f"{result.final_failed} of {result.rows} rows failed: their records in {out} have "
+                                  "status error and say why", "rerun with --retry-errors to try them again")
+        return 0
 
     _run(debug, body)
+
+
+def _answer_batch(text: str) -> int | None:
+    """--answer-batch: None for auto (batch.resolve_answer_batch picks per device once the model is loaded)."""
+    from fastvid_cli.errors import InvalidOptionError
+
+    t = text.strip().lower()
+    if t == "auto":
+        return None
+    n = int(t) if t.isdigit() else 0
+    if not 1 <= n <= 256:
+        raise InvalidOptionError(f"--answer-batch must be auto or a whole number from 1 to 256 (got '{text}')")
+    return n
 
 
 def _stop_on_sigint(stop: threading.Event, progress: "BatchProgress"):

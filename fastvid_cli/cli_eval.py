@@ -29,33 +29,38 @@ FORM_HELP = ("mc: the question with its options, scored by the option letter rea
              "other.")
 OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, setting, answer, predicted letter "
                "(short: the normalised answer), correct, tokens kept, TTFT, settings and fingerprint. Rerunning the "
-               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH "
-               "with the suffix .eval.jsonl.")
+               "same command resumes: what is already answered with the same settings is skipped. Default: BENCH's "
+               "name with the suffix .eval.jsonl, in the current directory.")
 
 
 def eval_(
-    bench: Path = typer.Argument(..., help=BENCH_HELP, show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP, show_default=False,
-                                          rich_help_panel="Output"),
-    videos_root: Optional[Path] = typer.Option(None, "--videos-root", help="Folder that relative video paths "
-                                               "are taken against (default: the benchmark file's folder).",
-                                               show_default=False, rich_help_panel="Benchmark"),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions of the file.",
-                                        show_default=False, rich_help_panel="Benchmark"),
-    form: str = typer.Option("mc", "--form", help=FORM_HELP, rich_help_panel="Benchmark"),
+    bench: Path = typer.Argument(..., metavar="BENCH", help=BENCH_HELP, show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
+                                          show_default=False, rich_help_panel="Output"),
+    videos_root: Optional[Path] = typer.Option(None, "--videos-root", metavar="DIR", help="Folder that relative "
+                                               "video paths are taken against (default: the benchmark file's "
+                                               "folder; the current directory for the split shipped in the "
+                                               "package).", show_default=False, rich_help_panel="Input"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Only the first N questions of "
+                                        "the file.", show_default=False, rich_help_panel="Input"),
+    form: str = typer.Option("mc", "--form", metavar="FORM", help=FORM_HELP, rich_help_panel="Input"),
     model: str = O.MODEL,
     device: str = O.DEVICE,
     dtype: str = O.DTYPE,
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
+    threads: Optional[int] = O.THREADS,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
-    method: list[str] = typer.Option([], "--method", help="Pruning method: fastvid | holitom | uniform | random | "
-                                     "none; repeat for several (default fastvid).", rich_help_panel="Pruning"),
-    ratio: list[float] = typer.Option([], "--ratio", "-r", help="Retention ratio in (0, 1]; repeat for several "
-                                      "(default: 0.25, 0.1). 1.0 is the unpruned reference (method none), run "
-                                      "once.", rich_help_panel="Pruning"),
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="Pruning method: fastvid | holitom | "
+                                     "uniform | random | none; repeat for several (default fastvid).",
+                                     show_default=False, rich_help_panel="Pruning"),
+    ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio in (0, 1]; repeat "
+                                      "for several (default: 0.25, 0.1). 1.0 is the unpruned reference (method "
+                                      "none), run once.", show_default=False, rich_help_panel="Pruning"),
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not run the unpruned reference "
                                       "(none, ratio 1.0) unless asked for; retention is then not shown.",
                                       rich_help_panel="Pruning"),
@@ -66,9 +71,9 @@ def eval_(
     dtm_beta: Optional[float] = O.DTM_BETA,
     dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
     holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, help="Seed of the random method "
-                                              "(0).", rich_help_panel="Pruning"),
-    max_new_tokens: int = typer.Option(8, min=1, help="Most tokens per answer (greedy decoding).",
+    random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, metavar="N", help="Seed of the random "
+                                              "method (0).", rich_help_panel="Pruning"),
+    max_new_tokens: int = typer.Option(8, min=1, metavar="N", help="Most tokens per answer (greedy decoding).",
                                        rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
     compile_decode: Optional[bool] = O.COMPILE,
@@ -94,14 +99,16 @@ def eval_(
 
         params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
                                         ignore=dyseg_ignore).items() if v is not None}
-        cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, device=device,
+        cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, threads=threads,
+                         device=device,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
                          frames=frames, fps=fps, methods=list(method) or ["fastvid"],
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
                          holitom_inner=holitom_inner,
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
-                         retry_errors=retry_errors, form=form.strip().lower())
+                         retry_errors=retry_errors, form=form.strip().lower(),
+                         cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
         progress = EvalProgress(enabled=not as_json)
 
         def on_exception(e: BaseException) -> None:
@@ -117,6 +124,13 @@ def eval_(
             sys.stdout.flush()
         else:
             print_eval(data, max_new_tokens)
+        failed = sum(r["errors"] for r in data["settings"])
+        if failed:  # every item was tried, some stand as errors (exit 8)
+            from fastvid_cli.errors import RowsFailedError
+
+            raise RowsFailedError(f"{failed} of {result.total} items (question x setting) failed: their records in "
+                                  f"{result.output} have status error and say why",
+                                  "rerun with --retry-errors to try them again")
         return 0
 
     _run(debug, body)

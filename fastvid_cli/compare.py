@@ -1,8 +1,10 @@
 """`fastvid compare`: one video, one question, several pruning settings, every cell measured.
 
 The model loads once and the video is sampled and encoded once; after an untimed warm-up, each setting is
-pruned and answered `repeat` times and the medians are reported. Speedups are measured against the unpruned
-row (method none, ratio 1.0), which always runs unless the caller opts out.
+pruned and answered `repeat` times and the medians are reported. The prefill column is timed apart, as
+`ask --baseline` times it: `repeat` plain prefills of every setting's prompt, taken in rounds over the settings
+(Engine.timed_prefills). Speedups are measured against the unpruned row (method none, ratio 1.0), which always
+runs unless the caller opts out.
 """
 
 from __future__ import annotations
@@ -67,30 +69,33 @@ def run_compare(engine: Engine, video: str, question: str, *, methods: list[str]
     warm = GenerationOptions(max_new_tokens=2, system=gen.system, compile=gen.compile)
     first.answer(question, warm, reuse_prefix=False)  # untimed: first kernels, allocator growth
     rows: list[CompareRow] = []
+    prompts = []  # each row's prompt, for the timed prefills
     for method, ratio in settings(methods, ratios, baseline):
         own = dict(params) if method == "fastvid" else dict(inner or {}) if method.startswith("holitom") else {}
         opts = PruneOptions(method=method, ratio=ratio, params=own)
-        prune_ms, prefill_ms, ttft_ms, tps, reports = [], [], [], [], []
+        prune_ms, ttft_ms, tps, reports = [], [], [], []
         for _ in range(max(1, repeat)):
             sess = engine.session_from_features(video, first.clip, first.feats, opts, system=gen.system)
             r = sess.answer(question, gen, reuse_prefix=False, lead_ms=sess.timings["prune"])
             reports.append(r)
             prune_ms.append(sess.timings["prune"])
-            prefill_ms.append(r.timings_ms.get("prefill", 0.0))
             ttft_ms.append(r.timings_ms.get("ttft", 0.0))
             if r.decode_tokens_per_s:
                 tps.append(r.decode_tokens_per_s)
             if r.stop_reason == "interrupted":
                 raise KeyboardInterrupt
+        prompts.append(sess.prefill_input(question, gen.system))
         last = reports[-1]
         row = CompareRow(method=method, ratio=ratio, video_tokens_kept=last.video_tokens_kept,
                          video_tokens_total=last.video_tokens_total, prompt_tokens_kept=last.prompt_tokens_kept,
                          segments=len(last.segments), prune_ms=statistics.median(prune_ms),
-                         prefill_ms=statistics.median(prefill_ms), ttft_ms=statistics.median(ttft_ms),
+                         prefill_ms=0.0, ttft_ms=statistics.median(ttft_ms),
                          decode_tokens_per_s=statistics.median(tps) if tps else None, new_tokens=last.new_tokens,
                          answer=last.answer, is_baseline=(method == "none" and ratio >= 1.0), runs=len(reports),
                          notes=[n for n in last.notes if n not in engine.adapter.warnings])
         rows.append(row)
+    for row, times in zip(rows, engine.timed_prefills(prompts, repeat)):
+        row.prefill_ms = statistics.median(times)
     base = next((r for r in rows if r.is_baseline), None)
     for row in rows:
         if base is not None and row.prefill_ms > 0 and row.ttft_ms > 0:

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import os
 import queue
+import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,44 +27,12 @@ from fastvid_cli.models import FAMILIES, ModelRef, check_attn_implementation, re
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
+from fastvid_cli.settings import GenerationOptions, PruneOptions
 from fastvid_cli.models.base import (Assembled, VideoFeatures, dtype_name, merge_frame_chunks, resolve_device,
                                      resolve_dtype)
 from fastvid_cli.video import Clip, sample_frames
 
 Stage = Callable[[str, str], None]  # (stage name, "start" | "done") progress callback
-
-
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    system: str | None = None
-    # Static KV cache + CUDA-graph decode step. None: on wherever it can run (CUDA), True: on and say so when it
-    # cannot, False: the eager loop.
-    compile: bool | None = None
-    # Measure each answer token's logit margin (chosen minus runner-up, Report.logit_margins). Decodes eagerly.
-    margins: bool = False
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InvalidOptionError(f"--max-new-tokens must be >= 1 (got {self.max_new_tokens})")
-        if not (self.temperature >= 0):
-            raise InvalidOptionError(f"--temperature must be >= 0 (got {self.temperature})")
-        if not (0 < self.top_p <= 1):
-            raise InvalidOptionError(f"--top-p must be in (0, 1] (got {self.top_p})")
-
-    def sampling(self) -> Sampling:
-        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        seed=self.seed, margins=self.margins)
-
-
-@dataclass
-class PruneOptions:
-    method: str = "fastvid"
-    ratio: float = 0.10
-    params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta, ...
 
 
 @dataclass
@@ -94,7 +63,10 @@ class Report:
     stop_reason: str = ""
     prefill_speedup: float | None = None
     prefill_speedup_measured: bool = False
+    # --baseline: medians of `prefill_timed_runs` alternating timed prefills of the unpruned and the pruned prompt
     baseline_prefill_ms: float | None = None
+    pruned_prefill_ms: float | None = None
+    prefill_timed_runs: int | None = None
     peak_gpu_mem_mb: float | None = None
     device: str = ""
     dtype: str = ""
@@ -522,9 +494,12 @@ class Engine:
         return decode(self.model, logits, cache, next_position, gen.sampling(), on_token=on_token, stop=stop)
 
     # ------------------------------------------------------------------ prefill timing
+    # Timed prefills of each prompt behind `ask --baseline` (compare times --repeat of them per setting).
+    BASELINE_RUNS = 3
+
     def timed_prefill(self, asm: Assembled, inner: tuple[int, float] | None = None) -> float:
-        """ms of a plain prefill of `asm` into a fresh cache (the --baseline measurement, same for both sides);
-        with `inner` (K, R) the prefill that merges video tokens before layer K (HoliTom's inner stage)."""
+        """ms of a plain prefill of `asm` into a fresh cache (the measured-speedup measurement, same for every
+        prompt); with `inner` (K, R) the prefill that merges video tokens before layer K (HoliTom's inner stage)."""
         with torch.inference_mode(), _oom_guard():
             cache = new_cache(self.model)
             t0 = self.clock.now()
@@ -534,6 +509,16 @@ class Engine:
                 prefill(self.model, asm.inputs_embeds, asm.position_ids, cache, asm.prefill_extra())
             t1 = self.clock.now()
         return (t1 - t0) * 1e3
+
+    def timed_prefills(self, prompts: list[tuple[Assembled, tuple[int, float] | None]], runs: int) -> list[list[float]]:
+        """`runs` timed prefills of each prompt ((Assembled, inner) pairs, see `timed_prefill`), taken in rounds
+        (A B …, A B …) so that drift and the load of other processes fall on every prompt alike; one list of ms per
+        prompt. Every measured prefill speedup (`ask --baseline`, `compare`) is a ratio of medians of these."""
+        times: list[list[float]] = [[] for _ in prompts]
+        for _ in range(max(1, runs)):
+            for i, (asm, inner) in enumerate(prompts):
+                times[i].append(self.timed_prefill(asm, inner))
+        return times
 
     # ------------------------------------------------------------------ one video, many questions
     def feature_cache_key(self, video: str, frames) -> str:
@@ -561,10 +546,12 @@ class Engine:
         timings: dict[str, float] = {}
         status, key, hit = "off", None, None
         if feature_cache is not None:
+            on_stage("cache", "start")
             key = self.feature_cache_key(video, frames)
             hit = feature_cache.load(key, self.adapter.vision_device)
             status = "hit" if hit is not None else "miss"
-        if hit is not None:
+            on_stage("cache", "done")
+        if hit is not None:  # frames sampled by the caller (during the model load) are not needed
             clip, feats = hit
             timings.update(sample=0.0, preprocess=0.0, vision=0.0)
         else:
@@ -617,8 +604,8 @@ class Engine:
         lead_ms = (time.perf_counter() - t_start) * 1e3 + (0.0 if sampled_here else sample_wait_ms)
         report = sess.answer(question, gen, baseline=baseline, on_stage=on_stage, on_text=on_text, stop=stop,
                              lead_ms=lead_ms, reuse_prefix=False)
-        if not sampled_here and sess.cache_status != "hit":
-            report.timings_ms["sample_wait"] = round(sample_wait_ms, 3)  # sampling overlapped the model load
+        if not sampled_here:  # sampling overlapped the model load: only this wait after the load held the answer up
+            report.timings_ms["sample_wait"] = round(sample_wait_ms, 3)
         return report
 
 
@@ -656,6 +643,10 @@ class VideoSession:
             if self.result.compact:  # the method re-indexes positions (HoliTom)
                 asm = asm.reindexed()
         return prompt, asm
+
+    def prefill_input(self, question: str, system: str | None = None) -> tuple[Assembled, tuple[int, float] | None]:
+        """This question's prompt as Engine.timed_prefills takes it."""
+        return self._assemble(question, system if system is not None else self.system)[1], self.inner
 
     def _prefix_for(self, prompt, asm: Assembled) -> bool:
         """Make sure the prefix KV cache exists and matches this prompt's prefix; False if it cannot be shared."""
@@ -916,11 +907,13 @@ class VideoSession:
             full = self.feats.embeds.flatten(0, 1)
             with torch.inference_mode():
                 full_asm = eng.adapter.assemble(prompt, self.feats, full, torch.arange(full.shape[0]))
-            # Both sides timed identically: a plain prefill into a fresh cache, best of two.
-            pruned_ms = min(eng.timed_prefill(asm, self.inner), eng.timed_prefill(asm, self.inner))
-            base_ms = min(eng.timed_prefill(full_asm), eng.timed_prefill(full_asm))
+            eng.timed_prefill(full_asm)  # untimed, as compare's warm-up: the first prefill at the full length
+            runs = eng.BASELINE_RUNS
+            pruned, unpruned = eng.timed_prefills([(asm, self.inner), (full_asm, None)], runs)
+            pruned_ms, base_ms = statistics.median(pruned), statistics.median(unpruned)
             report.baseline_prefill_ms = round(base_ms, 3)
-            timings["prefill_pruned_timed"] = pruned_ms
+            report.pruned_prefill_ms = round(pruned_ms, 3)
+            report.prefill_timed_runs = runs
             report.prefill_speedup = round(base_ms / pruned_ms, 3) if pruned_ms > 0 else None
             report.prefill_speedup_measured = True
             on_stage("baseline", "done")

@@ -58,6 +58,12 @@ class OutOfMemoryError(FastVidError):
     exit_code = 7
 
 
+class RowsFailedError(FastVidError):
+    """`batch` / `eval` tried every row (item), and some of them stand as error records in the output."""
+
+    exit_code = 8
+
+
 class ServerError(FastVidError):
     """`--server`: the fastvid server cannot be reached, refused the API key, or failed (a 5xx answer)."""
 
@@ -77,6 +83,7 @@ EXIT_CODES: dict[int, str] = {
     UnknownModelError.exit_code: "unknown model, or unsupported architecture",
     ModelUnavailableError.exit_code: "model not available (offline and not cached, or download failed)",
     OutOfMemoryError.exit_code: "out of GPU/CPU memory",
+    RowsFailedError.exit_code: "batch/eval: every row was tried, but some ended as errors (their records say why)",
     ServerError.exit_code: "--server: the fastvid server cannot be reached, refused the API key, or failed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); text already printed is kept",
 }

@@ -112,6 +112,8 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
         root = root.resolve()  # may not exist yet: videos regenerated from their seeds are written there
     else:
         root = p.resolve().parent
+        if _in_package(root):  # the shipped split: its videos are not there, and regenerated ones must not go there
+            root = Path.cwd().resolve()
     questions: list[BenchQuestion] = []
     first_line_of: dict[str, int] = {}
     for n, raw_line in enumerate(text.split("\n"), start=1):
@@ -135,6 +137,12 @@ def read_bench(path: str | os.PathLike, videos_root: str | os.PathLike | None = 
     if not root.exists() and not any(q.seed is not None for q in questions):  # nothing to regenerate into it
         raise BENCH_ERROR(f"--videos-root {videos_root} does not exist")
     return questions
+
+
+def _in_package(folder: Path) -> bool:
+    """Whether `folder` is inside the installed fastvid_cli package (site-packages for a normal install)."""
+    package = Path(__file__).resolve().parent
+    return folder == package or package in folder.parents
 
 
 def _parse_question(obj: dict[str, Any], n: int, name: str, root: Path) -> BenchQuestion:
@@ -351,9 +359,10 @@ class EvalConfig:
     """Everything `fastvid eval` was asked to do (command-line values; None = the model family's default)."""
 
     bench: Path
-    output: Path | None = None  # default: BENCH with the suffix .eval.jsonl
+    output: Path | None = None  # default: BENCH's name with the suffix .eval.jsonl, in the working directory
     videos_root: Path | None = None
     model: str = "llava-ov-7b"
+    threads: int | None = None  # torch's CPU threads (engine.set_threads)
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
@@ -372,16 +381,17 @@ class EvalConfig:
     compile: bool | None = None  # CUDA-graph decode (None: on where CUDA runs)
     retry_errors: bool = False
     form: str = "mc"  # "mc": options and a letter; "short": short_prompt, exact match against short_answer
+    cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
 
     @property
     def output_path(self) -> Path:
         if self.output is not None:
             return Path(self.output)
-        b = Path(self.bench)
-        return b.with_name(b.stem + ".eval.jsonl")
+        # the working directory, never next to BENCH: that may be the installed package (the shipped split)
+        return Path(Path(self.bench).stem + ".eval.jsonl")
 
     def generation(self):
-        from fastvid_cli.engine import GenerationOptions
+        from fastvid_cli.settings import GenerationOptions
 
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0, system=self.system,
                                  compile=self.compile)
@@ -446,11 +456,12 @@ class EvalPlan:
 
     questions: list[BenchQuestion]
     settings: list[Setting]
-    model: str  # resolved: hub id or absolute folder
+    model: str  # resolved: hub id or absolute folder (what fingerprints hold)
     frames: dict[str, int]  # question id -> frames requested
     full_settings: dict[tuple[str, str], dict[str, Any]]  # (question id, setting label) -> settings
     fps: dict[tuple[str, str], str]  # (question id, setting label) -> fingerprint
     form: str = "mc"  # EvalConfig.form
+    model_name: str = ""  # what records and the table call the model: the alias as given (as `ask` and `batch` do)
 
     def fp(self, q: BenchQuestion, s: Setting) -> str:
         return self.fps[(q.id, s.label)]
@@ -490,7 +501,8 @@ def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
-    from fastvid_cli.models import ALIASES, resolve_model
+    from fastvid_cli.models import (ALIASES, check_attn_implementation, check_device_name, check_dtype_name,
+                                    resolve_model)
 
     validate_config(cfg)
     questions = read_bench(cfg.bench, cfg.videos_root)
@@ -499,6 +511,9 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     ref = resolve_model(cfg.model)
+    check_device_name(cfg.device)
+    check_dtype_name(cfg.dtype)
+    check_attn_implementation(cfg.attn_implementation)
     if engine is None:
         from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype
 
@@ -553,7 +568,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
                 x["fps"] = rate
             full[(q.id, s.label)] = x
             fps[(q.id, s.label)] = fingerprint(x)
-    return EvalPlan(questions, settings, ref.source, frames, full, fps, cfg.form)
+    return EvalPlan(questions, settings, ref.source, frames, full, fps, cfg.form, ref.display)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -575,7 +590,7 @@ def _record(plan: EvalPlan, q: BenchQuestion, s: Setting, status: str, error: st
         "answer": None, "predicted": None, "correct": None,
         "video_tokens_kept": None, "video_tokens_total": None, "frames_used": None,
         "ttft_ms": None, "prefill_ms": None, "prune_ms": None, "new_tokens": None,
-        "input_error": False, "model": plan.model, "settings": plan.full_settings[(q.id, s.label)],
+        "input_error": False, "model": plan.model_name, "settings": plan.full_settings[(q.id, s.label)],
         "fingerprint": plan.fp(q, s), "finished_at": None,
     }
 
@@ -686,11 +701,16 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
                 answerable = [(q, s) for q, s in todo if not q.error]
                 if answerable and not stop.is_set():
                     engine = engine or _load_engine(cfg, progress)
+                    fcache = None
+                    if cfg.cache_dir is not None:
+                        from fastvid_cli.feature_cache import FeatureCache
+
+                        fcache = FeatureCache(cfg.cache_dir)
                     progress.answering()
                     for group in _groups(answerable, plan):
                         if stop.is_set():
                             break
-                        _answer_group(engine, group, plan, cfg, write, stop, on_exception)
+                        _answer_group(engine, group, plan, cfg, write, stop, on_exception, fcache)
             finally:
                 appender.close()
     finally:
@@ -700,8 +720,9 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
 
 
 def _load_engine(cfg: EvalConfig, progress: Progress):
-    from fastvid_cli.engine import Engine
+    from fastvid_cli.engine import Engine, set_threads
 
+    set_threads(cfg.threads)
     progress.note("loading model…")
     engine = Engine.load(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
                          saliency_model=cfg.saliency_model)
@@ -742,9 +763,10 @@ def _one_line(e: BaseException, on_exception=None) -> str:
 
 
 def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write: Callable, stop: threading.Event,
-                  on_exception=None) -> None:
-    """Encode the video once (method none keeps the features whole), then per setting prune those features into
-    a session whose prompt-prefix KV cache every question of this video shares."""
+                  on_exception=None, feature_cache=None) -> None:
+    """Encode the video once (method none keeps the features whole; looked up in / stored to `feature_cache` when
+    given), then per setting prune those features into a session whose prompt-prefix KV cache every question of
+    this video shares."""
     from fastvid_cli.engine import PruneOptions
 
     gen = cfg.generation()
@@ -752,7 +774,8 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
     parse = None if short else choice_parser()
     try:
         base = engine.session(group.path, frames=group.frames, prune=PruneOptions(method="none", ratio=1.0),
-                              system=gen.system, fps=cfg.fps if group.frames is None else None)
+                              system=gen.system, fps=cfg.fps if group.frames is None else None,
+                              feature_cache=feature_cache)
     except Exception as e:  # an unreadable video (or a bug): its items are errors, the run goes on
         message = _one_line(e, on_exception)
         for s, qs in group.items.items():
@@ -840,5 +863,5 @@ def summarize(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rows:
             if r["n"]:
                 r["retention"] = round(r["correct"] / r["n"] / ref_acc, 4)
-    return {"questions": len(plan.questions), "model": plan.model, "form": plan.form, "settings": rows,
+    return {"questions": len(plan.questions), "model": plan.model_name, "form": plan.form, "settings": rows,
             "by_type": {t: by_type[t] for t in sorted(by_type)}}

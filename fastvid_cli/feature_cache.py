@@ -48,6 +48,10 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
+    def contains(self, key: str) -> bool:
+        """Whether an entry exists under `key` (it may still turn out unreadable: `load` then misses)."""
+        return self._path(key).is_file()
+
     def load(self, key: str, device) -> tuple[Clip, VideoFeatures] | None:
         from safetensors import safe_open
 

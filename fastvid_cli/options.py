@@ -1,4 +1,5 @@
-"""Command-line options shared by `ask`, `compare` and `batch`: one definition, one help text, one default.
+"""Command-line options shared by `ask`, `compare` and `batch`: one definition, one help text, one default; and
+the command class every command uses, so that all help screens read alike (see `Command`).
 
 Typer reads these OptionInfo objects as parameter defaults and never mutates them, so one instance can serve
 several commands. Like cli.py, this module imports no torch.
@@ -6,63 +7,169 @@ several commands. Like cli.py, this module imports no torch.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+
+# Option groups of the help screens, in this order in every command. "Input" holds what only one command reads
+# (eval's benchmark options); --help and --debug close the "Output" group.
+PANELS = ("Input", "Model", "Video", "Pruning", "Generation", "Output")
+
+# 1-3 runnable examples per command, printed at the end of its --help: one command per line, an indented line
+# continues the one before. Every line fits 80 columns.
+EXAMPLES: dict[str | None, list[str]] = {
+    "ask": ['fastvid ask examples/demo.mp4 "What colour is the square?" --model demo',
+            'fastvid ask clip.mp4 "What happens in this video?" --ratio 0.1 --baseline',
+            'fastvid ask clip.mp4 "Describe the video." --json > answer.json'],
+    "compare": ['fastvid compare examples/demo.mp4 "What colour is the square?" --model demo',
+                'fastvid compare clip.mp4 "What happens?" -r 0.25 -r 0.1 --method holitom'],
+    "batch": ["fastvid batch questions.csv -o answers.jsonl --csv-out answers.csv",
+              "fastvid batch questions.csv --model demo --ratio 0.25 --retry-errors"],
+    "eval": ["mkdir -p /tmp/synth-videos",
+             "fastvid eval fastvid_cli/data/synth_test.jsonl --model demo --limit 20 \\",
+             "    --videos-root /tmp/synth-videos --method fastvid --method uniform"],
+    "models": ["fastvid models", "fastvid models --json"],
+    "doctor": ["fastvid doctor", "fastvid doctor --json"],
+    None: ['fastvid ask clip.mp4 "What happens in this video?"',
+           'fastvid compare clip.mp4 "What happens?" -r 0.5 -r 0.1',
+           "fastvid doctor"],
+}
+
+
+def examples_epilog(command: str | None) -> str:
+    """The "Examples" block of a help screen, in rich markup. Each command starts with a dim "$", which also keeps
+    typer's dedent of the epilog from stripping the indentation of continuation lines."""
+    lines = [line if line.startswith(" ") else f"[dim]$[/] {line}" for line in EXAMPLES[command]]
+    return "[bold]Examples[/]\n" + "\n".join(lines)
+
+
+def _paragraphs(text: str | None) -> str | None:
+    """Each paragraph of a docstring on one line: typer's rich mode keeps the line breaks of every paragraph after
+    the first, so sentences wrapped in the source broke mid-line on the screen."""
+    if not text:
+        return text
+    paras = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paras)
+
+
+def _panel_rank(param: Any) -> int:
+    if isinstance(param, TyperArgument):
+        return -1  # arguments first, in their own order (they are positional)
+    panel = getattr(param, "rich_help_panel", None) or "Output"
+    return PANELS.index(panel) if panel in PANELS else len(PANELS)
+
+
+def _no_placeholders(params: list[Any]) -> None:
+    """Flags take no value: show none (typer shows <bool>). Every option that takes one declares its metavar."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+
+
+class Command(TyperCommand):
+    """A command whose help reads the same in every command: docstring paragraphs re-flowed to the terminal,
+    options grouped in the PANELS order (--help last, in "Output"), no placeholder on flags, and its EXAMPLES at
+    the end."""
+
+    def __init__(self, name: str | None, **kw: Any) -> None:
+        kw["help"] = _paragraphs(kw.get("help"))
+        if not kw.get("epilog") and name in EXAMPLES:
+            kw["epilog"] = examples_epilog(name)
+        super().__init__(name, **kw)
+        _no_placeholders(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _no_placeholders([option])
+            option.rich_help_panel = "Output"
+        return option
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return sorted(super().get_params(ctx), key=_panel_rank)  # stable: arguments keep their order
+
+
+class Group(TyperGroup):
+    """The `fastvid` group: no placeholder on its flags either."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        _no_placeholders(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _no_placeholders([option])
+        return option
+
 
 MODEL_HELP = "Alias (see `fastvid models`), hub id (org/name) or local checkpoint folder."
 
-MODEL = typer.Option("llava-ov-7b", "--model", "-m", help=MODEL_HELP, rich_help_panel="Model")
-DEVICE = typer.Option("auto", help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU across all "
-                                   "GPUs (accelerate device_map).", rich_help_panel="Model")
-DTYPE = typer.Option("auto", help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
+MODEL = typer.Option("llava-ov-7b", "--model", "-m", metavar="MODEL", help=MODEL_HELP, rich_help_panel="Model")
+DEVICE = typer.Option("auto", metavar="DEVICE",
+                      help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU across all GPUs "
+                           "(accelerate device_map).", rich_help_panel="Model")
+DTYPE = typer.Option("auto", metavar="DTYPE",
+                     help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
                      rich_help_panel="Model")
-ATTN = typer.Option("sdpa", help="sdpa | eager | flash_attention_2.", rich_help_panel="Model")
+ATTN = typer.Option("sdpa", metavar="IMPL", help="sdpa | eager | flash_attention_2.", rich_help_panel="Model")
 SALIENCY = typer.Option(
-    None, help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives FastVID's "
-               "saliency; default google/siglip-so400m-patch14-384, falling back (with a warning) to last-layer "
-               "attention when unavailable. 'fallback' forces the fallback.", rich_help_panel="Model")
-THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for torch's work (default: one per core for the "
-                                                      "model, one for pruning; OMP_NUM_THREADS sets it too).",
-                       rich_help_panel="Model")
+    None, metavar="SOURCE",
+    help="SigLIP checkpoint (hub id, folder or .safetensors) whose attention-pooling head gives FastVID's saliency; "
+         "default google/siglip-so400m-patch14-384, falling back (with a warning) to last-layer attention when "
+         "unavailable. 'fallback' forces the fallback.", rich_help_panel="Model")
+THREADS = typer.Option(None, "--threads", min=1, metavar="N",
+                       help="CPU threads for torch's work (default: one per core for the model, one for pruning; "
+                            "OMP_NUM_THREADS sets it too).", rich_help_panel="Model")
 OFFLINE = typer.Option(False, "--offline", help="Never touch the network (same as HF_HUB_OFFLINE=1).",
                        rich_help_panel="Model")
 
-FRAMES = typer.Option(None, "--frames", "-n", min=1, max=4096,
+FRAMES = typer.Option(None, "--frames", "-n", min=1, max=4096, metavar="N",
                       help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV; Qwen-VL models sample "
                            "by --fps unless this is given, rounded to an even count).",
                       rich_help_panel="Video")
-FPS = typer.Option(None, "--fps", min=0.0, help="Qwen-VL models: frames per second to sample (default 2), at least 4 "
-                                                "and at most 768 frames, an even count; exclusive with --frames.",
-                   rich_help_panel="Video")
-CACHE_DIR = typer.Option(None, help="Where sampled-and-encoded video features are cached (default: "
-                                    "~/.cache/fastvid/features, or $FASTVID_CACHE/features).",
-                         rich_help_panel="Video")
+FPS = typer.Option(None, "--fps", min=0.0, metavar="FPS",
+                   help="Qwen-VL models: frames per second to sample (default 2), at least 4 and at most 768 frames, "
+                        "an even count; exclusive with --frames.", rich_help_panel="Video")
+CACHE_DIR = typer.Option(None, metavar="DIR",
+                         help="Where sampled-and-encoded video features are cached (default: "
+                              "~/.cache/fastvid/features, or $FASTVID_CACHE/features).", rich_help_panel="Video")
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.", rich_help_panel="Video")
 
-METHOD = typer.Option("fastvid", help="Pruning method: fastvid | holitom (HoliTom's temporal windows + spatial "
-                                      "merge, re-indexed positions) | holitom-orig (the same, kept tokens at their "
-                                      "original positions) | none | uniform (per-frame average pooling to the "
-                                      "same budget) | random (seeded).", rich_help_panel="Pruning")
-RATIO = typer.Option(None, "--ratio", "-r", help="Retention ratio in (0, 1]; 1.0 keeps every token (default: the "
-                                                 "model's, 0.10 for LLaVA-OV).", rich_help_panel="Pruning")
-DYSEG_C = typer.Option(None, min=1, help="DySeg: minimum number of segments (8).", rich_help_panel="Pruning")
-DYSEG_TAU = typer.Option(None, help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
+METHOD = typer.Option("fastvid", metavar="METHOD",
+                      help="Pruning method: fastvid | holitom (HoliTom's temporal windows + spatial merge, re-indexed "
+                           "positions) | holitom-orig (the same, kept tokens at their original positions) | none | "
+                           "uniform (per-frame average pooling to the same budget) | random (seeded).",
+                      rich_help_panel="Pruning")
+RATIO = typer.Option(None, "--ratio", "-r", metavar="RATIO",
+                     help="Retention ratio in (0, 1]; 1.0 keeps every token (default: the model's, 0.10 for "
+                          "LLaVA-OV).", rich_help_panel="Pruning")
+DYSEG_C = typer.Option(None, min=1, metavar="C", help="DySeg: minimum number of segments (8).",
+                       rich_help_panel="Pruning")
+DYSEG_TAU = typer.Option(None, metavar="TAU", help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
                          rich_help_panel="Pruning")
-STPRUNE_D = typer.Option(None, min=0.0, max=1.0, help="Share of each frame's budget for merged context tokens "
-                                                      "(0.4).", rich_help_panel="Pruning")
-DTM_P = typer.Option(None, min=1, help="Anchor-frame period inside a segment (4).", rich_help_panel="Pruning")
-DTM_BETA = typer.Option(None, min=0.0, max=1.0, help="Lower bound of the anchor's weight in a merge (0.6).",
-                        rich_help_panel="Pruning")
-DYSEG_IGNORE = typer.Option(None, min=0.0, max=1.0, help="FastVID on Qwen-VL: in a segment, temporal patches this "
-                                                         "similar to the next (>=) are near-duplicates and only the "
-                                                         "last of a run keeps tokens (0.95).",
+STPRUNE_D = typer.Option(None, min=0.0, max=1.0, metavar="D",
+                         help="Share of each frame's budget for merged context tokens (0.4).",
+                         rich_help_panel="Pruning")
+DTM_P = typer.Option(None, min=1, metavar="P", help="Anchor-frame period inside a segment (4).",
+                     rich_help_panel="Pruning")
+DTM_BETA = typer.Option(None, min=0.0, max=1.0, metavar="BETA",
+                        help="Lower bound of the anchor's weight in a merge (0.6).", rich_help_panel="Pruning")
+DYSEG_IGNORE = typer.Option(None, min=0.0, max=1.0, metavar="SIM",
+                            help="FastVID on Qwen-VL: in a segment, temporal patches this similar to the next (>=) "
+                                 "are near-duplicates and only the last of a run keeps tokens (0.95).",
                             rich_help_panel="Pruning")
 
-MAX_NEW_TOKENS = typer.Option(512, min=1, help="Most tokens to generate.", rich_help_panel="Generation")
-TEMPERATURE = typer.Option(0.0, min=0.0, help="0 = greedy.", rich_help_panel="Generation")
-TOP_P = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0).",
+MAX_NEW_TOKENS = typer.Option(512, min=1, metavar="N", help="Most tokens to generate.",
+                              rich_help_panel="Generation")
+TEMPERATURE = typer.Option(0.0, min=0.0, metavar="T", help="0 = greedy.", rich_help_panel="Generation")
+TOP_P = typer.Option(1.0, min=0.0, max=1.0, metavar="P", help="Nucleus sampling (with --temperature > 0).",
                      rich_help_panel="Generation")
-SEED = typer.Option(None, help="Seed for sampling (each answer starts from it).", rich_help_panel="Generation")
-SYSTEM = typer.Option(None, help="System prompt.", rich_help_panel="Generation")
+SEED = typer.Option(None, metavar="N", help="Seed for sampling (each answer starts from it).",
+                    rich_help_panel="Generation")
+SYSTEM = typer.Option(None, metavar="TEXT", help="System prompt.", rich_help_panel="Generation")
 HOLITOM_INNER = typer.Option(None, "--holitom-inner", metavar="K,R",
                              help="HoliTom's inner-LLM stage (with --method holitom/holitom-orig): before LLM "
                                   "layer K, keep the share 1-R of the video tokens the last prompt token attends to "

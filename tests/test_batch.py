@@ -252,7 +252,7 @@ def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_sal
     opened = []
     real_session = engine.session
     monkeypatch.setattr(engine, "session", lambda video, **kw: opened.append(video) or real_session(video, **kw))
-    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=10, temperature=0.0, seed=None)
+    cfg = config(tiny_llava, tiny_saliency, csv, out, max_new_tokens=10, temperature=0.0, seed=None, answer_batch=16)
     result = B.run_batch(cfg, engine=engine)
     assert len(opened) == 4  # (a, 8, 0.1) (b, 8, 0.1) (a, 8, 0.25) (b, 6, 0.1): one session each
     view = final_view(out)
@@ -336,6 +336,109 @@ def test_next_video_is_decoded_while_the_current_one_is_answered(engine, clips, 
         assert view0[key]["status"] == view[key]["status"]
         assert (view0[key]["answer"], view0[key]["frame_indices"]) == (view[key]["answer"], view[key]["frame_indices"])
         assert "sample_wait" not in (view0[key]["timings_ms"] or {})
+
+
+def test_feature_cache_is_used_and_skips_decoding(engine, clips, tiny_llava, tiny_saliency, tmp_path, monkeypatch):
+    """With a cache folder, each video's encoded features are stored (records say cache "miss"); a run with other
+    answer settings takes them from there ("hit"), does not decode videos whose features are cached (only the first
+    one, decoded while the model would load, before the cache can be asked), and answers the same. Without one,
+    nothing is stored ("off")."""
+    import fastvid_cli.video as V
+
+    csv = six_rows(clips.parent)
+    cache = tmp_path / "features"
+    real_sample, real_features = V.sample_frames, engine.features
+    sampled: list[str] = []
+    encoded: list[int] = []
+    monkeypatch.setattr(V, "sample_frames", lambda path, n, **kw: sampled.append(Path(path).name)
+                        or real_sample(path, n, **kw))
+    monkeypatch.setattr(engine, "features", lambda clip, t: encoded.append(1) or real_features(clip, t))
+
+    def run(name: str, **kw) -> dict[str, dict]:
+        sampled.clear()
+        encoded.clear()
+        B.run_batch(config(tiny_llava, tiny_saliency, csv, tmp_path / name, max_new_tokens=6, **kw), engine=engine)
+        return final_view(tmp_path / name)
+
+    miss = run("miss.jsonl", cache_dir=cache)
+    assert {r["cache"] for r in miss.values()} == {"miss"} and len(encoded) == 2
+    assert len(list(cache.rglob("*.safetensors"))) == 2  # one entry per video
+    hit = run("hit.jsonl", cache_dir=cache, seed=12)  # other answer settings, same features
+    assert {r["cache"] for r in hit.values()} == {"hit"} and encoded == []
+    assert sampled == ["a.mp4"]  # b.mp4 was not decoded at all
+    same = run("same.jsonl", cache_dir=cache)
+    assert {k: r["answer"] for k, r in same.items()} == {k: r["answer"] for k, r in miss.items()}
+    off = run("off.jsonl")
+    assert {r["cache"] for r in off.values()} == {"off"} and len(encoded) == 2
+    assert sorted(sampled) == ["a.mp4", "b.mp4"] and len(list(cache.rglob("*.safetensors"))) == 2
+
+
+def test_cli_cache_dir_and_no_cache(engine, clips, cli_args, tmp_path, monkeypatch):
+    """`batch --cache-dir DIR` stores and reuses features there, `--no-cache` neither reads nor writes any, and by
+    default (as `ask`) the cache under $FASTVID_CACHE/features is used."""
+    import os
+
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    monkeypatch.setenv("FASTVID_CACHE", str(tmp_path / "default"))
+    csv = write_csv(clips.parent / "cached.csv", "id,video,question\n1,clips/b.mp4,What happens?\n")
+    out = tmp_path / "cached.jsonl"
+    mine = tmp_path / "mine"
+
+    def run(*extra: str) -> str:
+        result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), "--overwrite", *cli_args,
+                                                  *extra])
+        assert result.exit_code == 0, result.output
+        [rec] = read_jsonl(out)
+        return rec["cache"]
+
+    assert run("--cache-dir", str(mine)) == "miss" and len(list(mine.rglob("*.safetensors"))) == 1
+    assert run("--cache-dir", str(mine)) == "hit"
+    assert run("--no-cache", "--cache-dir", str(mine)) == "off"
+    assert run("--no-cache") == "off" and not os.path.exists(tmp_path / "default")
+    assert run() == "miss" and len(list((tmp_path / "default" / "features").rglob("*.safetensors"))) == 1
+    assert run() == "hit"
+
+
+def test_answer_batch_auto_is_one_on_cpu_and_sixteen_on_cuda(engine, clips, tiny_llava, tiny_saliency, monkeypatch):
+    """--answer-batch auto (the default) answers greedy rows one at a time on the CPU (batching lost up to 3x
+    there, benchmarks/RESULTS.md) and 16 together on CUDA; a number given is used as given; anything else is a
+    one-line usage error (exit 2) before the model loads."""
+    from types import SimpleNamespace
+
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    assert B.BatchConfig(questions=Path("q.csv"), output=Path("o.jsonl")).answer_batch is None  # auto
+    assert B.resolve_answer_batch(None, SimpleNamespace(cuda=False)) == 1
+    assert B.resolve_answer_batch(None, SimpleNamespace(cuda=True)) == 16
+    assert B.resolve_answer_batch(4, SimpleNamespace(cuda=True)) == 4 and B.resolve_answer_batch(4, engine) == 4
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    csv = write_csv(clips.parent / "auto.csv", "id,video,question\n1,clips/a.mp4,What happens?\n"
+                    "2,clips/a.mp4,What moves?\n3,clips/a.mp4,Which colours?\n")
+    out = clips.parent / "auto.jsonl"
+    greedy = ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu", "--frames", "8",
+              "--max-new-tokens", "4", "-o", str(out), "--overwrite", "--no-cache"]
+
+    def modes(*extra: str) -> list[str]:
+        result = CliRunner().invoke(build_app(), ["batch", str(csv), *greedy, *extra])
+        assert result.exit_code == 0, result.output
+        return [r["decode_mode"] for r in read_jsonl(out)]
+
+    assert modes() == ["eager"] * 3  # auto on this CPU engine: one at a time
+    assert modes("--answer-batch", "auto") == ["eager"] * 3
+    assert modes("--answer-batch", "16") == ["batched x3"] * 3
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    for bad in ("0", "257", "many", "-1"):
+        result = CliRunner().invoke(build_app(), ["batch", str(csv), *greedy, "--answer-batch", bad])
+        assert result.exit_code == 2, result.output
+        [line] = _error_lines(result.stderr)
+        assert "--answer-batch must be auto or a whole number from 1 to 256" in line
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -431,6 +534,156 @@ def test_shards_of_any_process_count_are_read_and_merged(engine, clips, tiny_lla
     assert result.answered == 0 and result.final_ok == 6
     assert out.read_text(encoding="utf-8").splitlines(keepends=True) == lines
     assert B.shard_files(out) == []
+
+
+# ---------------------------------------------------------------------------------------------- CLI outcome
+def _error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error")]
+
+
+def test_exit_code_8_when_rows_failed_after_every_row_was_tried(engine, clips, cli_args, monkeypatch):
+    """A script must be able to tell: rows that end as errors give exit code 8 (one `error:` line), but only
+    after every row was tried and recorded; a rerun with those errors still standing says so again; with the
+    failures fixed and --retry-errors, 0."""
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+    from fastvid_cli.errors import EXIT_CODES, RowsFailedError
+
+    assert RowsFailedError.exit_code == 8 and 8 in EXIT_CODES
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    (clips / "broken.mp4").write_bytes(b"not a video at all")
+    csv = write_csv(clips.parent / "failing.csv", (
+        "id,video,question\n"
+        "bad1,clips/nowhere.mp4,Missing?\n"  # invalid before the load
+        "good,clips/a.mp4,What happens?\n"
+        "bad2,clips/broken.mp4,Undecodable?\n"))  # fails in its session
+    out = clips.parent / "failing.jsonl"
+    args = ["batch", str(csv), "-o", str(out), *cli_args]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 8, result.output
+    assert "Traceback" not in result.stderr
+    [line] = _error_lines(result.stderr)
+    assert "2 of 3 rows failed" in line and str(out) in line
+    view = final_view(out)  # every row was tried: the good one answered after the failures
+    assert {k: v["status"] for k, v in view.items()} == {"bad1": "error", "good": "ok", "bad2": "error"}
+
+    monkeypatch.setattr(Engine, "load", NoLoad())  # nothing left to do, the errors still stand
+    again = CliRunner().invoke(build_app(), args)
+    assert again.exit_code == 8 and len(_error_lines(again.stderr)) == 1, again.output
+
+    shutil.copy(clips / "b.mp4", clips / "nowhere.mp4")
+    shutil.copy(clips / "b.mp4", clips / "broken.mp4")
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    fixed = CliRunner().invoke(build_app(), [*args, "--retry-errors"])
+    assert fixed.exit_code == 0 and not _error_lines(fixed.stderr), fixed.output
+    assert all(r["status"] == "ok" for r in final_view(out).values())
+
+
+def test_interrupt_exit_code_wins_over_failed_rows(clips, cli_args, monkeypatch):
+    """Ctrl-C during a run that also has failed rows: 130 (interrupted), not 8."""
+    from batch_runner import build_app
+
+    real = B.run_batch
+
+    def interrupted(cfg, **kw):
+        kw["stop"].set()  # as the first Ctrl-C does: stop before the first row
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(B, "run_batch", interrupted)
+    csv = write_csv(clips.parent / "int.csv", "id,video,question\n1,clips/int-missing.mp4,Missing?\n")
+    out = clips.parent / "int.jsonl"
+    # an error record already stands for row 1 (an earlier run): the final view has a failed row
+    row = B.read_questions(csv)[0]
+    cfg = B.BatchConfig(questions=csv, output=out, model=cli_args[1], saliency_model=cli_args[3], device="cpu",
+                        frames=8, max_new_tokens=24, temperature=1.0, seed=11)
+    plan = B.make_plan(cfg)
+    out.write_text(json.dumps(B.error_record(row, "earlier failure", plan.settings[1], plan.fps[1],
+                                             model=plan.model_name)) + "\n")
+    result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), *cli_args])
+    assert result.exit_code == 130, result.output
+
+
+def test_every_record_names_the_model_as_the_user_did(clips, tmp_path):
+    """`--model demo`: ok and error records alike say "demo" (not the weights folder inside the package); the
+    fingerprinted settings keep the resolved source."""
+    from batch_runner import build_app
+
+    (clips / "broken.mp4").write_bytes(b"not a video at all")
+    csv = write_csv(clips.parent / "names.csv", (
+        "id,video,question\n"
+        "ok,clips/a.mp4,What happens?\n"
+        "missing,clips/nowhere-at-all.mp4,Missing?\n"
+        "broken,clips/broken.mp4,Undecodable?\n"
+        "empty,clips/a.mp4,\n"))
+    out = tmp_path / "names.jsonl"
+    result = CliRunner().invoke(build_app(), ["batch", str(csv), "-o", str(out), "--model", "demo", "--device", "cpu",
+                                              "--frames", "4", "--max-new-tokens", "2"])
+    assert result.exit_code == 8, result.output
+    recs = read_jsonl(out)
+    assert sorted(r["status"] for r in recs) == ["error", "error", "error", "ok"]
+    assert {r["model"] for r in recs} == {"demo"}
+    assert all(r["settings"]["model"].endswith("weights") for r in recs)
+
+
+def test_default_output_goes_to_the_working_directory(engine, clips, cli_args, tmp_path, monkeypatch):
+    """Without -o the answers go to ./<questions name>.answers.jsonl, not next to the CSV (which may sit in a
+    read-only or installed folder); a rerun from the same directory resumes from it."""
+    from batch_runner import build_app
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: engine)
+    csv = write_csv(clips.parent / "where.csv", "id,video,question\n1,clips/a.mp4,What happens?\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(build_app(), ["batch", str(csv), *cli_args])
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(work / "where.answers.jsonl")] == ["1"]
+    assert not (clips.parent / "where.answers.jsonl").exists()
+    monkeypatch.setattr(Engine, "load", NoLoad())
+    again = CliRunner().invoke(build_app(), ["batch", str(csv), *cli_args])
+    assert again.exit_code == 0 and "1 already answered" in again.stderr, again.output
+
+
+def test_progress_shows_no_eta_before_the_model_is_ready(engine, clips, tiny_llava, tiny_saliency):
+    """Rows that fail validation are written before the model loads, in no time: they must not make the progress
+    say "ETA 0 s" while the model is still loading. The ETA is "?" until a row was answered after the model was
+    ready, then an estimate from those rows only."""
+    import io
+
+    from rich.console import Console
+
+    from fastvid_cli.cli_batch import BatchProgress
+
+    csv = write_csv(clips.parent / "eta.csv", (
+        "id,video,question\n"
+        "bad1,clips/eta-missing.mp4,Missing?\n"
+        "bad2,clips/a.mp4,\n"
+        "ok1,clips/a.mp4,What happens?\n"
+        "ok2,clips/a.mp4,What moves?\n"
+        "ok3,clips/a.mp4,Anything else?\n"))
+    progress = BatchProgress()
+    buf = io.StringIO()
+    progress.console = Console(file=buf, width=400, highlight=False)  # not a terminal: one line per row
+    marks: list[str] = []
+    ready = progress.answering
+
+    def answering() -> None:  # what the progress would show while the model loads, and once it is ready
+        marks.append(progress.eta())
+        ready()
+        marks.append(progress.eta())
+
+    progress.answering = answering
+    cfg = config(tiny_llava, tiny_saliency, csv, clips.parent / "eta.jsonl", max_new_tokens=4, answer_batch=1)
+    B.run_batch(cfg, engine=engine, progress=progress)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("[")]
+    assert [ln.split("]")[0] for ln in lines] == [f"[{i}/5" for i in range(1, 6)]
+    assert marks == ["?", "?"]  # while loading, and when ready with no answered row yet
+    assert lines[0].endswith("ETA ?") and lines[1].endswith("ETA ?")  # the invalid rows
+    assert lines[2].endswith(" s") and "ETA ?" not in lines[2]  # an estimate from the first answered row
+    assert lines[4].endswith("ETA 0 s")
 
 
 # ---------------------------------------------------------------------------------------------- real processes

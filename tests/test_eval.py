@@ -112,8 +112,10 @@ class FakeEngine:
 
 
 @pytest.fixture()
-def fake_bench(tmp_path) -> Path:
-    """6 questions over 2 (empty: the fake engine never decodes) videos, 2 types; gold letters A B C D A B."""
+def fake_bench(tmp_path, monkeypatch) -> Path:
+    """6 questions over 2 (empty: the fake engine never decodes) videos, 2 types; gold letters A B C D A B. The
+    working directory is tmp_path, where the default output (bench.eval.jsonl) goes."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "v").mkdir()
     for name in ("a.mp4", "b.mp4"):
         (tmp_path / "v" / name).write_bytes(b"")
@@ -353,7 +355,7 @@ def test_scoring_with_scripted_answers(fake_bench):
         "count": {"none@1": {"n": 3, "correct": 2, "accuracy_pct": 66.67},
                   "fastvid@0.5": {"n": 3, "correct": 2, "accuracy_pct": 66.67},
                   "uniform@0.5": {"n": 3, "correct": 1, "accuracy_pct": 33.33}}}
-    recs = read_jsonl(fake_bench.with_name("bench.eval.jsonl"))  # the default output, next to the input
+    recs = read_jsonl(Path("bench.eval.jsonl"))  # the default output, in the working directory
     assert len(recs) == 18
     r = next(r for r in recs if r["id"] == "q6" and r["setting"] == "fastvid@0.5")
     assert (r["status"], r["answer"], r["predicted"], r["correct"], r["gold"]) == ("ok", "I don't know", None,
@@ -392,7 +394,7 @@ def test_short_form_scoring_with_scripted_answers(short_bench):
     assert result.summary["by_type"]["count"] == {"none@1": {"n": 3, "correct": 2, "accuracy_pct": 66.67},
                                                   "fastvid@0.5": {"n": 3, "correct": 2, "accuracy_pct": 66.67},
                                                   "uniform@0.5": {"n": 3, "correct": 2, "accuracy_pct": 66.67}}
-    recs = {(r["id"], r["setting"]): r for r in read_jsonl(short_bench.with_name("bench.eval.jsonl"))}
+    recs = {(r["id"], r["setting"]): r for r in read_jsonl(Path("bench.eval.jsonl"))}
     r = recs[("q2", "none@1")]
     assert (r["form"], r["answer"], r["predicted"], r["gold"], r["correct"]) == ("short", "two", "2", "2", True)
     assert r["settings"]["task"] == "short-answer" and r["fingerprint"] == E.fingerprint(r["settings"])
@@ -435,7 +437,7 @@ def test_short_form_needs_short_answers(short_bench):
     with pytest.raises(InvalidOptionError, match=r"plain.jsonl line 1: no short_answer, which --form short needs "
                                                  r"\(6 of 6 questions lack one\)"):
         E.run_eval(fake_config(plain, form="short"), engine=NoEngine())
-    assert not plain.with_name("plain.eval.jsonl").exists()
+    assert not Path("plain.eval.jsonl").exists()
     # a mixed file: the first line that lacks one, also when --limit stops before it (the file is checked whole)
     mixed = [dict(r) for r in rows]
     del mixed[3]["short_answer"], mixed[5]["short_answer"]
@@ -576,7 +578,8 @@ def cli_args(tiny_llava, tiny_saliency):
     ("ok", ["--form", "long"], "--form must be one of mc, short"),
     ("ok", ["--form", "short"], "line 1: no short_answer, which --form short needs"),
 ])
-def test_cli_usage_errors_exit_2(tmp_path, cli_args, setup, args, message):
+def test_cli_usage_errors_exit_2(tmp_path, cli_args, setup, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     bench = tmp_path / "bench.jsonl"
     if setup == "bad_json":
         bench.write_text(json.dumps(row("a", "v.mp4")) + "\n{oops\n", encoding="utf-8")
@@ -586,6 +589,65 @@ def test_cli_usage_errors_exit_2(tmp_path, cli_args, setup, args, message):
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
     assert not bench.with_name("bench.eval.jsonl").exists()
+
+
+def test_cli_exit_code_8_when_items_failed(tmp_path):
+    """Every item tried, some failed (here: videos that do not exist, so no model is even loaded): the results
+    are still printed (--json on stdout), then one `error:` line and exit code 8."""
+    bench = write_bench(tmp_path / "bench.jsonl", [row("m1", "gone/a.mp4"), row("m2", "gone/b.mp4")])
+    out = tmp_path / "out.jsonl"
+    args = [bench, "--model", "demo", "--device", "cpu", "--method", "uniform", "--ratio", "0.5", "-o", out]
+    res = invoke(*args, "--json")
+    assert res.exit_code == 8, res.output
+    data = json.loads(res.stdout)
+    assert data["run"] == {"items": 4, "skipped": 0, "answered": 4, "failed": 4}
+    [line] = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
+    assert "4 of 4 items" in line and "Traceback" not in res.stderr
+    assert len(read_jsonl(out)) == 4 and all(r["status"] == "error" for r in read_jsonl(out))
+    table = invoke(*args)  # resumed: the errors still stand
+    assert table.exit_code == 8 and "uniform@0.5" in table.stdout, table.output
+
+
+def test_records_and_table_name_the_model_as_the_user_did(tmp_path):
+    """`--model demo`: records, --json and the table title say "demo", not the weights folder in the package."""
+    bench = write_bench(tmp_path / "bench.jsonl", [row("m1", "gone/a.mp4")])
+    args = [bench, "--model", "demo", "--device", "cpu", "--method", "uniform", "--ratio", "0.5",
+            "-o", tmp_path / "out.jsonl"]
+    res = invoke(*args, "--json")
+    assert json.loads(res.stdout)["model"] == "demo"
+    assert {r["model"] for r in read_jsonl(tmp_path / "out.jsonl")} == {"demo"}
+    table = invoke(*args)
+    assert table.stdout.lstrip().startswith("demo · 1 questions"), table.stdout
+    assert "weights" not in table.stdout
+
+
+def test_default_output_goes_to_the_working_directory_never_into_the_package(tmp_path, monkeypatch):
+    """`fastvid eval <the shipped split>` without -o: results land in ./synth_test.eval.jsonl and the clip that is
+    regenerated from its seed in ./videos/; nothing is written into the installed package, and a rerun resumes
+    from the file in the working directory."""
+    from fastvid_cli import synth
+
+    split = synth.shipped_split_path()
+    package = Path(E.__file__).resolve().parent
+
+    def files() -> set[Path]:
+        return {p for p in package.rglob("*") if "__pycache__" not in p.parts}
+
+    before = files()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = [split, "--model", "demo", "--device", "cpu", "--limit", "1", "--method", "uniform", "--ratio", "0.5",
+            "--no-reference", "--json"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert files() == before  # no results, no regenerated video inside the package
+    out = work / "synth_test.eval.jsonl"
+    assert json.loads(res.stdout)["output"] == "synth_test.eval.jsonl"
+    [rec] = read_jsonl(out)
+    assert rec["status"] == "ok" and (work / rec["video"]).is_file()
+    again = invoke(*args)
+    assert json.loads(again.stdout)["run"]["skipped"] == 1 and len(read_jsonl(out)) == 1
 
 
 def test_cli_end_to_end_json_and_resume(clips, cli_args, tmp_path):
@@ -650,6 +712,34 @@ def test_real_engine_groups_and_counts(clips, tiny_llava, tiny_saliency, tmp_pat
     assert 0 < rows["fastvid@0.25"]["mean_video_tokens_kept"] <= 4 * 49
     recs = read_jsonl(cfg.output_path)
     assert {r["params"].get("seed") for r in recs if r["method"] == "random"} == {0}
+
+
+def test_feature_cache_serves_a_later_run(clips, engine, tiny_llava, tiny_saliency, tmp_path, monkeypatch):
+    """With a cache folder, each video is encoded once and stored; another run on the same videos (here: another
+    ratio) encodes nothing. Without one, nothing is stored and every run encodes. The CLI has --cache-dir and
+    --no-cache, as `ask`."""
+    real = engine.features
+    encoded: list[int] = []
+    monkeypatch.setattr(engine, "features", lambda clip, t: encoded.append(1) or real(clip, t))
+    cache = tmp_path / "features"
+
+    def run(ratio: float, name: str, cache_dir) -> E.EvalResult:
+        encoded.clear()
+        cfg = E.EvalConfig(bench=clips / "bench.jsonl", output=tmp_path / name, model=str(tiny_llava),
+                           saliency_model=str(tiny_saliency), frames=4, methods=["uniform"], ratios=[ratio],
+                           reference=False, max_new_tokens=2, cache_dir=cache_dir)
+        result = E.run_eval(cfg, engine=engine)
+        assert result.failed == 0 and result.answered == 4
+        return result
+
+    run(0.5, "a.jsonl", cache)
+    assert len(encoded) == 2 and len(list(cache.rglob("*.safetensors"))) == 2
+    run(0.25, "b.jsonl", cache)
+    assert encoded == []  # both videos' features came from the cache
+    run(0.25, "c.jsonl", None)
+    assert len(encoded) == 2 and len(list(cache.rglob("*.safetensors"))) == 2
+    res = invoke(clips / "bench.jsonl", "--help")
+    assert "--cache-dir" in res.stdout and "--no-cache" in res.stdout
 
 
 def test_demo_model_short_form_end_to_end(tmp_path):

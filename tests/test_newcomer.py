@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CLIP = REPO / "examples" / "demo.mp4"
+SPLIT = REPO / "fastvid_cli" / "data" / "synth_test.jsonl"
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -62,22 +63,33 @@ except SystemExit as e:
 
 @pytest.mark.parametrize("args, code", [
     (["ask", "missing.mp4", "q", "--model", "demo"], 3),
-    (["ask", "README.md", "q", "--model", "demo"], 4),
-    (["ask", "examples/demo.mp4", "q", "--ratio", "1.5"], 2),
-    (["ask", "examples/demo.mp4", "q", "--method", "pool"], 2),
-    (["ask", "examples/demo.mp4", "q", "--device", "gpu"], 2),
-    (["ask", "examples/demo.mp4", "q", "--dtype", "int8"], 2),
-    (["ask", "examples/demo.mp4", "q", "--attn-implementation", "flash_attention_2"], 2),
-    (["ask", "examples/demo.mp4", "q", "--model", "no-such-model"], 5),
-    (["ask", "examples/demo.mp4", " ", "--model", "demo"], 2),
-    (["compare", "examples/demo.mp4", "q", "-r", "0", "--model", "demo"], 2),
+    (["ask", str(REPO / "README.md"), "q", "--model", "demo"], 4),
+    (["ask", str(DEMO_CLIP), "q", "--ratio", "1.5"], 2),
+    (["ask", str(DEMO_CLIP), "q", "--method", "pool"], 2),
+    (["ask", str(DEMO_CLIP), "q", "--device", "gpu"], 2),
+    (["ask", str(DEMO_CLIP), "q", "--dtype", "int8"], 2),
+    (["ask", str(DEMO_CLIP), "q", "--attn-implementation", "flash_attention_2"], 2),
+    (["ask", str(DEMO_CLIP), "q", "--model", "no-such-model"], 5),
+    (["ask", str(DEMO_CLIP), " ", "--model", "demo"], 2),
+    (["compare", str(DEMO_CLIP), "q", "-r", "0", "--model", "demo"], 2),
     (["compare", "missing.mp4", "q", "--model", "demo"], 3),
+    (["batch", "missing.csv", "--model", "demo"], 2),
+    (["batch", "{csv}", "--model", "demo", "--ratio", "7"], 2),
+    (["batch", "{csv}", "--model", "demo", "--dtype", "int8"], 2),
+    (["batch", "{csv}", "--model", "demo", "--threads", "0"], 2),
+    (["eval", "missing.jsonl", "--model", "demo"], 2),
+    (["eval", str(SPLIT), "--model", "demo", "--device", "tpu"], 2),
+    (["eval", str(SPLIT), "--model", "demo", "--attn-implementation",
+      "flash_attention_2"], 2),
 ])
-def test_bad_options_and_files_fail_before_torch_is_imported(args, code):
+def test_bad_options_and_files_fail_before_torch_is_imported(args, code, tmp_path):
     """Importing torch + transformers costs seconds: every check that needs neither runs first, so a typo fails
     at once, with its exit code."""
+    csv = tmp_path / "questions.csv"
+    csv.write_text(f"video,question\n{DEMO_CLIP},What?\n")
+    args = [a.replace("{csv}", str(csv)) for a in args]
     res = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH, *args], capture_output=True, text=True,
-                         cwd=REPO, timeout=60)
+                         cwd=tmp_path, timeout=60)
     assert res.stdout.split() == [str(code), "False"], (res.stdout, res.stderr)
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
 
@@ -306,3 +318,16 @@ def test_dev_demo_runs_the_readme_example_and_test_runs_pytest(monkeypatch, tmp_
     assert shown in readme  # the README's first answer is the one dev.py demo gives
     ci = (REPO / ".ci" / "run").read_text()
     assert "python3 dev.py test" in ci  # CI runs the README's test command
+
+
+@pytest.mark.parametrize("args, says", [
+    (["ask", "clip.mp4"], "Missing argument 'QUESTION'"),
+    (["ask", "clip.mp4", "q", "--frames", "many"], "Invalid value for '--frames'"),
+    (["batch", "q.csv", "--threads", "0"], "Invalid value for '--threads'"),
+    (["askk"], "No such command 'askk'"),
+])
+def test_usage_errors_found_by_the_parser_are_one_line_with_exit_2(args, says):
+    res = run_cli(*args, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith(f"error: {says}") and res.stderr.count("\n") == 1, res.stderr
+    assert "--help" in res.stderr
