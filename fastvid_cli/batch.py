@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from fastvid_cli.errors import FastVidError, InvalidOptionError
+from fastvid_cli.errors import FastVidError, InvalidOptionError, ServerError
 
 # Whole-file problems (missing/unreadable CSV, not UTF-8, no header, a required column missing) are usage
 # errors, exit 2, as the issue asks.
@@ -262,9 +262,11 @@ def family_defaults(model: str) -> dict[str, Any]:
     return dict(importlib.import_module(FAMILIES[family]).DEFAULTS)
 
 
-def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -> dict[str, Any]:
+def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str,
+                  source: str | None = None) -> dict[str, Any]:
     """The answer-affecting settings of the command line, resolved (aliases to hub ids, folders to absolute
-    paths, family defaults filled in). Rows then override frames and ratio."""
+    paths, family defaults filled in). Rows then override frames and ratio. `source`: the model's resolved source
+    when already known (a server's model)."""
     from fastvid_cli.models import ALIASES, resolve_model
 
     alias = ALIASES.get(cfg.model.strip())
@@ -287,7 +289,7 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -
                                  if not by_rate else "--frames and --fps exclude each other")
     rate = {"fps": float(cfg.fps or defaults["fps"])} if by_rate and not cfg.frames else {}
     return rate | {
-        "model": resolve_model(cfg.model).source,
+        "model": source or resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
         # every method but "none" prunes at the given ratio (uniform, random and holitom too, not only fastvid)
@@ -512,7 +514,7 @@ def _now() -> str:
 
 
 def _report_keys() -> list[str]:
-    from fastvid_cli.engine import Report
+    from fastvid_cli.report import Report
 
     return [f.name for f in dataclasses.fields(Report)]
 
@@ -739,19 +741,20 @@ def make_plan(cfg: BatchConfig, engine=None) -> Plan:
 
     validate_config(cfg)
     rows = read_questions(cfg.questions)
-    ref = resolve_model(cfg.model)
+    ref = getattr(engine, "ref", None) or resolve_model(cfg.model)  # a server's engine knows its model
     check_device_name(cfg.device)
     check_dtype_name(cfg.dtype)
     check_attn_implementation(cfg.attn_implementation)
-    from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype  # torch: after every cheap check
 
     if engine is None:
+        from fastvid_cli.models.base import dtype_name, resolve_device, resolve_dtype  # torch: after cheap checks
+
         dtype_label = dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
         defaults = family_defaults(cfg.model)
     else:
-        dtype_label = dtype_name(engine.dtype)
+        dtype_label = engine.dtype if isinstance(engine.dtype, str) else str(engine.dtype).replace("torch.", "")
         defaults = dict(engine.defaults)
-    base = base_settings(cfg, defaults, dtype_label)
+    base = base_settings(cfg, defaults, dtype_label, ref.source)
     settings = {r.row: row_settings(r, base) for r in rows}
     return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()}, ref.display)
 
@@ -815,7 +818,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
     # Row errors need no model: the main process writes them. Answerable rows go in whole groups.
     invalid = [r for r in pending if r.error] if dist.is_main else []
     share = split_groups(make_groups([r for r in pending if not r.error], plan.settings), dist.world)[dist.rank]
-    if share:
+    if share and prefetch:
         from fastvid_cli.models import frame_request
 
         for g in share:  # sampled before the model loads (prefetch): the family's own plan, or a count
@@ -1000,7 +1003,7 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     `VideoSession.answer_many` in chunks of `answer_batch` (decoded together: same answers, a fraction of the
     per-row cost); a chunk is finished before a Ctrl-C stops the run, and a chunk that fails as a whole is
     retried row by row so one bad row cannot take its neighbours' answers with it."""
-    from fastvid_cli.engine import PruneOptions
+    from fastvid_cli.settings import PruneOptions
 
     t0 = time.perf_counter()
     params = plan.base["params"] if group.method == "fastvid" or group.method.startswith("holitom") else {}
@@ -1036,12 +1039,16 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
                 reports = session.answer_many([r.question for r in chunk], gen, lead_ms=lead_ms if i == 0 else 0.0,
                                               max_rows=step)
                 batched.update({i + j: r for j, r in enumerate(reports)})
+            except ServerError:  # --server: the server is gone or failing; stop (what was written stays)
+                raise
             except Exception as e:  # noqa: BLE001 - answered one by one below, where each row's error is its own
                 if on_exception is not None:
                     on_exception(e)
         try:
             report = batched.pop(i, None) or session.answer(row.question, gen, reuse_prefix=True,
                                                             lead_ms=lead_ms if i == 0 else 0.0)
+        except ServerError:
+            raise
         except FastVidError as e:
             write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
             continue

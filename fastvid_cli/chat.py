@@ -36,14 +36,14 @@ HELP = """commands:
 @dataclass
 class ChatSettings:
     video: str
-    method: str = "fastvid"
+    method: str | None = "fastvid"  # None (chat --server without --method): the server's default
     ratio: float | None = None
     frames: int | None = None
     fps: float | None = None
     params: dict[str, Any] = field(default_factory=dict)  # fastvid parameters given on the command line
     inner: str | None = None  # --holitom-inner K,R
     gen: dict[str, Any] = field(default_factory=dict)  # max_new_tokens, temperature, top_p, seed, system, compile
-    cache: bool = True
+    cache: bool = True  # the on-disk feature cache of a local chat (a server decides about its own)
 
 
 def stats_line(r: dict[str, Any], where: str | None = None) -> str:
@@ -93,7 +93,7 @@ class LocalBackend:
             return self.sessions[key], 0.0
         t0 = time.perf_counter()
         fkey = key[:2]
-        if fkey in self.features and s.cache:
+        if fkey in self.features:  # features of this video in memory: only pruning is done again
             clip, feats, timings, status = self.features[fkey]
             sess = eng.session_from_features(s.video, clip, feats, prune, timings, system=s.gen.get("system"))
             sess.cache_status = "hit"
@@ -113,7 +113,7 @@ class LocalBackend:
 
         sess, lead = self._session(s)
         gen = GenerationOptions(**s.gen)
-        report = sess.answer(question, gen, lead_ms=lead, on_text=on_text, history=history, reuse_prefix=s.cache)
+        report = sess.answer(question, gen, lead_ms=lead, on_text=on_text, history=history, reuse_prefix=True)
         data = report.to_dict()
         data["timings_ms"]["load"] = round(self.engine.load_ms or 0.0, 3)
         return data
@@ -164,12 +164,10 @@ def local_params(s: ChatSettings, defaults: dict[str, Any]) -> dict[str, Any]:
 def remote_ext(s: ChatSettings) -> dict[str, Any]:
     """The request's `fastvid` object for these settings (what is left out: the server's defaults)."""
     ext: dict[str, Any] = {"method": s.method, "ratio": s.ratio, "frames": s.frames, "fps": s.fps}
-    if s.method == "fastvid":
+    if s.method in (None, "fastvid"):  # None: the server's default method
         ext.update(s.params)
     elif s.inner and s.method.startswith("holitom"):
         ext["inner"] = s.inner
-    if not s.cache:
-        ext["cache"] = False
     if s.gen.get("compile") is not None:
         ext["compile"] = s.gen["compile"]
     return ext
@@ -245,7 +243,7 @@ class Chat:
             self.s.ratio = r
             if self.s.method == "none":
                 self.s.method = "fastvid"
-            self.note(f"ratio {r:g} ({self.s.method}) from the next answer on")
+            self.note(f"ratio {r:g} ({self.s.method or 'the default method'}) from the next answer on")
         elif name == "method":
             if arg not in method_names():
                 raise InvalidOptionError(f"/method takes one of {', '.join(method_names())} (got '{arg}')")
@@ -270,7 +268,7 @@ class Chat:
             self.note("system prompt " + ("set" if arg else "cleared"))
         elif name == "settings":
             s = self.s
-            self.note(f"video {s.video} · method {s.method} · ratio {s.ratio if s.ratio is not None else 'default'}"
+            self.note(f"video {s.video} · method {s.method or 'default'} · ratio {s.ratio if s.ratio is not None else 'default'}"
                       f" · frames {s.frames or (f'{s.fps:g} fps' if s.fps else 'default')} · max new tokens "
                       f"{s.gen.get('max_new_tokens')} · temperature {s.gen.get('temperature')} · system "
                       f"{s.gen.get('system')!r} · {len(self.history)} earlier turn(s)")

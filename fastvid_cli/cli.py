@@ -142,6 +142,8 @@ def ask(
                                  "minus the runner-up's; near 0 = another CPU may answer differently): "
                                  "logit_margins in --json, a note in the summary. Decodes eagerly.",
                                  rich_help_panel="Output"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
 ) -> None:
     """Answer a question about a video, FastVID-pruned, streamed with live stats.
@@ -155,6 +157,8 @@ def ask(
         _check_method(method)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
+        if _server(server):
+            return _ask_on_server(_server(server), api_key, video, question)
         _check_cheaply(video, model, device, dtype, attn_implementation)
         inner = _inner_params(method, holitom_inner)  # checked before the model loads
         from fastvid_cli import hub
@@ -193,6 +197,73 @@ def ask(
         return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
 
     _run(debug, body)
+
+
+def _server(value: str | None) -> str | None:
+    """--server / FASTVID_SERVER: the URL, or None to run here (also for an empty value)."""
+    return (value.strip() or None) if value is not None else None
+
+
+def _given(*names: str) -> dict[str, Any]:
+    """The options among `names` that the user set (command line or environment), with their values."""
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+        from click.core import ParameterSource
+
+    ctx = get_current_context()
+    out = {}
+    for name in names:
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            out[name] = ctx.params[name]
+    return out
+
+
+def _client(url: str, api_key: str | None, chatty: bool):
+    """The client of the server at `url`, after checking the options that belong to the server (see
+    remote.check_server_options)."""
+    from fastvid_cli.client import Client
+    from fastvid_cli.remote import check_server_options
+    from fastvid_cli.ui import err_console, warn_line
+
+    client = Client(url, api_key or None,
+                    on_wait=(lambda msg: err_console.print(f"[dim]{msg}[/]")) if chatty else None)
+    check_server_options(client, _server_side_options(), warn_line)
+    return client
+
+
+def _server_side_options() -> dict[str, Any]:
+    return _given("model", "device", "dtype", "attn_implementation", "saliency_model", "threads", "offline",
+                  "cache_dir")
+
+
+def _ask_on_server(url: str, api_key: str | None, video: Path, question: str) -> int:
+    """`ask --server`: the options the user set go with the request; the rest are the server's defaults (which,
+    for a server started without pruning/generation flags, are those of a local `ask`)."""
+    from fastvid_cli.remote import ask_remote
+
+    p = _given("frames", "fps", "method", "ratio", "dyseg_c", "dyseg_tau", "stprune_d", "dtm_p", "dtm_beta",
+               "dyseg_ignore", "holitom_inner", "max_new_tokens", "temperature", "top_p", "seed", "system",
+               "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
+    method = p.get("method")
+    inner = p.get("holitom_inner")
+    if inner and not (method or "").startswith("holitom"):
+        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+    as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
+    client = _client(url, api_key, not (as_json or quiet))
+    names = {"dyseg_c": "c", "dyseg_tau": "tau", "stprune_d": "d", "dtm_p": "p", "dtm_beta": "beta",
+             "dyseg_ignore": "ignore"}
+    params = {short: p[long] for long, short in names.items() if p.get(long) is not None}
+    if params and (method or "fastvid") != "fastvid":
+        params = {}  # as a local ask: FastVID's options do not apply to other methods
+    gen = {k: p.get(k) for k in ("max_new_tokens", "temperature", "top_p", "seed", "system")}
+    return ask_remote(client, str(video), question, model=None, frames=p.get("frames"), fps=p.get("fps"),
+                      method=method, ratio=p.get("ratio"), params=params, inner=inner, gen=gen,
+                      baseline=bool(p.get("baseline")), margins=bool(p.get("margins")),
+                      compile_decode=p.get("compile_decode"), cache=not p.get("no_cache"), as_json=as_json,
+                      quiet=quiet)
 
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
@@ -321,6 +392,8 @@ def compare(
                               rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with a list of rows.",
                                  rich_help_panel="Output"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
 ) -> None:
     """Compare pruning settings on one video and question: one table, every cell measured.
@@ -340,6 +413,22 @@ def compare(
             raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
         if not question.strip():
             raise InvalidOptionError("the question is empty")
+        if _server(server):
+            from fastvid_cli.remote import compare_remote
+            from fastvid_cli.ui import print_compare
+
+            client = _client(_server(server), api_key, not as_json)
+            params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
+                                            ignore=dyseg_ignore).items() if v is not None}
+            result = compare_remote(client, str(video), question, methods=methods, ratios=ratios, params=params,
+                                    inner=holitom_inner, frames=frames, fps=fps, repeat=repeat,
+                                    baseline=not no_baseline, max_new_tokens=max_new_tokens, system=system,
+                                    compile_decode=compile_decode, cache=not no_cache, model=None)
+            if as_json:
+                sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            else:
+                print_compare(result, full=full)
+            return 0
         _check_cheaply(video, model, device, dtype, attn_implementation)
         inner = _inner_params("holitom", holitom_inner) if holitom_inner else {}
         from fastvid_cli import hub
@@ -521,9 +610,12 @@ def _doctor_info() -> dict[str, Any]:
 def _register_batch() -> None:
     from fastvid_cli.cli_batch import batch
     from fastvid_cli.cli_eval import eval_
+    from fastvid_cli.cli_serve import chat, serve
 
     app.command(name="batch", cls=O.Command)(batch)
     app.command(name="eval", cls=O.Command)(eval_)
+    app.command(name="serve", cls=O.Command)(serve)
+    app.command(name="chat", cls=O.Command)(chat)
 
 
 _register_batch()

@@ -75,6 +75,8 @@ def batch(
                                           "the same for many rows as for one; 1 on CPU, where batching gained at "
                                           "most 1.6x and lost up to 3x on a busy machine (benchmarks/RESULTS.md).",
                                      rich_help_panel="Generation"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
 ) -> None:
     """Answer every question of a CSV, one video session per (video, frames, ratio), into a resumable JSONL.
@@ -85,7 +87,7 @@ def batch(
     video groups are split over the processes (one per GPU, or gloo on CPU) and merged into the output in CSV
     order at the end. Progress (done/failed, ETA, mean tokens kept, mean TTFT) goes to stderr.
     """
-    from fastvid_cli.cli import _run
+    from fastvid_cli.cli import _client, _run, _server
 
     def body() -> int:
         from fastvid_cli import hub
@@ -107,6 +109,11 @@ def batch(
                           answer_batch=rows_together, holitom_inner=holitom_inner,
                           retry_errors=retry_errors, overwrite=overwrite,
                           cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
+        engine = None
+        if _server(server):  # every answer is a request to the server; records and resume as a local run
+            from fastvid_cli.remote import remote_engine
+
+            engine = remote_engine(_client(_server(server), api_key, True), cfg)
         stop = threading.Event()
         progress = BatchProgress()
         restore = _stop_on_sigint(stop, progress)
@@ -116,7 +123,8 @@ def batch(
                 progress.note(format_exception(e).rstrip())
 
         try:
-            result = run_batch(cfg, progress=progress, stop=stop, on_exception=on_exception)
+            result = run_batch(cfg, engine=engine, progress=progress, stop=stop, on_exception=on_exception,
+                               prefetch=engine is None)
         finally:
             restore()
         if result.final:

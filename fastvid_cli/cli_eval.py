@@ -81,6 +81,8 @@ def eval_(
                                       "same settings (otherwise it is skipped too).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the numbers of the tables.",
                                  rich_help_panel="Output"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
 ) -> None:
     """Score pruning settings on a benchmark (--form mc or short): accuracy, retention vs ratio 1.0, tokens, TTFT.
@@ -89,7 +91,7 @@ def eval_(
     about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
     as they finish; rerun the same command to resume. Ctrl-C stops (exit 130); what was written is kept.
     """
-    from fastvid_cli.cli import _run
+    from fastvid_cli.cli import _client, _run, _server
 
     def body() -> int:
         from fastvid_cli import hub
@@ -109,6 +111,11 @@ def eval_(
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower(),
                          cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
+        engine = None
+        if _server(server):  # every answer is a request to the server; records and resume as a local run
+            from fastvid_cli.remote import remote_engine
+
+            engine = remote_engine(_client(_server(server), api_key, not as_json), cfg)
         progress = EvalProgress(enabled=not as_json)
 
         def on_exception(e: BaseException) -> None:
@@ -117,7 +124,7 @@ def eval_(
 
                 progress.note(format_exception(e).rstrip(), force=True)
 
-        result = run_eval(cfg, progress=progress, on_exception=on_exception)
+        result = run_eval(cfg, engine=engine, progress=progress, on_exception=on_exception)
         data = result_json(result)
         if as_json:
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")

@@ -276,14 +276,19 @@ class Client:
         shown = shown if shown is not None else str(path)
         absolute = os.path.abspath(path)
 
-        def rewrite(text: str) -> str:
-            return text.replace(file_url(absolute), shown).replace(absolute, shown)
+        sent: list[str] = []
+
+        def rewrite(text: str) -> str:  # what the server says about the video, as the user named it
+            for name in (*sent, file_url(absolute), absolute):
+                text = text.replace(name, shown)
+            return text
 
         tried_upload = False
         url = None if not self.local else file_url(absolute)
         for _attempt in range(3):
             if url is None:
                 url, tried_upload = self.upload(path), True
+            sent.append(url)
             try:
                 return send(url)
             except ApiFailure as f:

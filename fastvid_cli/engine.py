@@ -15,7 +15,6 @@ import queue
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -27,74 +26,13 @@ from fastvid_cli.models import FAMILIES, ModelRef, check_attn_implementation, re
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
+from fastvid_cli.report import Report
 from fastvid_cli.settings import GenerationOptions, PruneOptions
 from fastvid_cli.models.base import (Assembled, VideoFeatures, dtype_name, merge_frame_chunks, resolve_device,
                                      resolve_dtype)
 from fastvid_cli.video import Clip, sample_frames
 
 Stage = Callable[[str, str], None]  # (stage name, "start" | "done") progress callback
-
-
-@dataclass
-class Report:
-    """Everything `ask --json` prints; also what the summary panel shows."""
-
-    answer: str = ""
-    model: str = ""
-    video: str = ""
-    question: str = ""
-    method: str = ""
-    ratio: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
-    frames: int = 0
-    frames_requested: int = 0
-    frame_indices: list[int] = field(default_factory=list)
-    frame_timestamps: list[float] = field(default_factory=list)
-    video_duration_s: float = 0.0
-    video_tokens_total: int = 0
-    video_tokens_kept: int = 0
-    prompt_tokens_total: int = 0
-    prompt_tokens_kept: int = 0
-    segments: list[int] = field(default_factory=list)
-    saliency_source: str = ""
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    decode_tokens_per_s: float | None = None
-    new_tokens: int = 0
-    stop_reason: str = ""
-    prefill_speedup: float | None = None
-    prefill_speedup_measured: bool = False
-    # --baseline: medians of `prefill_timed_runs` alternating timed prefills of the unpruned and the pruned prompt
-    baseline_prefill_ms: float | None = None
-    pruned_prefill_ms: float | None = None
-    prefill_timed_runs: int | None = None
-    peak_gpu_mem_mb: float | None = None
-    device: str = ""
-    dtype: str = ""
-    attn_implementation: str = ""
-    cache: str = "off"  # feature cache: hit | miss | off
-    decode_mode: str = ""  # eager | cuda-graph | batched xN (answered with N-1 other questions, see answer_many)
-    notes: list[str] = field(default_factory=list)
-    versions: dict[str, str] = field(default_factory=dict)
-    # GenerationOptions.margins: per generated token (eos included), its logit minus the best other token's; an
-    # answer whose smallest margin is near 0 can come out differently on another CPU/GPU or dtype. Deliberately not
-    # a dataclass field: the fixed keys of `ask --json` and of batch records (dataclasses.fields) stay as they are,
-    # and to_dict adds this one only when it was measured.
-    logit_margins = None  # list[float] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.logit_margins is not None:
-            data["logit_margins"] = list(self.logit_margins)
-        return data
-
-    def set_margins(self, margins: list[float] | None) -> None:
-        """Keep the margins of a decode (None: not measured) and say the smallest in a note."""
-        if margins is None:
-            return
-        self.logit_margins = [round(m, 4) for m in margins]
-        if margins:
-            self.notes.append(f"logit margins per answer token (chosen minus runner-up): "
-                              f"{' '.join(f'{m:.2f}' for m in margins)}; min {min(margins):.2f}")
 
 
 def versions() -> dict[str, str]:

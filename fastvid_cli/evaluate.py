@@ -49,7 +49,7 @@ from fastvid_cli.batch import (
     read_records,
     select,
 )
-from fastvid_cli.errors import FastVidError, InvalidOptionError
+from fastvid_cli.errors import FastVidError, InvalidOptionError, ServerError
 
 # Whole-file problems (missing, unreadable, invalid JSON, a line lacking a required key) are usage errors, exit 2.
 BENCH_ERROR = InvalidOptionError
@@ -510,7 +510,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
         check_short_answers(questions, str(cfg.bench))
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
-    ref = resolve_model(cfg.model)
+    ref = getattr(engine, "ref", None) or resolve_model(cfg.model)  # a server's engine knows its model
     check_device_name(cfg.device)
     check_dtype_name(cfg.dtype)
     check_attn_implementation(cfg.attn_implementation)
@@ -767,7 +767,7 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
     """Encode the video once (method none keeps the features whole; looked up in / stored to `feature_cache` when
     given), then per setting prune those features into a session whose prompt-prefix KV cache every question of
     this video shares."""
-    from fastvid_cli.engine import PruneOptions
+    from fastvid_cli.settings import PruneOptions
 
     gen = cfg.generation()
     short = plan.form == "short"
@@ -802,6 +802,8 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
                 prompt = short_prompt(q.question) if short else mc_prompt(q.question, q.options)
                 report = sess.answer(prompt, gen, reuse_prefix=True,
                                      lead_ms=sess.timings.get("prune", 0.0) if i == 0 else 0.0)
+            except ServerError:  # --server: the server is gone or failing; stop (what was written stays)
+                raise
             except Exception as e:
                 write(error_record(plan, q, s, _one_line(e, on_exception)))
                 continue

@@ -10,6 +10,7 @@ Standard library only, like client.py: no torch, no transformers.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -49,19 +50,20 @@ def check_server_options(client: Client, given: dict[str, Any], warn: Callable[[
             warn(f"{IGNORED[key]} does not apply with --server (the server's own setting is used)")
 
 
-def _fastvid_ext(method: str, ratio: float | None, frames: int | None, fps: float | None,
+def _fastvid_ext(method: str | None, ratio: float | None, frames: int | None, fps: float | None,
                  params: dict[str, Any], inner: Any, **switches: Any) -> dict[str, Any]:
+    """The request's `fastvid` object; None values are left out (the server's defaults apply)."""
     ext: dict[str, Any] = {"method": method, "ratio": ratio, "frames": frames, "fps": fps}
-    if method == "fastvid":
+    if method in (None, "fastvid"):
         ext.update(params)
-    if inner is not None and method.startswith("holitom"):
+    if inner is not None and (method or "").startswith("holitom"):
         ext["inner"] = list(inner) if isinstance(inner, tuple) else inner
     ext.update({k: v for k, v in switches.items() if v is not None})
     return ext
 
 
 def ask_remote(client: Client, video: str, question: str, *, model: str | None, frames: int | None,
-               fps: float | None, method: str, ratio: float | None, params: dict[str, Any], inner: str | None,
+               fps: float | None, method: str | None, ratio: float | None, params: dict[str, Any], inner: str | None,
                gen: dict[str, Any], baseline: bool, margins: bool, compile_decode: bool | None, cache: bool,
                as_json: bool, quiet: bool) -> int:
     """`fastvid ask --server`: the answer streamed to stdout, then the panel (or one JSON object)."""
@@ -115,7 +117,7 @@ def compare_remote(client: Client, video: str, question: str, *, methods: list[s
                    baseline: bool, max_new_tokens: int, system: str | None, compile_decode: bool | None,
                    cache: bool, model: str | None) -> dict[str, Any]:
     """`fastvid compare --server`: the same table, measured on the server (POST /v1/fastvid/compare)."""
-    from fastvid_cli.client import ApiFailure, check_local_video
+    from fastvid_cli.client import check_local_video
 
     check_local_video(video)
     payload: dict[str, Any] = {"question": question, "methods": methods, "ratios": ratios, "params": params,
@@ -125,36 +127,12 @@ def compare_remote(client: Client, video: str, question: str, *, methods: list[s
     if model is not None:
         payload["model"] = model
 
-    def send(url: str) -> dict[str, Any]:
-        try:
-            return client.compare({**payload, "video": url})
-        except ApiFailure:
-            raise
-    result = client.with_video(video, send)
+    result = client.with_video(video, lambda url: client.compare({**payload, "video": url}))
     result["video"] = str(video)
     return result
 
 
 # ---------------------------------------------------------------------------------------------- batch and eval
-class RemoteReport:
-    """A Report sent by the server: its fields as attributes, `to_dict()` the dict itself."""
-
-    def __init__(self, data: dict[str, Any]):
-        self.__dict__["_data"] = data
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self._data[name] = value
-
-    def to_dict(self) -> dict[str, Any]:
-        return self._data
-
-
 class RemoteEngine:
     """What `batch` and `eval` use of an Engine, answered by a server: model name, defaults, dtype, sessions."""
 
@@ -165,9 +143,12 @@ class RemoteEngine:
         card = client.card()
         meta = card.get("fastvid") or {}
         self.client = client
+        from fastvid_cli.models import ModelRef
+
         self.model_name = card.get("id")
         self.model_source = meta.get("source")
         self.alias = meta.get("alias")
+        self.ref = ModelRef(self.model_source, self.alias, os.path.isabs(str(self.model_source)))
         self.device = f"{meta.get('device')} on {client.url}"
         self.dtype = meta.get("dtype")  # a string here (Engine has a torch.dtype)
         self.attn_implementation = meta.get("attn_implementation")
@@ -226,8 +207,8 @@ class RemoteSession:
 
     def answer(self, question: str, gen=None, *, baseline: bool = False, reuse_prefix: bool = True,
                lead_ms: float = 0.0, on_stage=None, on_text=None, stop: threading.Event | None = None,
-               history=None) -> RemoteReport:
-        from fastvid_cli.report import GenerationOptions
+               history=None):
+        from fastvid_cli.settings import GenerationOptions
 
         gen = gen or GenerationOptions()
         system = gen.system if gen.system is not None else self.system
@@ -239,15 +220,33 @@ class RemoteSession:
         def send(url: str) -> dict[str, Any]:
             return client.chat(ask_payload(url, question, model=None, gen=g, fastvid=ext, history=history), on_text)
 
+        from fastvid_cli.report import Report
+
         data = client.with_video(self.video, send)["report"]
         data["video"] = self.video
-        return RemoteReport(data)
+        return Report.from_dict(data)
 
     def answer_many(self, questions: list[str], gen=None, *, lead_ms=0.0, max_rows: int = 16, histories=None,
-                    on_text=None, stops=None) -> list[RemoteReport]:
+                    on_text=None, stops=None) -> list:
         """Concurrent requests (up to `max_rows` at a time): the server decodes greedy ones together."""
         histories = histories or [None] * len(questions)
         with ThreadPoolExecutor(max_workers=max(1, min(max_rows, len(questions))),
                                 thread_name_prefix="fastvid-remote") as pool:
             futures = [pool.submit(self.answer, q, gen, history=h) for q, h in zip(questions, histories)]
             return [f.result() for f in futures]
+
+
+def remote_engine(client: Client, cfg) -> RemoteEngine:
+    """`batch --server` / `eval --server`: the engine facade, and `cfg` (BatchConfig or EvalConfig) made to
+    describe the server's model, so that settings fingerprints are those a local run with this model gets: the
+    model as the server names it, its saliency setting unless given, no local feature cache, and for batch as many
+    concurrent answers as the server decodes together (--answer-batch auto)."""
+    engine = RemoteEngine(client)
+    meta = client.card().get("fastvid") or {}
+    cfg.model = engine.alias or engine.model_source
+    if cfg.saliency_model is None:
+        cfg.saliency_model = meta.get("saliency_model")
+    cfg.cache_dir = None
+    if hasattr(cfg, "answer_batch") and cfg.answer_batch is None:
+        cfg.answer_batch = int(meta.get("max_batch") or 16)
+    return engine
