@@ -46,12 +46,18 @@ def serve(
     batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0, metavar="MS", rich_help_panel=S,
                                           help="While requests arrive concurrently, how long a request waits for "
                                                "others about the same video to decode with."),
+    max_sessions: int = typer.Option(32, "--max-sessions", min=1, metavar="N", rich_help_panel=S,
+                                     help="Videos (x pruning settings) whose features, kept tokens and prompt-prefix "
+                                          "KV cache stay in memory for later requests (least recently used first "
+                                          "out)."),
     device: str = O.DEVICE,
     dtype: str = O.DTYPE,
     attn_implementation: str = O.ATTN,
     saliency_model: Optional[str] = O.SALIENCY,
     offline: bool = O.OFFLINE,
-    threads: Optional[int] = O.THREADS,
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", rich_help_panel="Model",
+                                          help="CPU threads for torch's work (default on CPU: one fewer than the "
+                                               "cores, which the HTTP side keeps; OMP_NUM_THREADS sets it too)."),
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
@@ -116,7 +122,7 @@ def serve(
                           cache_dir=str(cache_dir) if cache_dir else None, no_cache=no_cache, host=host, port=port,
                           api_key=api_key or None, media_dirs=roots, max_queue=max_queue,
                           max_upload_mb=max_upload_mb, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                          defaults=defaults)
+                          max_sessions=max_sessions, defaults=defaults)
         configure_logging(not quiet)
         service = Service(cfg, say=lambda msg: err_console.print(f"fastvid serve: {msg}", markup=False,
                                                                  highlight=False, soft_wrap=True))

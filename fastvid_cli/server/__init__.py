@@ -50,7 +50,7 @@ class ServeConfig:
     max_upload_mb: float = 512.0
     max_batch: int = 16
     batch_window_ms: float = 10.0
-    max_sessions: int = 8
+    max_sessions: int = 32  # videos x settings whose sessions (features, kept tokens, prefix KV cache) stay in memory
     defaults: Defaults = field(default_factory=Defaults)
 
 
@@ -110,8 +110,13 @@ class ServerState:
         set_threads(cfg.threads)
         engine = Engine.load(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
                              saliency_model=cfg.saliency_model)
-        if not engine.cuda:  # Engine.load warms up on CUDA; the CPU path's first answer pays its own first calls
-            engine.warmup()
+        if not engine.cuda:
+            if cfg.threads is None and not os.environ.get("OMP_NUM_THREADS"):
+                # The model's threads would spin against the HTTP side for the same cores: one core fewer than the
+                # machine has (on 2 busy cores, 16 clients got 3.2x one client's throughput with 1 thread, 0.4x
+                # with 2; benchmarks/RESULTS.md).
+                set_threads(max(1, _cores() - 1))
+            engine.warmup()  # Engine.load warms up on CUDA only
         fcache = None if cfg.no_cache else FeatureCache(cfg.cache_dir or hub.fastvid_cache_dir() / "features")
         sched = Scheduler(engine, self.policy, self.metrics, feature_cache=fcache, max_queue=cfg.max_queue,
                           max_batch=cfg.max_batch, batch_window_s=cfg.batch_window_ms / 1e3,
@@ -160,6 +165,13 @@ class ServerState:
         if self.scheduler is not None:
             self.scheduler.close()
         self.uploads.close()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def bind(host: str, port: int) -> socket.socket:

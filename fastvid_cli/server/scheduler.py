@@ -127,7 +127,8 @@ class StopText:
 
 class Scheduler:
     def __init__(self, engine, policy: MediaPolicy, metrics: Metrics, *, feature_cache=None, max_queue: int = 64,
-                 max_batch: int = 16, batch_window_s: float = 0.01, max_sessions: int = 8, max_features: int = 8):
+                 max_batch: int = 16, batch_window_s: float = 0.01, max_sessions: int = 32,
+                 max_features: int | None = None):
         self.engine = engine
         self.policy = policy
         self.metrics = metrics
@@ -136,7 +137,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
         self.max_sessions = max_sessions
-        self.max_features = max_features
+        self.max_features = max_features or max_sessions
         self.cv = threading.Condition()
         self.waiting: deque[Work] = deque()
         self.running = 0
