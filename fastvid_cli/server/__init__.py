@@ -96,6 +96,7 @@ class ServerState:
         self.engine = None
         self.scheduler = None
         self.started = time.time()
+        self._plans: dict[tuple, Any] = {}
 
     def load(self, on_stage: Callable[[str], None] | None = None) -> None:
         """Load the model, warm it up, start the worker; the server is ready when this returns."""
@@ -132,10 +133,13 @@ class ServerState:
         from fastvid_cli.models import frame_request
         from fastvid_cli.server.errors import from_fastvid
 
-        try:
-            return frame_request(self.config.model, frames, fps)
-        except FastVidError as e:
-            raise from_fastvid(e) from None
+        key = (frames, fps)
+        if key not in self._plans:  # the family is read from the checkpoint's config: once per request shape
+            try:
+                self._plans[key] = frame_request(self.config.model, frames, fps)
+            except FastVidError as e:
+                raise from_fastvid(e) from None
+        return self._plans[key]
 
     def model_card(self) -> dict[str, Any]:
         from fastvid_cli.engine import versions
