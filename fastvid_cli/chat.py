@@ -81,7 +81,7 @@ class LocalBackend:
 
     def _session(self, s: ChatSettings):
         from fastvid_cli.engine import PruneOptions
-        from fastvid_cli.models import frame_request
+        from fastvid_cli.settings import frame_request
 
         eng = self.engine
         plan = frame_request(self.model, s.frames, s.fps)

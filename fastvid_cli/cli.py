@@ -12,15 +12,15 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
 from fastvid_cli import __version__
 from fastvid_cli import options as O
-from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
+from fastvid_cli.cli_common import given_options, given_prune_params, run_command, server_client, server_url
+from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidOptionError
 
 app = typer.Typer(
     cls=O.Group,
@@ -37,57 +37,6 @@ BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the un
                  "does (3 runs each, alternating; medians) and report the MEASURED prefill speedup with both times. "
                  "Without it the speedup shown is an ESTIMATE labelled 'est.': the ratio of LLM prefill FLOPs "
                  "(projections, causal attention, MLP) at the full and the pruned prompt length.")
-
-
-def _run(debug: bool, body: Callable[[], int | None]) -> None:
-    """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
-    _hide_library_noise(debug)
-    try:
-        code = body() or 0
-    except FastVidError as e:
-        _error(e.one_line(), debug)
-        code = e.exit_code
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        from fastvid_cli.ui import err_console
-
-        err_console.print("\n[yellow]interrupted[/]")
-        code = EXIT_INTERRUPTED
-    except typer.Exit:
-        raise
-    except Exception as e:  # a bug: still one line, unless --debug
-        from fastvid_cli.errors import OutOfMemoryError
-
-        if type(e).__name__ == "OutOfMemoryError":
-            _error(OutOfMemoryError("out of memory", "try fewer --frames or a lower --ratio").one_line(), debug)
-            code = OutOfMemoryError.exit_code
-        else:
-            msg = " ".join(str(e).split()) or type(e).__name__
-            _error(f"internal error: {type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)", debug)
-            code = EXIT_INTERNAL
-    raise typer.Exit(code)
-
-
-def _hide_library_noise(debug: bool) -> None:
-    """Keep the libraries' own warnings (deprecations, hub retries, load reports) off the user's terminal: they
-    land in the middle of the progress display and say nothing the user can act on. `--debug` shows them."""
-    import logging
-    import warnings
-
-    level = logging.WARNING if debug else logging.ERROR
-    if not debug:
-        warnings.filterwarnings("ignore")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
-    for name in ("transformers", "huggingface_hub", "accelerate", "torch", "httpx", "urllib3"):
-        logging.getLogger(name).setLevel(level)
-
-
-def _error(message: str, debug: bool) -> None:
-    from fastvid_cli.ui import error_line
-
-    if debug:
-        traceback.print_exc()
-    error_line(message)
 
 
 def _check_method(method: str) -> None:
@@ -157,8 +106,8 @@ def ask(
         _check_method(method)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
-        if _server(server):
-            return _ask_on_server(_server(server), api_key, video, question)
+        if server_url(server):
+            return _ask_on_server(server_url(server), api_key, video, question)
         _check_cheaply(video, model, device, dtype, attn_implementation)
         inner = _inner_params(method, holitom_inner)  # checked before the model loads
         from fastvid_cli import hub
@@ -196,47 +145,7 @@ def ask(
                 print_summary(data, engine.load_ms)
         return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
 
-    _run(debug, body)
-
-
-def _server(value: str | None) -> str | None:
-    """--server / FASTVID_SERVER: the URL, or None to run here (also for an empty value)."""
-    return (value.strip() or None) if value is not None else None
-
-
-def _given(*names: str) -> dict[str, Any]:
-    """The options among `names` that the user set (command line or environment), with their values."""
-    try:  # typer >= 0.29 carries its own copy of click
-        from typer._click.core import ParameterSource
-        from typer._click.globals import get_current_context
-    except ImportError:
-        from click import get_current_context
-        from click.core import ParameterSource
-
-    ctx = get_current_context()
-    out = {}
-    for name in names:
-        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            out[name] = ctx.params[name]
-    return out
-
-
-def _client(url: str, api_key: str | None, chatty: bool):
-    """The client of the server at `url`, after checking the options that belong to the server (see
-    remote.check_server_options)."""
-    from fastvid_cli.client import Client
-    from fastvid_cli.remote import check_server_options
-    from fastvid_cli.ui import err_console, warn_line
-
-    client = Client(url, api_key or None,
-                    on_wait=(lambda msg: err_console.print(f"[dim]{msg}[/]")) if chatty else None)
-    check_server_options(client, _server_side_options(), warn_line)
-    return client
-
-
-def _server_side_options() -> dict[str, Any]:
-    return _given("model", "device", "dtype", "attn_implementation", "saliency_model", "threads", "offline",
-                  "cache_dir")
+    run_command(debug, body)
 
 
 def _ask_on_server(url: str, api_key: str | None, video: Path, question: str) -> int:
@@ -244,15 +153,15 @@ def _ask_on_server(url: str, api_key: str | None, video: Path, question: str) ->
     for a server started without pruning/generation flags, are those of a local `ask`)."""
     from fastvid_cli.remote import ask_remote
 
-    p = _given("frames", "fps", "method", "ratio", "dyseg_c", "dyseg_tau", "stprune_d", "dtm_p", "dtm_beta",
-               "dyseg_ignore", "holitom_inner", "max_new_tokens", "temperature", "top_p", "seed", "system",
-               "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
+    p = given_options("frames", "fps", "method", "ratio", "dyseg_c", "dyseg_tau", "stprune_d", "dtm_p", "dtm_beta",
+                      "dyseg_ignore", "holitom_inner", "max_new_tokens", "temperature", "top_p", "seed", "system",
+                      "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
     method = p.get("method")
     inner = p.get("holitom_inner")
     if inner and not (method or "").startswith("holitom"):
         raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
     as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
-    client = _client(url, api_key, not (as_json or quiet))
+    client = server_client(url, api_key, not (as_json or quiet))
     names = {"dyseg_c": "c", "dyseg_tau": "tau", "stprune_d": "d", "dtm_p": "p", "dtm_beta": "beta",
              "dyseg_ignore": "ignore"}
     params = {short: p[long] for long, short in names.items() if p.get(long) is not None}
@@ -274,11 +183,11 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
     for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer)."""
     from fastvid_cli import hub
-    from fastvid_cli.models import frame_request
+    from fastvid_cli.settings import frame_request
 
     hub.set_offline(offline)
     from fastvid_cli.engine import Engine
-    from fastvid_cli.models.base import resolve_device, resolve_dtype
+    from fastvid_cli.models.loading import resolve_device, resolve_dtype
     from fastvid_cli.video import sample_frames
 
     resolve_dtype(dtype, resolve_device(device))
@@ -413,13 +322,13 @@ def compare(
             raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
         if not question.strip():
             raise InvalidOptionError("the question is empty")
-        if _server(server):
+        if server_url(server):
             from fastvid_cli.remote import compare_remote
             from fastvid_cli.ui import print_compare
 
-            client = _client(_server(server), api_key, not as_json)
-            params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                            ignore=dyseg_ignore).items() if v is not None}
+            client = server_client(server_url(server), api_key, not as_json)
+            params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
+                                        ignore=dyseg_ignore)
             result = compare_remote(client, str(video), question, methods=methods, ratios=ratios, params=params,
                                     inner=holitom_inner, frames=frames, fps=fps, repeat=repeat,
                                     baseline=not no_baseline, max_new_tokens=max_new_tokens, system=system,
@@ -457,7 +366,7 @@ def compare(
             print_compare(result, full=full)
         return 0
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 @app.command(cls=O.Command)
@@ -506,7 +415,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
                       + " also works, by hub id or local folder.", markup=False)
         return 0
 
-    _run(False, body)
+    run_command(False, body)
 
 
 @app.command(cls=O.Command)
@@ -514,7 +423,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
     """Check the installation: versions, devices and memory, caches, cached models, PyAV decoders."""
 
     def body() -> int:
-        info = _doctor_info()
+        from fastvid_cli.doctor import doctor_info
+
+        info = doctor_info()
         if as_json:
             print(json.dumps(info, indent=2))
             return 0
@@ -544,67 +455,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
         Console().print(t)
         return 0
 
-    _run(False, body)
-
-
-def _doctor_info() -> dict[str, Any]:
-    import platform
-
-    from fastvid_cli import hub
-    from fastvid_cli.models import ALIASES, ModelRef, alias_ref
-    from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, _extracted_path
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    vers: dict[str, str] = {"fastvid": __version__}
-    for dist in ("torch", "transformers", "accelerate", "av", "typer", "rich", "huggingface_hub", "safetensors"):
-        try:  # the installed distribution's metadata: not every package has a __version__ (rich has none)
-            vers[dist] = version(dist)
-        except PackageNotFoundError:
-            vers[dist] = "MISSING"
-    gpus = []
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                free, total = torch.cuda.mem_get_info(i)
-                gpus.append({"index": i, "name": torch.cuda.get_device_name(i), "free_gb": free / 2**30,
-                             "total_gb": total / 2**30})
-    except Exception:
-        pass
-    cached = [a.name for a in ALIASES.values() if hub.is_cached(alias_ref(a))]
-    extracted = _extracted_path(DEFAULT_SALIENCY_MODEL)
-    if extracted.is_file():
-        sal = f"{DEFAULT_SALIENCY_MODEL}: extracted head at {extracted}"
-    elif hub.is_cached(ModelRef(DEFAULT_SALIENCY_MODEL, None, False)):
-        sal = f"{DEFAULT_SALIENCY_MODEL}: in the HF cache (head is extracted on first use)"
-    else:
-        sal = (f"{DEFAULT_SALIENCY_MODEL}: NOT cached (FastVID falls back to last-layer attention; "
-               f"hf download {DEFAULT_SALIENCY_MODEL} model.safetensors config.json)")
-    try:
-        from fastvid_cli.video import decoder_support
-
-        decoders = decoder_support()
-    except Exception:
-        decoders = {}
-    import importlib.util
-
-    if hub.is_offline():
-        network = "not checked (offline mode)"
-    else:
-        from huggingface_hub import constants
-
-        why = hub._why_unreachable(constants.ENDPOINT)
-        network = f"{constants.ENDPOINT} reachable" if why is None else f"{why}: use --offline, or download first"
-    if importlib.util.find_spec("triton") is not None:
-        kernels = f"Triton {version('triton')} kernels (on CUDA; compiled once per machine, then cached)"
-    else:
-        kernels = "plain torch kernels (Triton is not installed; CUDA wheels of torch bring it)"
-    return {"versions": vers, "python": platform.python_version(), "cpu_cores": os.cpu_count(), "gpus": gpus,
-            "hf_cache": hub.cache_dir(), "fastvid_cache": str(hub.fastvid_cache_dir()), "offline": hub.is_offline(),
-            "cached_models": cached, "saliency_weights": sal, "decoders": decoders, "fused_decode": kernels,
-            "network": network}
+    run_command(False, body)
 
 
 def _register_batch() -> None:

@@ -14,6 +14,9 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.cli_common import (feature_cache_dir, given_prune_params, run_command, server_client,
+                                    server_url, traceback_printer)
+from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress, fmt_ms
 
 CSV_HELP = ("Questions CSV. Header row required: columns video,question; optional id (default: the 1-based data "
@@ -87,18 +90,15 @@ def batch(
     video groups are split over the processes (one per GPU, or gloo on CPU) and merged into the output in CSV
     order at the end. Progress (done/failed, ETA, mean tokens kept, mean TTFT) goes to stderr.
     """
-    from fastvid_cli.cli import _client, _run, _server
-
     def body() -> int:
         from fastvid_cli import hub
 
         hub.set_offline(offline)
-        from fastvid_cli.batch import BatchConfig, format_exception, run_batch
+        from fastvid_cli.batch import BatchConfig, run_batch
         from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
 
         rows_together = _answer_batch(answer_batch)
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore).items() if v is not None}
+        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, threads=threads,
                           device=device, dtype=dtype,
@@ -108,23 +108,18 @@ def batch(
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
                           answer_batch=rows_together, holitom_inner=holitom_inner,
                           retry_errors=retry_errors, overwrite=overwrite,
-                          cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
+                          cache_dir=feature_cache_dir(cache_dir, no_cache))
         engine = None
-        if _server(server):  # every answer is a request to the server; records and resume as a local run
+        if server_url(server):  # every answer is a request to the server; records and resume as a local run
             from fastvid_cli.remote import remote_engine
 
-            engine = remote_engine(_client(_server(server), api_key, True), cfg)
+            engine = remote_engine(server_client(server_url(server), api_key, True), cfg)
         stop = threading.Event()
         progress = BatchProgress()
         restore = _stop_on_sigint(stop, progress)
-
-        def on_exception(e: BaseException) -> None:
-            if debug:
-                progress.note(format_exception(e).rstrip())
-
         try:
-            result = run_batch(cfg, engine=engine, progress=progress, stop=stop, on_exception=on_exception,
-                               prefetch=engine is None)
+            result = run_batch(cfg, engine=engine, progress=progress, stop=stop,
+                               on_exception=traceback_printer(progress, debug), prefetch=engine is None)
         finally:
             restore()
         if result.final:
@@ -136,7 +131,7 @@ def batch(
                                   "status error and say why", "rerun with --retry-errors to try them again")
         return 0
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 def _answer_batch(text: str) -> int | None:
@@ -179,18 +174,18 @@ class BatchProgress(ItemProgress):
         self.kept: list[int] = []
         self.ttft: list[float] = []
 
-    # -- Progress protocol (fastvid_cli.batch.Progress)
-    def start(self, *, rows: int, pending: int, mine: int, skipped: int, dist: Any) -> None:
-        if dist.world > 1:
-            self.prefix = f"[rank {dist.rank}/{dist.world}] "
-        if dist.is_main:
-            self.note(f"{rows} rows: {skipped} already answered with these settings, {pending} to do"
-                      + (f" over {dist.world} processes" if dist.world > 1 else ""))
-        if dist.world > 1:
-            self.note(f"{mine} rows for this process")
-        self.open(mine, bar=dist.world == 1)
+    # -- Progress protocol (fastvid_cli.runs.Progress)
+    def start(self, counts: RunCounts) -> None:
+        if counts.world > 1:
+            self.prefix = f"[rank {counts.rank}/{counts.world}] "
+        if counts.is_main:
+            self.note(f"{counts.total} rows: {counts.skipped} already answered with these settings, {counts.pending} "
+                      "to do" + (f" over {counts.world} processes" if counts.world > 1 else ""))
+        if counts.world > 1:
+            self.note(f"{counts.mine} rows for this process")
+        self.open(counts.mine, bar=counts.world == 1)
 
-    def row_done(self, rec: dict[str, Any]) -> None:
+    def item_done(self, rec: dict[str, Any]) -> None:
         ok = rec.get("status") == "ok"
         if ok:
             if rec.get("video_tokens_kept") is not None:

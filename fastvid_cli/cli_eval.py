@@ -14,6 +14,9 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.cli_common import (feature_cache_dir, given_prune_params, run_command, server_client,
+                                    server_url, traceback_printer)
+from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress
 
 BENCH_HELP = ("Benchmark JSONL, one question per line: {\"id\", \"video\" (relative to the file's folder or "
@@ -91,16 +94,13 @@ def eval_(
     about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
     as they finish; rerun the same command to resume. Ctrl-C stops (exit 130); what was written is kept.
     """
-    from fastvid_cli.cli import _client, _run, _server
-
     def body() -> int:
         from fastvid_cli import hub
 
         hub.set_offline(offline)
         from fastvid_cli.evaluate import DEFAULT_RATIOS, EvalConfig, run_eval
 
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore).items() if v is not None}
+        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, threads=threads,
                          device=device,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
@@ -110,21 +110,14 @@ def eval_(
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower(),
-                         cache_dir=None if no_cache else (cache_dir or hub.fastvid_cache_dir() / "features"))
+                         cache_dir=feature_cache_dir(cache_dir, no_cache))
         engine = None
-        if _server(server):  # every answer is a request to the server; records and resume as a local run
+        if server_url(server):  # every answer is a request to the server; records and resume as a local run
             from fastvid_cli.remote import remote_engine
 
-            engine = remote_engine(_client(_server(server), api_key, not as_json), cfg)
+            engine = remote_engine(server_client(server_url(server), api_key, not as_json), cfg)
         progress = EvalProgress(enabled=not as_json)
-
-        def on_exception(e: BaseException) -> None:
-            if debug:
-                from fastvid_cli.batch import format_exception
-
-                progress.note(format_exception(e).rstrip(), force=True)
-
-        result = run_eval(cfg, engine=engine, progress=progress, on_exception=on_exception)
+        result = run_eval(cfg, engine=engine, progress=progress, on_exception=traceback_printer(progress, debug))
         data = result_json(result)
         if as_json:
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
@@ -140,7 +133,7 @@ def eval_(
                                   "rerun with --retry-errors to try them again")
         return 0
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 def result_json(result: Any) -> dict[str, Any]:
@@ -160,10 +153,11 @@ class EvalProgress(ItemProgress):
         super().__init__(enabled)
         self.correct = 0
 
-    def start(self, *, total: int, pending: int, skipped: int) -> None:
-        self.note(f"{total} items (questions x settings): {skipped} already done with these settings, "
-                  f"{pending} to do")
-        self.open(pending)
+    # -- Progress protocol (fastvid_cli.runs.Progress)
+    def start(self, counts: RunCounts) -> None:
+        self.note(f"{counts.total} items (questions x settings): {counts.skipped} already done with these settings, "
+                  f"{counts.pending} to do")
+        self.open(counts.mine)
 
     def item_done(self, rec: dict[str, Any]) -> None:
         ok = rec.get("status") == "ok"

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
+from fastvid_cli.cli_common import given_options, given_prune_params, run_command, server_client, server_url
 from fastvid_cli.errors import InvalidOptionError
 
 S = "Server"
@@ -91,7 +92,7 @@ def serve(
     (Prometheus). Requests about one video share its features and prompt prefix, and greedy ones waiting together
     are decoded together. Ctrl-C or SIGTERM stops accepting requests, finishes those in flight, and exits 0.
     """
-    from fastvid_cli.cli import _check_cheaply, _check_method, _check_ratio, _inner_params, _run
+    from fastvid_cli.cli import _check_cheaply, _check_method, _check_ratio, _inner_params
 
     def body() -> int:
         _check_ratio(ratio)
@@ -111,8 +112,7 @@ def serve(
         from fastvid_cli.server.settings import Defaults
         from fastvid_cli.ui import err_console
 
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore).items() if v is not None}
+        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         defaults = Defaults(method=method, ratio=ratio, frames=frames, fps=fps, params=params, inner=inner,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             system=system, compile=compile_decode)
@@ -132,7 +132,7 @@ def serve(
         service.run()
         return 0
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 def chat(
@@ -178,7 +178,7 @@ def chat(
     earlier input. With --server the model of a running `fastvid serve` answers (nothing heavy loads here). When
     stdin is not a terminal, each line is a question (or a command) and each answer is printed on one line.
     """
-    from fastvid_cli.cli import _check_method, _check_ratio, _given, _run, _server
+    from fastvid_cli.cli import _check_method, _check_ratio
 
     def body() -> int:
         _check_ratio(ratio)
@@ -189,9 +189,8 @@ def chat(
         if holitom_inner and not method.startswith("holitom"):
             raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
         check_local_video(video)
-        url = _server(server)
-        params = {k: v for k, v in dict(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore).items() if v is not None}
+        url = server_url(server)
+        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         gen: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                    system=system, compile=compile_decode)
         from fastvid_cli.settings import GenerationOptions
@@ -201,11 +200,10 @@ def chat(
                                 inner=holitom_inner, gen=gen, cache=not no_cache)
         if url:
             from fastvid_cli.chat import RemoteBackend
-            from fastvid_cli.cli import _client
 
-            client = _client(url, api_key, not as_json)
+            client = server_client(url, api_key, not as_json)
             # options the user did not set are the server's defaults, as for `ask --server`
-            given = _given("method", "ratio", "frames", "fps", "max_new_tokens", "temperature", "top_p", "seed",
+            given = given_options("method", "ratio", "frames", "fps", "max_new_tokens", "temperature", "top_p", "seed",
                            "system")
             for name in ("max_new_tokens", "temperature", "top_p", "seed", "system"):
                 if name not in given:
@@ -221,7 +219,7 @@ def chat(
             return conversation.run_terminal(history_path())
         return conversation.run_lines(sys.stdin)
 
-    _run(debug, body)
+    run_command(debug, body)
 
 
 def _local_backend(video: Path, model: str, device: str, dtype: str, attn_implementation: str,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import os
 import queue
 import statistics
@@ -21,15 +20,17 @@ import numpy as np
 import torch
 
 from fastvid_cli import __version__, fast_decode, hub
-from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError, UnknownModelError
-from fastvid_cli.models import FAMILIES, ModelRef, check_attn_implementation, resolve_model
+from fastvid_cli.errors import InvalidOptionError, OutOfMemoryError
+from fastvid_cli.hub import ModelRef
+from fastvid_cli.models import adapter_class, check_attn_implementation, resolve_model
 from fastvid_cli.decoding import (Sampling, StaticDecoder, TextStream, cache_length, crop_cache, decode,
                                   decode_batch, eos_ids, new_cache, prefill)
 from fastvid_cli.inner_merge import check_supported as check_inner, prefill_inner
 from fastvid_cli.report import Report
 from fastvid_cli.settings import GenerationOptions, PruneOptions
-from fastvid_cli.models.base import (Assembled, VideoFeatures, dtype_name, merge_frame_chunks, resolve_device,
-                                     resolve_dtype)
+from fastvid_cli.models.interface import Assembled, FamilyAdapter, VideoFeatures, merge_frame_chunks
+from fastvid_cli.models.loading import dtype_name, resolve_device, resolve_dtype
+from fastvid_cli.models.sampling import SamplePlan
 from fastvid_cli.video import Clip, sample_frames
 
 Stage = Callable[[str, str], None]  # (stage name, "start" | "done") progress callback
@@ -120,7 +121,8 @@ def small_cpu_work(device: torch.device):
 class Engine:
     """A loaded model family adapter plus the pipeline that answers questions with it."""
 
-    def __init__(self, adapter, *, model_name: str, device: str, dtype: torch.dtype, attn_implementation: str):
+    def __init__(self, adapter: FamilyAdapter, *, model_name: str, device: str, dtype: torch.dtype,
+                 attn_implementation: str):
         self.adapter = adapter
         self.model = adapter.model
         self.model_name = model_name
@@ -160,19 +162,15 @@ class Engine:
         t0 = time.perf_counter()
         ref = resolve_model(model)
         config = hub.load_config(ref)
-        family = getattr(config, "model_type", None)
-        if family not in FAMILIES:
-            raise UnknownModelError(f"unsupported architecture '{family}' in {ref.display}",
-                                    f"supported: {', '.join(FAMILIES)}")
+        family_adapter = adapter_class(getattr(config, "model_type", None), ref.display)
         want_auto = device.strip().lower() == "auto"
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         device_map = _auto_device_map(ref, torch_dtype) if (want_auto and dev.startswith("cuda")) else None
         check_attn_implementation(attn_implementation)
-        module = importlib.import_module(FAMILIES[family])
         on_stage("load", "start")
         with _oom_guard():
-            adapter = module.Adapter.load(
+            adapter = family_adapter.load(
                 ref, config, device=dev, dtype=torch_dtype, attn_implementation=attn_implementation,
                 saliency_model=saliency_model, device_map=device_map)
         label = "auto (" + ", ".join(sorted({str(d) for d in device_map.values()})) + ")" if device_map else dev
@@ -218,29 +216,22 @@ class Engine:
         return clip, (time.perf_counter() - t0) * 1e3
 
     def frame_plan(self, frames: int | None = None, fps: float | None = None):
-        """What to sample for --frames/--fps: a frame count (uniform frames), or the family's own IndexPlan
-        (Qwen-VL: its fps contract; see video.sample_frames)."""
-        own = getattr(self.adapter, "frame_plan", None)
-        if own is not None:
-            return own(frames, fps)
-        if fps is not None:
-            raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly")
-        return frames or self.defaults["frames"]
+        """What to sample for --frames/--fps: a frame count (uniform frames; default: the family's), or the family's
+        own IndexPlan (Qwen-VL: its fps contract; see video.sample_frames)."""
+        return self.adapter.frame_plan(frames, fps)
 
     def _sampling_for(self, frames: int | None, fps: float | None, clip: Clip | None):
         """The frame request a session's features stand for (its feature-cache key). A given clip: its own count
         (families with a plan sample the same frames for the same count, whatever the rate that led to it)."""
         if clip is None:
             return self.frame_plan(frames, fps)
-        if getattr(self.adapter, "frame_plan", None) is None:
-            return clip.requested
-        return self.adapter.frame_plan(len(clip.indices), None)
+        plan = self.adapter.frame_plan(len(clip.indices), None)
+        return plan if isinstance(plan, SamplePlan) else clip.requested
 
     def features(self, clip: Clip, timings: dict[str, float]) -> VideoFeatures:
         with torch.inference_mode(), _oom_guard():
             t0 = self.clock.now()
-            own = getattr(self.adapter, "preprocess_clip", None)  # families that need the clip's timing
-            pixels = own(clip) if own is not None else self.adapter.preprocess(clip.frames)
+            pixels = self.adapter.preprocess_clip(clip)  # Qwen-VL reads the clip's timing too
             t1 = self.clock.now()
             feats = self.adapter.encode(pixels)
             t2 = self.clock.now()
@@ -249,7 +240,7 @@ class Engine:
         return feats
 
     def _pipelined(self) -> bool:
-        if not getattr(self.adapter, "frames_independent", False):
+        if not self.adapter.frames_independent:
             return False
         if self.pipeline is not None:
             return self.pipeline
@@ -379,8 +370,8 @@ class Engine:
     def prune(self, feats: VideoFeatures, opts: PruneOptions, timings: dict[str, float]):
         from fastvid_cli.pruning import accepts_attention, get_method
 
-        own = getattr(self.adapter, "pruning_method", None)  # a family's own variant (FastVID on Qwen)
-        method = (own(opts.method) if own is not None else None) or get_method(opts.method)
+        # a family's own variant (FastVID on Qwen), else the registry's
+        method = self.adapter.pruning_method(opts.method) or get_method(opts.method)
         # methods that rank tokens by last-layer vision attention get it (None: they fall back, with a note)
         extra = {"attn": feats.attn_received} if accepts_attention(method) else {}
         params = {k: v for k, v in opts.params.items() if k != "inner"}  # "inner": the LLM stage, not this one
@@ -463,11 +454,10 @@ class Engine:
         """`frames`: a frame count or a frame plan (whose `key()` says what it samples)."""
         from fastvid_cli.feature_cache import cache_key
 
-        sampling = frames.key() if hasattr(frames, "key") else frames
-        own = getattr(self.adapter, "feature_settings", None)  # what else shapes a family's features
+        sampling = frames.key() if isinstance(frames, SamplePlan) else frames
         return cache_key(video, model=self.model_source, frames=sampling, dtype=dtype_name(self.dtype),
                          saliency=self.adapter.saliency_source, image_size=self.adapter.image_size,
-                         mean=self.adapter.mean, std=self.adapter.std, **(own() if own is not None else {}))
+                         mean=self.adapter.mean, std=self.adapter.std, **self.adapter.feature_settings())
 
     def session(self, video: str, *, frames: int | None = None, prune: PruneOptions | None = None,
                 clip: Clip | None = None, sample_ms: float | None = None, system: str | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fastvid_cli.models.base import VideoFeatures
+from fastvid_cli.models.interface import VideoFeatures
 from fastvid_cli.video import Clip
 
 FORMAT = 2  # 2: entries carry attn_received (format-1 entries lack it, so their keys no longer match)

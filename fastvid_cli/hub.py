@@ -9,11 +9,27 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastvid_cli.errors import ModelUnavailableError, UnknownModelError
-from fastvid_cli.models import ModelRef
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the user asked for, resolved: a hub id or a local folder, plus the alias it came from.
+
+    Defined here, not in `fastvid_cli.models`, because everything in this module takes one, and the model
+    registry reads checkpoints through this module: the dependency goes one way, models -> hub."""
+
+    source: str  # hub repo id or absolute local folder
+    alias: str | None
+    is_local: bool
+
+    @property
+    def display(self) -> str:
+        return self.alias or self.source
 
 
 def set_offline(flag: bool) -> None:
@@ -167,26 +183,6 @@ def load_config(ref: ModelRef):
         raise UnknownModelError(f"unsupported architecture in {ref.display}: {str(e).splitlines()[0]}") from None
     except (OSError, KeyError) as e:
         raise ModelUnavailableError(f"could not read config of {ref.display}: {str(e).splitlines()[0]}") from None
-
-
-def snapshot_folder(ref: ModelRef, patterns: list[str]) -> str:
-    """A local folder holding the checkpoint's files matching `patterns` (downloads what is missing)."""
-    if ref.is_local:
-        return ref.source
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(ref.source, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        if is_offline():
-            raise ModelUnavailableError(f"{ref.source} is not fully in the local cache and offline mode is on",
-                                        download_hint(ref.source)) from None
-    ensure_reachable(ref.source)
-    try:
-        return snapshot_download(ref.source, allow_patterns=patterns)
-    except Exception as e:
-        raise ModelUnavailableError(f"could not download {ref.source}: {type(e).__name__}",
-                                    "check the network, or " + download_hint(ref.source)) from None
 
 
 def fastvid_cache_dir() -> Path:

@@ -13,6 +13,8 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from fastvid_cli.models import DEFAULT_MODEL
+
 # Option groups of the help screens, in this order in every command. "Input" holds what only one command reads
 # (eval's benchmark options); --help and --debug close the "Output" group.
 PANELS = ("Input", "Server", "Model", "Video", "Pruning", "Generation", "Output")
@@ -113,7 +115,7 @@ class Group(TyperGroup):
 
 MODEL_HELP = "Alias (see `fastvid models`), hub id (org/name) or local checkpoint folder."
 
-MODEL = typer.Option("llava-ov-7b", "--model", "-m", metavar="MODEL", help=MODEL_HELP, rich_help_panel="Model")
+MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", metavar="MODEL", help=MODEL_HELP, rich_help_panel="Model")
 DEVICE = typer.Option("auto", metavar="DEVICE",
                       help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU across all GPUs "
                            "(accelerate device_map).", rich_help_panel="Model")

@@ -1,15 +1,26 @@
-"""What a user asks of a run, as plain data checked without torch: generation and pruning options.
+"""What a user asks of a run, and what it comes to for a model before the model loads. Torch-free.
 
-The CLI, batch and eval build and validate these before anything heavy is imported, so a bad option fails at once;
-the engine takes them as they are (`fastvid_cli.engine` re-exports both).
+Options as plain data: generation and pruning options. The CLI, batch and eval build and validate these before
+anything heavy is imported, so a bad option fails at once; the engine takes them as they are
+(`fastvid_cli.engine` re-exports both).
+
+Run settings of a model, resolved here and nowhere else: the family of a model name (`model_family`), its
+defaults without loading it (`family_defaults`), what to sample of a video (`frame_request` for the sampler,
+`sampling_settings` for batch/eval records). The rules themselves belong to the families (`FamilyAdapter.
+frame_plan`, `fastvid_cli.models.sampling`); this module applies them to a model name and its alias.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastvid_cli.errors import InvalidOptionError
+from fastvid_cli.models import ALIASES, FAMILIES, adapter_class, checkpoint_family, resolve_model
+from fastvid_cli.models.sampling import UNIFORM_FRAMES, check_request, uniform_count
+
+if TYPE_CHECKING:
+    from fastvid_cli.models.sampling import SamplePlan
 
 
 @dataclass
@@ -46,3 +57,51 @@ class PruneOptions:
     method: str = "fastvid"
     ratio: float = 0.10
     params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta, ...
+
+
+# ------------------------------------------------------------------------------------------ run settings of a model
+def model_family(model: str) -> str | None:
+    """The family (config.json's model_type) of an alias, folder or hub id, without importing transformers; None
+    when it cannot be told (the model load then reports why)."""
+    alias = ALIASES.get(model.strip())
+    if alias is not None:
+        return alias.family
+    try:
+        return checkpoint_family(resolve_model(model))
+    except Exception:  # unknown name, no network, unreadable file: not ours to report here
+        return None
+
+
+def family_defaults(model: str) -> dict[str, Any]:
+    """The model family's defaults (frames or fps, method, ratio, pruning parameters) from the checkpoint's
+    config.json alone, so that batch and eval plan, and resume, without loading any weights. A config that cannot
+    be read, or a family we do not support, is an error here (Engine.load checks the same again when it loads)."""
+    ref = resolve_model(model)
+    return dict(adapter_class(checkpoint_family(ref), ref.display).defaults)
+
+
+def frame_request(model: str, frames: int | None = None, fps: float | None = None) -> int | SamplePlan:
+    """What to sample of a video for `model` before it loads, as `video.sample_frames` takes it: a frame count
+    (uniform frames: `frames`, else the alias's default, else the family's), or the family's own plan (Qwen-VL:
+    --fps, default 2, or --frames N). A model whose family cannot be told yet gets a count; its load then says why."""
+    alias = ALIASES.get(model.strip())
+    if not frames and fps is None and alias is not None and alias.frames:
+        frames = alias.frames
+    family = model_family(model)
+    if family not in FAMILIES:
+        return uniform_count(frames, fps, UNIFORM_FRAMES)
+    return adapter_class(family).frame_plan(frames, fps)
+
+
+def sampling_settings(model: str, frames: int | None, fps: float | None,
+                      defaults: dict[str, Any]) -> tuple[int | None, float | None]:
+    """What a run samples of each video, as batch and eval records hold it: (frame count, None), or (None, rate)
+    for a family that samples by rate (its `defaults` have `fps`) when no count is given. The count: `frames`,
+    else the alias's default, else the family's. Checked like `frame_request`."""
+    check_request(frames, fps, by_rate="fps" in defaults)
+    if not frames:
+        alias = ALIASES.get(model.strip())
+        frames = (alias.frames if alias is not None else None) or defaults["frames"]
+    if frames:
+        return int(frames), None
+    return None, float(fps or defaults["fps"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastvid_cli.models.base import VideoFeatures, frames_slice
+from fastvid_cli.models.interface import VideoFeatures, frames_slice
 
 
 class GraphedEncoder:

@@ -227,6 +227,65 @@ def test_fingerprint_changes_with_every_answer_setting(tmp_path, tiny_saliency):
     assert B.row_settings(row, rows_base)["ratio"] == "0.2"
 
 
+# Fingerprints of files written by earlier versions: a change that alters one of these makes every existing output
+# be answered again instead of resumed. Change a value here only together with FINGERPRINT_VERSION.
+LLAVA_DEFAULTS = dict(frames=32, method="fastvid", ratio=0.1, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
+QWEN_DEFAULTS = dict(frames=None, fps=2.0, method="fastvid", ratio=0.27, c=8, tau=0.84, ignore=0.95, d=0.4, p=4,
+                     beta=0.6)
+
+
+def test_fingerprints_are_those_of_earlier_versions(tmp_path):
+    def fp(defaults=LLAVA_DEFAULTS, dtype="float32", row=None, **kw):
+        cfg = B.BatchConfig(questions=tmp_path / "q.csv", output=tmp_path / "o.jsonl", **{"model": "llava-ov-7b", **kw})
+        base = B.base_settings(cfg, defaults, dtype)
+        return B.fingerprint(base if row is None else B.row_settings(row, base))
+
+    assert fp() == "453a18e83b70"
+    assert fp(dtype="bfloat16", method="uniform", ratio=0.25, frames=16, max_new_tokens=64, system="Be brief.",
+              seed=3, temperature=0.5) == "959b61a20882"
+    assert fp(row=B.Row(row=1, id="1", video="v", path="v", question="q", frames=8, raw_frames="8", ratio=0.2,
+                        raw_ratio="0.2")) == "702186757fe4"
+    assert fp(QWEN_DEFAULTS, "bfloat16", model="qwen2.5-vl-7b") == "2ebe51943d73"
+
+
+class SettingsOnlyEngine:
+    """An engine that supplies the defaults and dtype of the settings, and fails if asked to answer."""
+
+    dtype = "float32"
+    defaults = LLAVA_DEFAULTS
+
+    def session(self, *a, **k):
+        raise AssertionError("a row was answered although the output already held its record")
+
+
+def test_an_output_written_by_an_earlier_version_resumes(tmp_path):
+    """Records as earlier versions wrote them (their fingerprint pinned above) count as done: nothing is answered
+    again, nothing is appended, and the final view is those records."""
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    csv = write_csv(tmp_path / "q.csv", "id,video,question\nr1,clip.mp4,What happens?\nr2,clip.mp4,What moves?\n")
+    settings = {"model": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "dtype": "float32", "method": "fastvid",
+                "ratio": 0.1, "frames": 32, "params": {"beta": 0.6, "c": 8, "d": 0.4, "p": 4, "tau": 0.9},
+                "saliency_model": "google/siglip-so400m-patch14-384", "max_new_tokens": 512, "temperature": 0.0,
+                "top_p": 1.0, "seed": None, "system": None}
+    old = [{"id": "r1", "row": 1, "status": "ok", "error": None, "answer": "A square moves.", "model": "llava-ov-7b",
+            "video": "clip.mp4", "question": "What happens?", "video_tokens_kept": 640, "video_tokens_total": 6272,
+            "timings_ms": {"ttft": 812.5}, "video_path": str(tmp_path / "clip.mp4"), "settings": settings,
+            "fingerprint": "453a18e83b70", "finished_at": "2026-12-01T10:00:00.000000Z"},
+           {"id": "r2", "row": 2, "status": "error", "error": "out of memory", "model": "llava-ov-7b",
+            "video": "clip.mp4", "question": "What moves?", "video_path": str(tmp_path / "clip.mp4"),
+            "settings": settings, "fingerprint": "453a18e83b70", "finished_at": "2026-12-01T10:00:01.000000Z"}]
+    out = tmp_path / "answers.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in old), encoding="utf-8")
+    before = out.read_bytes()
+    cfg = B.BatchConfig(questions=csv, output=out, model="llava-ov-7b", csv_out=tmp_path / "answers.csv")
+    result = B.run_batch(cfg, engine=SettingsOnlyEngine(), dist=B.Dist())
+    assert (result.skipped, result.answered) == (2, 0)
+    assert out.read_bytes() == before
+    assert [(row.id, rec["status"], rec.get("answer")) for row, rec in result.final] == [
+        ("r1", "ok", "A square moves."), ("r2", "error", None)]
+    assert (result.final_ok, result.final_failed, result.final_pending) == (1, 1, 0)
+
+
 # ---------------------------------------------------------------------------------------------- answers
 SAME_AS_ASK = ("answer", "new_tokens", "stop_reason", "question", "frames", "frame_indices", "video_tokens_total",
                "video_tokens_kept", "prompt_tokens_total", "prompt_tokens_kept", "segments", "saliency_source",

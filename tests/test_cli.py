@@ -193,6 +193,31 @@ def test_help_is_fast_and_imports_no_torch():
     assert out.returncode == 0 and "--ratio" in out.stdout and "est." in out.stdout
 
 
+def test_no_module_imports_the_app_module():
+    """cli.py registers the batch and eval commands; nothing imports cli.py back (the helpers every command shares
+    are in cli_common.py), so there is no import cycle, not even one deferred into a function."""
+    import ast
+
+    import fastvid_cli
+
+    package = Path(fastvid_cli.__file__).resolve().parent
+    importers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            if "fastvid_cli.cli" in names:
+                importers.append(path.relative_to(package).as_posix())
+    assert importers == ["__main__.py"]
+
+
+def test_batch_and_eval_packages_import_no_torch():
+    code = ("import sys, fastvid_cli.batch, fastvid_cli.evaluate, fastvid_cli.journal, fastvid_cli.runs; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_path_starting_with_dash_after_double_dash(base_args, index_video, tmp_path):
     shutil.copy(index_video, tmp_path / "-clip.mp4")
     p = _cli("ask", *base_args, "--json", "--", "-clip.mp4", "What?", cwd=tmp_path)

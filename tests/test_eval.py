@@ -329,6 +329,43 @@ def test_invalid_options(fake_bench, kw, message):
         E.make_plan(fake_config(fake_bench, **kw), FakeEngine(SCRIPT))
 
 
+def test_fingerprints_are_those_of_earlier_versions(short_bench):
+    """Pinned: a change that alters these makes every existing result file be answered again instead of resumed."""
+    for form, expected in (("mc", {"none@1": "00de08ac66ac", "uniform@0.5": "117d07138365"}),
+                           ("short", {"none@1": "fe2cb0a8c8c6", "uniform@0.5": "dab19f0e45da"})):
+        plan = E.make_plan(fake_config(short_bench, methods=["uniform"], frames=None, form=form), FakeEngine(SCRIPT))
+        assert {s.label: plan.fp(plan.questions[0], s) for s in plan.settings} == expected
+
+
+def test_a_result_file_written_by_an_earlier_version_resumes(fake_bench):
+    """Records as earlier versions wrote them (fingerprints pinned above) count as done and are what is scored."""
+    q1 = json.loads(fake_bench.read_text().splitlines()[0])
+    write_bench(fake_bench, [q1])
+    settings = {"task": "multiple-choice", "prompt_version": 1, "model": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+                "dtype": "float32", "method": "none", "ratio": 1.0, "frames": 32, "params": {},
+                "saliency_model": None, "max_new_tokens": 8, "decoding": "greedy", "system": None}
+    old = [{"id": "q1", "line": 1, "status": "ok", "error": None, "form": "mc", "setting": "none@1",
+            "method": "none", "ratio": 1.0, "params": {}, "frames": 32, "video": "v/a.mp4", "type": "colour",
+            "question": q1["question"], "options": OPTIONS, "gold": "A", "answer": "A", "predicted": "A",
+            "correct": True, "video_tokens_kept": 6272, "ttft_ms": 50.0, "input_error": False, "model": "llava-ov-0.5b",
+            "settings": settings, "fingerprint": "00de08ac66ac", "finished_at": "2026-12-01T10:00:00.000000Z"},
+           {"id": "q1", "line": 1, "status": "ok", "error": None, "form": "mc", "setting": "uniform@0.5",
+            "method": "uniform", "ratio": 0.5, "params": {}, "frames": 32, "video": "v/a.mp4", "type": "colour",
+            "question": q1["question"], "options": OPTIONS, "gold": "A", "answer": "B", "predicted": "B",
+            "correct": False, "video_tokens_kept": 3136, "ttft_ms": 30.0, "input_error": False,
+            "model": "llava-ov-0.5b", "settings": {**settings, "method": "uniform", "ratio": 0.5},
+            "fingerprint": "117d07138365", "finished_at": "2026-12-01T10:00:01.000000Z"}]
+    out = fake_bench.with_name("old.eval.jsonl")
+    out.write_text("".join(json.dumps(r) + "\n" for r in old), encoding="utf-8")
+    before = out.read_bytes()
+    engine = FakeEngine(SCRIPT)
+    result = E.run_eval(fake_config(fake_bench, methods=["uniform"], frames=None, output=out), engine=engine)
+    assert (result.total, result.skipped, result.answered) == (2, 2, 0) and engine.answered == []
+    assert out.read_bytes() == before
+    assert [(r["setting"], r["correct"], r["n"]) for r in result.summary["settings"]] == [
+        ("none@1", 1, 1), ("uniform@0.5", 0, 1)]
+
+
 # ---------------------------------------------------------------------------------------------- scoring
 def test_scoring_with_scripted_answers(fake_bench):
     engine = FakeEngine(SCRIPT)
@@ -625,10 +662,11 @@ def test_default_output_goes_to_the_working_directory_never_into_the_package(tmp
     """`fastvid eval <the shipped split>` without -o: results land in ./synth_test.eval.jsonl and the clip that is
     regenerated from its seed in ./videos/; nothing is written into the installed package, and a rerun resumes
     from the file in the working directory."""
+    import fastvid_cli
     from fastvid_cli import synth
 
     split = synth.shipped_split_path()
-    package = Path(E.__file__).resolve().parent
+    package = Path(fastvid_cli.__file__).resolve().parent  # the whole package, not only fastvid_cli/evaluate
 
     def files() -> set[Path]:
         return {p for p in package.rglob("*") if "__pycache__" not in p.parts}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fastvid_cli import feature_cache as FC
-from fastvid_cli.models.base import VideoFeatures
+from fastvid_cli.models.interface import VideoFeatures
 from fastvid_cli.video import Clip
 
 

@@ -1,19 +1,39 @@
-"""Model families, aliases and name resolution.
+"""Model families: the registry from a checkpoint's config model_type to the module of its family adapter.
 
-Importing this module is cheap (no torch, no transformers): the CLI uses it for `fastvid models` and for
-validating `--model` before anything heavy is imported.
+Importing this package is cheap (no torch, no transformers): the CLI uses it for `fastvid models` and to check
+`--model`, `--device`, `--dtype` and `--attn-implementation` before anything heavy is imported. A family's module
+is imported when that family is asked for (`adapter_class`).
+
+The package, by job:
+  aliases.py     the alias table and `resolve_model` (what a --model value names)
+  loading.py     device/dtype/attention options (checked without torch) and from_pretrained
+  sampling.py    what --frames / --fps may ask of a family (checks shared by every family, uniform counts)
+  interface.py   VideoFeatures, Prompt, Assembled and FamilyAdapter, the contract of a family
+  llava_onevision.py, qwen_vl.py   one module per family; siglip_head.py  FastVID's SigLIP saliency head
+
+Adding a family: write `models/<family>.py` with a `FamilyAdapter` subclass exported as `Adapter` (see
+interface.FamilyAdapter for what it must provide and what it may override), and add one FAMILIES line per
+config model_type it serves. Run settings (frames, fps, defaults) are resolved from it by `fastvid_cli.settings`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastvid_cli.errors import InvalidOptionError, UnknownModelError
+from fastvid_cli import hub
+from fastvid_cli.errors import ModelUnavailableError, UnknownModelError
+from fastvid_cli.hub import ModelRef
+from fastvid_cli.models.aliases import (ALIASES, DEFAULT_MODEL, DEMO_DIR, Alias, alias_ref,
+                                        resolve_model)
+from fastvid_cli.models.loading import (ATTN_IMPLEMENTATIONS, DEVICE_CHOICES, DTYPE_NAMES, check_attn_implementation,
+                                        check_device_name, check_dtype_name)
 
-# model_type (from the checkpoint's config.json) -> adapter module in fastvid_cli.models
+if TYPE_CHECKING:
+    from fastvid_cli.models.interface import FamilyAdapter
+
+# model_type (from the checkpoint's config.json) -> the module whose `Adapter` serves it
 FAMILIES: dict[str, str] = {
     "llava_onevision": "fastvid_cli.models.llava_onevision",
     "qwen2_vl": "fastvid_cli.models.qwen_vl",
@@ -22,192 +42,26 @@ FAMILIES: dict[str, str] = {
     "qwen3_vl_moe": "fastvid_cli.models.qwen_vl",
 }
 
-
-@dataclass(frozen=True)
-class Alias:
-    name: str
-    repo: str
-    family: str
-    params: str
-    frames: int | None  # default frame count; None: the family samples by rate (`fps`)
-    notes: str = ""
-    fps: float | None = None  # default sampling rate (Qwen-VL families), None for a fixed frame count
-
-    @property
-    def sampling(self) -> str:
-        """The default sampling, for people: '32' frames or '2 fps'."""
-        return f"{self.fps:g} fps" if self.frames is None and self.fps else str(self.frames)
+__all__ = ["ALIASES", "ATTN_IMPLEMENTATIONS", "Alias", "DEFAULT_MODEL", "DEMO_DIR", "DEVICE_CHOICES", "DTYPE_NAMES",
+           "FAMILIES", "ModelRef", "adapter_class", "alias_ref", "check_attn_implementation",
+           "check_device_name", "check_dtype_name", "checkpoint_family", "resolve_model"]
 
 
-ALIASES: dict[str, Alias] = {
-    a.name: a
-    for a in [
-        Alias("llava-ov-0.5b", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision", "0.9B", 32),
-        Alias("llava-ov-7b", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision", "8.0B", 32,
-              "the paper's main model"),
-        Alias("llava-ov-72b", "llava-hf/llava-onevision-qwen2-72b-ov-hf", "llava_onevision", "73B", 32,
-              "needs several GPUs: --device auto shards it"),
-        Alias("llava-ov-0.5b-si", "llava-hf/llava-onevision-qwen2-0.5b-si-hf", "llava_onevision", "0.9B", 32,
-              "single-image stage"),
-        Alias("llava-ov-7b-si", "llava-hf/llava-onevision-qwen2-7b-si-hf", "llava_onevision", "8.0B", 32,
-              "single-image stage"),
-        Alias("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava_onevision", "8.0B", 64,
-              "LLaVA-Video in the OneVision layout (see README); 64 frames as in the paper"),
-        Alias("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", "2.2B", None, fps=2.0),
-        Alias("qwen2-vl-7b", "Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", "8.3B", None, fps=2.0),
-        Alias("qwen2-vl-72b", "Qwen/Qwen2-VL-72B-Instruct", "qwen2_vl", "73B", None,
-              "needs several GPUs: --device auto shards it", fps=2.0),
-        Alias("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", "3.8B", None, fps=2.0),
-        Alias("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "8.3B", None,
-              "the paper's Qwen model (FastVID Qwen variant, r=0.27)", fps=2.0),
-        Alias("qwen2.5-vl-32b", "Qwen/Qwen2.5-VL-32B-Instruct", "qwen2_5_vl", "33B", None,
-              "needs a 80 GB GPU in bf16, or --device auto over several", fps=2.0),
-        Alias("qwen2.5-vl-72b", "Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", "73B", None,
-              "needs several GPUs: --device auto shards it", fps=2.0),
-        Alias("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "qwen3_vl", "2.1B", None, fps=2.0),
-        Alias("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "qwen3_vl", "4.4B", None, fps=2.0),
-        Alias("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", "8.8B", None, fps=2.0),
-        Alias("qwen3-vl-32b", "Qwen/Qwen3-VL-32B-Instruct", "qwen3_vl", "33B", None,
-              "needs a 80 GB GPU in bf16, or --device auto over several", fps=2.0),
-        Alias("qwen3-vl-30b-a3b", "Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen3_vl_moe", "31B", None,
-              "mixture of experts, 3B active", fps=2.0),
-        Alias("demo", "fastvid_cli/demo/weights", "llava_onevision", "6M", 16,
-              "tiny demo model shipped in the package: runs offline on any CPU (synthetic shapes videos only)"),
-    ]
-}
-
-DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "weights"
-
-DEFAULT_MODEL = "llava-ov-7b"
+def adapter_class(family: str | None, where: str | None = None) -> type[FamilyAdapter]:
+    """The adapter class serving `family` (a config model_type); UnknownModelError for one we do not support
+    (`where`: the checkpoint, for the message)."""
+    if family not in FAMILIES:
+        place = f" in {where}" if where else ""
+        raise UnknownModelError(f"unsupported architecture '{family}'{place}", f"supported: {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[family]).Adapter
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """What the user asked for, resolved: a hub id or a local folder, plus the alias it came from."""
-
-    source: str  # hub repo id or absolute local folder
-    alias: str | None
-    is_local: bool
-
-    @property
-    def display(self) -> str:
-        return self.alias or self.source
-
-
-def resolve_model(name: str) -> ModelRef:
-    """Map an alias, a local folder or a hub id (`org/name`) to a ModelRef; reject anything else."""
-    name = name.strip()
-    if not name:
-        raise UnknownModelError("empty --model")
-    if name == "demo":
-        if not (DEMO_DIR / "config.json").is_file():
-            raise UnknownModelError("the demo model's weights are missing from this installation",
-                                    f"expected them in {DEMO_DIR}")
-        return ModelRef(str(DEMO_DIR), "demo", True)
-    if name in ALIASES:
-        return ModelRef(ALIASES[name].repo, name, False)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            inside = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
-            if inside:
-                raise UnknownModelError(f"{name} is a folder of checkpoints, not a checkpoint: pass one of its "
-                                        f"subfolders, e.g. --model {path / inside[0]}",
-                                        f"checkpoints in it: {', '.join(inside)}")
-            raise UnknownModelError(f"{name} is a folder but has no config.json: not a model checkpoint")
-        return ModelRef(str(path.resolve()), None, True)
-    if path.exists():
-        raise UnknownModelError(f"{name} is a file; --model takes an alias, a hub id or a checkpoint folder")
-    parts = name.split("/")
-    looks_like_repo = len(parts) == 2 and all(parts) and not name.startswith((".", "~", os.sep))
-    if not looks_like_repo:
-        known = ", ".join(ALIASES)
-        raise UnknownModelError(f"unknown model '{name}'", f"use an alias ({known}), a hub id like org/name, "
-                                "or a local checkpoint folder; `fastvid models` lists them")
-    return ModelRef(name, None, False)
-
-
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-DTYPE_NAMES = {"auto": "auto", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-               "half": "float16", "float32": "float32", "fp32": "float32"}
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-
-def check_device_name(device: str) -> str:
-    """`--device`, normalised, checked for its form only (whether CUDA is there is known once torch is imported)."""
-    d = device.strip().lower()
-    if d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()):
-        return d
-    raise InvalidOptionError(f"--device must be {DEVICE_CHOICES} (got '{device}')")
-
-
-def check_dtype_name(dtype: str) -> str:
-    """`--dtype` as its canonical name (auto, bfloat16, float16, float32)."""
+def checkpoint_family(ref: ModelRef) -> str | None:
+    """config.json's model_type of a checkpoint, read as JSON (transformers' AutoConfig costs seconds of imports);
+    downloads the file when it is missing and allowed. ModelUnavailableError when it cannot be read."""
     try:
-        return DTYPE_NAMES[dtype.strip().lower()]
-    except KeyError:
-        raise InvalidOptionError(f"--dtype must be auto, bfloat16, float16 or float32 (got '{dtype}')") from None
-
-
-def check_attn_implementation(name: str) -> str:
-    """`--attn-implementation`: a known kernel whose package is installed. flash attention without the
-    flash-attn package is a usage error with the install command, not a crash inside transformers."""
-    import importlib.util
-
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise InvalidOptionError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)} "
-                                 f"(got '{name}')")
-    package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}.get(name)
-    if package and importlib.util.find_spec(package) is None:
-        raise InvalidOptionError(f"--attn-implementation {name} needs the flash-attn package, which is not "
-                                 "installed", "pip install flash-attn --no-build-isolation (CUDA only), or use "
-                                 "--attn-implementation sdpa (the default)")
-    return name
-
-
-def alias_ref(alias: Alias) -> ModelRef:
-    """Where an alias points (the demo model is a folder inside the package, the rest are hub ids)."""
-    if alias.name == "demo":
-        return ModelRef(str(DEMO_DIR), "demo", True)
-    return ModelRef(alias.repo, alias.name, False)
-
-
-def alias_table() -> list[dict]:
-    return [asdict(a) for a in ALIASES.values()]
-
-
-def model_family(name: str) -> str | None:
-    """The family (config.json's model_type) of an alias, folder or hub id, without importing transformers;
-    None when it cannot be told (the model load then reports why)."""
-    alias = ALIASES.get(name.strip())
-    if alias is not None:
-        return alias.family
-    try:
-        from fastvid_cli import hub
-
-        path = hub.get_file(resolve_model(name), "config.json", required=False)
-        with open(path, encoding="utf-8") as f:
+        with open(hub.get_file(ref, "config.json"), encoding="utf-8") as f:
             family = json.load(f).get("model_type")
-    except Exception:  # unknown name, no network, unreadable file: not ours to report here
-        return None
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelUnavailableError(f"could not read config of {ref.display}: {e}") from None
     return family if isinstance(family, str) else None
-
-
-def frame_request(model: str, frames: int | None = None, fps: float | None = None):
-    """What to sample of a video for `model`, before the model is loaded: a frame count (uniform frames), or its
-    family's own frame plan (Qwen-VL: --fps, default 2, or --frames N; see video.sample_frames)."""
-    import importlib
-
-    family = model_family(model)
-    module = importlib.import_module(FAMILIES[family]) if family in FAMILIES else None
-    plan = getattr(module, "frame_plan", None)
-    if plan is not None:
-        return plan(frames, fps)
-    if fps is not None:
-        raise InvalidOptionError("--fps applies to the Qwen-VL families; this model samples --frames uniformly")
-    alias = ALIASES.get(model.strip())
-    if frames:
-        return frames
-    if alias is not None and alias.frames:
-        return alias.frames
-    return int(module.DEFAULTS["frames"]) if module is not None else 32

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from fastvid_cli.errors import ModelUnavailableError
-from fastvid_cli.hub import HubUnreachableError
-from fastvid_cli.models import ModelRef, hf_loading
-from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, chat_turns, prefill_flops
-from fastvid_cli.models.hf_loading import device_of as _device_of
+from fastvid_cli.hub import HubUnreachableError, ModelRef
+from fastvid_cli.models import loading
+from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures, chat_turns
+from fastvid_cli.models.loading import device_of as _device_of
 from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN_HEAD_FILE, load_saliency_head
 from fastvid_cli.preprocess import normalize, resize_frames
 
@@ -37,17 +37,17 @@ FALLBACK_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if 
 
 def read_mean_std(ref: ModelRef) -> tuple[list[float], list[float], str]:
     """The checkpoint's normalisation constants, from its (video) processor config files."""
-    return hf_loading.read_mean_std(ref, SIGLIP_MEAN_STD, "default (SigLIP 0.5/0.5)")
+    return loading.read_mean_std(ref, SIGLIP_MEAN_STD, "default (SigLIP 0.5/0.5)")
 
 
-
-
-class LlavaOnevisionAdapter:
+class LlavaOnevisionAdapter(FamilyAdapter):
     family = FAMILY
     defaults = DEFAULTS
     # Each frame goes through SigLIP, the projector and the pooling alone: frames can be encoded in any groups
     # (the engine encodes them while the rest are still being decoded) and put back in order.
     frames_independent = True
+    # Sampling: uniform frame counts (FamilyAdapter.frame_plan); preprocessing needs the frames alone
+    # (FamilyAdapter.preprocess_clip); the prefill cost is the common model (FamilyAdapter.llm_prefill_flops).
 
     def __init__(self, model, tokenizer, ref: ModelRef, *, mean, std, norm_source: str, saliency_head,
                  saliency_source: str, warnings_: list[str]):
@@ -94,7 +94,7 @@ class LlavaOnevisionAdapter:
                     raise
                 notes.append(f"saliency head {wanted} unavailable ({e.message}); using the fallback saliency "
                              "(mean attention received in the last vision layer, mean-pooled frame features)")
-        model, tokenizer = hf_loading.load_pretrained(
+        model, tokenizer = loading.load_pretrained(
             LlavaOnevisionForConditionalGeneration, ref, device=device, dtype=dtype,
             attn_implementation=attn_implementation, device_map=device_map)
         mean, std, norm_source = read_mean_std(ref)
@@ -245,10 +245,5 @@ class LlavaOnevisionAdapter:
         return Assembled(inputs_embeds=embeds, position_ids=pos[None], full_length=full,
                          video_span=(v0, v0 + video.shape[0]))
 
-    # ------------------------------------------------------------------ cost model
-    def llm_prefill_flops(self, length: int) -> float:
-        """Matmul FLOPs of an LLM prefill of `length` tokens (GQA projections, causal attention, gated MLP)."""
-        return prefill_flops(self.config.text_config, length)
 
-
-Adapter = LlavaOnevisionAdapter  # what fastvid_cli.engine loads for this family
+Adapter = LlavaOnevisionAdapter  # what the registry (fastvid_cli.models.adapter_class) hands out for this family

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, UnknownModelError, VideoDecodeError
-from fastvid_cli.models import ModelRef, hf_loading
-from fastvid_cli.models.base import Assembled, Prompt, VideoFeatures, chat_turns, prefill_flops
-from fastvid_cli.models.hf_loading import device_of
+from fastvid_cli.hub import ModelRef
+from fastvid_cli.models import loading
+from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures, chat_turns
+from fastvid_cli.models.loading import device_of
+from fastvid_cli.models.sampling import check_request
 from fastvid_cli.preprocess import resize_frames
 
 _CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
@@ -126,12 +128,7 @@ class FramePlan:
 
 def frame_plan(frames: int | None = None, fps: float | None = None, budget: VideoBudget = BUDGET) -> FramePlan:
     """The plan for `--frames` / `--fps` (at most one of them; neither: the budget's fps)."""
-    if frames is not None and fps is not None:
-        raise InvalidOptionError("--frames and --fps exclude each other", "give one: a frame count or a rate")
-    if frames is not None and frames < 1:
-        raise InvalidOptionError(f"--frames must be >= 1 (got {frames})")
-    if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise InvalidOptionError(f"--fps must be > 0 (got {fps})")
+    check_request(frames, fps, by_rate=True)
     return FramePlan(frames=frames, fps=budget.fps if fps is None else float(fps), min_frames=budget.min_frames,
                      max_frames=budget.max_frames)
 
@@ -300,11 +297,15 @@ class DeepStackInputs:
 
 
 # ------------------------------------------------------------------------------------------ the adapter
-class QwenVLAdapter:
+class QwenVLAdapter(FamilyAdapter):
     defaults = DEFAULTS
+    # How much video the model sees (frame sampling and pixel budget). A class attribute, because the frame plan is
+    # made before any model loads (`frame_plan`); another budget is a subclass.
+    budget: ClassVar[VideoBudget] = BUDGET
+    # Frames are not encoded alone (a temporal patch holds 2 of them): FamilyAdapter.frames_independent's False.
 
     def __init__(self, model, tokenizer, ref: ModelRef, *, family: str, mean, std, norm_source: str,
-                 template: str | None, budget: VideoBudget = BUDGET, warnings_: list[str] | None = None):
+                 template: str | None, warnings_: list[str] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.ref = ref
@@ -312,7 +313,6 @@ class QwenVLAdapter:
         self.config = model.config
         self.mean, self.std, self.norm_source = mean, std, norm_source
         self.template = template
-        self.budget = budget
         self.warnings = list(warnings_ or [])
         v = self.config.vision_config
         self.patch = int(v.patch_size)
@@ -343,12 +343,12 @@ class QwenVLAdapter:
             raise UnknownModelError(f"unsupported architecture '{family}' for the Qwen-VL adapter",
                                     f"supported: {', '.join(_CLASSES)}")
         model_class = getattr(transformers, _CLASSES[family])
-        model, tokenizer = hf_loading.load_pretrained(model_class, ref, device=device, dtype=dtype,
+        model, tokenizer = loading.load_pretrained(model_class, ref, device=device, dtype=dtype,
                                                       attn_implementation=attn_implementation, device_map=device_map)
         default = HALF_MEAN_STD if family.startswith("qwen3") else CLIP_MEAN_STD
         label = "default (0.5/0.5)" if family.startswith("qwen3") else "default (CLIP mean/std)"
-        mean, std, norm_source = hf_loading.read_mean_std(ref, default, label)
-        template = tokenizer.chat_template or hf_loading.processor_chat_template(ref)
+        mean, std, norm_source = loading.read_mean_std(ref, default, label)
+        template = tokenizer.chat_template or loading.processor_chat_template(ref)
         notes = []
         if saliency_model:
             notes.append("--saliency-model applies to LLaVA models; Qwen-VL saliency comes from its own last "
@@ -357,9 +357,10 @@ class QwenVLAdapter:
                    template=template, warnings_=notes)
 
     # ------------------------------------------------------------------ sampling
-    def frame_plan(self, frames: int | None = None, fps: float | None = None) -> FramePlan:
+    @classmethod
+    def frame_plan(cls, frames: int | None = None, fps: float | None = None) -> FramePlan:
         """What `--frames` / `--fps` sample for this family (an IndexPlan for video.sample_frames)."""
-        return frame_plan(frames, fps, self.budget)
+        return frame_plan(frames, fps, cls.budget)
 
     def feature_settings(self) -> dict[str, Any]:
         """Everything besides the frames that changes the features (for the feature-cache key)."""
@@ -453,7 +454,7 @@ class QwenVLAdapter:
     def build_prompt(self, question: str, system: str | None = None,
                      history: list[tuple[str, str]] | None = None) -> Prompt:
         """Chat-template prompt with one <|vision_start|><|video_pad|><|vision_end|>; ids split around the pad.
-        `history`: earlier (question, answer) turns, the video in the first user turn (see base.chat_turns)."""
+        `history`: earlier (question, answer) turns, the video in the first user turn (see interface.chat_turns)."""
         tok = self.tokenizer
         messages = []
         if system:
@@ -552,9 +553,5 @@ class QwenVLAdapter:
         return dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
                     pixel_values_videos=pixels.values, mm_token_type_ids=self.mm_token_type_ids(ids).to(dev), **kw)
 
-    # ------------------------------------------------------------------ cost model
-    def llm_prefill_flops(self, length: int) -> float:
-        return prefill_flops(self.config.text_config, length)
 
-
-Adapter = QwenVLAdapter  # what fastvid_cli.engine loads for these families
+Adapter = QwenVLAdapter  # what the registry (fastvid_cli.models.adapter_class) hands out for these families

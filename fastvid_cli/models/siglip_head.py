@@ -18,7 +18,7 @@ from torch import nn
 
 from fastvid_cli import hub
 from fastvid_cli.errors import ModelUnavailableError
-from fastvid_cli.models import ModelRef
+from fastvid_cli.hub import ModelRef
 
 DEFAULT_SALIENCY_MODEL = "google/siglip-so400m-patch14-384"
 FALLBACK = "fallback"

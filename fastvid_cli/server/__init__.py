@@ -127,10 +127,10 @@ class ServerState:
         self.engine = engine  # last: /health says ready from here on
 
     def frame_plan(self, frames: int | None, fps: float | None):
-        """What to sample for a request, as `ask` decides it (models.frame_request: the alias's frame count, or
+        """What to sample for a request, as `ask` decides it (settings.frame_request: the alias's frame count, or
         the family's plan); a 400 when the request's frames/fps do not fit the model."""
         from fastvid_cli.errors import FastVidError
-        from fastvid_cli.models import frame_request
+        from fastvid_cli.settings import frame_request
         from fastvid_cli.server.errors import from_fastvid
 
         key = (frames, fps)
@@ -143,7 +143,7 @@ class ServerState:
 
     def model_card(self) -> dict[str, Any]:
         from fastvid_cli.engine import versions
-        from fastvid_cli.models.base import dtype_name
+        from fastvid_cli.models.loading import dtype_name
         from fastvid_cli.pruning import REGISTRY
 
         eng, d = self.engine, self.defaults

@@ -1,0 +1,137 @@
+"""What every command of the `fastvid` command line shares: running a command's body so that errors users can cause
+are one line with their exit code (tracebacks only with --debug), and helpers for options several commands take.
+
+cli.py, cli_batch.py and cli_eval.py import this module, and it imports none of them. Like them, it imports no torch
+or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from fastvid_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError
+
+
+def run_command(debug: bool, body: Callable[[], int | None]) -> None:
+    """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
+    hide_library_noise(debug)
+    try:
+        code = body() or 0
+    except FastVidError as e:
+        error(e.one_line(), debug)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        from fastvid_cli.ui import err_console
+
+        err_console.print("\n[yellow]interrupted[/]")
+        code = EXIT_INTERRUPTED
+    except typer.Exit:
+        raise
+    except Exception as e:  # a bug: still one line, unless --debug
+        from fastvid_cli.errors import OutOfMemoryError
+
+        if type(e).__name__ == "OutOfMemoryError":
+            error(OutOfMemoryError("out of memory", "try fewer --frames or a lower --ratio").one_line(), debug)
+            code = OutOfMemoryError.exit_code
+        else:
+            msg = " ".join(str(e).split()) or type(e).__name__
+            error(f"internal error: {type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)", debug)
+            code = EXIT_INTERNAL
+    raise typer.Exit(code)
+
+
+def hide_library_noise(debug: bool) -> None:
+    """Keep the libraries' own warnings (deprecations, hub retries, load reports) off the user's terminal: they
+    land in the middle of the progress display and say nothing the user can act on. `--debug` shows them."""
+    import logging
+    import warnings
+
+    level = logging.WARNING if debug else logging.ERROR
+    if not debug:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    for name in ("transformers", "huggingface_hub", "accelerate", "torch", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(level)
+
+
+def error(message: str, debug: bool) -> None:
+    """The one line of an error on stderr (after its traceback with --debug)."""
+    from fastvid_cli.ui import error_line
+
+    if debug:
+        traceback.print_exc()
+    error_line(message)
+
+
+def given_prune_params(*, c: int | None, tau: float | None, d: float | None, p: int | None, beta: float | None,
+                       ignore: float | None) -> dict[str, Any]:
+    """The FastVID parameters given on the command line (--dyseg-c, --dyseg-tau, --stprune-d, --dtm-p, --dtm-beta,
+    --dyseg-ignore), by name; those not given are left to the model family's defaults."""
+    return {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta, ignore=ignore).items() if v is not None}
+
+
+def feature_cache_dir(cache_dir: Path | None, no_cache: bool) -> Path | None:
+    """Where the feature cache is (--cache-dir, else ~/.cache/fastvid/features), or None with --no-cache."""
+    if no_cache:
+        return None
+    from fastvid_cli import hub
+
+    return cache_dir or hub.fastvid_cache_dir() / "features"
+
+
+def traceback_printer(progress: Any, debug: bool) -> Callable[[BaseException], None] | None:
+    """With --debug, what prints the traceback of an item's unexpected error above the progress display (even
+    under --json, where the display is otherwise silent); None without --debug."""
+    if not debug:
+        return None
+    from fastvid_cli.runs import format_exception
+
+    def show(e: BaseException) -> None:
+        progress.note(format_exception(e).rstrip(), force=True)
+
+    return show
+
+
+# ---------------------------------------------------------------------------------------------- --server
+SERVER_SIDE_OPTIONS = ("model", "device", "dtype", "attn_implementation", "saliency_model", "threads", "offline",
+                       "cache_dir")
+
+
+def server_url(value: str | None) -> str | None:
+    """--server / FASTVID_SERVER: the URL, or None to run here (also for an empty value)."""
+    return (value.strip() or None) if value is not None else None
+
+
+def given_options(*names: str) -> dict[str, Any]:
+    """The options among `names` (parameter names of the running command) that the user set, on the command line
+    or through their environment variable, with their values; defaults are left out."""
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+        from click.core import ParameterSource
+
+    ctx = get_current_context()
+    return {name: ctx.params[name] for name in names
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+def server_client(url: str, api_key: str | None, chatty: bool):
+    """The client of the server at `url`, once the options that belong to the server and were set here are checked
+    against it (remote.check_server_options). `chatty`: say on stderr when waiting for a loading server."""
+    from fastvid_cli.client import Client
+    from fastvid_cli.remote import check_server_options
+    from fastvid_cli.ui import err_console, warn_line
+
+    client = Client(url, api_key or None,
+                    on_wait=(lambda msg: err_console.print(f"[dim]{msg}[/]")) if chatty else None)
+    check_server_options(client, given_options(*SERVER_SIDE_OPTIONS), warn_line)
+    return client
