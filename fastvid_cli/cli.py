@@ -7,7 +7,6 @@ are imported inside the commands.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import threading
@@ -19,7 +18,9 @@ import typer
 
 from fastvid_cli import __version__
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import given_options, given_prune_params, run_command, server_client, server_url
+from fastvid_cli.cli_common import (check_cheaply as _check_cheaply, check_method as _check_method,
+                                    check_ratio as _check_ratio, given_options, given_prune_params,
+                                    inner_params as _inner_params, run_command, server_client, server_url)
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidOptionError
 
 app = typer.Typer(
@@ -37,18 +38,6 @@ BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the un
                  "does (3 runs each, alternating; medians) and report the MEASURED prefill speedup with both times. "
                  "Without it the speedup shown is an ESTIMATE labelled 'est.': the ratio of LLM prefill FLOPs "
                  "(projections, causal attention, MLP) at the full and the pruned prompt length.")
-
-
-def _check_method(method: str) -> None:
-    from fastvid_cli.pruning import method_names
-
-    if method not in method_names():
-        raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{method}')")
-
-
-def _check_ratio(ratio: float | None) -> None:
-    if ratio is not None and (math.isnan(ratio) or not 0 < ratio <= 1):
-        raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
 
 
 @app.command(cls=O.Command)
@@ -223,32 +212,6 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
         for w in engine.adapter.warnings:
             warn_line(w)
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
-
-
-def _check_cheaply(video: Path | None, model: str, device: str, dtype: str, attn_implementation: str) -> None:
-    """Every check that needs no torch, before torch is imported (~1-3 s): a bad option or file fails at once.
-    The video is probed (ms) so that a bad file fails before any load starts, and no load is abandoned mid-way."""
-    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
-
-    check_device_name(device)
-    check_dtype_name(dtype)
-    check_attn_implementation(attn_implementation)
-    if video is not None:
-        from fastvid_cli.video import probe_video
-
-        probe_video(video)
-    resolve_model(model)
-
-
-def _inner_params(method: str, text: str | None) -> dict[str, Any]:
-    """{"inner": (K, R)} for HoliTom with --holitom-inner, {} without; a usage error for other methods."""
-    if not text:
-        return {}
-    if not method.startswith("holitom"):
-        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
-    from fastvid_cli.inner_merge import parse_inner
-
-    return {"inner": parse_inner(text)}
 
 
 def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:

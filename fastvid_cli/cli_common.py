@@ -7,6 +7,7 @@ or transformers.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import typer
 
-from fastvid_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError
+from fastvid_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
 
 
 def run_command(debug: bool, body: Callable[[], int | None]) -> None:
@@ -97,6 +98,45 @@ def traceback_printer(progress: Any, debug: bool) -> Callable[[BaseException], N
         progress.note(format_exception(e).rstrip(), force=True)
 
     return show
+
+
+# ---------------------------------------------------------------------------------------------- option checks
+def check_method(method: str) -> None:
+    from fastvid_cli.pruning import method_names
+
+    if method not in method_names():
+        raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{method}')")
+
+
+def check_ratio(ratio: float | None) -> None:
+    if ratio is not None and (math.isnan(ratio) or not 0 < ratio <= 1):
+        raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
+
+
+def check_cheaply(video: Path | None, model: str, device: str, dtype: str, attn_implementation: str) -> None:
+    """Every check that needs no torch, before torch is imported (~1-3 s): a bad option or file fails at once.
+    The video is probed (ms) so that a bad file fails before any load starts, and no load is abandoned mid-way."""
+    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
+
+    check_device_name(device)
+    check_dtype_name(dtype)
+    check_attn_implementation(attn_implementation)
+    if video is not None:
+        from fastvid_cli.video import probe_video
+
+        probe_video(video)
+    resolve_model(model)
+
+
+def inner_params(method: str, text: str | None) -> dict[str, Any]:
+    """{"inner": (K, R)} for HoliTom with --holitom-inner, {} without; a usage error for other methods."""
+    if not text:
+        return {}
+    if not method.startswith("holitom"):
+        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+    from fastvid_cli.inner_merge import parse_inner
+
+    return {"inner": parse_inner(text)}
 
 
 # ---------------------------------------------------------------------------------------------- --server

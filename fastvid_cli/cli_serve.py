@@ -15,7 +15,8 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import given_options, given_prune_params, run_command, server_client, server_url
+from fastvid_cli.cli_common import (check_cheaply, check_method, check_ratio, given_options, given_prune_params,
+                                    inner_params, run_command, server_client, server_url)
 from fastvid_cli.errors import InvalidOptionError
 
 S = "Server"
@@ -92,13 +93,11 @@ def serve(
     (Prometheus). Requests about one video share its features and prompt prefix, and greedy ones waiting together
     are decoded together. Ctrl-C or SIGTERM stops accepting requests, finishes those in flight, and exits 0.
     """
-    from fastvid_cli.cli import _check_cheaply, _check_method, _check_ratio, _inner_params
-
     def body() -> int:
-        _check_ratio(ratio)
-        _check_method(method)
-        _check_cheaply(None, model, device, dtype, attn_implementation)
-        inner = _inner_params(method, holitom_inner).get("inner")
+        check_ratio(ratio)
+        check_method(method)
+        check_cheaply(None, model, device, dtype, attn_implementation)
+        inner = inner_params(method, holitom_inner).get("inner")
         from fastvid_cli.settings import GenerationOptions
 
         GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p).validate()
@@ -178,11 +177,9 @@ def chat(
     earlier input. With --server the model of a running `fastvid serve` answers (nothing heavy loads here). When
     stdin is not a terminal, each line is a question (or a command) and each answer is printed on one line.
     """
-    from fastvid_cli.cli import _check_method, _check_ratio
-
     def body() -> int:
-        _check_ratio(ratio)
-        _check_method(method)
+        check_ratio(ratio)
+        check_method(method)
         from fastvid_cli.chat import Chat, ChatSettings, history_path
         from fastvid_cli.client import check_local_video
 
@@ -225,10 +222,9 @@ def chat(
 def _local_backend(video: Path, model: str, device: str, dtype: str, attn_implementation: str,
                    saliency_model: str | None, offline: bool, threads: int | None, cache_dir: Path | None,
                    no_cache: bool, show: bool):
-    from fastvid_cli.cli import _check_cheaply
     from fastvid_cli.ui import StageDisplay, warn_line
 
-    _check_cheaply(video, model, device, dtype, attn_implementation)
+    check_cheaply(video, model, device, dtype, attn_implementation)
     from fastvid_cli import hub
 
     hub.set_offline(offline)
