@@ -59,10 +59,11 @@ def settings() -> list[tuple[str, float]]:
 
 
 def prune_options(engine: Engine, method: str, ratio: float) -> PruneOptions:
-    """What `fastvid ask --method M --ratio R` prunes with (FastVID: the family's defaults, as cli._fastvid_params)."""
-    params = {k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta") if k in engine.defaults}
+    """What `fastvid ask --method M --ratio R` prunes with (the method's parameters at the family's defaults)."""
+    from fastvid_cli.pruning import resolve_params
+
     return PruneOptions(method=method, ratio=1.0 if method == "none" else ratio,
-                        params=params if method == "fastvid" else {})
+                        params=resolve_params(method, engine.defaults["method_family"], {}))
 
 
 def jittered(feats, eps: float, seed: int):

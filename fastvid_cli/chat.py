@@ -40,8 +40,9 @@ class ChatSettings:
     ratio: float | None = None
     frames: int | None = None
     fps: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # fastvid parameters given on the command line
-    inner: str | None = None  # --holitom-inner K,R
+    # the method options given on the command line, by parameter name ({"tau": 0.8, "inner": "18,0.5"}); the
+    # current method takes those that are its own
+    params: dict[str, Any] = field(default_factory=dict)
     gen: dict[str, Any] = field(default_factory=dict)  # max_new_tokens, temperature, top_p, seed, system, compile
     cache: bool = True  # the on-disk feature cache of a local chat (a server decides about its own)
 
@@ -146,28 +147,32 @@ def resolve_ratio(s: ChatSettings, defaults: dict[str, Any]) -> float:
     return 1.0 if s.method == "none" else float(s.ratio or defaults["ratio"])
 
 
-def local_params(s: ChatSettings, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Pruning parameters as `ask` builds them: FastVID's family defaults overridden by the given ones; the
-    HoliTom inner stage for the holitom methods."""
-    if s.method == "fastvid":
-        if "ignore" in s.params and "ignore" not in defaults:
-            raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
-        names = [k for k in ("c", "tau", "d", "p", "beta", "ignore") if k in defaults]
-        return {**{k: defaults[k] for k in names}, **s.params}
-    if s.inner and s.method.startswith("holitom"):
-        from fastvid_cli.inner_merge import parse_inner
+def own_params(s: ChatSettings) -> dict[str, Any]:
+    """The given method options that the current method takes (on some family); all of them for the server's
+    default method (None)."""
+    if s.method is None:
+        return dict(s.params)
+    from fastvid_cli.pruning import spec_of
 
-        return {"inner": parse_inner(s.inner)}
-    return {}
+    names = {p.name for p in spec_of(s.method).all_params()}
+    return {k: v for k, v in s.params.items() if k in names}
+
+
+def local_params(s: ChatSettings, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Pruning parameters as `ask` resolves them (pruning.resolve_params on the model's method family): the given
+    options of the current method, else the family's defaults."""
+    from fastvid_cli.pruning import check_options, resolve_params
+
+    family = defaults.get("method_family")
+    given = own_params(s)
+    check_options([s.method], family, given)
+    return resolve_params(s.method, family, given)
 
 
 def remote_ext(s: ChatSettings) -> dict[str, Any]:
     """The request's `fastvid` object for these settings (what is left out: the server's defaults)."""
     ext: dict[str, Any] = {"method": s.method, "ratio": s.ratio, "frames": s.frames, "fps": s.fps}
-    if s.method in (None, "fastvid"):  # None: the server's default method
-        ext.update(s.params)
-    elif s.inner and s.method.startswith("holitom"):
-        ext["inner"] = s.inner
+    ext.update({k: list(v) if isinstance(v, tuple) else v for k, v in own_params(s).items()})
     if s.gen.get("compile") is not None:
         ext["compile"] = s.gen["compile"]
     return ext

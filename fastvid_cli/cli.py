@@ -19,8 +19,8 @@ import typer
 from fastvid_cli import __version__
 from fastvid_cli import options as O
 from fastvid_cli.cli_common import (check_cheaply as _check_cheaply, check_method as _check_method,
-                                    check_ratio as _check_ratio, given_options, given_prune_params,
-                                    inner_params as _inner_params, run_command, server_client, server_url)
+                                    check_ratio as _check_ratio, given_options as _given_cli_options,
+                                    method_options_by_name, run_command, server_client, server_url)
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidOptionError
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the un
 
 
 @app.command(cls=O.Command)
+@O.method_options(after="ratio")
 def ask(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, mkv, webm, mov, …). Use `--` before "
                                  "a path that starts with '-'.", show_default=False),
@@ -56,13 +57,6 @@ def ask(
     fps: Optional[float] = O.FPS,
     method: str = O.METHOD,
     ratio: Optional[float] = O.RATIO,
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -83,6 +77,7 @@ def ask(
     server: Optional[str] = O.SERVER,
     api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Answer a question about a video, FastVID-pruned, streamed with live stats.
 
@@ -95,10 +90,13 @@ def ask(
         _check_method(method)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
+        from fastvid_cli.pruning import check_options, given_options, resolve_params
+
+        given = given_options(method_options)
+        check_options([method], None, given)  # before the model loads, on any family; on the model's family below
         if server_url(server):
-            return _ask_on_server(server_url(server), api_key, video, question)
+            return _ask_on_server(server_url(server), api_key, video, question, method_options)
         _check_cheaply(video, model, device, dtype, attn_implementation)
-        inner = _inner_params(method, holitom_inner)  # checked before the model loads
         from fastvid_cli import hub
         from fastvid_cli.engine import GenerationOptions, PruneOptions, set_threads
         from fastvid_cli.ui import AnswerOut, StageDisplay, print_summary
@@ -112,9 +110,10 @@ def ask(
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
-        params = _fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta, dyseg_ignore)
+        family = engine.defaults["method_family"]
+        check_options([method], family, given)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
-                             params=params if method == "fastvid" else inner)
+                             params=resolve_params(method, family, given))
         from fastvid_cli.feature_cache import FeatureCache
 
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
@@ -137,28 +136,21 @@ def ask(
     run_command(debug, body)
 
 
-def _ask_on_server(url: str, api_key: str | None, video: Path, question: str) -> int:
-    """`ask --server`: the options the user set go with the request; the rest are the server's defaults (which,
+def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, method_options: dict[str, Any]) -> int:
+    """`ask --server`: the options the user set go with the request (the method options by parameter name, which
+    the server resolves as a local `ask` does, on its model's family); the rest are the server's defaults (which,
     for a server started without pruning/generation flags, are those of a local `ask`)."""
     from fastvid_cli.remote import ask_remote
 
-    p = given_options("frames", "fps", "method", "ratio", "dyseg_c", "dyseg_tau", "stprune_d", "dtm_p", "dtm_beta",
-                      "dyseg_ignore", "holitom_inner", "max_new_tokens", "temperature", "top_p", "seed", "system",
-                      "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
+    p = _given_cli_options("frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p", "seed",
+                           "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
     method = p.get("method")
-    inner = p.get("holitom_inner")
-    if inner and not (method or "").startswith("holitom"):
-        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
     as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
     client = server_client(url, api_key, not (as_json or quiet))
-    names = {"dyseg_c": "c", "dyseg_tau": "tau", "stprune_d": "d", "dtm_p": "p", "dtm_beta": "beta",
-             "dyseg_ignore": "ignore"}
-    params = {short: p[long] for long, short in names.items() if p.get(long) is not None}
-    if params and (method or "fastvid") != "fastvid":
-        params = {}  # as a local ask: FastVID's options do not apply to other methods
+    params = method_options_by_name(method_options)
     gen = {k: p.get(k) for k in ("max_new_tokens", "temperature", "top_p", "seed", "system")}
     return ask_remote(client, str(video), question, model=None, frames=p.get("frames"), fps=p.get("fps"),
-                      method=method, ratio=p.get("ratio"), params=params, inner=inner, gen=gen,
+                      method=method, ratio=p.get("ratio"), params=params, gen=gen,
                       baseline=bool(p.get("baseline")), margins=bool(p.get("margins")),
                       compile_decode=p.get("compile_decode"), cache=not p.get("no_cache"), as_json=as_json,
                       quiet=quiet)
@@ -214,33 +206,16 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
 
 
-def _fastvid_params(engine, c, tau, d, p, beta, ignore=None) -> dict[str, Any]:
-    """The family's FastVID defaults, overridden by the options the user gave (`ignore`: only the Qwen-VL
-    variant has it)."""
-    if ignore is not None and "ignore" not in engine.defaults:
-        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
-    given = {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta, ignore=ignore).items() if v is not None}
-    names = [k for k in ("c", "tau", "d", "p", "beta", "ignore") if k in engine.defaults]
-    return {**{k: engine.defaults[k] for k in names}, **given}
-
-
 @app.command(cls=O.Command)
+@O.method_options(after="method")
 def compare(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file.", show_default=False),
     question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
     ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio; repeat it to "
                                       "compare several (default: 0.5, 0.25, 0.1).", show_default=False,
                                       rich_help_panel="Pruning"),
-    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="fastvid | holitom | holitom-orig | "
-                                     "none | uniform | random; repeat for several (default fastvid).",
-                                     show_default=False, rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help=O.METHODS_HELP, show_default=False,
+                                     rich_help_panel="Pruning"),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not run the unpruned (ratio 1.0) row; "
                                      "speedups are then not shown.", rich_help_panel="Pruning"),
     repeat: int = typer.Option(3, min=1, max=100, metavar="N", help="Runs per setting; the table shows medians.",
@@ -267,6 +242,7 @@ def compare(
     server: Optional[str] = O.SERVER,
     api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Compare pruning settings on one video and question: one table, every cell measured.
 
@@ -278,11 +254,13 @@ def compare(
         ratios = ratio or [0.5, 0.25, 0.1]
         for r in ratios:
             _check_ratio(r)
-        methods = method or ["fastvid"]
+        from fastvid_cli.pruning import DEFAULT_METHOD, check_options, given_options
+
+        methods = method or [DEFAULT_METHOD]
         for m in methods:
             _check_method(m)
-        if holitom_inner and not any(m.startswith("holitom") for m in methods):
-            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+        given = given_options(method_options)
+        check_options(methods, None, given)  # on any family: the model's is checked once it is loaded
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         if server_url(server):
@@ -290,10 +268,8 @@ def compare(
             from fastvid_cli.ui import print_compare
 
             client = server_client(server_url(server), api_key, not as_json)
-            params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta,
-                                        ignore=dyseg_ignore)
-            result = compare_remote(client, str(video), question, methods=methods, ratios=ratios, params=params,
-                                    inner=holitom_inner, frames=frames, fps=fps, repeat=repeat,
+            result = compare_remote(client, str(video), question, methods=methods, ratios=ratios,
+                                    params=method_options_by_name(method_options), frames=frames, fps=fps, repeat=repeat,
                                     baseline=not no_baseline, max_new_tokens=max_new_tokens, system=system,
                                     compile_decode=compile_decode, cache=not no_cache, model=None)
             if as_json:
@@ -302,7 +278,6 @@ def compare(
                 print_compare(result, full=full)
             return 0
         _check_cheaply(video, model, device, dtype, attn_implementation)
-        inner = _inner_params("holitom", holitom_inner) if holitom_inner else {}
         from fastvid_cli import hub
         from fastvid_cli.compare import run_compare
         from fastvid_cli.engine import GenerationOptions, set_threads
@@ -317,9 +292,8 @@ def compare(
             saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
-        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, inner=inner,
-                             params=_fastvid_params(engine, dyseg_c, dyseg_tau, stprune_d, dtm_p, dtm_beta,
-                                                    dyseg_ignore),
+        check_options(methods, engine.defaults["method_family"], given)
+        result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
         display.stop()

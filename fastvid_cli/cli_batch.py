@@ -14,8 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import (feature_cache_dir, given_prune_params, run_command, server_client,
-                                    server_url, traceback_printer)
+from fastvid_cli.cli_common import feature_cache_dir, run_command, server_client, server_url, traceback_printer
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress, fmt_ms
 
@@ -28,6 +27,7 @@ OUTPUT_HELP = ("JSON Lines output, one record per row: the fields of `ask --json
                "current directory.")
 
 
+@O.method_options(after="ratio")
 def batch(
     questions: Path = typer.Argument(..., metavar="QUESTIONS", help=CSV_HELP, show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
@@ -59,13 +59,6 @@ def batch(
     ratio: Optional[float] = typer.Option(None, "--ratio", "-r", metavar="RATIO", help="Retention ratio in (0, 1]; "
                                           "1.0 keeps every token (default: the model's, 0.10 for LLaVA-OV); a ratio "
                                           "column overrides it per row.", rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -81,6 +74,7 @@ def batch(
     server: Optional[str] = O.SERVER,
     api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Answer every question of a CSV, one video session per (video, frames, ratio), into a resumable JSONL.
 
@@ -98,15 +92,17 @@ def batch(
         from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
 
         rows_together = _answer_batch(answer_batch)
-        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
+        from fastvid_cli.pruning import given_options
+
         out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, threads=threads,
                           device=device, dtype=dtype,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
                           fps=fps,
-                          method=method, ratio=ratio, params=params, max_new_tokens=max_new_tokens,
+                          method=method, ratio=ratio, params=given_options(method_options),
+                          max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
-                          answer_batch=rows_together, holitom_inner=holitom_inner,
+                          answer_batch=rows_together,
                           retry_errors=retry_errors, overwrite=overwrite,
                           cache_dir=feature_cache_dir(cache_dir, no_cache))
         engine = None

@@ -71,13 +71,6 @@ def error(message: str, debug: bool) -> None:
     error_line(message)
 
 
-def given_prune_params(*, c: int | None, tau: float | None, d: float | None, p: int | None, beta: float | None,
-                       ignore: float | None) -> dict[str, Any]:
-    """The FastVID parameters given on the command line (--dyseg-c, --dyseg-tau, --stprune-d, --dtm-p, --dtm-beta,
-    --dyseg-ignore), by name; those not given are left to the model family's defaults."""
-    return {k: v for k, v in dict(c=c, tau=tau, d=d, p=p, beta=beta, ignore=ignore).items() if v is not None}
-
-
 def feature_cache_dir(cache_dir: Path | None, no_cache: bool) -> Path | None:
     """Where the feature cache is (--cache-dir, else ~/.cache/fastvid/features), or None with --no-cache."""
     if no_cache:
@@ -128,15 +121,14 @@ def check_cheaply(video: Path | None, model: str, device: str, dtype: str, attn_
     resolve_model(model)
 
 
-def inner_params(method: str, text: str | None) -> dict[str, Any]:
-    """{"inner": (K, R)} for HoliTom with --holitom-inner, {} without; a usage error for other methods."""
-    if not text:
-        return {}
-    if not method.startswith("holitom"):
-        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
-    from fastvid_cli.inner_merge import parse_inner
+def method_options_by_name(method_options: dict[str, Any]) -> dict[str, Any]:
+    """The method options a command received (its `**method_options`, see options.method_options) that the user
+    gave, keyed by parameter NAME ({"tau": 0.8, "inner": "18,0.5"}): what a request to a server carries, and what
+    pruning.check_options / resolve_params take as well as flags."""
+    from fastvid_cli import pruning
 
-    return {"inner": parse_inner(text)}
+    by_flag = {p.flag: p for p in pruning.options()}
+    return {by_flag[flag].name: v for flag, v in pruning.given_options(method_options).items()}
 
 
 # ---------------------------------------------------------------------------------------------- --server

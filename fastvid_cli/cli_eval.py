@@ -14,8 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import (feature_cache_dir, given_prune_params, run_command, server_client,
-                                    server_url, traceback_printer)
+from fastvid_cli.cli_common import feature_cache_dir, run_command, server_client, server_url, traceback_printer
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress
 
@@ -36,6 +35,7 @@ OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, set
                "name with the suffix .eval.jsonl, in the current directory.")
 
 
+@O.method_options(after="no_reference")
 def eval_(
     bench: Path = typer.Argument(..., metavar="BENCH", help=BENCH_HELP, show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
@@ -58,8 +58,7 @@ def eval_(
     no_cache: bool = O.NO_CACHE,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
-    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="Pruning method: fastvid | holitom | "
-                                     "uniform | random | none; repeat for several (default fastvid).",
+    method: list[str] = typer.Option([], "--method", metavar="METHOD", help="Pruning method: " + O.METHODS_HELP,
                                      show_default=False, rich_help_panel="Pruning"),
     ratio: list[float] = typer.Option([], "--ratio", "-r", metavar="RATIO", help="Retention ratio in (0, 1]; repeat "
                                       "for several (default: 0.25, 0.1). 1.0 is the unpruned reference (method "
@@ -67,15 +66,6 @@ def eval_(
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not run the unpruned reference "
                                       "(none, ratio 1.0) unless asked for; retention is then not shown.",
                                       rich_help_panel="Pruning"),
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
-    random_seed: Optional[int] = typer.Option(None, "--random-seed", min=0, metavar="N", help="Seed of the random "
-                                              "method (0).", rich_help_panel="Pruning"),
     max_new_tokens: int = typer.Option(8, min=1, metavar="N", help="Most tokens per answer (greedy decoding).",
                                        rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
@@ -87,6 +77,7 @@ def eval_(
     server: Optional[str] = O.SERVER,
     api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Score pruning settings on a benchmark (--form mc or short): accuracy, retention vs ratio 1.0, tokens, TTFT.
 
@@ -99,14 +90,13 @@ def eval_(
 
         hub.set_offline(offline)
         from fastvid_cli.evaluate import DEFAULT_RATIOS, EvalConfig, run_eval
+        from fastvid_cli.pruning import DEFAULT_METHOD, given_options
 
-        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, threads=threads,
                          device=device,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
-                         frames=frames, fps=fps, methods=list(method) or ["fastvid"],
-                         ratios=list(ratio) or list(DEFAULT_RATIOS), params=params, random_seed=random_seed,
-                         holitom_inner=holitom_inner,
+                         frames=frames, fps=fps, methods=list(method) or [DEFAULT_METHOD],
+                         ratios=list(ratio) or list(DEFAULT_RATIOS), params=given_options(method_options),
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower(),

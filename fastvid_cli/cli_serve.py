@@ -15,13 +15,14 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import (check_cheaply, check_method, check_ratio, given_options, given_prune_params,
-                                    inner_params, run_command, server_client, server_url)
+from fastvid_cli.cli_common import (check_cheaply, check_method, check_ratio, given_options, method_options_by_name,
+                                    run_command, server_client, server_url)
 from fastvid_cli.errors import InvalidOptionError
 
 S = "Server"
 
 
+@O.method_options(after="ratio")
 def serve(
     model: str = O.MODEL,
     host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", rich_help_panel=S,
@@ -66,13 +67,6 @@ def serve(
     no_cache: bool = O.NO_CACHE,
     method: str = O.METHOD,
     ratio: Optional[float] = O.RATIO,
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -82,6 +76,7 @@ def serve(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per request on stderr.",
                                rich_help_panel="Output"),
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API: loaded and warmed up once, then every request is answered
     from memory.
@@ -97,7 +92,12 @@ def serve(
         check_ratio(ratio)
         check_method(method)
         check_cheaply(None, model, device, dtype, attn_implementation)
-        inner = inner_params(method, holitom_inner).get("inner")
+        from fastvid_cli import pruning
+
+        # a request's method takes those of these options that are its own (checked again on the model's family)
+        given = method_options_by_name(method_options)
+        pruning.check_options(pruning.method_names(), None, given)
+        params = {p.name: p.convert(given[p.name]) for p in pruning.options() if p.name in given}
         from fastvid_cli.settings import GenerationOptions
 
         GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p).validate()
@@ -111,8 +111,7 @@ def serve(
         from fastvid_cli.server.settings import Defaults
         from fastvid_cli.ui import err_console
 
-        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
-        defaults = Defaults(method=method, ratio=ratio, frames=frames, fps=fps, params=params, inner=inner,
+        defaults = Defaults(method=method, ratio=ratio, frames=frames, fps=fps, params=params,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             system=system, compile=compile_decode)
         roots = [os.getcwd(), *(str(d) for d in allowed_media_dir)]
@@ -134,6 +133,7 @@ def serve(
     run_command(debug, body)
 
 
+@O.method_options(after="ratio")
 def chat(
     video: Path = typer.Argument(..., metavar="VIDEO", help="The video to talk about.", show_default=False),
     server: Optional[str] = O.SERVER,
@@ -151,13 +151,6 @@ def chat(
     no_cache: bool = O.NO_CACHE,
     method: str = O.METHOD,
     ratio: Optional[float] = O.RATIO,
-    dyseg_c: Optional[int] = O.DYSEG_C,
-    dyseg_tau: Optional[float] = O.DYSEG_TAU,
-    stprune_d: Optional[float] = O.STPRUNE_D,
-    dtm_p: Optional[int] = O.DTM_P,
-    dtm_beta: Optional[float] = O.DTM_BETA,
-    dyseg_ignore: Optional[float] = O.DYSEG_IGNORE,
-    holitom_inner: Optional[str] = O.HOLITOM_INNER,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
     temperature: float = O.TEMPERATURE,
     top_p: float = O.TOP_P,
@@ -169,6 +162,7 @@ def chat(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Answers only: no summary line after each.",
                                rich_help_panel="Output"),
     debug: bool = O.DEBUG,
+    **method_options: Any,
 ) -> None:
     """Talk about a video: ask, read the streamed answer and a one-line summary, ask a follow-up.
 
@@ -183,18 +177,18 @@ def chat(
         from fastvid_cli.chat import Chat, ChatSettings, history_path
         from fastvid_cli.client import check_local_video
 
-        if holitom_inner and not method.startswith("holitom"):
-            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+        from fastvid_cli.pruning import check_options
+
+        params = method_options_by_name(method_options)
+        check_options([method], None, params)  # on any family: the model's is checked at the first answer
         check_local_video(video)
         url = server_url(server)
-        params = given_prune_params(c=dyseg_c, tau=dyseg_tau, d=stprune_d, p=dtm_p, beta=dtm_beta, ignore=dyseg_ignore)
         gen: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                    system=system, compile=compile_decode)
         from fastvid_cli.settings import GenerationOptions
 
         GenerationOptions(**gen).validate()
-        settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params,
-                                inner=holitom_inner, gen=gen, cache=not no_cache)
+        settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params, gen=gen, cache=not no_cache)
         if url:
             from fastvid_cli.chat import RemoteBackend
 

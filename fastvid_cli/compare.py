@@ -61,8 +61,12 @@ def settings(methods: list[str], ratios: list[float], baseline: bool) -> list[tu
 def run_compare(engine: Engine, video: str, question: str, *, methods: list[str], ratios: list[float],
                 params: dict[str, Any], frames: int, repeat: int, gen: GenerationOptions, baseline: bool = True,
                 clip=None, sample_ms: float | None = None, feature_cache=None,
-                on_row: Callable[[CompareRow], None] | None = None,
-                inner: dict[str, Any] | None = None) -> dict[str, Any]:
+                on_row: Callable[[CompareRow], None] | None = None) -> dict[str, Any]:
+    """`params`: the method options given (by flag, or by parameter name); each row's method takes those that are
+    its own, the family's defaults for the rest (pruning.resolve_params)."""
+    from fastvid_cli.pruning import resolve_params
+
+    family = engine.defaults["method_family"]
     first = engine.session(video, frames=frames, prune=PruneOptions(method="none", ratio=1.0), clip=clip,
                            sample_ms=sample_ms, system=gen.system, feature_cache=feature_cache)
     shared = {k: first.timings.get(k, 0.0) for k in ("sample", "preprocess", "vision")}
@@ -71,8 +75,7 @@ def run_compare(engine: Engine, video: str, question: str, *, methods: list[str]
     rows: list[CompareRow] = []
     prompts = []  # each row's prompt, for the timed prefills
     for method, ratio in settings(methods, ratios, baseline):
-        own = dict(params) if method == "fastvid" else dict(inner or {}) if method.startswith("holitom") else {}
-        opts = PruneOptions(method=method, ratio=ratio, params=own)
+        opts = PruneOptions(method=method, ratio=ratio, params=resolve_params(method, family, params))
         prune_ms, ttft_ms, tps, reports = [], [], [], []
         for _ in range(max(1, repeat)):
             sess = engine.session_from_features(video, first.clip, first.feats, opts, system=gen.system)

@@ -6,6 +6,8 @@ The codes are documented in README.md ("Exit codes"); keep the two in step.
 
 from __future__ import annotations
 
+import contextlib
+
 
 class FastVidError(Exception):
     """Base class: an error with a user-facing one-line message."""
@@ -56,6 +58,18 @@ class OutOfMemoryError(FastVidError):
     """The device ran out of memory."""
 
     exit_code = 7
+
+
+@contextlib.contextmanager
+def oom_guard():
+    """Turn torch's out-of-memory error inside the block into ours (one line, its exit code, what to try)."""
+    import torch  # here, not at the top: this module is imported before torch is (`fastvid --help`)
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise OutOfMemoryError("out of GPU memory",
+                               "try fewer --frames, a lower --ratio, or --dtype float16/bfloat16") from None
 
 
 class RowsFailedError(FastVidError):

@@ -8,12 +8,13 @@ several commands. Like cli.py, this module imports no torch.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable, Optional
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from fastvid_cli.models import DEFAULT_MODEL
+from fastvid_cli import pruning
 
 # Option groups of the help screens, in this order in every command. "Input" holds what only one command reads
 # (eval's benchmark options); --help and --debug close the "Output" group.
@@ -116,10 +117,10 @@ class Group(TyperGroup):
 MODEL_HELP = "Alias (see `fastvid models`), hub id (org/name) or local checkpoint folder."
 
 MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", metavar="MODEL", help=MODEL_HELP, rich_help_panel="Model")
-DEVICE = typer.Option("auto", metavar="DEVICE",
+DEVICE = typer.Option("auto", "--device", metavar="DEVICE",
                       help="auto | cuda | cuda:N | cpu. auto shards a model too big for one GPU across all GPUs "
                            "(accelerate device_map).", rich_help_panel="Model")
-DTYPE = typer.Option("auto", metavar="DTYPE",
+DTYPE = typer.Option("auto", "--dtype", metavar="DTYPE",
                      help="auto | bfloat16 | float16 | float32 (auto: bf16 on GPU, fp32 on CPU).",
                      rich_help_panel="Model")
 ATTN = typer.Option("sdpa", metavar="IMPL", help="sdpa | eager | flash_attention_2.", rich_help_panel="Model")
@@ -146,29 +147,14 @@ CACHE_DIR = typer.Option(None, metavar="DIR",
                               "~/.cache/fastvid/features, or $FASTVID_CACHE/features).", rich_help_panel="Video")
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.", rich_help_panel="Video")
 
-METHOD = typer.Option("fastvid", metavar="METHOD",
-                      help="Pruning method: fastvid | holitom (HoliTom's temporal windows + spatial merge, re-indexed "
-                           "positions) | holitom-orig (the same, kept tokens at their original positions) | none | "
-                           "uniform (per-frame average pooling to the same budget) | random (seeded).",
+METHOD = typer.Option(pruning.DEFAULT_METHOD, "--method", metavar="METHOD",
+                      help="Pruning method: " + " | ".join(f"{s.name} ({s.summary})" if s.summary else s.name
+                                                           for s in pruning.REGISTRY.values()) + ".",
                       rich_help_panel="Pruning")
+METHODS_HELP = " | ".join(pruning.method_names()) + f"; repeat for several (default {pruning.DEFAULT_METHOD})."
 RATIO = typer.Option(None, "--ratio", "-r", metavar="RATIO",
                      help="Retention ratio in (0, 1]; 1.0 keeps every token (default: the model's, 0.10 for "
                           "LLaVA-OV).", rich_help_panel="Pruning")
-DYSEG_C = typer.Option(None, min=1, metavar="C", help="DySeg: minimum number of segments (8).",
-                       rich_help_panel="Pruning")
-DYSEG_TAU = typer.Option(None, metavar="TAU", help="DySeg: cut where adjacent-frame similarity < tau (0.9).",
-                         rich_help_panel="Pruning")
-STPRUNE_D = typer.Option(None, min=0.0, max=1.0, metavar="D",
-                         help="Share of each frame's budget for merged context tokens (0.4).",
-                         rich_help_panel="Pruning")
-DTM_P = typer.Option(None, min=1, metavar="P", help="Anchor-frame period inside a segment (4).",
-                     rich_help_panel="Pruning")
-DTM_BETA = typer.Option(None, min=0.0, max=1.0, metavar="BETA",
-                        help="Lower bound of the anchor's weight in a merge (0.6).", rich_help_panel="Pruning")
-DYSEG_IGNORE = typer.Option(None, min=0.0, max=1.0, metavar="SIM",
-                            help="FastVID on Qwen-VL: in a segment, temporal patches this similar to the next (>=) "
-                                 "are near-duplicates and only the last of a run keeps tokens (0.95).",
-                            rich_help_panel="Pruning")
 
 MAX_NEW_TOKENS = typer.Option(512, min=1, metavar="N", help="Most tokens to generate.",
                               rich_help_panel="Generation")
@@ -178,12 +164,6 @@ TOP_P = typer.Option(1.0, min=0.0, max=1.0, metavar="P", help="Nucleus sampling 
 SEED = typer.Option(None, metavar="N", help="Seed for sampling (each answer starts from it).",
                     rich_help_panel="Generation")
 SYSTEM = typer.Option(None, metavar="TEXT", help="System prompt.", rich_help_panel="Generation")
-HOLITOM_INNER = typer.Option(None, "--holitom-inner", metavar="K,R",
-                             help="HoliTom's inner-LLM stage (with --method holitom/holitom-orig): before LLM "
-                                  "layer K, keep the share 1-R of the video tokens the last prompt token attends to "
-                                  "most and merge the rest into them (the reference used 18,0.5 on 7B). Each "
-                                  "question then prefills alone (no shared video prefix) and decodes eagerly.",
-                             rich_help_panel="Pruning")
 COMPILE = typer.Option(None, "--compile/--no-compile",
                        help="Decode on a static KV cache with each step replayed as one CUDA graph (captured once "
                             "per buffer size, well under a second; greedy tokens as the eager loop). Default: on "
@@ -197,3 +177,28 @@ SERVER = typer.Option(None, "--server", envvar="FASTVID_SERVER", metavar="URL", 
                       rich_help_panel="Server")
 API_KEY = typer.Option(None, "--api-key", envvar="FASTVID_API_KEY", metavar="KEY", show_envvar=True,
                        help="The server's API key (with --server).", rich_help_panel="Server")
+
+def method_options(after: str) -> Callable[[Callable], Callable]:
+    """Give a command one option per method parameter of the pruning registry (pruning.options: --dyseg-tau,
+    --holitom-inner, …), in its signature right after the parameter `after` (so in the "Pruning" group, in that
+    place). The command takes them as `**method_options` and reads them with `pruning.given_options`, so a method
+    added to the registry brings its options to every command with nothing else to change."""
+
+    def add(command: Callable) -> Callable:
+        sig = inspect.signature(command, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        at = [p.name for p in params].index(after) + 1
+        added = []
+        for param in pruning.options():
+            info = typer.Option(None, param.flag, min=param.min, max=param.max, metavar=param.metavar,
+                                help=pruning.option_help(param), rich_help_panel="Pruning")
+            added.append(inspect.Parameter(param.dest, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=info,
+                                           annotation=Optional[param.type]))
+        clash = {p.name for p in added} & {p.name for p in params}
+        if clash:  # a method option would shadow one of the command's own
+            raise TypeError(f"{command.__name__}: method options {sorted(clash)} clash with its parameters")
+        command.__signature__ = sig.replace(parameters=params[:at] + added + params[at:])
+        command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
+        return command
+
+    return add

@@ -51,19 +51,17 @@ def check_server_options(client: Client, given: dict[str, Any], warn: Callable[[
 
 
 def _fastvid_ext(method: str | None, ratio: float | None, frames: int | None, fps: float | None,
-                 params: dict[str, Any], inner: Any, **switches: Any) -> dict[str, Any]:
-    """The request's `fastvid` object; None values are left out (the server's defaults apply)."""
+                 params: dict[str, Any], **switches: Any) -> dict[str, Any]:
+    """The request's `fastvid` object; None values are left out (the server's defaults apply). `params`: the
+    method options the user gave, by parameter name (the server resolves them as `ask` does)."""
     ext: dict[str, Any] = {"method": method, "ratio": ratio, "frames": frames, "fps": fps}
-    if method in (None, "fastvid"):
-        ext.update(params)
-    if inner is not None and (method or "").startswith("holitom"):
-        ext["inner"] = list(inner) if isinstance(inner, tuple) else inner
+    ext.update({k: list(v) if isinstance(v, tuple) else v for k, v in params.items()})
     ext.update({k: v for k, v in switches.items() if v is not None})
     return ext
 
 
 def ask_remote(client: Client, video: str, question: str, *, model: str | None, frames: int | None,
-               fps: float | None, method: str | None, ratio: float | None, params: dict[str, Any], inner: str | None,
+               fps: float | None, method: str | None, ratio: float | None, params: dict[str, Any],
                gen: dict[str, Any], baseline: bool, margins: bool, compile_decode: bool | None, cache: bool,
                as_json: bool, quiet: bool) -> int:
     """`fastvid ask --server`: the answer streamed to stdout, then the panel (or one JSON object)."""
@@ -75,7 +73,7 @@ def ask_remote(client: Client, video: str, question: str, *, model: str | None, 
     from fastvid_cli.ui import err_console, print_summary, write_answer_piece
 
     check_local_video(video)
-    ext = _fastvid_ext(method, ratio, frames, fps, params, inner, baseline=baseline or None,
+    ext = _fastvid_ext(method, ratio, frames, fps, params, baseline=baseline or None,
                        margins=margins or None, compile=compile_decode, cache=None if cache else False)
     status = None
     if not (as_json or quiet) and err_console.is_terminal:
@@ -113,7 +111,7 @@ def ask_remote(client: Client, video: str, question: str, *, model: str | None, 
 
 
 def compare_remote(client: Client, video: str, question: str, *, methods: list[str], ratios: list[float],
-                   params: dict[str, Any], inner: str | None, frames: int | None, fps: float | None, repeat: int,
+                   params: dict[str, Any], frames: int | None, fps: float | None, repeat: int,
                    baseline: bool, max_new_tokens: int, system: str | None, compile_decode: bool | None,
                    cache: bool, model: str | None) -> dict[str, Any]:
     """`fastvid compare --server`: the same table, measured on the server (POST /v1/fastvid/compare)."""
@@ -121,7 +119,7 @@ def compare_remote(client: Client, video: str, question: str, *, methods: list[s
 
     check_local_video(video)
     payload: dict[str, Any] = {"question": question, "methods": methods, "ratios": ratios, "params": params,
-                               "inner": inner, "frames": frames, "fps": fps, "repeat": repeat, "baseline": baseline,
+                               "frames": frames, "fps": fps, "repeat": repeat, "baseline": baseline,
                                "max_new_tokens": max_new_tokens, "system": system, "compile": compile_decode,
                                "cache": cache}
     if model is not None:
@@ -183,20 +181,21 @@ class RemoteSession:
         self.inner = None
 
     def _ext(self, gen, baseline: bool) -> dict[str, Any]:
-        from fastvid_cli.pruning import REGISTRY
+        from fastvid_cli.pruning import DEFAULT_METHOD, spec_of
 
         p = self.prune
-        method = p.method if p is not None else "fastvid"
-        params = dict(p.params) if p is not None else {}
-        fixed = REGISTRY[method].defaults.get("positions") if method in REGISTRY else None
-        if params.get("positions") is not None and params["positions"] != fixed:
-            raise InvalidOptionError(f"positions={params['positions']} cannot be set over --server")
-        params.pop("positions", None)
-        inner = params.pop("inner", None)
+        method = p.method if p is not None else DEFAULT_METHOD
+        spec = spec_of(method)
+        names = {q.name for q in spec.all_params()}
+        params: dict[str, Any] = {}
+        for k, v in (dict(p.params) if p is not None else {}).items():
+            if k in names:  # the method's own options: the server resolves them as a local run does
+                params[k] = list(v) if isinstance(v, tuple) else v
+            elif v != spec.defaults_for(self.engine.defaults.get("method_family")).get(k):
+                # a setting no option sets (e.g. positions) must be the method's default on the server's family
+                raise InvalidOptionError(f"{k}={v} cannot be set over --server")
         ext: dict[str, Any] = {"method": method, "ratio": p.ratio if p is not None else None,
                                "frames": self.frames, "fps": self.fps, **params}
-        if inner is not None:
-            ext["inner"] = list(inner)
         if baseline:
             ext["baseline"] = True
         if gen.margins:

@@ -21,6 +21,7 @@ from fastvid_cli.models.sampling import UNIFORM_FRAMES, check_request, uniform_c
 
 if TYPE_CHECKING:
     from fastvid_cli.models.sampling import SamplePlan
+from fastvid_cli.pruning import DEFAULT_METHOD
 
 
 @dataclass
@@ -54,9 +55,10 @@ class GenerationOptions:
 
 @dataclass
 class PruneOptions:
-    method: str = "fastvid"
+    method: str = DEFAULT_METHOD
     ratio: float = 0.10
-    params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta, ...
+    # the method's parameters (pruning.resolve_params), those of its LLM stage included: c, tau, …, inner
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ run settings of a model
@@ -76,8 +78,11 @@ def family_defaults(model: str) -> dict[str, Any]:
     """The model family's defaults (frames or fps, method, ratio, pruning parameters) from the checkpoint's
     config.json alone, so that batch and eval plan, and resume, without loading any weights. A config that cannot
     be read, or a family we do not support, is an error here (Engine.load checks the same again when it loads)."""
+    from fastvid_cli import pruning
+
     ref = resolve_model(model)
-    return dict(adapter_class(checkpoint_family(ref), ref.display).defaults)
+    adapter = adapter_class(checkpoint_family(ref), ref.display)
+    return {**adapter.defaults, **pruning.family_defaults(adapter.method_family)}
 
 
 def frame_request(model: str, frames: int | None = None, fps: float | None = None) -> int | SamplePlan:

@@ -255,6 +255,14 @@ def _time_pieces(r: dict[str, Any], load_ms: float | None) -> list[str | list[st
     return pieces
 
 
+def _segments_label(method: str) -> tuple[str, str]:
+    """(row label, by what) of a method's PruneResult.segments, from its registry entry."""
+    from fastvid_cli.pruning import REGISTRY
+
+    spec = REGISTRY.get(method)
+    return spec.segments if spec is not None and spec.segments else ("segments", method)
+
+
 def summary_panel(r: dict[str, Any], load_ms: float | None = None, server: str | None = None) -> Panel:
     """The summary of one answer (`ask`, the fields of Report.to_dict()). Values are laid out as Flow pieces so that
     at any width (80 columns included) a line breaks between values, never inside one. `server`: the URL of the
@@ -274,8 +282,8 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None, server: str |
     method = r["method"] if r["method"] == "none" else f"{r['method']} r={r['ratio']:g}"
     grid.add_row("video tokens", Flow([[f"{total} → [bold]{kept}[/]", f"({pct:.1f}% kept,", f"{method})"]]))
     segs = r.get("segments") or []
-    if segs:  # FastVID's DySeg segments, or HoliTom's temporal windows
-        label, by = ("windows", "HoliTom's DP") if r["method"].startswith("holitom") else ("segments", "DySeg")
+    if segs:  # the method's temporal segments (FastVID's DySeg), or windows (HoliTom's), as its entry calls them
+        label, by = _segments_label(r["method"])
         grid.add_row(label, f"{len(segs)} by {by}: {' '.join(map(str, segs))}")
     grid.add_row("prompt", f"{r['prompt_tokens_total']} → [bold]{r['prompt_tokens_kept']}[/] tokens")
     grid.add_row("saliency", Text(r.get("saliency_source", ""), overflow="fold"))
@@ -389,8 +397,9 @@ def compare_legend(result: dict[str, Any], hidden: list[str]) -> list[Flow]:
         common = [["shared by every row:", f"sample {fmt_ms(shared.get('sample'))}"],
                   f"preprocess {fmt_ms(shared.get('preprocess'))}", f"vision {fmt_ms(shared.get('vision'))}",
                   f"feature cache {result['cache']}"]
+    kinds = dict.fromkeys(_segments_label(r["method"]) for r in result["rows"] if r["segments"])
     legend = ["r: retention ratio", "kept: video tokens kept",
-              "" if "seg" in hidden else "seg: DySeg segments (HoliTom: windows)",
+              "" if "seg" in hidden or not kinds else "seg: " + ", ".join(f"{by} {label}" for label, by in kinds),
               ", ".join(h for h in ("prune", "prefill", "TTFT") if h not in hidden) + " in ms",
               "×: speedup over the ratio 1.0 row"]
     lines = [Flow(common, " · "), Flow(legend, " · ")]

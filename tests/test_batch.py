@@ -229,9 +229,11 @@ def test_fingerprint_changes_with_every_answer_setting(tmp_path, tiny_saliency):
 
 # Fingerprints of files written by earlier versions: a change that alters one of these makes every existing output
 # be answered again instead of resumed. Change a value here only together with FINGERPRINT_VERSION.
-LLAVA_DEFAULTS = dict(frames=32, method="fastvid", ratio=0.1, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
-QWEN_DEFAULTS = dict(frames=None, fps=2.0, method="fastvid", ratio=0.27, c=8, tau=0.84, ignore=0.95, d=0.4, p=4,
-                     beta=0.6)
+# what Engine.defaults / settings.family_defaults give: the family's sampling, its method family, and the default
+# method's settings from the pruning registry
+LLAVA_DEFAULTS = dict(frames=32, method_family="llava", method="fastvid", ratio=0.1, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
+QWEN_DEFAULTS = dict(frames=None, fps=2.0, method_family="qwen", method="fastvid", ratio=0.27, c=8, tau=0.84,
+                     ignore=0.95, d=0.4, p=4, beta=0.6)
 
 
 def test_fingerprints_are_those_of_earlier_versions(tmp_path):
@@ -318,7 +320,7 @@ def test_grouped_answers_equal_separate_asks(engine, clips, tiny_llava, tiny_sal
     assert list(view) == ["a1", "b1", "a2", "b2", "a3", "a4", "b3"]  # the output ends in CSV order
     assert result.final_ok == 7 and all(r["status"] == "ok" for r in view.values())
     gen = GenerationOptions(max_new_tokens=10)
-    params = {k: engine.defaults[k] for k in B.PRUNE_PARAM_NAMES}
+    params = {k: engine.defaults[k] for k in ("c", "tau", "d", "p", "beta")}
     for rec in view.values():
         alone = engine.ask(str(clips / Path(rec["video"]).name), rec["question"], frames=rec["settings"]["frames"],
                            prune=PruneOptions("fastvid", rec["settings"]["ratio"], params), gen=gen).to_dict()

@@ -135,7 +135,7 @@ def test_batched_answers_equal_one_by_one_answers(engine, index_video, max_rows)
 def test_batched_answers_stop_each_row_at_its_own_eos(engine, index_video, monkeypatch):
     """Rows end independently: a row whose eos comes early stops there while the others go on."""
     import fastvid_cli.decoding as dec
-    import fastvid_cli.engine as eng_mod
+    import fastvid_cli.session as sess_mod
 
     sess = engine.session(str(index_video), frames=8, prune=PruneOptions(ratio=0.25, params=dict(c=4)))
     gen = GenerationOptions(max_new_tokens=6)
@@ -146,12 +146,12 @@ def test_batched_answers_stop_each_row_at_its_own_eos(engine, index_video, monke
         seen["ids"] = [r.token_ids for r in res]
         return res, t
 
-    monkeypatch.setattr(eng_mod, "decode_batch", spy)
+    monkeypatch.setattr(sess_mod, "decode_batch", spy)
     sess.answer_many(QUESTIONS[:3], gen)
     free = seen["ids"]
     eos = dec.eos_ids(engine.model) | {free[1][2]}  # row 1 now "ends" at its 3rd token (or earlier)
     monkeypatch.setattr(dec, "eos_ids", lambda _m: eos)
-    monkeypatch.setattr(eng_mod, "eos_ids", lambda _m: eos)
+    monkeypatch.setattr(sess_mod, "eos_ids", lambda _m: eos)
     out = sess.answer_many(QUESTIONS[:3], gen)
     for row, r in zip(free, out):
         stop = next((i + 1 for i, t in enumerate(row) if t in eos), None)

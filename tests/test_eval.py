@@ -288,8 +288,8 @@ def test_settings_order_reference_first_and_once(fake_bench):
     fastvid = plan.settings[3].param_dict()
     assert fastvid == dict(beta=0.6, c=8, d=0.4, k=4, p=4, tau=0.9)
     assert plan.settings[0].param_dict() == {} and plan.settings[1].param_dict() == {}
-    plan = E.make_plan(fake_config(fake_bench, methods=["random"], ratios=[0.25], reference=False, random_seed=5),
-                       engine)
+    plan = E.make_plan(fake_config(fake_bench, methods=["random"], ratios=[0.25], reference=False,
+                                   params={"--random-seed": 5}), engine)
     assert [s.label for s in plan.settings] == ["random@0.25"] and plan.settings[0].param_dict() == {"seed": 5}
     # every answer-affecting option changes the fingerprint; the output path does not
     fps = set()

@@ -1,4 +1,5 @@
-"""HoliTom's inner-LLM stage (--holitom-inner K,R): a layer-by-layer prefill with the model's own modules."""
+"""HoliTom's inner-LLM stage (--holitom-inner K,R): a layer-by-layer prefill with the model's own modules
+(fastvid_cli.llm_stage) that runs the stage of pruning/holitom_inner.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import torch
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
 from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.errors import InvalidOptionError
-from fastvid_cli.inner_merge import _last_row_attention, parse_inner, prefill_inner
+from fastvid_cli.llm_stage import _last_row_attention, prefill_with_stage
 from fastvid_cli.pruning.holitom import holitom
 from fastvid_cli.pruning.holitom import inner_keep
+from fastvid_cli.pruning.holitom_inner import InnerMerge, parse_inner
 from fastvid_cli.video import sample_frames
 
 
@@ -24,6 +26,11 @@ def asm(engine, index_video):
 
 def n_layers(engine) -> int:
     return len(engine.model.get_decoder().layers)
+
+
+def prefill_inner(model, inputs_embeds, position_ids, cache, video_span, k, drop_ratio):
+    """The prefill with HoliTom's inner merge before layer k (--holitom-inner k,drop_ratio)."""
+    return prefill_with_stage(model, inputs_embeds, position_ids, cache, video_span, InnerMerge(k, drop_ratio))
 
 
 def test_parse_inner():

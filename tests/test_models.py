@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastvid_cli import models
+from fastvid_cli import pruning
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.models.interface import FamilyAdapter
 
@@ -22,7 +23,8 @@ from fastvid_cli.models.interface import FamilyAdapter, Prompt
 
 
 class ToyAdapter(FamilyAdapter):
-    defaults = dict(frames=12, method="uniform", ratio=0.5)
+    defaults = dict(frames=12)
+    method_family = "qwen"
     frames_independent = True
 
     @classmethod
@@ -52,7 +54,7 @@ def test_every_registered_family_is_a_complete_adapter():
     for family in models.FAMILIES:
         cls = models.adapter_class(family)
         assert issubclass(cls, FamilyAdapter) and not cls.__abstractmethods__, family
-        assert {"method", "ratio", "frames"} <= set(cls.defaults), family
+        assert "frames" in cls.defaults and cls.method_family in pruning.FAMILIES, family
         assert ("fps" in cls.defaults) == (cls.defaults["frames"] is None), family  # a count, or a rate
     assert models.adapter_class("llava_onevision").frames_independent is True
     assert models.adapter_class("qwen2_5_vl").frames_independent is False  # a temporal patch holds 2 frames
@@ -70,12 +72,14 @@ def test_a_new_family_is_one_module_and_one_registry_line(tmp_path, monkeypatch)
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text(json.dumps({"model_type": "toy"}))
 
-    assert family_defaults(str(checkpoint)) == {"frames": 12, "method": "uniform", "ratio": 0.5}
+    # its sampling, and the registry's methods as they run on the method family it declares
+    assert family_defaults(str(checkpoint)) == {"frames": 12, **pruning.family_defaults("qwen")}
+    assert family_defaults(str(checkpoint))["ratio"] == 0.27
     assert frame_request(str(checkpoint)) == 12 and frame_request(str(checkpoint), 3) == 3
     assert sampling_settings(str(checkpoint), None, None, family_defaults(str(checkpoint))) == (12, None)
     adapter = models.adapter_class("toy").load(models.resolve_model(str(checkpoint)), None, device="cpu",
                                                 dtype=None, attn_implementation="sdpa")
-    assert adapter.feature_settings() == {} and adapter.pruning_method("fastvid") is None
+    assert adapter.feature_settings() == {}
     assert adapter.preprocess_clip(type("Clip", (), {"frames": "the frames"})()) == "the frames"
     with pytest.raises(InvalidOptionError, match="--fps applies"):
         adapter.frame_plan(None, 2.0)
@@ -83,7 +87,8 @@ def test_a_new_family_is_one_module_and_one_registry_line(tmp_path, monkeypatch)
 
 def test_a_family_missing_a_required_method_cannot_load():
     class Half(FamilyAdapter):
-        defaults = dict(frames=8, method="none", ratio=1.0)
+        defaults = dict(frames=8)
+        method_family = "llava"
 
         def preprocess(self, frames, device=None):
             return frames

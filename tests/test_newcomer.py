@@ -128,6 +128,7 @@ def test_pruning_runs_on_one_thread_unless_the_user_chose_a_count(monkeypatch, e
 
     from fastvid_cli import engine as engine_mod
     from fastvid_cli.engine import PruneOptions
+    from fastvid_cli import pruning
     from fastvid_cli.pruning import get_method
     from fastvid_cli.video import sample_frames
 
@@ -138,7 +139,7 @@ def test_pruning_runs_on_one_thread_unless_the_user_chose_a_count(monkeypatch, e
         seen.append(torch.get_num_threads())
         return uniform(*args, **kwargs)
 
-    monkeypatch.setattr(engine.adapter, "pruning_method", lambda name: spy, raising=False)
+    monkeypatch.setattr(pruning, "method_for", lambda name, family: spy)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -331,3 +332,18 @@ def test_usage_errors_found_by_the_parser_are_one_line_with_exit_2(args, says):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith(f"error: {says}") and res.stderr.count("\n") == 1, res.stderr
     assert "--help" in res.stderr
+
+
+def test_every_option_is_spelled_in_lowercase_kebab_case():
+    """typer 0.27 (the GPU machine's) names an option declared with a metavar but no flag after the metavar
+    (`--DEVICE`): every shared option names its flag."""
+    import typer.main
+
+    from fastvid_cli.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            for flag in getattr(param, "opts", []):
+                if flag.startswith("--"):
+                    assert flag == flag.lower() and "_" not in flag, (name, param.name, flag)

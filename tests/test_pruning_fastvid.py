@@ -13,8 +13,9 @@ import torch
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.pruning import DEFAULTS, REGISTRY, get_method
 from fastvid_cli.pruning.density import dpc_scores, topk_lowest_index
-from fastvid_cli.pruning.fastvid import (PruneResult, anchor_positions, dyseg_segments, expected_kept, fastvid,
-                                         frame_budget, prune_fastvid)
+from fastvid_cli.pruning.fastvid import (anchor_positions, dyseg_segments, expected_kept, fastvid, frame_budget,
+                                         prune_fastvid)
+from fastvid_cli.pruning.result import PruneResult
 
 TV_F2_SIMS = [0.95] * 31
 for _i, _v in {3: 0.50, 5: 0.93, 10: 0.60, 11: 0.85, 15: 0.92, 20: 0.70, 25: 0.88, 28: 0.80, 30: 0.91}.items():

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from fastvid_cli.pruning.density import dpc_scores, topk_lowest_index
-from fastvid_cli.pruning.fastvid import (PruneResult, _check_params, _check_shapes, _l2_normalize, _number,
-                                         dyseg_segments, keep_all)
+from fastvid_cli.pruning.fastvid import _l2_normalize, check_params, dyseg_segments
+from fastvid_cli.pruning.result import PruneResult, check_inputs, check_number, keep_all
 from fastvid_cli.pruning.fastvid_qwen import fastvid_qwen, segment_budget
 
 # ------------------------------------------------------------------------------------ the reference
@@ -92,9 +92,9 @@ def reference_fastvid_qwen(
     a segment count as near-duplicates; the other arguments as in ``fastvid.fastvid``.
     Returns a ``PruneResult`` (kept rows in slot order, original flat slots ``f·N + n``).
     """
-    F, N, D = _check_shapes(embeds, saliency, frame_features)
-    ratio, c, tau, d, p, beta, k = _check_params(ratio, c, tau, d, p, beta, k)
-    ignore = _number("ignore", ignore)
+    F, N, D = check_inputs(embeds, saliency, frame_features)
+    ratio, c, tau, d, p, beta, k = check_params(ratio, c, tau, d, p, beta, k)
+    ignore = check_number("ignore", ignore)
     if ratio == 1.0:
         return keep_all(embeds, note="ratio 1.0: no pruning")
     device = embeds.device

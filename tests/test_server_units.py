@@ -15,7 +15,7 @@ from fastvid_cli.server.protocol import parse_chat, parse_turns
 from fastvid_cli.server.scheduler import StopText
 from fastvid_cli.server.settings import Defaults, resolve
 
-FAMILY = {"frames": 32, "ratio": 0.1, "c": 8, "tau": 0.9, "d": 0.4, "p": 4, "beta": 0.6}
+FAMILY = {"method_family": "llava", "frames": 32, "ratio": 0.1, "c": 8, "tau": 0.9, "d": 0.4, "p": 4, "beta": 0.6}
 
 
 def video(url="file:///v.mp4"):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from fastvid_cli import pruning
 from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, UnknownModelError
 from fastvid_cli.models import ALIASES, adapter_class
 from fastvid_cli.settings import family_defaults, frame_request, model_family, sampling_settings
@@ -64,7 +65,9 @@ def test_a_loaded_engine_defaults_to_its_family_not_its_alias():
 def test_the_family_of_a_checkpoint_folder(tiny_llava, tmp_path):
     assert model_family("qwen3-vl-8b") == "qwen3_vl"  # an alias: no file read
     assert model_family(str(tiny_llava)) == "llava_onevision"
-    assert family_defaults(str(tiny_llava)) == dict(adapter_class("llava_onevision").defaults)
+    llava = adapter_class("llava_onevision")  # its sampling, then the methods' defaults for its method family
+    assert family_defaults(str(tiny_llava)) == {**llava.defaults, **pruning.family_defaults(llava.method_family)}
+    assert family_defaults(str(tiny_llava))["ratio"] == 0.1
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))

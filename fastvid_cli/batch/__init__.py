@@ -20,7 +20,6 @@ from fastvid_cli.batch.output import (
     write_csv_out,
 )
 from fastvid_cli.batch.plan import (
-    PRUNE_PARAM_NAMES,
     BatchConfig,
     Plan,
     base_settings,
@@ -46,7 +45,7 @@ from fastvid_cli.runs import Progress, format_exception
 
 __all__ = [
     "AUTO_ANSWER_BATCH", "CSV_ERROR", "CSV_OUT_COLUMNS", "DIST_TIMEOUT_S", "FINGERPRINT_VERSION", "MAX_FRAMES",
-    "OPTIONAL_COLUMNS", "PRUNE_PARAM_NAMES", "REQUIRED_COLUMNS", "Appender", "BatchConfig", "BatchResult", "Dist",
+    "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "Appender", "BatchConfig", "BatchResult", "Dist",
     "FramePrefetcher", "Group", "Plan", "Prefetched", "Progress", "Row", "RowWriter", "_report_keys",
     "base_settings", "error_record", "finalize", "fingerprint", "format_exception",
     "index_records", "init_dist", "is_done", "make_groups", "make_plan", "ok_record", "order_records",

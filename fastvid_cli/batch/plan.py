@@ -16,9 +16,9 @@ from fastvid_cli.batch.rows import Row, read_questions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.journal import fingerprint
 from fastvid_cli.models import ModelRef
+from fastvid_cli.pruning import DEFAULT_METHOD
 from fastvid_cli.runs import ModelOptions
 
-PRUNE_PARAM_NAMES = ("c", "tau", "d", "p", "beta")
 
 
 @dataclass
@@ -31,9 +31,10 @@ class BatchConfig(ModelOptions):
     csv_out: Path | None = None
     frames: int | None = None
     fps: float | None = None  # Qwen-VL families: sampling rate (exclusive with frames)
-    method: str = "fastvid"
+    method: str = DEFAULT_METHOD
     ratio: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # c, tau, d, p, beta given on the command line
+    # the method options given on the command line, by flag ("--dyseg-tau") or parameter name ("tau")
+    params: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
@@ -87,31 +88,23 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str,
     paths, family defaults filled in). Rows then override frames and ratio. `source`: the model's resolved
     source when already known (a server's model, which may be a folder only the server has)."""
     from fastvid_cli.models import resolve_model
+    from fastvid_cli.pruning import check_options, resolve_params, spec_of
     from fastvid_cli.settings import sampling_settings
 
-    fastvid = cfg.method == "fastvid"
-    # the Qwen-VL FastVID variant also has "ignore"; other families' settings (and fingerprints) are unchanged
-    names = PRUNE_PARAM_NAMES + tuple(k for k in ("ignore",) if k in defaults)
-    if "ignore" in cfg.params and "ignore" not in defaults:
-        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
-    params = {**{k: defaults[k] for k in names}, **cfg.params} if fastvid else {}
-    if cfg.holitom_inner:
-        if not cfg.method.startswith("holitom"):
-            raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
-        from fastvid_cli.inner_merge import parse_inner
-
-        params["inner"] = list(parse_inner(cfg.holitom_inner))
+    family = defaults.get("method_family")  # None: the registry's default family
+    check_options([cfg.method], family, cfg.params)
+    params = resolve_params(cfg.method, family, cfg.params)
     frames, fps = sampling_settings(cfg.model, cfg.frames, cfg.fps, defaults)  # fps: families sampling by rate
     rate = {"fps": fps} if fps is not None else {}
     return rate | {
         "model": source or resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
-        # every method but "none" prunes at the given ratio (uniform, random and holitom too, not only fastvid)
+        # every method but "none" prunes at the given ratio
         "ratio": float(cfg.ratio if cfg.ratio is not None else defaults["ratio"]) if cfg.method != "none" else 1.0,
         "frames": frames,  # None: sampled by rate
         "params": {k: params[k] for k in sorted(params)},
-        "saliency_model": _saliency_setting(cfg.saliency_model) if fastvid else None,
+        "saliency_model": _saliency_setting(cfg.saliency_model) if spec_of(cfg.method).uses_saliency else None,
         "max_new_tokens": int(cfg.max_new_tokens),
         "temperature": float(cfg.temperature),
         "top_p": float(cfg.top_p),
@@ -139,7 +132,7 @@ def row_settings(row: Row, base: dict[str, Any]) -> dict[str, Any]:
         s["frames"] = row.frames
     elif row.raw_frames is not None:
         s["frames"] = row.raw_frames
-    if base["method"] == "fastvid":
+    if base["method"] != "none":  # every method but "none" prunes at the row's ratio
         if row.ratio is not None:
             s["ratio"] = float(row.ratio)
         elif row.raw_ratio is not None:
@@ -149,10 +142,11 @@ def row_settings(row: Row, base: dict[str, Any]) -> dict[str, Any]:
 
 def validate_config(cfg: BatchConfig) -> None:
     """Option checks that need no model (exit 2 on failure)."""
-    from fastvid_cli.pruning import method_names
+    from fastvid_cli.pruning import check_options, method_names
 
     if cfg.method not in method_names():
         raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{cfg.method}')")
+    check_options([cfg.method], None, cfg.params)  # on any family: the model's, once known (base_settings)
     if cfg.ratio is not None and (math.isnan(cfg.ratio) or not 0 < cfg.ratio <= 1):
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {cfg.ratio})")
     cfg.generation().validate()

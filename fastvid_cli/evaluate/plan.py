@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastvid_cli.batch.plan import PRUNE_PARAM_NAMES, model_settings
+from fastvid_cli.batch.plan import model_settings
+from fastvid_cli.pruning import DEFAULT_METHOD
 from fastvid_cli.batch.rows import MAX_FRAMES
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.evaluate.bench import BENCH_ERROR, BenchQuestion, read_bench
@@ -31,11 +32,11 @@ class EvalConfig(ModelOptions):
     videos_root: Path | None = None
     frames: int | None = None
     fps: float | None = None  # Qwen-VL families: sampling rate when no frame count is given
-    methods: list[str] = field(default_factory=lambda: ["fastvid"])
+    methods: list[str] = field(default_factory=lambda: [DEFAULT_METHOD])
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
-    params: dict[str, Any] = field(default_factory=dict)  # fastvid c, tau, d, p, beta given on the command line
-    holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage for the holitom methods
-    random_seed: int | None = None  # seed of the "random" method (default: its registry default)
+    # the method options given on the command line, by flag ("--dyseg-tau") or parameter name ("tau"); each setting
+    # takes its method's own
+    params: dict[str, Any] = field(default_factory=dict)
     reference: bool = True  # always run none@1 (retention is measured against it)
     limit: int | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -81,7 +82,7 @@ class Setting:
 
 def validate_config(cfg: EvalConfig) -> None:
     """Option checks that need no model (exit 2 on failure)."""
-    from fastvid_cli.pruning import method_names
+    from fastvid_cli.pruning import check_options, method_names
 
     known = method_names()
     if not cfg.methods:
@@ -100,8 +101,7 @@ def validate_config(cfg: EvalConfig) -> None:
         raise InvalidOptionError(f"--limit must be >= 1 (got {cfg.limit})")
     if cfg.frames is not None and not 1 <= cfg.frames <= MAX_FRAMES:
         raise InvalidOptionError(f"--frames must be from 1 to {MAX_FRAMES} (got {cfg.frames})")
-    if cfg.random_seed is not None and cfg.random_seed < 0:
-        raise InvalidOptionError(f"--random-seed must be >= 0 (got {cfg.random_seed})")
+    check_options(cfg.methods, None, cfg.params)  # on any family: the model's, once known (make_plan)
     cfg.generation().validate()
     out = cfg.output_path
     if out.is_dir():
@@ -130,19 +130,10 @@ class EvalPlan:
 
 
 def _setting_params(method: str, cfg: EvalConfig, defaults: dict[str, Any]) -> dict[str, Any]:
-    from fastvid_cli.pruning import DEFAULTS
+    """Every keyword argument of the setting's method, defaults included (pruning.full_params), sorted."""
+    from fastvid_cli.pruning import full_params
 
-    params = {k: v for k, v in DEFAULTS.get(method, {}).items() if k != "ratio"}
-    if method == "fastvid":
-        params.update({k: defaults[k] for k in PRUNE_PARAM_NAMES + ("ignore",) if k in defaults})
-        params.update(cfg.params)
-    if method == "random" and cfg.random_seed is not None:
-        params["seed"] = int(cfg.random_seed)
-    if method.startswith("holitom") and cfg.holitom_inner:
-        from fastvid_cli.inner_merge import parse_inner
-
-        params["inner"] = parse_inner(cfg.holitom_inner)
-    return {k: params[k] for k in sorted(params)}
+    return full_params(method, defaults.get("method_family"), cfg.params)
 
 
 def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
@@ -163,6 +154,7 @@ def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
+    from fastvid_cli.pruning import check_options, spec_of
     from fastvid_cli.settings import sampling_settings
 
     validate_config(cfg)
@@ -172,10 +164,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     ref, dtype_label, defaults = model_settings(cfg, engine)
-    if "ignore" in cfg.params and "ignore" not in defaults:
-        raise InvalidOptionError("--dyseg-ignore applies to FastVID on Qwen-VL models")
-    if cfg.holitom_inner and not any(m.startswith("holitom") for m in cfg.methods):
-        raise InvalidOptionError("--holitom-inner applies to --method holitom or holitom-orig")
+    check_options(cfg.methods, defaults.get("method_family"), cfg.params)
     # default_frames None: sampled by `rate` (Qwen-VL), unless a question gives its own count
     default_frames, rate = sampling_settings(cfg.model, cfg.frames, cfg.fps, defaults)
     from fastvid_cli.compare import settings as compare_settings
@@ -202,8 +191,8 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
                 "ratio": float(s.ratio),
                 "frames": frames[q.id],
                 "params": s.param_dict(),
-                # saliency only changes what FastVID keeps; the other methods ignore it
-                "saliency_model": cfg.saliency_model if s.method == "fastvid" else None,
+                # saliency only changes what the methods that use it keep; the other methods ignore it
+                "saliency_model": cfg.saliency_model if spec_of(s.method).uses_saliency else None,
                 "max_new_tokens": int(cfg.max_new_tokens),
                 "decoding": "greedy",
                 "system": cfg.system,

@@ -196,14 +196,17 @@ class FamilyAdapter(abc.ABC):
 
     Required: the abstract methods, `defaults`, and the attributes listed below, set when the family loads.
     Optional: the capabilities after them; their defaults fit a family like LLaVA-OneVision (uniform frame
-    counts, the clip encoded at once, no feature settings beyond the common ones, the registry's pruning methods,
-    the common prefill cost model). The engine calls every member unconditionally; a family overrides what differs.
+    counts, the clip encoded at once, no feature settings beyond the common ones, the common prefill cost
+    model). The engine calls every member unconditionally; a family overrides what differs.
     """
 
     # ------------------------------------------------------------------ required data
-    # The family's paper settings, known without loading a checkpoint: `frames` (the default count, or None when
-    # the family samples by rate, which then gives `fps`), `method`, `ratio` and the pruning parameters.
+    # How the family samples video, known without loading a checkpoint: `frames` (the default count, or None when
+    # the family samples by rate, which then gives `fps`).
     defaults: ClassVar[dict[str, Any]]
+    # Which variant and defaults of each pruning method it runs (`fastvid_cli.pruning.FAMILIES`, e.g. "llava",
+    # "qwen"): the registry knows the methods, the family only says which kind of model it is.
+    method_family: ClassVar[str]
 
     # Set by every family when it loads (see `load`):
     family: str  # config.json's model_type this adapter was loaded for
@@ -273,11 +276,6 @@ class FamilyAdapter(abc.ABC):
         """Whatever else shapes this family's features besides the model, frames, dtype, saliency source, image size
         and mean/std (JSON-able; part of the feature-cache key). Default: nothing."""
         return {}
-
-    def pruning_method(self, name: str) -> Callable | None:
-        """This family's own variant of pruning method `name`, or None for the registry's (the default). Interim:
-        per-family variants are moving into the pruning registry (issue 13), which will key them by family."""
-        return None
 
     def llm_prefill_flops(self, length: int) -> float:
         """Matmul FLOPs of an LLM prefill of `length` tokens: the estimated-speedup model. Default: `prefill_flops`

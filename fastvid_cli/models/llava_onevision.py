@@ -26,8 +26,9 @@ from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN
 from fastvid_cli.preprocess import normalize, resize_frames
 
 FAMILY = "llava_onevision"
-# The paper's LLaVA-OV settings (fastvid-spec.md §2.13).
-DEFAULTS: dict[str, Any] = dict(frames=32, method="fastvid", ratio=0.10, c=8, tau=0.9, d=0.4, p=4, beta=0.6)
+# The paper's LLaVA-OV frame count (fastvid-spec.md §2.13); the pruning defaults of this family are the registry's
+# (fastvid_cli.pruning, method family "llava").
+DEFAULTS: dict[str, Any] = dict(frames=32)
 SIGLIP_MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 FALLBACK_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
                      "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n"
@@ -43,6 +44,7 @@ def read_mean_std(ref: ModelRef) -> tuple[list[float], list[float], str]:
 class LlavaOnevisionAdapter(FamilyAdapter):
     family = FAMILY
     defaults = DEFAULTS
+    method_family = "llava"  # which variant and defaults of each pruning method it runs (pruning.FAMILIES)
     # Each frame goes through SigLIP, the projector and the pooling alone: frames can be encoded in any groups
     # (the engine encodes them while the rest are still being decoded) and put back in order.
     frames_independent = True

@@ -42,10 +42,9 @@ _CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_
             "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
 CLIP_MEAN_STD = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])  # Qwen2/2.5-VL
 HALF_MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # Qwen3-VL
-# FastVID's Qwen2.5-VL evaluation settings (fastvid-spec.md §2.12-2.13): the Qwen pruning variant, ratio 0.27
-# (≈0.24 actually kept), tau 0.84, near-duplicate threshold 0.95; frames at 2 fps.
-DEFAULTS: dict[str, Any] = dict(frames=None, fps=2.0, method="fastvid", ratio=0.27, c=8, tau=0.84, ignore=0.95,
-                                d=0.4, p=4, beta=0.6)
+# Frames at 2 fps (FastVID's Qwen2.5-VL evaluation, fastvid-spec.md §2.12-2.13); the pruning defaults of these
+# families are the registry's (fastvid_cli.pruning, method family "qwen": FastVID's Qwen variant, ratio 0.27).
+DEFAULTS: dict[str, Any] = dict(frames=None, fps=2.0)
 FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
@@ -299,6 +298,7 @@ class DeepStackInputs:
 # ------------------------------------------------------------------------------------------ the adapter
 class QwenVLAdapter(FamilyAdapter):
     defaults = DEFAULTS
+    method_family = "qwen"  # which variant and defaults of each pruning method it runs (pruning.FAMILIES)
     # How much video the model sees (frame sampling and pixel budget). A class attribute, because the frame plan is
     # made before any model loads (`frame_plan`); another budget is a subclass.
     budget: ClassVar[VideoBudget] = BUDGET
@@ -365,14 +365,6 @@ class QwenVLAdapter(FamilyAdapter):
     def feature_settings(self) -> dict[str, Any]:
         """Everything besides the frames that changes the features (for the feature-cache key)."""
         return {"family": self.family, "budget": asdict(self.budget), "patch": self.patch, "merge": self.merge}
-
-    def pruning_method(self, name: str):
-        """This family's own variant of a pruning method, or None for the registry's (FastVID: the Qwen one)."""
-        if name == "fastvid":
-            from fastvid_cli.pruning.fastvid_qwen import fastvid_qwen
-
-            return fastvid_qwen
-        return None
 
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, frames: np.ndarray | torch.Tensor, *, indices: list[int] | None = None,

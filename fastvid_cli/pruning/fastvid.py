@@ -35,48 +35,17 @@ input shape is seen and replayed after that (``CUDA_GRAPHS``, ``release_cuda_gra
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
 from .density import dpc_scores, mm_fp32
-
-
-@dataclass
-class PruneResult:
-    """The tokens a pruning method keeps, and how it chose them.
-
-    ``embeds`` (K, D) in the input dtype and on the input device; ``index`` (K,) int64, the original flat
-    slot ``f·N + n`` of each kept row, strictly increasing.
-
-    ``compact`` (HoliTom's layout): the rows are in the method's own order and the LLM sees them at
-    contiguous positions, the rest of the prompt right after them; ``index`` is then 0..K−1 and ``source``
-    (K,) int64 holds the original slot each row stands for.
-    """
-
-    embeds: Tensor
-    index: Tensor
-    segments: list[int] = field(default_factory=list)  # DySeg segment sizes, in order; [] for no pruning
-    notes: list[str] = field(default_factory=list)  # adaptations of the arguments, human-readable
-    merged: Tensor | None = None  # (K,) bool: True where the row is a merged context token
-    salient: int = 0  # kept salient (ATS) tokens
-    context: int = 0  # kept merged context (DTM) tokens
-    budget: tuple[int, int, int] | None = None  # per frame (R, s, q)
-    anchors: list[tuple[int, int]] = field(default_factory=list)  # (anchor frame, context tokens kept)
-    similarities: list[float] = field(default_factory=list)  # DySeg adjacent-frame cosines (F−1)
-    compact: bool = False  # re-indexed positions (see above)
-    source: Tensor | None = None  # (K,) int64 original slots, when ``index`` is not that (compact)
-
-    @property
-    def kept(self) -> int:
-        return int(self.index.shape[0])
+from .result import PruneResult, check_inputs, check_number, keep_all, positive_int, share
 
 
 # ----------------------------------------------------------------------------------------- arithmetic
@@ -132,66 +101,14 @@ def expected_kept(F: int, N: int, ratio: float, d: float, p: int, segment_sizes:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _number(name: str, value, *, integer: bool = False):
-    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise InvalidOptionError(f"{name} must be {kind}, got {value!r}")
-    value = int(value) if integer else float(value)
-    if value != value:
-        raise InvalidOptionError(f"{name} must be a number, got NaN")
-    return value
-
-
-def _positive_int(label: str, value) -> int:
-    """An integer >= 1; `label` is the name, optionally followed by what it means ("c (minimum …)")."""
-    value = _number(label.split()[0], value, integer=True)
-    if value < 1:
-        raise InvalidOptionError(f"{label} must be at least 1, got {value}")
-    return value
-
-
-def _share(label: str, value) -> float:
-    """A number in [0, 1]; `label` as for _positive_int."""
-    value = _number(label.split()[0], value)
-    if not 0.0 <= value <= 1.0:
-        raise InvalidOptionError(f"{label} must be in [0, 1], got {value:g}")
-    return value
-
-
-def _check_params(ratio, c, tau, d, p, beta, k) -> tuple[float, int, float, float, int, float, int]:
-    ratio = _number("ratio", ratio)
+def check_params(ratio, c, tau, d, p, beta, k) -> tuple[float, int, float, float, int, float, int]:
+    """FastVID's arguments, checked and converted (its Qwen variant takes the same ones)."""
+    ratio = check_number("ratio", ratio)
     if not 0.0 < ratio <= 1.0:
         raise InvalidOptionError(f"ratio must be in (0, 1], got {ratio:g}")
-    return (ratio, _positive_int("c (minimum number of segments)", c), _number("tau", tau),
-            _share("d (context share of the budget)", d), _positive_int("p (anchor period)", p), _share("beta", beta),
-            _positive_int("k (density neighbours)", k))
-
-
-def check_embeds(embeds: Tensor) -> tuple[int, int, int]:
-    """(F, N, D) of a non-empty float (frames, tokens, dim) tensor; ``ValueError`` otherwise."""
-    if not isinstance(embeds, Tensor) or embeds.dim() != 3:
-        shape = tuple(embeds.shape) if isinstance(embeds, Tensor) else type(embeds).__name__
-        raise ValueError(f"embeds must have shape (frames, tokens, dim), got {shape}")
-    F, N, D = embeds.shape
-    if F < 1 or N < 1 or D < 1:
-        raise ValueError(f"embeds must be non-empty, got shape {tuple(embeds.shape)}")
-    if not embeds.is_floating_point():
-        raise ValueError(f"embeds must be a float tensor, got {embeds.dtype}")
-    return F, N, D
-
-
-def _check_shapes(embeds: Tensor, saliency: Tensor, frame_features: Tensor) -> tuple[int, int, int]:
-    F, N, D = check_embeds(embeds)
-    if not isinstance(saliency, Tensor) or tuple(saliency.shape) != (F, N):
-        shape = tuple(saliency.shape) if isinstance(saliency, Tensor) else type(saliency).__name__
-        raise ValueError(f"saliency must have shape (frames, tokens) = {(F, N)}, got {shape}")
-    if not isinstance(frame_features, Tensor) or frame_features.dim() != 2 or frame_features.shape[0] != F:
-        shape = tuple(frame_features.shape) if isinstance(frame_features, Tensor) else type(frame_features).__name__
-        raise ValueError(f"frame_features must have shape ({F}, dim), got {shape}")
-    if frame_features.shape[1] < 1:
-        raise ValueError("frame_features must have at least one channel")
-    return F, N, D
+    return (ratio, positive_int("c (minimum number of segments)", c), check_number("tau", tau),
+            share("d (context share of the budget)", d), positive_int("p (anchor period)", p), share("beta", beta),
+            positive_int("k (density neighbours)", k))
 
 
 # ------------------------------------------------------------------------------------------ tensor ops
@@ -404,23 +321,6 @@ def _graphs_for(embeds: Tensor, saliency: Tensor, frame_features: Tensor, s: int
 # ----------------------------------------------------------------------------------------------- API
 
 
-def keep_all(embeds: Tensor, saliency: Tensor | None = None, frame_features: Tensor | None = None,
-             ratio: float = 1.0, *, note: str | None = None, **_params) -> PruneResult:
-    """Method "none": keep every token unchanged. (F, N, D) -> PruneResult with index = arange(F·N)."""
-    if not isinstance(embeds, Tensor) or embeds.dim() != 3:
-        shape = tuple(embeds.shape) if isinstance(embeds, Tensor) else type(embeds).__name__
-        raise ValueError(f"embeds must have shape (frames, tokens, dim), got {shape}")
-    F, N, D = embeds.shape
-    index = torch.arange(F * N, device=embeds.device)
-    return PruneResult(
-        embeds=embeds.reshape(F * N, D),
-        index=index,
-        notes=[note] if note else [],
-        merged=torch.zeros(F * N, dtype=torch.bool, device=embeds.device),
-        salient=F * N,
-    )
-
-
 @torch.no_grad()
 def fastvid(
     embeds: Tensor,
@@ -446,8 +346,8 @@ def fastvid(
     device and in the dtype of ``embeds``. Raises ``InvalidOptionError`` for out-of-range parameters and
     ``ValueError`` for inconsistent shapes.
     """
-    F, N, D = _check_shapes(embeds, saliency, frame_features)
-    ratio, c, tau, d, p, beta, k = _check_params(ratio, c, tau, d, p, beta, k)
+    F, N, D = check_inputs(embeds, saliency, frame_features)
+    ratio, c, tau, d, p, beta, k = check_params(ratio, c, tau, d, p, beta, k)
     if ratio == 1.0:
         return keep_all(embeds, note="ratio 1.0: no pruning")
 

@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from .density import bmm_fp32, dpc_scores
-from .fastvid import (PruneResult, _check_params, _check_shapes, _l2_normalize, _number, anchor_positions,
-                      dyseg_segments, keep_all)
+from .fastvid import _l2_normalize, anchor_positions, check_params, dyseg_segments
+from .result import PruneResult, check_inputs, check_number, keep_all
 
 __all__ = ["fastvid_qwen", "segment_budget", "duplicate_runs"]
 
@@ -352,9 +352,9 @@ def fastvid_qwen(
     a segment count as near-duplicates; the other arguments as in ``fastvid.fastvid``.
     Returns a ``PruneResult`` (kept rows in slot order, original flat slots ``f·N + n``).
     """
-    F, N, D = _check_shapes(embeds, saliency, frame_features)
-    ratio, c, tau, d, p, beta, k = _check_params(ratio, c, tau, d, p, beta, k)
-    ignore = _number("ignore", ignore)
+    F, N, D = check_inputs(embeds, saliency, frame_features)
+    ratio, c, tau, d, p, beta, k = check_params(ratio, c, tau, d, p, beta, k)
+    ignore = check_number("ignore", ignore)
     if ratio == 1.0:
         return keep_all(embeds, note="ratio 1.0: no pruning")
     device = embeds.device

@@ -49,8 +49,7 @@ from torch import Tensor
 
 from ..errors import InvalidOptionError
 from .density import bmm_fp32, density_peaks, mm_fp32, pairwise_sq_distances
-from .fastvid import PruneResult, _number, _positive_int, _share, check_embeds, keep_all
-from .uniform import check_ratio
+from .result import PruneResult, check_embeds, check_number, check_ratio, keep_all, positive_int, share
 
 POSITIONS = ("compact", "original")
 
@@ -251,10 +250,10 @@ def merge_static(x: Tensor, valid: Tensor, keep: Tensor, k: Tensor, k_max: int, 
 
 
 def _check_params(tau, beta, k, max_window, positions, ratio: float) -> tuple[float, float, int, int, str]:
-    tau = default_tau(ratio) if tau is None else _number("tau", tau)
-    beta = _share("beta", beta)
-    k = _positive_int("k (density neighbours)", k)
-    max_window = _positive_int("max_window", max_window)
+    tau = default_tau(ratio) if tau is None else check_number("tau", tau)
+    beta = share("beta", beta)
+    k = positive_int("k (density neighbours)", k)
+    max_window = positive_int("max_window", max_window)
     if positions not in POSITIONS:
         raise InvalidOptionError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     return tau, beta, k, max_window, positions

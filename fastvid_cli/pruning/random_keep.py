@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
-from .fastvid import PruneResult, check_embeds, keep_all
-from .uniform import check_ratio, per_frame_budget
+from .result import PruneResult, check_embeds, check_ratio, keep_all, per_frame_budget
 
 
 def random_slots(F: int, N: int, R: int, seed: int) -> Tensor:

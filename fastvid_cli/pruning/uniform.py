@@ -25,33 +25,12 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
-from ..errors import InvalidOptionError
 from .density import bmm_fp32
-from .fastvid import PruneResult, check_embeds, frame_budget, keep_all
-
-
-def check_ratio(ratio) -> float:
-    """``ratio`` as a float in (0, 1]; ``InvalidOptionError`` otherwise."""
-    if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool):
-        raise InvalidOptionError(f"ratio must be a number, got {ratio!r}")
-    ratio = float(ratio)
-    if not 0.0 < ratio <= 1.0:  # NaN fails too
-        raise InvalidOptionError(f"ratio must be in (0, 1], got {ratio:g}")
-    return ratio
-
-
-def per_frame_budget(n_tokens: int, ratio: float) -> tuple[int, list[str]]:
-    """FastVID's per-frame budget ``R = max(int(N·r), 1)`` and a note when it was raised from 0."""
-    R = frame_budget(n_tokens, ratio, 0.0)[0]
-    notes = []
-    if int(n_tokens * ratio) == 0:
-        notes.append(f"per-frame budget raised from 0 to 1 token: {n_tokens} tokens x ratio {ratio:g} < 1")
-    return R, notes
+from .result import PruneResult, check_embeds, check_ratio, keep_all, per_frame_budget
 
 
 def grid_shape(n_tokens: int) -> tuple[int, int]:

@@ -155,7 +155,7 @@ class ServerState:
                 "saliency_source": eng.adapter.saliency_source, "load_ms": round(eng.load_ms or 0.0, 3),
                 "warmup_ms": round(eng.warmup_ms or 0.0, 3), "family_defaults": dict(eng.defaults),
                 "defaults": {"method": d.method, "ratio": d.ratio, "frames": d.frames, "fps": d.fps,
-                             "params": dict(d.params), "inner": list(d.inner) if d.inner else None,
+                             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in d.params.items()},
                              "max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p,
                              "seed": d.seed, "system": d.system, "compile": d.compile},
                 "methods": {m: method_params(m, eng.defaults) for m in REGISTRY},

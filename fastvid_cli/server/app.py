@@ -23,7 +23,7 @@ from fastvid_cli.server.errors import ApiError, bad_request
 from fastvid_cli.server.media import UPLOAD_SCHEME, BodyScanner
 from fastvid_cli.server.protocol import parse_chat, parse_compare
 from fastvid_cli.server.scheduler import Work
-from fastvid_cli.server.settings import FASTVID_FAMILY_PARAMS, _param_value, generation, resolve
+from fastvid_cli.server.settings import generation, param_value, resolve, resolve_method_params
 
 log = logging.getLogger("fastvid.serve")
 
@@ -353,23 +353,19 @@ def _usage(report: dict[str, Any]) -> dict[str, int]:
 
 
 def _resolve_compare(req, family: dict[str, Any]) -> None:
-    """compare's methods and parameters, checked and resolved as `fastvid compare` does (fastvid's parameters:
-    the family defaults, overridden by the given ones; `inner` for the holitom methods)."""
+    """compare's methods and parameters, checked as `fastvid compare` checks its options: `params` holds any
+    registered method's parameters by name (`inner` may also come on its own), each taken by the rows whose method
+    has it (compare.run_compare resolves them per row with pruning.resolve_params)."""
     from fastvid_cli.pruning import REGISTRY
 
     for m in req.methods:
         if m not in REGISTRY:
             raise bad_request(f"--method must be one of {', '.join(REGISTRY)} (got '{m}')", "methods",
                               "invalid_value")
-    names = [k for k in FASTVID_FAMILY_PARAMS if k in family]
-    for k in req.params:
-        if k not in names:
-            raise bad_request(f"unknown key '{k}' in 'params' (fastvid's parameters on this model: "
-                              f"{', '.join(names)})", f"params.{k}", "unknown_parameter")
-    given = {k: _param_value(k, v, family.get(k), f"params.{k}") for k, v in req.params.items()}
-    req.resolved_params = {**{k: family[k] for k in names}, **given}
-    req.resolved_inner = {}
+    fam = family.get("method_family")
+    raw = dict(req.params)
     if req.inner is not None:
-        if not any(m.startswith("holitom") for m in req.methods):
-            raise bad_request("--holitom-inner applies to --method holitom or holitom-orig", "inner", "invalid_value")
-        req.resolved_inner = {"inner": _param_value("inner", req.inner, None, "inner")}
+        raw["inner"] = req.inner
+    given = {k: param_value(k, v, f"params.{k}", req.methods, fam) for k, v in raw.items()}
+    resolve_method_params(req.methods, fam, given, "params")
+    req.resolved_params = given

@@ -386,7 +386,7 @@ class Scheduler:
             disk = self.feature_cache if c.cache and work.video.upload is None else None
             gen = GenerationOptions(max_new_tokens=c.max_new_tokens, system=c.system, compile=c.compile)
             result = run_compare(eng, work.video.path, c.question, methods=c.methods, ratios=c.ratios,
-                                 params=c.resolved_params, inner=c.resolved_inner, frames=len(clip.indices),
+                                 params=c.resolved_params, frames=len(clip.indices),
                                  repeat=c.repeat, gen=gen, baseline=c.baseline, clip=clip, sample_ms=sample_ms,
                                  feature_cache=disk)
         except Exception as e:  # noqa: BLE001

@@ -12,30 +12,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastvid_cli import pruning
+from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.pruning import REGISTRY
 from fastvid_cli.server.errors import ApiError, bad_request
 from fastvid_cli.server.protocol import MAX_FRAMES, ChatRequest, number
 
 SWITCHES = ("baseline", "margins", "compile", "cache")
 SAMPLING = ("method", "ratio", "frames", "fps")
-FASTVID_FAMILY_PARAMS = ("c", "tau", "d", "p", "beta", "ignore")  # the family defaults `ask` fills in for fastvid
-# Bounds of the registry's parameters (the CLI's --dyseg-c / --stprune-d / ... ranges); others: any finite number.
-BOUNDS: dict[str, dict[str, Any]] = {
-    "c": dict(low=1), "p": dict(low=1), "k": dict(low=1), "max_window": dict(low=1), "seed": dict(low=0),
-    "d": dict(low=0, high=1), "beta": dict(low=0, high=1), "ignore": dict(low=0, high=1),
-}
 
 
 @dataclass
 class Defaults:
     """The server's own defaults (`fastvid serve` flags), used for whatever a request does not say."""
 
-    method: str = "fastvid"
+    method: str = pruning.DEFAULT_METHOD
     ratio: float | None = None
     frames: int | None = None
     fps: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # fastvid parameters given on the command line
-    inner: tuple[int, float] | None = None  # --holitom-inner
+    # the method options given on the command line, by parameter name ({"tau": 0.8, "inner": (18, 0.5)}); a
+    # request's method takes those that are its own
+    params: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
@@ -57,43 +54,68 @@ class Resolved:
     cache: bool = True
 
 
+def _params_of(method: str, family: str | None) -> list[pruning.Param]:
+    spec = pruning.spec_of(method)
+    return list(spec.all_params() if family is None else spec.params_for(family))
+
+
 def method_params(method: str, family: dict[str, Any]) -> list[str]:
-    """The parameter names a request may set for `method` on a model of this family."""
-    names = [k for k in REGISTRY[method].defaults if k not in ("ratio", "positions")]
-    if method == "fastvid" and "ignore" in family:
-        names.append("ignore")
-    if method.startswith("holitom"):
-        names.append("inner")
-    return names
+    """The parameter names a request may set for `method` on a model of this family (its registry entry)."""
+    return [p.name for p in _params_of(method, family.get("method_family"))]
 
 
-def _param_value(name: str, value: Any, default: Any, where: str) -> Any:
-    if name == "inner":
-        from fastvid_cli.errors import InvalidOptionError
-        from fastvid_cli.inner_merge import parse_inner
+def every_param() -> list[str]:
+    """Every parameter name of a registered method (on some family)."""
+    return sorted({p.name for p in pruning.options()})
 
-        text = ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+def param_value(name: str, value: Any, where: str, methods: list[str] | None = None,
+                family: str | None = None) -> Any:
+    """A request's value of the method parameter `name`, checked as the command line checks its option (type,
+    range, structured text), or a 400 naming `where`."""
+    found = [p for m in methods or [] for p in _params_of(m, family) if p.name == name]
+    found = found or [p for p in pruning.options() if p.name == name]
+    if not found:
+        raise bad_request(f"unknown method parameter '{name}' (known: {', '.join(every_param())})", where,
+                          "unknown_parameter")
+    param = found[0]
+    if param.parse:
         try:
-            return parse_inner(text)
+            return param.convert(value)
         except InvalidOptionError as e:
             raise bad_request(f"'{where}': {e.one_line()}", where, "invalid_value") from None
-    integer = isinstance(default, int) and not isinstance(default, bool)
-    return number(value, where, integer=integer, **BOUNDS.get(name, {}))
+    if param.type is str:
+        if not isinstance(value, str):
+            raise bad_request(f"'{where}' must be a string (got {value!r})", where, "invalid_value")
+        return value
+    return number(value, where, integer=param.type is int, low=param.min, high=param.max)
+
+
+def resolve_method_params(methods: list[str], family: str | None, given: dict[str, Any], where: str) -> None:
+    """Every given parameter must be taken by one of `methods` on `family` (pruning.check_options); a 400 saying
+    where it applies otherwise."""
+    try:
+        pruning.check_options(methods, family, given)
+    except InvalidOptionError as e:
+        key = next(iter(given), "")
+        raise bad_request(e.one_line(), f"{where}.{key}" if key else where, "unknown_parameter") from None
 
 
 def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> Resolved:
-    """The settings of one request. `family`: the loaded model's defaults (Engine.defaults)."""
+    """The settings of one request. `family`: the loaded model's defaults (Engine.defaults; its
+    "method_family" names the registry's family)."""
     method = ext.get("method", defaults.method)
     if not isinstance(method, str) or method not in REGISTRY:
         raise bad_request(f"'fastvid.method' must be one of {', '.join(REGISTRY)} (got {method!r})",
                           "fastvid.method", "invalid_value")
+    fam = family.get("method_family")
     own = method_params(method, family)
-    every = sorted({p for m in REGISTRY for p in method_params(m, family)})
+    every = every_param()
     for key in ext:
         if key in SAMPLING or key in SWITCHES or key in own:
             continue
         if key in every:
-            raise bad_request(f"'fastvid.{key}' does not apply to method {method} (its parameters: "
+            raise bad_request(f"'fastvid.{key}' does not apply to method {method} on this model (its parameters: "
                               f"{', '.join(own) or 'none'})", f"fastvid.{key}", "unknown_parameter")
         raise bad_request(f"unknown key '{key}' in 'fastvid' (known: {', '.join(SAMPLING + SWITCHES)}, and the "
                           f"methods' parameters {', '.join(every)})", f"fastvid.{key}", "unknown_parameter")
@@ -109,15 +131,14 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
         raise bad_request("'fastvid.frames' and 'fastvid.fps' exclude each other", "fastvid.fps", "invalid_value")
     if frames is None and fps is None:
         frames, fps = defaults.frames, defaults.fps
-    given = {k: _param_value(k, ext[k], REGISTRY[method].defaults.get(k), f"fastvid.{k}") for k in own if k in ext}
-    if method == "fastvid":  # as `ask`: the family's FastVID defaults, then the server's flags, then the request
-        params = {k: family[k] for k in FASTVID_FAMILY_PARAMS if k in family}
-        params.update({k: v for k, v in defaults.params.items() if k in family or k in own})
-        params.update(given)
-    else:
-        params = dict(given)
-        if method.startswith("holitom") and "inner" not in params and defaults.inner:
-            params["inner"] = defaults.inner
+    # as `ask`: the request's parameters, else the server's flags, else the family's defaults (resolve_params)
+    given = {k: v for k, v in defaults.params.items() if k in own}
+    given.update({k: param_value(k, ext[k], f"fastvid.{k}", [method], fam) for k in own if k in ext})
+    resolve_method_params([method], fam, given, "fastvid")
+    try:
+        params = pruning.resolve_params(method, fam, given)
+    except InvalidOptionError as e:
+        raise bad_request(e.one_line(), "fastvid", "invalid_value") from None
     out = Resolved(frames=frames, fps=fps, method=method,
                    ratio=1.0 if method == "none" else (ratio or defaults.ratio or float(family["ratio"])),
                    params=params, compile=defaults.compile)

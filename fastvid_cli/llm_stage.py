@@ -1,17 +1,17 @@
-"""HoliTom's inner-LLM stage: a prefill driven layer by layer that merges half the video tokens before layer K.
+"""The prefill of a pruning method's LLM stage: the LLM driven layer by layer, the video span reduced before one
+layer (HoliTom's inner merge: ``pruning/holitom_inner.py``; which method has one says its registry entry).
 
 The model's own modules do all the work (its decoder layers, rotary embedding, final norm and LM head; nothing
 in transformers is patched): layers 0..K-1 run on the whole prompt; then the last prompt token's attention at
-layer K-1 (computed from that layer's own queries and keys, so it works with sdpa) picks the ``round(L_vis·(1-R))``
-video tokens to keep, every other video token is merged into its most similar kept token (cosine of the hidden
-states entering layer K, merged pairwise in index order: fastvid-spec.md §3.9, TV-H3), and layers K.. run on the
-shorter sequence at the kept tokens' positions (with gaps). The KV cache ends up with full-length layers below K
-and shorter ones from K on; decoding on it needs no special code: a one-token step attends to everything each
-layer has (no mask), which is what every layer's cache holds.
+layer K-1 (computed from that layer's own queries and keys, so it works with sdpa) goes with the video span's
+hidden states entering layer K to the stage's ``reduce``, which says which span tokens stay and what they hold;
+layers K.. run on the shorter sequence at the kept tokens' positions (with gaps). The KV cache ends up with
+full-length layers below K and shorter ones from K on; decoding on it needs no special code: a one-token step
+attends to everything each layer has (no mask), which is what every layer's cache holds.
 
 Only for decoder-only LLMs with 1-D positions whose layers take ``position_embeddings`` (Qwen2: LLaVA-OneVision).
-Not replicated: the reference's eager layer K-1 without a causal mask (spec §"HoliTom" 2, an inferred bug); here
-layer K-1 is causal like every other layer.
+Not replicated: the HoliTom reference's eager layer K-1 without a causal mask (spec §"HoliTom" 2, an inferred
+bug); here layer K-1 is causal like every other layer.
 """
 
 from __future__ import annotations
@@ -22,30 +22,24 @@ import torch
 
 from fastvid_cli.decoding import with_cache
 from fastvid_cli.errors import InvalidOptionError
-from fastvid_cli.pruning.holitom import inner_keep, sequential_merge
+from fastvid_cli.pruning.result import LLMStage
 
 
 @dataclass
-class InnerMerge:
-    """What the inner stage did to one prompt."""
+class StageReport:
+    """What the stage did to one prompt."""
 
+    label: str  # the stage's name, for people
     layer: int  # K
-    drop_ratio: float  # R
     visual_before: int  # L_vis
     visual_after: int  # kept from layer K on
     length_after: int  # sequence length of layers >= K
 
-
-def parse_inner(text: str) -> tuple[int, float]:
-    """'K,R' -> (K, R) with K >= 1 and 0 < R < 1; InvalidOptionError otherwise."""
-    try:
-        k_text, r_text = str(text).split(",")
-        k, r = int(k_text), float(r_text)
-    except ValueError:
-        raise InvalidOptionError(f"--holitom-inner must be K,R (a layer and a drop ratio, e.g. 18,0.5), got {text!r}")
-    if k < 1 or not 0 < r < 1:
-        raise InvalidOptionError(f"--holitom-inner K,R needs K >= 1 and 0 < R < 1, got {text!r}")
-    return k, r
+    def note(self, length: int) -> str:
+        """The answer's note about it; `length` the prompt length the prefill started from."""
+        return (f"{self.label} before LLM layer {self.layer}: {self.visual_after} of {self.visual_before} "
+                f"video-span tokens kept from there on ({self.length_after} of {length} prompt tokens in layers "
+                f"{self.layer}+)")
 
 
 def _last_row_attention(layer, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -66,49 +60,45 @@ def _last_row_attention(layer, hidden: torch.Tensor, cos_sin: tuple[torch.Tensor
     return probs[0, :, 0].mean(0)
 
 
-def check_supported(model, k: int) -> None:
+def check_supported(model, stage: LLMStage) -> None:
+    """InvalidOptionError (naming the stage's option) unless `model` can run `stage`."""
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if impl not in ("sdpa", "flash_attention_2", "flash_attention_3"):
         # the layers run without an explicit mask (causal by default in these kernels); eager would need one
-        raise InvalidOptionError(f"--holitom-inner runs with sdpa or flash attention, not {impl}",
+        raise InvalidOptionError(f"{stage.option} runs with sdpa or flash attention, not {impl}",
                                  "use --attn-implementation sdpa")
     lm = model.get_decoder()
     layers = getattr(lm, "layers", None)
     if layers is None or not hasattr(lm, "rotary_emb") or not hasattr(layers[0], "self_attn"):
-        raise InvalidOptionError("--holitom-inner needs a decoder-only LLM with per-layer modules (Qwen2: "
+        raise InvalidOptionError(f"{stage.option} needs a decoder-only LLM with per-layer modules (Qwen2: "
                                  "LLaVA-OneVision); this model does not have them")
-    if k >= len(layers):
-        raise InvalidOptionError(f"--holitom-inner: K must be below the LLM's {len(layers)} layers, got {k}")
+    if stage.layer >= len(layers):
+        raise InvalidOptionError(f"{stage.option}: K must be below the LLM's {len(layers)} layers, got {stage.layer}")
 
 
 @torch.inference_mode()
-def prefill_inner(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache,
-                  video_span: tuple[int, int], k: int, drop_ratio: float) -> tuple[torch.Tensor, InnerMerge]:
-    """Prefill (1,L,D) embeds at (1,L) positions into an EMPTY `cache`, merging the video span's tokens before
-    layer `k`. Returns (last-token logits (V,), what was merged)."""
+def prefill_with_stage(model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache,
+                       video_span: tuple[int, int], stage: LLMStage) -> tuple[torch.Tensor, StageReport]:
+    """Prefill (1,L,D) embeds at (1,L) positions into an EMPTY `cache`, reducing the video span with `stage` before
+    its layer. Returns (last-token logits (V,), what the stage did)."""
     if position_ids.dim() != 2:
-        raise InvalidOptionError("--holitom-inner needs 1-D position ids; this model uses M-RoPE rows")
-    check_supported(model, k)
+        raise InvalidOptionError(f"{stage.option} needs 1-D position ids; this model uses M-RoPE rows")
+    check_supported(model, stage)
     lm = model.get_decoder()
+    k = stage.layer
     p0, p1 = video_span
     n_vis = p1 - p0
     h, pos = inputs_embeds, position_ids
     cos_sin = lm.rotary_emb(h, pos)
-    info = InnerMerge(k, drop_ratio, n_vis, n_vis, h.shape[1])
+    info = StageReport(stage.label, k, n_vis, n_vis, h.shape[1])
     att = None  # the last token's attention at layer k-1, set just before that layer runs
     for i, layer in enumerate(lm.layers):
         if i == k and n_vis > 1 and att is not None:
-            keep_n = max(1, min(n_vis, inner_keep(n_vis, drop_ratio)))
-            # ties: the lower index first (a stable sort of the negated scores)
-            kept = torch.sort(-att[p0:p1], stable=True).indices[:keep_n].sort().values
-            vis = h[0, p0:p1]
-            unit = torch.nn.functional.normalize(vis.float(), dim=-1)
-            target = (unit @ unit[kept].T).argmax(dim=1)  # (L_vis,) position in `kept` of each token's target
-            merged = sequential_merge(vis, kept, target).to(h.dtype)
-            h = torch.cat([h[:, :p0], merged[None], h[:, p1:]], dim=1)
+            kept, reduced = stage.reduce(h[0, p0:p1], att[p0:p1])
+            h = torch.cat([h[:, :p0], reduced[None].to(h.dtype), h[:, p1:]], dim=1)
             pos = torch.cat([pos[:, :p0], pos[:, p0:p1][:, kept], pos[:, p1:]], dim=1)
             cos_sin = lm.rotary_emb(h, pos)
-            info.visual_after, info.length_after = keep_n, h.shape[1]
+            info.visual_after, info.length_after = int(kept.numel()), h.shape[1]
         if i == k - 1:
             att = _last_row_attention(layer, h, cos_sin)
         h = layer(h, attention_mask=None, position_ids=pos, use_cache=True, position_embeddings=cos_sin,
