@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fastvid_cli import pruning
 from fastvid_cli.errors import FastVidError, InvalidOptionError
 
 HELP = """commands:
   /ratio R        retention ratio in (0, 1] for the next answers
-  /method M       pruning method (fastvid, holitom, holitom-orig, uniform, random, none)
+  /method M       pruning method (one of the registry's: """ + ", ".join(pruning.method_names()) + """)
   /frames N       frames to sample (the video is sampled and encoded again)
   /video PATH     talk about another video (starts a new conversation)
   /system TEXT    system prompt (empty: none); /reset to start over with it

@@ -269,7 +269,8 @@ def compare(
 
             client = server_client(server_url(server), api_key, not as_json)
             result = compare_remote(client, str(video), question, methods=methods, ratios=ratios,
-                                    params=method_options_by_name(method_options), frames=frames, fps=fps, repeat=repeat,
+                                    params=method_options_by_name(method_options), frames=frames, fps=fps,
+                                    repeat=repeat,
                                     baseline=not no_baseline, max_new_tokens=max_new_tokens, system=system,
                                     compile_decode=compile_decode, cache=not no_cache, model=None)
             if as_json:

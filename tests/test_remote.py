@@ -84,6 +84,23 @@ def test_ask_server_prints_what_ask_prints(runner, url, folder):
     assert down.exit_code == 9 and "cannot reach the fastvid server" in down.stderr
 
 
+@pytest.mark.parametrize("options", [["--dyseg-tau", "0.5", "--dtm-p", "2", "-r", "0.3"],
+                                     ["--method", "random", "--random-seed", "3"],
+                                     ["--method", "vidcom2", "--vidcom2-variant", "vllm"]])
+def test_ask_server_sends_the_method_options(runner, url, folder, options):
+    """The method options go by parameter name and the server resolves them as a local ask does."""
+    clip = str(folder / "demo.mp4")
+    local = run(runner, ["ask", clip, QUESTION, *LOCAL, *options, "--json"])
+    remote = run(runner, ["ask", clip, QUESTION, "--server", url, *options, "--json"])
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.stderr
+    lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+    for key in ("method", "ratio", "params", "video_tokens_kept", "segments", "answer"):
+        assert lj[key] == rj[key], key
+    # an option of another method is refused here, as a local ask refuses it
+    res = run(runner, ["ask", clip, QUESTION, "--server", url, "--method", "uniform", "--dyseg-tau", "0.5"])
+    assert res.exit_code == 2 and "--dyseg-tau" in res.stderr
+
+
 def test_a_video_outside_the_roots_is_uploaded(runner, url, tmp_path):
     clip = tmp_path / "elsewhere.mp4"  # not under the server's allowed folder: sent as an upload
     shutil.copy(REPO / "examples" / "demo.mp4", clip)
@@ -124,6 +141,18 @@ def test_compare_server(runner, url, folder):
            [(r["method"], r["ratio"], r["video_tokens_kept"], r["answer"]) for r in local["rows"]]
     table = run(runner, [*args[:-1], "--server", url])
     assert table.exit_code == 0 and "fastvid" in table.stdout and "0.5" in table.stdout
+
+
+def test_compare_server_with_method_options(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    args = ["compare", clip, QUESTION, "-r", "0.3", "--repeat", "1", "--no-baseline", "--method", "fastvid",
+            "--method", "random", "--dyseg-tau", "0.5", "--random-seed", "3", "--json"]
+    local = json.loads(run(runner, [*args, *LOCAL]).stdout)
+    res = run(runner, [*args, "--server", url])
+    assert res.exit_code == 0, res.stderr
+    remote = json.loads(res.stdout)
+    assert [(r["method"], r["video_tokens_kept"], r["answer"]) for r in remote["rows"]] == \
+           [(r["method"], r["video_tokens_kept"], r["answer"]) for r in local["rows"]]
 
 
 def test_batch_server_writes_the_records_of_a_local_run(runner, url, folder, tmp_path):

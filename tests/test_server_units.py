@@ -73,6 +73,33 @@ def test_settings_resolve_like_ask():
             resolve(bad, Defaults(), FAMILY)
 
 
+def test_settings_take_any_registered_methods_parameters_by_name():
+    qwen = {**FAMILY, "method_family": "qwen", "ratio": 0.27, "tau": 0.84, "ignore": 0.95}
+    assert resolve({"method": "random", "seed": 3}, Defaults(), FAMILY).params == {"seed": 3}
+    assert resolve({"method": "vidcom2", "variant": "vllm"}, Defaults(), FAMILY).params == {"variant": "vllm"}
+    assert resolve({"method": "holitom", "inner": "18,0.5"}, Defaults(), FAMILY).params == {"inner": (18, 0.5)}
+    r = resolve({"ignore": 0.9}, Defaults(), qwen)  # Qwen-VL's FastVID variant has it, with its own defaults
+    assert r.params["ignore"] == 0.9 and r.params["tau"] == 0.84
+    # the server's flags (by name) apply to the methods that take them; a request's own values win
+    d = Defaults(params={"tau": 0.8, "inner": (12, 0.25)})
+    assert resolve({"method": "holitom"}, d, FAMILY).params == {"inner": (12, 0.25)}
+    assert resolve({"tau": 0.7}, d, FAMILY).params["tau"] == 0.7
+    assert resolve({"method": "uniform"}, d, FAMILY).params == {}
+    for bad in ({"method": "uniform", "tau": 0.8}, {"method": "vidcom2", "variant": 1}, {"xyz": 1},
+                {"method": "random", "seed": -1}, {"k": 4}):
+        with pytest.raises(ApiError) as e:
+            resolve(bad, Defaults(), FAMILY)
+        assert e.value.status == 400
+
+
+def test_remote_ext_sends_method_options_by_name():
+    from fastvid_cli.remote import _fastvid_ext
+
+    ext = _fastvid_ext("holitom", None, None, None, {"inner": "18,0.5"}, baseline=None)
+    assert ext == {"method": "holitom", "ratio": None, "frames": None, "fps": None, "inner": "18,0.5"}
+    assert _fastvid_ext(None, 0.2, 8, None, {"tau": 0.8})["tau"] == 0.8
+
+
 @pytest.fixture
 def store():
     s = UploadStore(max_bytes=1 << 20)
