@@ -7,7 +7,6 @@ are imported inside the commands.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import threading
@@ -19,7 +18,9 @@ import typer
 
 from fastvid_cli import __version__
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import run_command
+from fastvid_cli.cli_common import (check_cheaply as _check_cheaply, check_method as _check_method,
+                                    check_ratio as _check_ratio, given_options as _given_cli_options,
+                                    method_options_by_name, run_command, server_client, server_url)
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidOptionError
 
 app = typer.Typer(
@@ -37,18 +38,6 @@ BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the un
                  "does (3 runs each, alternating; medians) and report the MEASURED prefill speedup with both times. "
                  "Without it the speedup shown is an ESTIMATE labelled 'est.': the ratio of LLM prefill FLOPs "
                  "(projections, causal attention, MLP) at the full and the pruned prompt length.")
-
-
-def _check_method(method: str) -> None:
-    from fastvid_cli.pruning import method_names
-
-    if method not in method_names():
-        raise InvalidOptionError(f"--method must be one of {', '.join(method_names())} (got '{method}')")
-
-
-def _check_ratio(ratio: float | None) -> None:
-    if ratio is not None and (math.isnan(ratio) or not 0 < ratio <= 1):
-        raise InvalidOptionError(f"--ratio must be in (0, 1] (got {ratio})")
 
 
 @app.command(cls=O.Command)
@@ -85,6 +74,8 @@ def ask(
                                  "minus the runner-up's; near 0 = another CPU may answer differently): "
                                  "logit_margins in --json, a note in the summary. Decodes eagerly.",
                                  rich_help_panel="Output"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
     **method_options: Any,
 ) -> None:
@@ -99,11 +90,13 @@ def ask(
         _check_method(method)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
-        _check_cheaply(video, model, device, dtype, attn_implementation)
         from fastvid_cli.pruning import check_options, given_options, resolve_params
 
         given = given_options(method_options)
         check_options([method], None, given)  # before the model loads, on any family; on the model's family below
+        if server_url(server):
+            return _ask_on_server(server_url(server), api_key, video, question, method_options)
+        _check_cheaply(video, model, device, dtype, attn_implementation)
         from fastvid_cli import hub
         from fastvid_cli.engine import GenerationOptions, PruneOptions, set_threads
         from fastvid_cli.ui import AnswerOut, StageDisplay, print_summary
@@ -141,6 +134,26 @@ def ask(
         return EXIT_INTERRUPTED if report.stop_reason == "interrupted" else 0
 
     run_command(debug, body)
+
+
+def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, method_options: dict[str, Any]) -> int:
+    """`ask --server`: the options the user set go with the request (the method options by parameter name, which
+    the server resolves as a local `ask` does, on its model's family); the rest are the server's defaults (which,
+    for a server started without pruning/generation flags, are those of a local `ask`)."""
+    from fastvid_cli.remote import ask_remote
+
+    p = _given_cli_options("frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p", "seed",
+                           "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
+    method = p.get("method")
+    as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
+    client = server_client(url, api_key, not (as_json or quiet))
+    params = method_options_by_name(method_options)
+    gen = {k: p.get(k) for k in ("max_new_tokens", "temperature", "top_p", "seed", "system")}
+    return ask_remote(client, str(video), question, model=None, frames=p.get("frames"), fps=p.get("fps"),
+                      method=method, ratio=p.get("ratio"), params=params, gen=gen,
+                      baseline=bool(p.get("baseline")), margins=bool(p.get("margins")),
+                      compile_decode=p.get("compile_decode"), cache=not p.get("no_cache"), as_json=as_json,
+                      quiet=quiet)
 
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
@@ -193,21 +206,6 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
 
 
-def _check_cheaply(video: Path | None, model: str, device: str, dtype: str, attn_implementation: str) -> None:
-    """Every check that needs no torch, before torch is imported (~1-3 s): a bad option or file fails at once.
-    The video is probed (ms) so that a bad file fails before any load starts, and no load is abandoned mid-way."""
-    from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
-
-    check_device_name(device)
-    check_dtype_name(dtype)
-    check_attn_implementation(attn_implementation)
-    if video is not None:
-        from fastvid_cli.video import probe_video
-
-        probe_video(video)
-    resolve_model(model)
-
-
 @app.command(cls=O.Command)
 @O.method_options(after="method")
 def compare(
@@ -241,6 +239,8 @@ def compare(
                               rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with a list of rows.",
                                  rich_help_panel="Output"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
     **method_options: Any,
 ) -> None:
@@ -263,6 +263,21 @@ def compare(
         check_options(methods, None, given)  # on any family: the model's is checked once it is loaded
         if not question.strip():
             raise InvalidOptionError("the question is empty")
+        if server_url(server):
+            from fastvid_cli.remote import compare_remote
+            from fastvid_cli.ui import print_compare
+
+            client = server_client(server_url(server), api_key, not as_json)
+            result = compare_remote(client, str(video), question, methods=methods, ratios=ratios,
+                                    params=method_options_by_name(method_options), frames=frames, fps=fps,
+                                    repeat=repeat,
+                                    baseline=not no_baseline, max_new_tokens=max_new_tokens, system=system,
+                                    compile_decode=compile_decode, cache=not no_cache, model=None)
+            if as_json:
+                sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            else:
+                print_compare(result, full=full)
+            return 0
         _check_cheaply(video, model, device, dtype, attn_implementation)
         from fastvid_cli import hub
         from fastvid_cli.compare import run_compare
@@ -384,9 +399,12 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
 def _register_batch() -> None:
     from fastvid_cli.cli_batch import batch
     from fastvid_cli.cli_eval import eval_
+    from fastvid_cli.cli_serve import chat, serve
 
     app.command(name="batch", cls=O.Command)(batch)
     app.command(name="eval", cls=O.Command)(eval_)
+    app.command(name="serve", cls=O.Command)(serve)
+    app.command(name="chat", cls=O.Command)(chat)
 
 
 _register_batch()

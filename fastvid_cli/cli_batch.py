@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import feature_cache_dir, run_command, traceback_printer
+from fastvid_cli.cli_common import feature_cache_dir, run_command, server_client, server_url, traceback_printer
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress, fmt_ms
 
@@ -71,6 +71,8 @@ def batch(
                                           "the same for many rows as for one; 1 on CPU, where batching gained at "
                                           "most 1.6x and lost up to 3x on a busy machine (benchmarks/RESULTS.md).",
                                      rich_help_panel="Generation"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
     **method_options: Any,
 ) -> None:
@@ -103,11 +105,17 @@ def batch(
                           answer_batch=rows_together,
                           retry_errors=retry_errors, overwrite=overwrite,
                           cache_dir=feature_cache_dir(cache_dir, no_cache))
+        engine = None
+        if server_url(server):  # every answer is a request to the server; records and resume as a local run
+            from fastvid_cli.remote import remote_engine
+
+            engine = remote_engine(server_client(server_url(server), api_key, True), cfg)
         stop = threading.Event()
         progress = BatchProgress()
         restore = _stop_on_sigint(stop, progress)
         try:
-            result = run_batch(cfg, progress=progress, stop=stop, on_exception=traceback_printer(progress, debug))
+            result = run_batch(cfg, engine=engine, progress=progress, stop=stop,
+                               on_exception=traceback_printer(progress, debug), prefetch=engine is None)
         finally:
             restore()
         if result.final:

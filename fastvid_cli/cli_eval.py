@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import feature_cache_dir, run_command, traceback_printer
+from fastvid_cli.cli_common import feature_cache_dir, run_command, server_client, server_url, traceback_printer
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress
 
@@ -74,6 +74,8 @@ def eval_(
                                       "same settings (otherwise it is skipped too).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the numbers of the tables.",
                                  rich_help_panel="Output"),
+    server: Optional[str] = O.SERVER,
+    api_key: Optional[str] = O.API_KEY,
     debug: bool = O.DEBUG,
     **method_options: Any,
 ) -> None:
@@ -99,8 +101,13 @@ def eval_(
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower(),
                          cache_dir=feature_cache_dir(cache_dir, no_cache))
+        engine = None
+        if server_url(server):  # every answer is a request to the server; records and resume as a local run
+            from fastvid_cli.remote import remote_engine
+
+            engine = remote_engine(server_client(server_url(server), api_key, not as_json), cfg)
         progress = EvalProgress(enabled=not as_json)
-        result = run_eval(cfg, progress=progress, on_exception=traceback_printer(progress, debug))
+        result = run_eval(cfg, engine=engine, progress=progress, on_exception=traceback_printer(progress, debug))
         data = result_json(result)
         if as_json:
             sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")

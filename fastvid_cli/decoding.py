@@ -216,7 +216,8 @@ def _hand_over(e: Exception, model, tok: torch.Tensor, cache, pos: torch.Tensor,
 
 @torch.inference_mode()
 def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_positions: list[torch.Tensor],
-                 s: Sampling, clock=None) -> tuple[list[DecodeResult], float]:
+                 s: Sampling, clock=None, on_token=None,
+                 stops: list[threading.Event | None] | None = None) -> tuple[list[DecodeResult], float]:
     """Greedy answers to B prompts that share the prefix in `prefix_cache` (batch 1, only read), decoded together.
 
     suffix_embeds[b] (1,l_b,D) and suffix_positions[b] (1,l_b), or (R,1,l_b) M-RoPE rows, are each prompt's tokens
@@ -226,7 +227,10 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
     slots. A decode step
     costs about as much for B rows as for one (the weights are read once), which is the point: the per-question
     cost of a batch of questions about one video falls by ~B. Rows that finished keep being fed (ignored) until the
-    last one stops. Returns (results in input order, wall time of the batched prefill start as perf_counter)."""
+    last one stops. Returns (results in input order, wall time of the batched prefill start as perf_counter).
+
+    `on_token(b, token_id, t)` is called for each row's token as it is known on the host (for streaming); `stops[b]`
+    set ends row b after its current token (stop_reason "interrupted") while the other rows go on."""
     eos = eos_ids(model)
     B = len(suffix_embeds)
     dev = suffix_embeds[0].device
@@ -261,13 +265,21 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
             gaps = (top2[:, 0] - top2[:, 1]).tolist()
             for b in alive:
                 results[b].margins.append(gaps[b])
-        alive = [b for b in alive if not _emit(results[b], ids[b], s, eos, None, None)]
+        alive = [b for b in alive
+                 if not _emit(results[b], ids[b], s, eos, _row_callback(on_token, b), stops[b] if stops else None)]
         if not alive:
             return results, t0
         mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
         out = model(input_ids=tok, position_ids=nxt, attention_mask=mask, use_cache=True, **with_cache(model, cache))
         nxt = nxt + 1
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+def _row_callback(on_token, b: int):
+    """decode_batch's per-row view of `on_token(b, token, t)`: the `on_token(token, t)` that _emit calls."""
+    if on_token is None:
+        return None
+    return lambda token, t: on_token(b, token, t)
 
 
 class StaticDecoder:

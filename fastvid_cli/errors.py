@@ -78,6 +78,12 @@ class RowsFailedError(FastVidError):
     exit_code = 8
 
 
+class ServerError(FastVidError):
+    """`--server`: the fastvid server cannot be reached, refused the API key, or failed (a 5xx answer)."""
+
+    exit_code = 9
+
+
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
 
@@ -92,5 +98,6 @@ EXIT_CODES: dict[int, str] = {
     ModelUnavailableError.exit_code: "model not available (offline and not cached, or download failed)",
     OutOfMemoryError.exit_code: "out of GPU/CPU memory",
     RowsFailedError.exit_code: "batch/eval: every row was tried, but some ended as errors (their records say why)",
+    ServerError.exit_code: "--server: the fastvid server cannot be reached, refused the API key, or failed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); text already printed is kept",
 }

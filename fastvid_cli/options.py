@@ -18,7 +18,7 @@ from fastvid_cli import pruning
 
 # Option groups of the help screens, in this order in every command. "Input" holds what only one command reads
 # (eval's benchmark options); --help and --debug close the "Output" group.
-PANELS = ("Input", "Model", "Video", "Pruning", "Generation", "Output")
+PANELS = ("Input", "Server", "Model", "Video", "Pruning", "Generation", "Output")
 
 # 1-3 runnable examples per command, printed at the end of its --help: one command per line, an indented line
 # continues the one before. Every line fits 80 columns.
@@ -33,6 +33,12 @@ EXAMPLES: dict[str | None, list[str]] = {
     "eval": ["mkdir -p /tmp/synth-videos",
              "fastvid eval fastvid_cli/data/synth_test.jsonl --model demo --limit 20 \\",
              "    --videos-root /tmp/synth-videos --method fastvid --method uniform"],
+    "serve": ["fastvid serve --model demo --port 8000",
+              "fastvid serve --model llava-ov-7b --host 0.0.0.0 --api-key \"$KEY\" \\",
+              "    --allowed-media-dir /data/videos"],
+    "chat": ["fastvid chat examples/demo.mp4 --model demo",
+             "fastvid chat clip.mp4 --server http://127.0.0.1:8000",
+             'printf "What colour?\\nWhat shape?\\n" | fastvid chat clip.mp4 --server URL'],
     "models": ["fastvid models", "fastvid models --json"],
     "doctor": ["fastvid doctor", "fastvid doctor --json"],
     None: ['fastvid ask clip.mp4 "What happens in this video?"',
@@ -165,6 +171,12 @@ COMPILE = typer.Option(None, "--compile/--no-compile",
 
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.", rich_help_panel="Output")
 
+SERVER = typer.Option(None, "--server", envvar="FASTVID_SERVER", metavar="URL", show_envvar=True,
+                      help="Send the work to a running `fastvid serve` (e.g. http://127.0.0.1:8000) instead of "
+                           "loading the model here; the output is the same. An empty value runs locally.",
+                      rich_help_panel="Server")
+API_KEY = typer.Option(None, "--api-key", envvar="FASTVID_API_KEY", metavar="KEY", show_envvar=True,
+                       help="The server's API key (with --server).", rich_help_panel="Server")
 
 def method_options(after: str) -> Callable[[Callable], Callable]:
     """Give a command one option per method parameter of the pruning registry (pruning.options: --dyseg-tau,

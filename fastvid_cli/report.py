@@ -9,16 +9,19 @@ decode), prefix_prefill (the shared video prefix, prefilled once per session), p
 the first token), ttft (from the call to the first token), decode (first to last token), total (the call); ttft
 and total include the earlier work the caller counts in. `ask` adds sample_wait when frames were sampled beside
 the model load.
+
+No torch at import: the client of `fastvid serve` rebuilds Reports from the server's JSON (`Report.from_dict`),
+and batch/eval records are made of their fields without importing the engine. The few functions that need torch
+import it when called.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
-
-import torch
 
 from fastvid_cli import __version__
 
@@ -96,8 +99,18 @@ class Report:
         self.prefill_speedup = round(base / pruned, 3) if pruned > 0 else None
         self.prefill_speedup_measured = True
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """A Report from `to_dict()`'s output (e.g. sent by a server); keys that are not fields are left out."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        report = cls(**{k: v for k, v in data.items() if k in names})
+        if data.get("logit_margins") is not None:
+            report.logit_margins = list(data["logit_margins"])
+        return report
+
 
 def versions() -> dict[str, str]:
+    import torch
     import transformers
 
     return {"fastvid": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
@@ -106,10 +119,14 @@ def versions() -> dict[str, str]:
 class Clock:
     """Synchronised wall-clock stage timer."""
 
-    def __init__(self, devices: list[torch.device]):
+    def __init__(self, devices: list):  # torch.device
         self.cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
 
     def sync(self) -> None:
+        if not self.cuda:
+            return
+        import torch
+
         for i in self.cuda:
             torch.cuda.synchronize(i)
 
@@ -121,11 +138,13 @@ class Clock:
 def elapsed_ms(a, b) -> float:
     """ms between two timing marks (encoding.PipelinedEncoder: CUDA events, read after a synchronize; or host
     times)."""
-    return a.elapsed_time(b) if isinstance(a, torch.cuda.Event) else (b - a) * 1e3
+    return (b - a) * 1e3 if isinstance(a, float) else a.elapsed_time(b)
 
 
 def peak_gpu_mem_mb(cuda: list[int]) -> float:
     """Peak allocated memory summed over the CUDA devices `cuda` (indices), in MiB."""
+    import torch
+
     return round(sum(torch.cuda.max_memory_allocated(i) for i in cuda) / 2**20, 1)
 
 

@@ -8,6 +8,7 @@ shared video-prefix KV cache, plain, or through a pruning method's stage inside 
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any, Callable
@@ -99,9 +100,9 @@ class VideoSession:
             if note:
                 self.notes.append(note)
 
-    def _assemble(self, question: str, system: str | None):
+    def _assemble(self, question: str, system: str | None, history: list[tuple[str, str]] | None = None):
         a = self.engine.adapter
-        prompt = a.build_prompt(question, system)
+        prompt = a.build_prompt(question, system, history) if history else a.build_prompt(question, system)
         with torch.inference_mode():
             asm = a.assemble(prompt, self.feats, self.result.embeds, self.result.index)
             if self.result.compact:  # the method re-indexes positions (HoliTom)
@@ -145,15 +146,18 @@ class VideoSession:
     # ------------------------------------------------------------------ one question
     def answer(self, question: str, gen: GenerationOptions | None = None, *, baseline: bool = False,
                reuse_prefix: bool = True, lead_ms: float = 0.0, on_stage: Stage | None = None,
-               on_text: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> Report:
+               on_text: Callable[[str], None] | None = None, stop: threading.Event | None = None,
+               history: list[tuple[str, str]] | None = None) -> Report:
         """Answer `question`, streaming text pieces to `on_text`. `lead_ms` is work before this call that counts
-        towards TTFT (sampling, encoding, pruning when the session was made for this one question)."""
+        towards TTFT (sampling, encoding, pruning when the session was made for this one question). `history`:
+        the earlier (question, answer) turns of a conversation about this video (the video sits in the first
+        user turn, so the prompt prefix and its KV cache are the same as for a single question)."""
         on_stage = on_stage or (lambda *_: None)
         gen = gen or GenerationOptions()
         gen.validate()
         stop = stop or threading.Event()
         t_start = time.perf_counter()
-        prompt, asm = self._assemble(question, gen.system if gen.system is not None else self.system)
+        prompt, asm = self._assemble(question, gen.system if gen.system is not None else self.system, history)
         report = self.report_base(question, asm)
         how = self._choose_prefill(prompt, asm, reuse_prefix)
         pre, res = self._decode_streamed(asm, how, gen, report, stop, on_stage, on_text)
@@ -251,56 +255,88 @@ class VideoSession:
     # Most prompt+answer tokens (summed over rows) one batched decode holds in its replicated KV cache.
     BATCH_TOKENS = 65536
 
-    def answer_many(self, questions: list[str], gen: GenerationOptions | None = None, *, lead_ms: float = 0.0,
-                    max_rows: int = 16) -> list[Report]:
+    def answer_many(self, questions: list[str], gen: GenerationOptions | None = None, *,
+                    lead_ms: float | list[float] = 0.0, max_rows: int = 16,
+                    histories: list[list[tuple[str, str]] | None] | None = None,
+                    on_text: list[Callable[[str], None] | None] | None = None,
+                    stops: list[threading.Event | None] | None = None) -> list[Report]:
         """Greedy answers to several questions about this video, decoded together in batches of up to `max_rows`
         rows on top of the shared prefix KV cache (see decoding.decode_batch); the same answers as `answer` one by
         one, at a fraction of the per-question cost. Falls back to one-by-one answering when batching does not
         apply (sampling, HoliTom's inner stage, a prompt prefix that differs from the shared one). `lead_ms` (work
-        that all these questions waited for) counts towards each row's TTFT. No streaming: texts come at the end."""
+        that these questions waited for; one value for all, or one per question) counts towards each row's TTFT.
+
+        Per question (lists in the order of `questions`, entries may be None): `histories` earlier (question,
+        answer) turns of its conversation (see `answer`); `on_text` receives its answer's text pieces as they are
+        decoded (then the report's answer is their concatenation, as in `answer`; without it texts come at the
+        end); `stops` set ends that answer after its current token (stop_reason "interrupted")."""
         gen = gen or GenerationOptions()
         gen.validate()
-        if gen.temperature > 0 or max_rows < 2 or len(questions) < 2 or self.inner:
-            return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
+        n = len(questions)
+        leads = list(lead_ms) if isinstance(lead_ms, (list, tuple)) else [lead_ms] * n
+        histories = list(histories) if histories is not None else [None] * n
+        sinks = list(on_text) if on_text is not None else [None] * n
+        halts = list(stops) if stops is not None else [None] * n
+
+        def one_by_one(idx: list[int]) -> list[Report]:
+            return [self.answer(questions[i], gen, lead_ms=leads[i], history=histories[i], on_text=sinks[i],
+                                stop=halts[i]) for i in idx]
+
+        if gen.temperature > 0 or max_rows < 2 or n < 2 or self.inner:
+            return one_by_one(list(range(n)))
         system = gen.system if gen.system is not None else self.system
-        built = [self._assemble(q, system) for q in questions]
+        built = [self._assemble(q, system, h) for q, h in zip(questions, histories)]
         batchable = (self._prefix_for(*built[0])
                      and all(torch.equal(pr.prefix_ids, self.prefix_ids) for pr, _ in built)
                      # the questions carry no visual inputs of their own (Qwen3-VL's DeepStack is in the prefix)
                      and all(asm.prefill_extra(self.prefix_len) is None for _, asm in built))
         if not batchable:
-            return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
+            return one_by_one(list(range(n)))
         cut = self.prefix_len
         per_row = max(asm.length for _, asm in built) + gen.max_new_tokens
         rows = max(1, min(max_rows, self.BATCH_TOKENS // per_row))
         reports: list[Report] = []
-        for start in range(0, len(questions), rows):
-            part = list(range(start, min(start + rows, len(questions))))
+        for start in range(0, n, rows):
+            part = list(range(start, min(start + rows, n)))
             reports.extend(self._answer_rows([questions[i] for i in part], [built[i][1] for i in part], gen, cut,
-                                             lead_ms))
+                                             [leads[i] for i in part], [sinks[i] for i in part],
+                                             [halts[i] for i in part], lambda part=part: one_by_one(part)))
         return reports
 
     def _answer_rows(self, questions: list[str], asms: list[Assembled], gen: GenerationOptions, cut: int,
-                     lead_ms: float) -> list[Report]:
+                     leads: list[float], sinks: list, halts: list, alone: Callable[[], list[Report]]) -> list[Report]:
         eng = self.engine
+        eos = eos_ids(eng.model)
+        streams = [_PieceSink(eng.adapter.tokenizer, eos, sink) if sink is not None else None for sink in sinks]
+
+        def on_token(b: int, token: int, _t: float) -> None:
+            if streams[b] is not None:
+                streams[b].put(token)
+
         t_start = time.perf_counter()
         try:
             with torch.inference_mode():
                 results, t_prefill = decode_batch(
                     eng.model, self.prefix_cache, [a.inputs_embeds[:, cut:] for a in asms],
-                    [a.position_ids[..., cut:] for a in asms], gen.sampling(), clock=eng.clock.now)
+                    [a.position_ids[..., cut:] for a in asms], gen.sampling(), clock=eng.clock.now,
+                    on_token=on_token if any(streams) else None, stops=halts if any(halts) else None)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # one row at a time needs far less memory
-            return [self.answer(q, gen, lead_ms=lead_ms) for q in questions]
+            if any(s is not None and s.text for s in streams):
+                raise OutOfMemoryError("out of GPU memory while generating",
+                                       "try fewer --frames, a lower --ratio, or fewer --max-new-tokens") from None
+            return alone()
         t_end = time.perf_counter()
-        eos = eos_ids(eng.model)
         out = []
-        for q, asm, res in zip(questions, asms, results):
+        for b, (q, asm, res, lead_ms) in enumerate(zip(questions, asms, results, leads)):
             report = self.report_base(q, asm)
             report.notes.append(f"answered together with {len(asms) - 1} other question(s) about this video "
                                 "(batched decode on the shared video prefix)")
-            report.answer = eng.adapter.tokenizer.decode([t for t in res.token_ids if t not in eos],
-                                                         skip_special_tokens=True)
+            if streams[b] is not None:
+                report.answer = streams[b].finish()
+            else:
+                report.answer = eng.adapter.tokenizer.decode([t for t in res.token_ids if t not in eos],
+                                                             skip_special_tokens=True)
             report.new_tokens, report.stop_reason, report.decode_mode = len(res.token_ids), res.stop_reason, res.mode
             report.set_margins(res.margins)
             fill_timings(report, dict(self.timings), res.token_times, t_start=t_start, t_prefill=t_prefill,
@@ -310,3 +346,31 @@ class VideoSession:
             report.prefill_speedup = estimated_prefill_speedup(eng.adapter, asm)
             out.append(report)
         return out
+
+
+class _PieceSink:
+    """Text pieces of one answer handed to a callback as its tokens arrive (batched decoding, where no consumer
+    thread iterates a TextStream): the same pieces, and the same concatenated text, as `answer` streams."""
+
+    def __init__(self, tokenizer, eos: set[int], sink: Callable[[str], None]):
+        self.stream = TextStream(tokenizer, eos)
+        self.sink = sink
+        self.text = ""
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                piece = self.stream.queue.get_nowait()
+            except queue.Empty:
+                return
+            self.text += piece
+            self.sink(piece)
+
+    def put(self, token: int) -> None:
+        self.stream.put(token)
+        self._drain()
+
+    def finish(self) -> str:
+        self.stream.flush()
+        self._drain()
+        return self.text

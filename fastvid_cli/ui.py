@@ -263,9 +263,10 @@ def _segments_label(method: str) -> tuple[str, str]:
     return spec.segments if spec is not None and spec.segments else ("segments", method)
 
 
-def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
+def summary_panel(r: dict[str, Any], load_ms: float | None = None, server: str | None = None) -> Panel:
     """The summary of one answer (`ask`, the fields of Report.to_dict()). Values are laid out as Flow pieces so that
-    at any width (80 columns included) a line breaks between values, never inside one."""
+    at any width (80 columns included) a line breaks between values, never inside one. `server`: the URL of the
+    `fastvid serve` that answered (`ask --server`)."""
     t = r.get("timings_ms", {})
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan", no_wrap=True)
@@ -321,13 +322,16 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None) -> Panel:
                                                    "--baseline measures it)"]]))
     grid.add_row("device", Flow([r["device"], r["dtype"], r.get("attn_implementation", ""),
                                  Text(str(r["model"]))], " · "))
+    if server is not None:  # where it ran: the model was already loaded there
+        grid.add_row("server", Flow([Text(server), [f"model loaded once, in {fmt_ms(t.get('load'))};",
+                                                    f"queued {fmt_ms(t.get('queue'))}"]]))
     for note in r.get("notes", []):
         grid.add_row("[yellow]note[/]", Text(note))
     return Panel(grid, title="fastvid", title_align="left", border_style="dim", expand=False)
 
 
-def print_summary(r: dict[str, Any], load_ms: float | None = None) -> None:
-    err_console.print(summary_panel(r, load_ms))
+def print_summary(r: dict[str, Any], load_ms: float | None = None, server: str | None = None) -> None:
+    err_console.print(summary_panel(r, load_ms, server))
 
 
 def write_answer_piece(piece: str) -> None:

@@ -51,7 +51,7 @@ def order_records(records: list[dict[str, Any]], rows: list[Row], fps: dict[int,
 
 
 def _report_keys() -> list[str]:
-    from fastvid_cli.engine import Report
+    from fastvid_cli.report import Report
 
     return [f.name for f in dataclasses.fields(Report)]
 

@@ -69,7 +69,7 @@ def model_settings(cfg: ModelOptions, engine=None) -> ModelSettings:
     (torch is imported only then, after every cheap check). Used by `batch` and `eval` alike."""
     from fastvid_cli.models import check_attn_implementation, check_device_name, check_dtype_name, resolve_model
 
-    ref = resolve_model(cfg.model)
+    ref = getattr(engine, "ref", None) or resolve_model(cfg.model)  # a server's engine knows its model
     check_device_name(cfg.device)
     check_dtype_name(cfg.dtype)
     check_attn_implementation(cfg.attn_implementation)
@@ -82,9 +82,11 @@ def model_settings(cfg: ModelOptions, engine=None) -> ModelSettings:
                          family_defaults(cfg.model))
 
 
-def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -> dict[str, Any]:
+def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str,
+                  source: str | None = None) -> dict[str, Any]:
     """The answer-affecting settings of the command line, resolved (aliases to hub ids, folders to absolute
-    paths, family defaults filled in). Rows then override frames and ratio."""
+    paths, family defaults filled in). Rows then override frames and ratio. `source`: the model's resolved
+    source when already known (a server's model, which may be a folder only the server has)."""
     from fastvid_cli.models import resolve_model
     from fastvid_cli.pruning import check_options, resolve_params, spec_of
     from fastvid_cli.settings import sampling_settings
@@ -95,7 +97,7 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str) -
     frames, fps = sampling_settings(cfg.model, cfg.frames, cfg.fps, defaults)  # fps: families sampling by rate
     rate = {"fps": fps} if fps is not None else {}
     return rate | {
-        "model": resolve_model(cfg.model).source,
+        "model": source or resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
         # every method but "none" prunes at the given ratio
@@ -179,7 +181,7 @@ def make_plan(cfg: BatchConfig, engine=None) -> Plan:
     validate_config(cfg)
     rows = read_questions(cfg.questions)
     ref, dtype_label, defaults = model_settings(cfg, engine)
-    base = base_settings(cfg, defaults, dtype_label)
+    base = base_settings(cfg, defaults, dtype_label, ref.source)
     settings = {r.row: row_settings(r, base) for r in rows}
     return Plan(rows, base, settings, {n: fingerprint(x) for n, x in settings.items()}, ref.display)
 

@@ -25,7 +25,7 @@ from fastvid_cli.batch.output import clear_output, error_record, finalize, ok_re
 from fastvid_cli.batch.plan import BatchConfig, Plan, make_plan
 from fastvid_cli.batch.prefetch import FramePrefetcher, Prefetched, features_cached
 from fastvid_cli.batch.rows import Row
-from fastvid_cli.errors import FastVidError
+from fastvid_cli.errors import FastVidError, ServerError
 from fastvid_cli.journal import index_records, is_done, read_records, record_key, select
 from fastvid_cli.runs import NoProgress, Progress, RecordWriter, RunCounts, item_error, load_engine
 
@@ -89,9 +89,10 @@ class Work:
         return len(self.invalid) + sum(len(g.rows) for g in self.share)
 
 
-def find_work(cfg: BatchConfig, plan: Plan, dist: Dist) -> Work:
+def find_work(cfg: BatchConfig, plan: Plan, dist: Dist, sampled_here: bool = True) -> Work:
     """The rows of `plan` that no record in the output (or a shard file, whatever process count wrote them)
-    answers under the current fingerprint, and this process's share of them."""
+    answers under the current fingerprint, and this process's share of them. `sampled_here`: this process samples
+    the frames (not a server), so each group gets its frame request."""
     output = Path(cfg.output)
     records = read_records([output, *shard_files(output)])
     by_key = index_records(records)
@@ -102,7 +103,7 @@ def find_work(cfg: BatchConfig, plan: Plan, dist: Dist) -> Work:
     # Row errors need no model: the main process writes them. Answerable rows go in whole groups.
     invalid = [r for r in pending if r.error] if dist.is_main else []
     share = split_groups(make_groups([r for r in pending if not r.error], plan.settings), dist.world)[dist.rank]
-    if share:
+    if share and sampled_here:
         from fastvid_cli.settings import frame_request
 
         for g in share:  # sampled before the model loads (prefetch): the family's own plan, or a count
@@ -133,7 +134,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
         for p in shard_files(output):
             clear_output(p, main_output=False)
     dist.barrier()
-    work = find_work(cfg, plan, dist)
+    work = find_work(cfg, plan, dist, sampled_here=prefetch)
     result = BatchResult(rows=len(plan.rows), skipped=len(plan.rows) - len(work.pending))
     dist.barrier()  # every process has read the files before any is appended to
 
@@ -211,7 +212,7 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
     `VideoSession.answer_many` in chunks of `answer_batch` (decoded together: same answers, a fraction of the
     per-row cost); a chunk is finished before a Ctrl-C stops the run, and a chunk that fails as a whole is
     retried row by row so one bad row cannot take its neighbours' answers with it."""
-    from fastvid_cli.engine import PruneOptions
+    from fastvid_cli.settings import PruneOptions
 
     t0 = time.perf_counter()
     # the batch's one method with the parameters its settings record (pruning.resolve_params), whatever the method
@@ -247,12 +248,16 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
                 reports = session.answer_many([r.question for r in chunk], gen, lead_ms=lead_ms if i == 0 else 0.0,
                                               max_rows=step)
                 batched.update({i + j: r for j, r in enumerate(reports)})
+            except ServerError:  # --server: the server is gone or failing; stop (what was written stays)
+                raise
             except Exception as e:  # noqa: BLE001 - answered one by one below, where each row's error is its own
                 if on_exception is not None:
                     on_exception(e)
         try:
             report = batched.pop(i, None) or session.answer(row.question, gen, reuse_prefix=True,
                                                             lead_ms=lead_ms if i == 0 else 0.0)
+        except ServerError:
+            raise
         except FastVidError as e:
             write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
             continue

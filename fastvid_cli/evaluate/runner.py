@@ -23,6 +23,7 @@ from fastvid_cli.evaluate.plan import EvalConfig, EvalPlan, Setting, make_plan
 from fastvid_cli.evaluate.records import chosen_record, error_record, ok_record
 from fastvid_cli.evaluate.scoring import choice_parser, mc_prompt, normalize_short, short_prompt
 from fastvid_cli.evaluate.summary import summarize
+from fastvid_cli.errors import ServerError
 from fastvid_cli.journal import index_records, is_done, read_records
 from fastvid_cli.runs import NoProgress, Progress, RecordWriter, RunCounts, item_error, load_engine
 
@@ -115,7 +116,7 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
     """Encode the video once (method none keeps the features whole; looked up in / stored to `feature_cache` when
     given), then per setting prune those features into a session whose prompt-prefix KV cache every question of
     this video shares."""
-    from fastvid_cli.engine import PruneOptions
+    from fastvid_cli.settings import PruneOptions
 
     gen = cfg.generation()
     short = plan.form == "short"
@@ -150,6 +151,8 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
                 prompt = short_prompt(q.question) if short else mc_prompt(q.question, q.options)
                 report = sess.answer(prompt, gen, reuse_prefix=True,
                                      lead_ms=sess.timings.get("prune", 0.0) if i == 0 else 0.0)
+            except ServerError:  # --server: the server is gone or failing; stop (what was written stays)
+                raise
             except Exception as e:
                 write(error_record(plan, q, s, item_error(e, on_exception)))
                 continue

@@ -81,6 +81,21 @@ class Prompt:
         return int(self.prefix_ids.numel() + self.suffix_ids.numel())
 
 
+def chat_turns(question: str, history: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The user/assistant messages of a conversation about one video, for a chat template: the video in the first
+    user turn, then the earlier (question, answer) pairs of `history`, then `question`. Without history: one user
+    turn, video + question (what every single question gets)."""
+    turns = list(history or [])
+    messages: list[dict[str, Any]] = []
+    for i, (asked, answered) in enumerate(turns):
+        content = ([{"type": "video"}] if i == 0 else []) + [{"type": "text", "text": asked}]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
+    content = ([] if turns else [{"type": "video"}]) + [{"type": "text", "text": question}]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
 @dataclass
 class Assembled:
     """The LLM input after pruning: embeddings with the ORIGINAL position ids of every kept token."""
@@ -228,8 +243,11 @@ class FamilyAdapter(abc.ABC):
         (F,Dg), ...)."""
 
     @abc.abstractmethod
-    def build_prompt(self, question: str, system: str | None = None) -> Prompt:
-        """The chat-template prompt with one video placeholder, its token ids split around it."""
+    def build_prompt(self, question: str, system: str | None = None,
+                     history: list[tuple[str, str]] | None = None) -> Prompt:
+        """The chat-template prompt with one video placeholder, its token ids split around it. `history`: earlier
+        (question, answer) turns of a conversation about the video (`chat_turns` lays them out: the video in the
+        first user turn, so the prompt prefix up to the video is that of a single question)."""
 
     @abc.abstractmethod
     def assemble(self, prompt: Prompt, feats: VideoFeatures, kept_embeds: torch.Tensor,

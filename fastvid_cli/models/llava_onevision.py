@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fastvid_cli.errors import ModelUnavailableError
 from fastvid_cli.hub import HubUnreachableError, ModelRef
 from fastvid_cli.models import loading
-from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures
+from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures, chat_turns
 from fastvid_cli.models.loading import device_of as _device_of
 from fastvid_cli.models.siglip_head import DEFAULT_SALIENCY_MODEL, FALLBACK, OWN_HEAD_FILE, load_saliency_head
 from fastvid_cli.preprocess import normalize, resize_frames
@@ -193,13 +193,15 @@ class LlavaOnevisionAdapter(FamilyAdapter):
                              saliency_source=self.saliency_source, attn_received=torch.cat(rec).to(emb.device))
 
     # ------------------------------------------------------------------ prompt
-    def build_prompt(self, question: str, system: str | None = None) -> Prompt:
-        """Chat-template prompt with one video placeholder; ids split around it."""
+    def build_prompt(self, question: str, system: str | None = None,
+                     history: list[tuple[str, str]] | None = None) -> Prompt:
+        """Chat-template prompt with one video placeholder; ids split around it. `history`: earlier (question,
+        answer) turns of a conversation about the video, which then sits in the first user turn."""
         tok = self.tokenizer
         messages = []
         if system:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        messages += chat_turns(question, history)
         template = tok.chat_template or None
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                        chat_template=template or FALLBACK_TEMPLATE)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, UnknownModelError, VideoDecodeError
 from fastvid_cli.hub import ModelRef
 from fastvid_cli.models import loading
-from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures
+from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures, chat_turns
 from fastvid_cli.models.loading import device_of
 from fastvid_cli.models.sampling import check_request
 from fastvid_cli.preprocess import resize_frames
@@ -443,13 +443,15 @@ class QwenVLAdapter(FamilyAdapter):
                              saliency_source=self.saliency_source, side_embeds=side, meta=dict(pixels.meta))
 
     # ------------------------------------------------------------------ prompt
-    def build_prompt(self, question: str, system: str | None = None) -> Prompt:
-        """Chat-template prompt with one <|vision_start|><|video_pad|><|vision_end|>; ids split around the pad."""
+    def build_prompt(self, question: str, system: str | None = None,
+                     history: list[tuple[str, str]] | None = None) -> Prompt:
+        """Chat-template prompt with one <|vision_start|><|video_pad|><|vision_end|>; ids split around the pad.
+        `history`: earlier (question, answer) turns, the video in the first user turn (see interface.chat_turns)."""
         tok = self.tokenizer
         messages = []
         if system:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        messages += chat_turns(question, history)
         for template in (self.template, FALLBACK_TEMPLATE):
             if not template:
                 continue

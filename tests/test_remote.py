@@ -1,0 +1,222 @@
+"""Every command with `--server`: the same output as the same command run locally, nothing heavy imported by the
+client, and `fastvid chat` driven through stdin (with a server and with a local model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from fastvid_cli.cli import app  # noqa: E402
+from fastvid_cli.server import ServeConfig, Service  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What colour is the diamond? Answer the question using a single word or phrase."
+LOCAL = ["--model", "demo", "--device", "cpu", "--no-cache"]
+# fields of a Report that depend on the run, not on the answer
+RUN_FIELDS = {"timings_ms", "decode_tokens_per_s", "notes", "cache", "decode_mode"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    shutil.copy(REPO / "examples" / "demo.mp4", root / "demo.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def url(folder):
+    svc = Service(ServeConfig(model="demo", device="cpu", dtype="float32", port=0, media_dirs=[str(folder)],
+                              no_cache=True))
+    svc.start()
+    yield svc.url
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+def run(runner, args, **kw):
+    res = runner.invoke(app, args, **kw)
+    return res
+
+
+def test_ask_server_prints_what_ask_prints(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    local_json = run(runner, ["ask", clip, QUESTION, *LOCAL, "--json"])
+    remote_json = run(runner, ["ask", clip, QUESTION, "--server", url, "--json"])
+    assert local_json.exit_code == 0 and remote_json.exit_code == 0, remote_json.stderr
+    local, remote = json.loads(local_json.stdout), json.loads(remote_json.stdout)
+    assert set(local) == set(remote)
+    assert {k: v for k, v in local.items() if k not in RUN_FIELDS} == \
+           {k: v for k, v in remote.items() if k not in RUN_FIELDS}
+    assert set(local["timings_ms"]) - {"sample_wait"} <= set(remote["timings_ms"])
+    local_plain = run(runner, ["ask", clip, QUESTION, *LOCAL])
+    remote_plain = run(runner, ["ask", clip, QUESTION, "--server", url])
+    assert local_plain.stdout == remote_plain.stdout == "red\n"
+    def rows(text: str) -> list[str]:  # the panel's row labels, without the run-dependent ones
+        labels = [line[2:17].strip() for line in text.splitlines() if line.startswith("│ ") and line[2] != " "]
+        return [x for x in labels if x not in ("feature cache", "note")]
+
+    assert rows(remote_plain.stderr) == rows(local_plain.stderr) + ["server"]  # the panel, saying where it ran
+    assert url in remote_plain.stderr
+    # options that belong to the server
+    wrong = run(runner, ["ask", clip, QUESTION, "--server", url, "--model", "llava-ov-7b"])
+    assert wrong.exit_code == 2 and "serves demo" in wrong.stderr
+    assert run(runner, ["ask", clip, QUESTION, "--server", url, "--dtype", "float16"]).exit_code == 2
+    assert run(runner, ["ask", clip, QUESTION, "--server", url, "--model", "demo", "-q"]).stdout == "red\n"
+    missing = run(runner, ["ask", str(folder / "nope.mp4"), QUESTION, "--server", url])
+    assert missing.exit_code == 3 and "video not found: " in missing.stderr
+    down = run(runner, ["ask", clip, QUESTION, "--server", "http://127.0.0.1:9"])
+    assert down.exit_code == 9 and "cannot reach the fastvid server" in down.stderr
+
+
+@pytest.mark.parametrize("options", [["--dyseg-tau", "0.5", "--dtm-p", "2", "-r", "0.3"],
+                                     ["--method", "random", "--random-seed", "3"],
+                                     ["--method", "vidcom2", "--vidcom2-variant", "vllm"]])
+def test_ask_server_sends_the_method_options(runner, url, folder, options):
+    """The method options go by parameter name and the server resolves them as a local ask does."""
+    clip = str(folder / "demo.mp4")
+    local = run(runner, ["ask", clip, QUESTION, *LOCAL, *options, "--json"])
+    remote = run(runner, ["ask", clip, QUESTION, "--server", url, *options, "--json"])
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.stderr
+    lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+    for key in ("method", "ratio", "params", "video_tokens_kept", "segments", "answer"):
+        assert lj[key] == rj[key], key
+    # an option of another method is refused here, as a local ask refuses it
+    res = run(runner, ["ask", clip, QUESTION, "--server", url, "--method", "uniform", "--dyseg-tau", "0.5"])
+    assert res.exit_code == 2 and "--dyseg-tau" in res.stderr
+
+
+def test_a_video_outside_the_roots_is_uploaded(runner, url, tmp_path):
+    clip = tmp_path / "elsewhere.mp4"  # not under the server's allowed folder: sent as an upload
+    shutil.copy(REPO / "examples" / "demo.mp4", clip)
+    res = run(runner, ["ask", str(clip), QUESTION, "--server", url, "--json"])
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["answer"] == "red" and data["video"] == str(clip)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    res = run(runner, ["ask", str(broken), QUESTION, "--server", url])
+    assert res.exit_code == 4 and str(broken) in res.stderr and "fastvid-upload" not in res.stderr
+
+
+def test_the_client_imports_neither_torch_nor_transformers(url, folder):
+    script = (
+        "import sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "from fastvid_cli.cli import _invoke\n"
+        f"sys.argv = ['fastvid', 'ask', {str(folder / 'demo.mp4')!r}, {QUESTION!r}, '--server', {url!r}, '-q']\n"
+        "code = _invoke()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'httpx', 'fastapi'))\n"
+        "print('RESULT', code, heavy, round(time.perf_counter() - t0, 3), file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = next(ln for ln in res.stderr.splitlines() if ln.startswith("RESULT"))
+    assert res.stdout == "red\n" and line.startswith("RESULT 0 [] "), res.stderr
+
+
+def test_compare_server(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    args = ["compare", clip, QUESTION, "-r", "0.5", "--repeat", "1", "--json"]
+    local = json.loads(run(runner, [*args, *LOCAL]).stdout)
+    res = run(runner, [*args, "--server", url])
+    assert res.exit_code == 0, res.stderr
+    remote = json.loads(res.stdout)
+    assert set(remote) == set(local) and remote["video"] == clip
+    assert [(r["method"], r["ratio"], r["video_tokens_kept"], r["answer"]) for r in remote["rows"]] == \
+           [(r["method"], r["ratio"], r["video_tokens_kept"], r["answer"]) for r in local["rows"]]
+    table = run(runner, [*args[:-1], "--server", url])
+    assert table.exit_code == 0 and "fastvid" in table.stdout and "0.5" in table.stdout
+
+
+def test_compare_server_with_method_options(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    args = ["compare", clip, QUESTION, "-r", "0.3", "--repeat", "1", "--no-baseline", "--method", "fastvid",
+            "--method", "random", "--dyseg-tau", "0.5", "--random-seed", "3", "--json"]
+    local = json.loads(run(runner, [*args, *LOCAL]).stdout)
+    res = run(runner, [*args, "--server", url])
+    assert res.exit_code == 0, res.stderr
+    remote = json.loads(res.stdout)
+    assert [(r["method"], r["video_tokens_kept"], r["answer"]) for r in remote["rows"]] == \
+           [(r["method"], r["video_tokens_kept"], r["answer"]) for r in local["rows"]]
+
+
+def test_batch_server_writes_the_records_of_a_local_run(runner, url, folder, tmp_path):
+    csv = tmp_path / "q.csv"
+    csv.write_text("id,video,question\n"
+                   f"a,{folder / 'demo.mp4'},{QUESTION}\n"
+                   f"b,{folder / 'demo.mp4'},What shape is red? Answer the question using a single word or phrase.\n"
+                   "c,missing.mp4,Where?\n"
+                   f"d,{folder / 'demo.mp4'},How many shapes are there?\n")
+    local = run(runner, ["batch", str(csv), "-o", str(tmp_path / "local.jsonl"), *LOCAL, "--max-new-tokens", "8"])
+    remote = run(runner, ["batch", str(csv), "-o", str(tmp_path / "remote.jsonl"), "--server", url,
+                          "--max-new-tokens", "8"])
+    assert local.exit_code == remote.exit_code == 8, remote.stderr  # row c failed in both
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]
+    lrec, rrec = read(tmp_path / "local.jsonl"), read(tmp_path / "remote.jsonl")
+    same = ("id", "status", "error", "answer", "fingerprint", "video", "video_tokens_kept", "model", "settings")
+    assert [{k: r.get(k) for k in same} for r in lrec] == [{k: r.get(k) for k in same} for r in rrec]
+    again = run(runner, ["batch", str(csv), "-o", str(tmp_path / "local.jsonl"), "--server", url,
+                         "--max-new-tokens", "8"])
+    assert "4 already answered" in again.stderr  # resume across local and remote runs: same fingerprints
+
+
+def test_eval_server(runner, url, folder, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    lines = [{"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the diamond?",
+              "options": ["blue", "red", "green", "yellow"], "answer": "B"},
+             {"id": "q2", "video": str(folder / "demo.mp4"), "question": "Which shape is red?",
+              "options": ["circle", "square", "diamond", "triangle"], "answer": "C"}]
+    bench.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["eval", str(bench), "-r", "0.25", "--json"]
+    local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
+    remote = run(runner, [*args, "--server", url, "-o", str(tmp_path / "r.jsonl")])
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    pick = lambda d: [(s["setting"], s["correct"], s["n"]) for s in d["settings"]]
+    assert pick(json.loads(remote.stdout)) == pick(json.loads(local.stdout))
+    read = lambda p: sorted((r["id"], r["setting"], r["answer"], r["fingerprint"])
+                            for r in map(json.loads, p.read_text().splitlines()))
+    assert read(tmp_path / "l.jsonl") == read(tmp_path / "r.jsonl")
+
+
+def test_chat_through_stdin_with_a_server(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    lines = f"{QUESTION}\n\n/ratio 0.5\nWhat shape is red? Answer the question using a single word or phrase.\n"
+    res = run(runner, ["chat", clip, "--server", url], input=lines)
+    assert res.exit_code == 0, res.stderr
+    answers = res.stdout.splitlines()
+    assert len(answers) == 2 and answers[0] == "red"
+    assert "ratio 0.5" in res.stderr and f"on {url}" in res.stderr
+    assert "(fastvid r=0.1)" in res.stderr and "(fastvid r=0.5)" in res.stderr  # one summary line per answer
+    js = run(runner, ["chat", clip, "--server", url, "--json"], input=f"{QUESTION}\n/video nope.mp4\nAgain?\n")
+    assert js.exit_code == 3  # the /video command failed (the conversation went on with the same video)
+    records = [json.loads(line) for line in js.stdout.splitlines()]
+    assert records[0]["answer"] == "red" and records[0]["video"] == clip and len(records) == 2
+    assert records[1]["prompt_tokens_kept"] > records[0]["prompt_tokens_kept"]  # a follow-up: the history is in
+
+
+def test_chat_through_stdin_locally(runner, tiny_llava, tiny_saliency, index_video):
+    args = ["--model", str(tiny_llava), "--saliency-model", str(tiny_saliency), "--device", "cpu", "--frames", "8",
+            "--max-new-tokens", "5", "--no-cache"]
+    asked = run(runner, ["ask", str(index_video), "What happens?", *args, "--json"])
+    res = run(runner, ["chat", str(index_video), *args, "--json"], input="What happens?\nAnd then?\n/quit\nNever.\n")
+    assert res.exit_code == 0, res.stderr
+    first, second = [json.loads(line) for line in res.stdout.splitlines()]
+    assert first["answer"] == json.loads(asked.stdout)["answer"]  # a conversation's first answer is `ask`'s
+    assert second["question"] == "And then?" and second["prompt_tokens_kept"] > first["prompt_tokens_kept"]
+    assert second["timings_ms"].get("prefix_prefill", 0) > 0
+    time.sleep(0)
