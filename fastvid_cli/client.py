@@ -140,18 +140,12 @@ class Client:
             raise _failure(resp, raw)
         return conn, resp
 
-    def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
-        """One JSON request, waiting out a loading model and retrying a full queue."""
+    def _open_patiently(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None):
+        """`_open`, waiting out a loading model and retrying a full queue (429) up to BUSY_RETRIES times."""
         busy = 0
         while True:
             try:
-                conn, resp = self._open(method, path, body, headers)
-                try:
-                    return json.loads(resp.read() or b"null")
-                except (OSError, http.client.HTTPException) as e:
-                    raise ServerError(f"the fastvid server at {self.url} dropped the connection ({e})") from None
-                finally:
-                    conn.close()
+                return self._open(method, path, body, headers)
             except ApiFailure as f:
                 if f.code == "model_loading":
                     self.wait_ready()
@@ -161,6 +155,16 @@ class Client:
                     time.sleep(min(f.retry_after or 1.0, 30.0))
                     continue
                 raise
+
+    def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        """One JSON request, waiting out a loading model and retrying a full queue."""
+        conn, resp = self._open_patiently(method, path, body, headers)
+        try:
+            return json.loads(resp.read() or b"null")
+        except (OSError, http.client.HTTPException) as e:
+            raise ServerError(f"the fastvid server at {self.url} dropped the connection ({e})") from None
+        finally:
+            conn.close()
 
     def health(self) -> dict[str, Any]:
         try:
@@ -306,20 +310,7 @@ class Client:
     def stream_chat(self, payload: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         """POST a streaming chat completion; yields ("text", piece) as they arrive, then ("done", {"report",
         "finish_reason", "usage"}). Raises ApiFailure for an error answer (also one sent mid-stream)."""
-        busy = 0
-        while True:
-            try:
-                conn, resp = self._open("POST", "/v1/chat/completions", {**payload, "stream": True})
-                break
-            except ApiFailure as f:
-                if f.code == "model_loading":
-                    self.wait_ready()
-                    continue
-                if f.status == 429 and busy < BUSY_RETRIES:
-                    busy += 1
-                    time.sleep(min(f.retry_after or 1.0, 30.0))
-                    continue
-                raise
+        conn, resp = self._open_patiently("POST", "/v1/chat/completions", {**payload, "stream": True})
         try:
             done: dict[str, Any] = {}
             for data in _sse_events(resp, self.url):
