@@ -323,20 +323,24 @@ class Chat:
             self.stats(stats_line(report, self.backend.where))
 
     # ------------------------------------------------------------------ loops
+    def handle(self, line: str, *, stream: bool) -> bool:
+        """One input line: a /command or a question (an empty line does nothing). False when the session ends."""
+        if not line:
+            return True
+        if line.startswith("/"):
+            try:
+                return self.command(line)
+            except FastVidError as e:
+                self.error(e)
+                return True
+        self.ask(line, stream=stream)
+        return True
+
     def run_lines(self, lines) -> int:
         """Questions from a pipe: one per line; answers one per line."""
         for raw in lines:
-            line = raw.strip()
-            if not line:
-                continue
-            if line.startswith("/"):
-                try:
-                    if not self.command(line):
-                        break
-                except FastVidError as e:
-                    self.error(e)
-                continue
-            self.ask(line, stream=False)
+            if not self.handle(raw.strip(), stream=False):
+                break
         return self.first_error.exit_code if self.first_error is not None else 0
 
     def run_terminal(self, history_file: Path | None = None) -> int:
@@ -354,16 +358,8 @@ class Chat:
                 except EOFError:
                     self.out.write("\n")
                     break
-                if not line:
-                    continue
-                if line.startswith("/"):
-                    try:
-                        if not self.command(line):
-                            break
-                    except FastVidError as e:
-                        self.error(e)
-                    continue
-                self.ask(line, stream=not self.as_json)
+                if not self.handle(line, stream=not self.as_json):
+                    break
         finally:
             _save_history(history_file)
         return 0
