@@ -63,6 +63,28 @@ def random_modules(device: str, dtype, *makers) -> list:
     return modules
 
 
+def time_calls(run, device, warmup: int, repeat: int):
+    """(the last result, sorted ms of `repeat` calls of `run`) after `warmup` untimed calls, the device synchronised
+    at both ends of each timed call."""
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    result = None
+    for _ in range(warmup):
+        result = run()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        result = run()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return result, sorted(times)
+
+
 def med(xs) -> tuple[float, float, float]:
     """(median, min, max)."""
     xs = list(xs)

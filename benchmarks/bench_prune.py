@@ -21,7 +21,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import time_calls  # noqa: E402
 from fastvid_cli.pruning.fastvid import fastvid  # noqa: E402
 from fastvid_cli.pruning.holitom import holitom  # noqa: E402
 
@@ -69,11 +69,6 @@ def with_static_positions(embeds, feats, seed: int, share: float = 0.6):
     return out
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 METHODS = {
     "fastvid": lambda embeds, saliency, feats, ratio: fastvid(embeds, saliency, feats, ratio=ratio),
     "holitom": lambda embeds, saliency, feats, ratio: holitom(embeds, saliency, feats, ratio, attn=saliency),
@@ -84,17 +79,7 @@ def time_case(args, device, F, N, D, scenario, method: str):
     embeds, saliency, feats = make_inputs(F, N, D, DTYPES[args.dtype], device, scenario)
     prune = METHODS[method]
     run = lambda: prune(embeds, saliency, feats, args.ratio)  # noqa: E731
-    for _ in range(args.warmup):
-        result = run()
-    sync(device)
-    times = []
-    for _ in range(args.repeat):
-        sync(device)
-        start = time.perf_counter()
-        result = run()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
+    result, times = time_calls(run, device, args.warmup, args.repeat)
     pick = lambda frac: times[min(len(times) - 1, int(frac * len(times)))]  # noqa: E731
     return dict(
         method=method, shape=f"{F}x{N}x{D}", scenario=scenario, segments=len(result.segments), kept=result.kept,

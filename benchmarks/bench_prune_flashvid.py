@@ -19,14 +19,15 @@ import json
 import platform
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import time_calls  # noqa: E402
 from fastvid_cli.pruning.flashvid import FAMILY_VARIANTS, flashvid  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -54,26 +55,11 @@ def make_inputs(F: int, N: int, D: int, dtype, device, scenario: str, seed: int 
     return embeds.to(device=device, dtype=dtype), attn.to(device=device, dtype=dtype)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_case(args, device, F, N, D, scenario: str, ratio: float) -> dict:
     embeds, attn = make_inputs(F, N, D, DTYPES[args.dtype], device, scenario)
     params = FAMILY_VARIANTS[args.family]
     run = lambda: flashvid(embeds, None, None, ratio, attn=attn, **params)  # noqa: E731
-    result = None
-    for _ in range(args.warmup):
-        result = run()
-    times = []
-    for _ in range(args.repeat):
-        sync(device)
-        start = time.perf_counter()
-        result = run()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
+    result, times = time_calls(run, device, args.warmup, args.repeat)
     pick = lambda frac: times[min(len(times) - 1, int(frac * len(times)))]  # noqa: E731
     return dict(shape=f"{F}x{N}x{D}", scenario=scenario, ratio=ratio, segments=len(result.segments),
                 kept=result.kept, median_ms=statistics.median(times), p10_ms=pick(0.1), p90_ms=pick(0.9),
