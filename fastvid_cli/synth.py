@@ -793,11 +793,24 @@ def shipped_split_path() -> Path:
     return Path(str(resources.files("fastvid_cli.data").joinpath("synth_test.jsonl")))
 
 
+def generator_of(record: dict):
+    """The function that renders a record's clip from its seed: ``generate``, or another split's generator named
+    by the record's "generator" field ("needle": ``fastvid_cli.synth_needle.generate``)."""
+    name = record.get("generator")
+    if name in (None, "", "regular"):
+        return generate
+    if name == "needle":
+        from fastvid_cli import synth_needle
+
+        return synth_needle.generate
+    raise InvalidOptionError(f"record {record.get('id', '?')}: unknown generator {name!r}")
+
+
 def render_record(record: dict) -> np.ndarray:
     """Re-render a synthetic record's clip from its seed: uint8 (T, H, W, 3), no video file involved."""
     if "seed" not in record:
         raise InvalidOptionError(f"record {record.get('id', '?')} has no seed: not a synthetic clip")
-    spec, _ = generate(int(record["seed"]), frames=int(record.get("frames", DEFAULT_FRAMES)),
+    spec, _ = generator_of(record)(int(record["seed"]), frames=int(record.get("frames", DEFAULT_FRAMES)),
                        size=int(record.get("size", DEFAULT_SIZE)))
     return render(spec)
 
@@ -857,7 +870,7 @@ def materialize(jsonl_path, out_dir, *, fps: int = DEFAULT_FPS) -> dict[str, int
         if "seed" not in r0:
             raise InvalidOptionError(f"record {r0.get('id', '?')} has no seed: not a synthetic split")
         frames, size = int(r0.get("frames", DEFAULT_FRAMES)), int(r0.get("size", DEFAULT_SIZE))
-        spec, qas = generate(int(r0["seed"]), frames=frames, size=size, fps=fps)
+        spec, qas = generator_of(r0)(int(r0["seed"]), frames=frames, size=size, fps=fps)
         questions = {(q.question, q.answer_text) for q in qas}
         for r in recs:
             if (r["question"], r.get("answer_text", r["options"][LETTERS.index(r["answer"])])) not in questions:
