@@ -20,7 +20,7 @@ from fastvid_cli import __version__
 from fastvid_cli import options as O
 from fastvid_cli.cli_common import (check_cheaply as _check_cheaply, check_method as _check_method,
                                     check_ratio as _check_ratio, given_options as _given_cli_options,
-                                    method_options_by_name, run_command, server_client, server_url)
+                                    method_options_by_name, pop_select, run_command, server_client, server_url)
 from fastvid_cli.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidOptionError
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ BASELINE_HELP = ("After the answer, time the prefill of the pruned and of the un
 
 @app.command(cls=O.Command)
 @O.method_options(after="ratio")
+@O.select_options(after="fps")
 def ask(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file (mp4, mkv, webm, mov, …). Use `--` before "
                                  "a path that starts with '-'.", show_default=False),
@@ -85,6 +86,8 @@ def ask(
     prefill speedup) go to stderr.
     """
 
+    select = pop_select(method_options, frames, fps)  # before the method options are read
+
     def body() -> int:
         _check_ratio(ratio)
         _check_method(method)
@@ -92,10 +95,11 @@ def ask(
             raise InvalidOptionError("the question is empty")
         from fastvid_cli.pruning import check_options, given_options, resolve_params
 
+        sel = select()
         given = given_options(method_options)
         check_options([method], None, given)  # before the model loads, on any family; on the model's family below
         if server_url(server):
-            return _ask_on_server(server_url(server), api_key, video, question, method_options)
+            return _ask_on_server(server_url(server), api_key, video, question, method_options, sel)
         _check_cheaply(video, model, device, dtype, attn_implementation)
         from fastvid_cli import hub
         from fastvid_cli.engine import GenerationOptions, PruneOptions, set_threads
@@ -107,9 +111,11 @@ def ask(
         gen.validate()
         answer = AnswerOut()
         display = StageDisplay(enabled=not (as_json or quiet), answer=answer)
+        chosen: dict[str, Any] = {}
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
+            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps,
+            select=sel, question=question, chosen=chosen)
         family = engine.defaults["method_family"]
         check_options([method], family, given)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
@@ -122,6 +128,8 @@ def ask(
                             feature_cache=fcache, on_stage=display,
                             on_text=None if as_json else answer)
         display.stop()
+        if chosen:
+            report.selection = chosen
         data = report.to_dict()
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
         if as_json:
@@ -136,10 +144,13 @@ def ask(
     run_command(debug, body)
 
 
-def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, method_options: dict[str, Any]) -> int:
+def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, method_options: dict[str, Any],
+                   select=None) -> int:
     """`ask --server`: the options the user set go with the request (the method options by parameter name, which
     the server resolves as a local `ask` does, on its model's family); the rest are the server's defaults (which,
     for a server started without pruning/generation flags, are those of a local `ask`)."""
+    if select is not None:
+        raise InvalidOptionError("ask --server with --select is not supported yet", "run it locally")
     from fastvid_cli.remote import ask_remote
 
     p = _given_cli_options("frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p", "seed",
@@ -158,11 +169,13 @@ def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, me
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
                      attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool,
-                     fps: float | None = None):
+                     fps: float | None = None, select=None, question: str = "", chosen: dict | None = None):
     """Load the model on a worker thread while this thread samples the frames (after `_check_cheaply`).
 
     The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
-    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer)."""
+    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer).
+    With `select` (settings.SelectOptions), this thread samples the candidates, scores them against `question`
+    and keeps K (frame_choice); sample_ms then covers all of that, and `chosen` receives the selection's record."""
     from fastvid_cli import hub
     from fastvid_cli.settings import frame_request
 
@@ -189,7 +202,10 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     loader.start()
     t0 = time.perf_counter()
     try:
-        clip = sample_frames(str(video), request)
+        if select is None:
+            clip = sample_frames(str(video), request)
+        else:
+            clip = _select_frames(video, question, select, model, device, display, chosen)
         t_sampled = time.perf_counter()  # before waiting for the load: that wait is not sampling
         display("sample", "done", seconds=t_sampled - t0)
     finally:
@@ -206,8 +222,25 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
 
 
+def _select_frames(video: Path, question: str, select, model: str, device: str, display, chosen: dict | None):
+    """--select on this machine: the scorer (--selector, else the model's own, else SigLIP so400m) loads, scores
+    the sampled candidates against the question, and K of them are kept; returns that clip."""
+    from fastvid_cli.frame_choice import choose, sample_candidates
+    from fastvid_cli.frame_scorer import load_scorer, selector_source
+    from fastvid_cli.models import resolve_model
+    from fastvid_cli.models.loading import resolve_device
+
+    scorer = load_scorer(selector_source(select.selector, resolve_model(model)), resolve_device(device))
+    cands = sample_candidates(str(video), select, scorer)
+    clip, info = choose(cands, question, select)
+    if chosen is not None:
+        chosen.update(info)
+    return clip
+
+
 @app.command(cls=O.Command)
 @O.method_options(after="method")
+@O.select_options(after="fps")
 def compare(
     video: Path = typer.Argument(..., metavar="VIDEO", help="Video file.", show_default=False),
     question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer.", show_default=False),
@@ -250,7 +283,10 @@ def compare(
     --repeat times (greedy) and reports medians, with prefill and TTFT speedups measured against ratio 1.0.
     """
 
+    select = pop_select(method_options, frames, fps)
+
     def body() -> int:
+        sel = select()
         ratios = ratio or [0.5, 0.25, 0.1]
         for r in ratios:
             _check_ratio(r)
@@ -264,6 +300,8 @@ def compare(
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         if server_url(server):
+            if sel is not None:
+                raise InvalidOptionError("compare --server with --select is not supported yet", "run it locally")
             from fastvid_cli.remote import compare_remote
             from fastvid_cli.ui import print_compare
 
@@ -288,15 +326,19 @@ def compare(
         set_threads(threads)
         gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system, compile=compile_decode)
         display = StageDisplay(enabled=not as_json)
+        chosen: dict[str, Any] = {}
         engine, clip, sample_ms, _ = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps)
+            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps, select=sel,
+            question=question, chosen=chosen)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
         check_options(methods, engine.defaults["method_family"], given)
         result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
+        if chosen:
+            result["selection"] = chosen
         display.stop()
         if as_json:
             sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -399,12 +441,14 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
 def _register_batch() -> None:
     from fastvid_cli.cli_batch import batch
     from fastvid_cli.cli_eval import eval_
+    from fastvid_cli.cli_find import find
     from fastvid_cli.cli_serve import chat, serve
 
     app.command(name="batch", cls=O.Command)(batch)
     app.command(name="eval", cls=O.Command)(eval_)
     app.command(name="serve", cls=O.Command)(serve)
     app.command(name="chat", cls=O.Command)(chat)
+    app.command(name="find", cls=O.Command)(find)
 
 
 _register_batch()

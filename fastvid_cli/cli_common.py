@@ -167,3 +167,19 @@ def server_client(url: str, api_key: str | None, chatty: bool):
                     on_wait=(lambda msg: err_console.print(f"[dim]{msg}[/]")) if chatty else None)
     check_server_options(client, given_options(*SERVER_SIDE_OPTIONS), warn_line)
     return client
+
+
+# ---------------------------------------------------------------------------------------------- --select
+def pop_select(kwargs: dict[str, Any], frames: int | None = None, fps: float | None = None
+               ) -> Callable[[], Any]:
+    """Take --select/--candidates/--selector (options.select_options) out of a command's keyword arguments (they
+    arrive there with the method options), and return what checks them inside the command's body (so that a bad
+    value is a one-line error, exit 2): a function giving settings.SelectOptions, or None without --select."""
+    values = {name: kwargs.pop(name, None) for name in ("select", "candidates", "selector")}
+
+    def check():
+        from fastvid_cli.settings import select_options
+
+        return select_options(values["select"], values["candidates"], values["selector"], frames, fps)
+
+    return check

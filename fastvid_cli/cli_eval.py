@@ -14,7 +14,8 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import feature_cache_dir, run_command, server_client, server_url, traceback_printer
+from fastvid_cli.cli_common import (feature_cache_dir, pop_select, run_command, server_client, server_url,
+                                    traceback_printer)
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress
 
@@ -36,6 +37,7 @@ OUTPUT_HELP = ("JSON Lines output, one record per (question, setting): form, set
 
 
 @O.method_options(after="no_reference")
+@O.select_options(after="fps")
 def eval_(
     bench: Path = typer.Argument(..., metavar="BENCH", help=BENCH_HELP, show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
@@ -85,9 +87,12 @@ def eval_(
     about the video with a shared prompt-prefix KV cache, greedy. Answers are appended (fsync'd) to the output
     as they finish; rerun the same command to resume. Ctrl-C stops (exit 130); what was written is kept.
     """
+    select = pop_select(method_options, frames, fps)
+
     def body() -> int:
         from fastvid_cli import hub
 
+        sel = select()
         hub.set_offline(offline)
         from fastvid_cli.evaluate import DEFAULT_RATIOS, EvalConfig, run_eval
         from fastvid_cli.pruning import DEFAULT_METHOD, given_options
@@ -100,8 +105,12 @@ def eval_(
                          reference=not no_reference, limit=limit, max_new_tokens=max_new_tokens, system=system,
                          compile=compile_decode,
                          retry_errors=retry_errors, form=form.strip().lower(),
-                         cache_dir=feature_cache_dir(cache_dir, no_cache))
+                         cache_dir=feature_cache_dir(cache_dir, no_cache), select=sel)
         engine = None
+        if server_url(server) and sel is not None:
+            from fastvid_cli.errors import InvalidOptionError
+
+            raise InvalidOptionError("eval --server with --select is not supported yet", "run it locally")
         if server_url(server):  # every answer is a request to the server; records and resume as a local run
             from fastvid_cli.remote import remote_engine
 

@@ -187,6 +187,8 @@ class Engine:
         (families with a plan sample the same frames for the same count, whatever the rate that led to it)."""
         if clip is None:
             return self.frame_plan(frames, fps)
+        if clip.chosen_from:  # --select: the frames chosen for a question, not a uniform sample of that count
+            return {"chosen": list(clip.indices), "of": clip.chosen_from}
         plan = self.adapter.frame_plan(len(clip.indices), None)
         return plan if isinstance(plan, SamplePlan) else clip.requested
 

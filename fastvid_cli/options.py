@@ -39,6 +39,8 @@ EXAMPLES: dict[str | None, list[str]] = {
     "chat": ["fastvid chat examples/demo.mp4 --model demo",
              "fastvid chat clip.mp4 --server http://127.0.0.1:8000",
              'printf "What colour?\\nWhat shape?\\n" | fastvid chat clip.mp4 --server URL'],
+    "find": ['fastvid find clip.mp4 "a red square" --selector demo',
+             'fastvid find a.mp4 b.mp4 c.mp4 "a dog jumps into a pool" --top 3 --json'],
     "models": ["fastvid models", "fastvid models --json"],
     "doctor": ["fastvid doctor", "fastvid doctor --json"],
     None: ['fastvid ask clip.mp4 "What happens in this video?"',
@@ -197,6 +199,48 @@ def method_options(after: str) -> Callable[[Callable], Callable]:
         clash = {p.name for p in added} & {p.name for p in params}
         if clash:  # a method option would shadow one of the command's own
             raise TypeError(f"{command.__name__}: method options {sorted(clash)} clash with its parameters")
+        command.__signature__ = sig.replace(parameters=params[:at] + added + params[at:])
+        command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
+        return command
+
+    return add
+
+
+# ---------------------------------------------------------------------------------------------- --select
+# Declared once, added to every command that answers questions (ask, compare, batch, eval, chat, serve) by
+# `select_options`; the command reads them with settings.select_options(select, candidates, selector).
+SELECT_OPTIONS: list[tuple[str, Any, type]] = [
+    ("select", typer.Option(None, "--select", min=1, metavar="K",
+                            help="Choose K frames for the question instead of sampling uniformly: sample M "
+                                 "candidate frames, score each against the question with a text-image model "
+                                 "(--selector), keep K by BOLT's inverse transform sampling (relevance and "
+                                 "coverage; see README 'Frame selection'). Excludes --frames/--fps.",
+                            rich_help_panel="Video"), Optional[int]),
+    ("candidates", typer.Option(None, "--candidates", min=1, metavar="M",
+                                help="Candidate frames to score for --select (default: 4*K, or one per second "
+                                     "of video when that is more, at most 256).", rich_help_panel="Video"),
+     Optional[int]),
+    ("selector", typer.Option(None, "--selector", metavar="MODEL",
+                              help="Text-image model that scores frames for --select: hub id or folder of a SigLIP "
+                                   "checkpoint, or 'demo' (default: the model's own selector if it has one, as the "
+                                   "demo does, else google/siglip-so400m-patch14-384).", rich_help_panel="Video"),
+     Optional[str]),
+]
+
+
+def select_options(after: str) -> Callable[[Callable], Callable]:
+    """Give a command the --select, --candidates and --selector options (SELECT_OPTIONS), in its signature right
+    after the parameter `after`."""
+
+    def add(command: Callable) -> Callable:
+        sig = inspect.signature(command, eval_str=True)
+        params = list(sig.parameters.values())
+        at = [p.name for p in params].index(after) + 1
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=info, annotation=ann)
+                 for name, info, ann in SELECT_OPTIONS]
+        clash = {p.name for p in added} & {p.name for p in params}
+        if clash:
+            raise TypeError(f"{command.__name__}: select options {sorted(clash)} clash with its parameters")
         command.__signature__ = sig.replace(parameters=params[:at] + added + params[at:])
         command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
         return command

@@ -73,11 +73,16 @@ class Report:
     # a dataclass field: the fixed keys of `ask --json` and of batch records (dataclasses.fields) stay as they are,
     # and to_dict adds this one only when it was measured.
     logit_margins = None  # list[float] | None
+    # --select: how the frames were chosen (frame_choice.choose's record: chosen timestamps and scores, every
+    # candidate's, the rule and its parameters, times). Like logit_margins, in to_dict only when there is one.
+    selection = None  # dict | None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.logit_margins is not None:
             data["logit_margins"] = list(self.logit_margins)
+        if self.selection is not None:
+            data["selection"] = dict(self.selection)
         return data
 
     def set_margins(self, margins: list[float] | None) -> None:
@@ -106,6 +111,8 @@ class Report:
         report = cls(**{k: v for k, v in data.items() if k in names})
         if data.get("logit_margins") is not None:
             report.logit_margins = list(data["logit_margins"])
+        if data.get("selection") is not None:
+            report.selection = dict(data["selection"])
         return report
 
 

@@ -110,3 +110,68 @@ def sampling_settings(model: str, frames: int | None, fps: float | None,
     if frames:
         return int(frames), None
     return None, float(fps or defaults["fps"])
+
+
+# ------------------------------------------------------------------------------------------ --select
+# --select K: K frames chosen for the question among M sampled candidates (fastvid_cli.selection).
+MAX_SELECT = 256
+MAX_CANDIDATES = 1024
+CANDIDATES_PER_FRAME = 4  # default M: 4*K ...
+CANDIDATE_FPS = 1.0  # ... or one candidate per second when that is more (BOLT scores frames at 1 fps) ...
+DEFAULT_CANDIDATE_CAP = 256  # ... but at most this many (a one-hour video would otherwise decode 3600 frames)
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """`--select K [--candidates M] [--selector MODEL]`: what to choose frames with. Torch-free."""
+
+    k: int
+    candidates: int | None = None
+    selector: str | None = None
+    power: float = 3.0  # BOLT's sharpening power (selection.DEFAULT_POWER)
+
+    def validate(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_SELECT:
+            raise InvalidOptionError(f"--select must be a whole number from 1 to {MAX_SELECT} (got {self.k})")
+        m = self.candidates
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not self.k <= m <= MAX_CANDIDATES):
+            raise InvalidOptionError(f"--candidates must be from --select ({self.k}) to {MAX_CANDIDATES} (got {m})")
+        if self.selector is not None and not self.selector.strip():
+            raise InvalidOptionError("--selector is empty")
+
+    def count(self, total: int, video_fps: float | None) -> int:
+        """Candidates to sample of a video of `total` frames at `video_fps`: --candidates, else max(4*K, one per
+        second) capped at DEFAULT_CANDIDATE_CAP (never below K); never more than the video has."""
+        if self.candidates:
+            m = self.candidates
+        else:
+            seconds = total / video_fps if video_fps and video_fps > 0 else 0.0
+            per_second = int(-(-seconds * CANDIDATE_FPS // 1))  # ceil
+            m = max(self.k, min(max(CANDIDATES_PER_FRAME * self.k, per_second), DEFAULT_CANDIDATE_CAP))
+        return max(1, min(m, total))
+
+    def __call__(self, total: int, video_fps: float | None) -> list[int]:
+        """The candidates' frame indices (a video.IndexPlan): uniform, as `video.sample_indices` picks them."""
+        import numpy as np
+
+        return np.linspace(0, total - 1, self.count(total, video_fps), dtype=int).tolist()
+
+    def key(self) -> dict[str, Any]:
+        """What the selection is, for fingerprints and records (the selector as given: None is the default)."""
+        return {"k": self.k, "candidates": self.candidates, "selector": self.selector, "power": self.power,
+                "rule": "bolt-its"}
+
+
+def select_options(select: int | None, candidates: int | None, selector: str | None,
+                   frames: int | None = None, fps: float | None = None) -> SelectOptions | None:
+    """The --select options of a command, checked (None without --select; --candidates or --selector alone, or
+    --select with --frames/--fps, is a usage error)."""
+    if select is None:
+        if candidates is not None or selector is not None:
+            raise InvalidOptionError("--candidates and --selector go with --select K")
+        return None
+    if frames is not None or fps is not None:
+        raise InvalidOptionError("--select K chooses the frames; it excludes --frames and --fps")
+    opts = SelectOptions(k=select, candidates=candidates, selector=selector)
+    opts.validate()
+    return opts

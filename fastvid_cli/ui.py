@@ -277,6 +277,12 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None, server: str |
     if r["frames"] < r.get("frames_requested", r["frames"]):
         frames += [f"[yellow](clip has only {r['frames']} frames;[/]", f"[yellow]asked for {r['frames_requested']})[/]"]
     grid.add_row("frames", Flow([frames]))
+    sel = r.get("selection")
+    if sel:
+        grid.add_row("selected", Flow([[f"{sel['k']} of {sel['candidates']} candidates", "for the question",
+                                        f"(BOLT ITS, power {sel['power']:g};", Text(f"{sel['selector']})")]]))
+        grid.add_row("t (score)", Flow([[f"{t:.2f}s ({sc:.3f})" for t, sc in zip(sel["timestamps"],
+                                                                                  sel["scores"])]]))
     total, kept = r["video_tokens_total"], r["video_tokens_kept"]
     pct = 100.0 * kept / total if total else 0.0
     method = r["method"] if r["method"] == "none" else f"{r['method']} r={r['ratio']:g}"

@@ -56,6 +56,8 @@ class Clip:
     rotation: counter-clockwise degrees applied to upright the frames (0/90/180/270), the convention of PyAV's
         ``VideoFrame.rotation`` and ffprobe's display matrix; a phone's portrait clip tagged ``rotate=90`` reads 270.
     codec: FFmpeg decoder name (e.g. "h264", "vp9").
+    chosen_from: set when these frames were chosen out of that many sampled candidates (`--select`), so they are
+        not the uniform sample a frame count names (the feature cache keys them by their indices).
     """
 
     frames: np.ndarray
@@ -70,6 +72,7 @@ class Clip:
     height: int
     rotation: int
     codec: str
+    chosen_from: int | None = None
 
     @property
     def short(self) -> bool:

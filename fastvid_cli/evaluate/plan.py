@@ -45,6 +45,8 @@ class EvalConfig(ModelOptions):
     retry_errors: bool = False
     form: str = "mc"  # "mc": options and a letter; "short": short_prompt, exact match against short_answer
     cache_dir: Path | None = None  # on-disk feature cache (feature_cache.FeatureCache); None: none. Not fingerprinted
+    # --select K: frames chosen per question (settings.SelectOptions); fingerprinted ("select") only when given
+    select: Any = None
 
     @property
     def output_path(self) -> Path:
@@ -101,6 +103,10 @@ def validate_config(cfg: EvalConfig) -> None:
         raise InvalidOptionError(f"--limit must be >= 1 (got {cfg.limit})")
     if cfg.frames is not None and not 1 <= cfg.frames <= MAX_FRAMES:
         raise InvalidOptionError(f"--frames must be from 1 to {MAX_FRAMES} (got {cfg.frames})")
+    if cfg.select is not None:
+        cfg.select.validate()
+        if cfg.frames is not None or cfg.fps is not None:
+            raise InvalidOptionError("--select K chooses the frames; it excludes --frames and --fps")
     check_options(cfg.methods, None, cfg.params)  # on any family: the model's, once known (make_plan)
     cfg.generation().validate()
     out = cfg.output_path
@@ -173,7 +179,7 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     pairs = compare_settings(list(dict.fromkeys(cfg.methods)), list(cfg.ratios), cfg.reference)
     settings = [Setting(m, float(r), tuple(_setting_params(m, cfg, defaults).items()))
                 for m, r in dict.fromkeys(pairs)]
-    frames = {q.id: q.frames or default_frames for q in questions}
+    frames = {q.id: (cfg.select.k if cfg.select is not None else q.frames or default_frames) for q in questions}
     # the form's part of every fingerprint; multiple choice keeps the keys it had before forms existed
     if cfg.form == "mc":
         task: dict[str, Any] = {"task": "multiple-choice", "prompt_version": PROMPT_VERSION}
@@ -199,6 +205,8 @@ def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
             }
             if frames[q.id] is None:  # only rate-sampling families carry it: other fingerprints are unchanged
                 x["fps"] = rate
+            if cfg.select is not None:  # chosen frames: only these records carry it
+                x["select"] = cfg.select.key()
             full[(q.id, s.label)] = x
             fps[(q.id, s.label)] = fingerprint(x)
     return EvalPlan(questions, settings, ref.source, frames, full, fps, cfg.form, ref.display)

@@ -77,11 +77,15 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
                         from fastvid_cli.feature_cache import FeatureCache
 
                         fcache = FeatureCache(cfg.cache_dir)
+                    scorer = _scorer(cfg, engine) if cfg.select is not None else None
                     progress.answering()
                     for group in _groups(answerable, plan):
                         if stop.is_set():
                             break
-                        _answer_group(engine, group, plan, cfg, write, stop, on_exception, fcache)
+                        if scorer is not None:
+                            _answer_group_selected(engine, scorer, group, plan, cfg, write, stop, on_exception)
+                        else:
+                            _answer_group(engine, group, plan, cfg, write, stop, on_exception, fcache)
             finally:
                 writer.close()
     finally:
@@ -161,3 +165,72 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
             read = normalize_short(report.answer) if short else parse(report.answer, q.options)
             write(ok_record(plan, q, s, report, read))
         del sess  # frees this setting's prefix KV cache before the next one is built
+
+
+def _scorer(cfg: EvalConfig, engine):
+    """The frame scorer of --select (--selector, else the model's own, else SigLIP so400m), on the model's vision
+    device."""
+    from fastvid_cli.frame_scorer import load_scorer, selector_source
+    from fastvid_cli.models import resolve_model
+
+    return load_scorer(selector_source(cfg.select.selector, resolve_model(cfg.model)), engine.adapter.vision_device)
+
+
+def _answer_group_selected(engine, scorer, group: _Group, plan: EvalPlan, cfg: EvalConfig, write: Callable,
+                           stop: threading.Event, on_exception=None) -> None:
+    """--select: the video's candidates are sampled and embedded once; each question then gets its own K frames
+    (frame_choice.choose), encoded once and pruned by every setting. No feature cache: the features belong to one
+    question."""
+    from fastvid_cli.frame_choice import choose, sample_candidates
+    from fastvid_cli.settings import PruneOptions
+
+    gen = cfg.generation()
+    short = plan.form == "short"
+    parse = None if short else choice_parser()
+    try:
+        cands = sample_candidates(group.path, cfg.select, scorer)
+    except Exception as e:
+        message = item_error(e, on_exception)
+        for s, qs in group.items.items():
+            for q in qs:
+                write(error_record(plan, q, s, message))
+        return
+    by_question: dict[str, list[Setting]] = {}
+    questions: dict[str, BenchQuestion] = {}
+    for s, qs in group.items.items():
+        for q in qs:
+            by_question.setdefault(q.id, []).append(s)
+            questions[q.id] = q
+    for qid, settings in by_question.items():
+        q = questions[qid]
+        prompt = short_prompt(q.question) if short else mc_prompt(q.question, q.options)
+        try:
+            clip, info = choose(cands, q.question, cfg.select)
+            base = engine.session(group.path, prune=PruneOptions(method="none", ratio=1.0), clip=clip,
+                                  sample_ms=cands.sample_ms, system=gen.system)
+        except Exception as e:
+            message = item_error(e, on_exception)
+            for s in settings:
+                write(error_record(plan, q, s, message))
+            continue
+        for s in settings:
+            if stop.is_set():
+                return
+            opts = PruneOptions(method=s.method, ratio=s.ratio, params=s.param_dict())
+            try:
+                sess = engine.session_from_features(group.path, base.clip, base.feats, opts, base.timings,
+                                                    system=gen.system)
+                report = sess.answer(prompt, gen, reuse_prefix=False, lead_ms=sess.timings.get("prune", 0.0))
+            except ServerError:
+                raise
+            except Exception as e:
+                write(error_record(plan, q, s, item_error(e, on_exception)))
+                continue
+            if report.stop_reason == "interrupted":
+                raise KeyboardInterrupt
+            read = normalize_short(report.answer) if short else parse(report.answer, q.options)
+            rec = ok_record(plan, q, s, report, read)
+            rec["selection"] = {k: info[k] for k in ("k", "candidates", "selector", "power", "timestamps",
+                                                     "scores", "timings_ms")}
+            write(rec)
+            del sess

@@ -1,0 +1,184 @@
+"""Frame scorers: how relevant each video frame is to a text, for `--select` and `fastvid find`.
+
+A scorer embeds frames (uint8 (T,H,W,3)) and texts into one space; a frame's score for a text is the cosine of
+the two embeddings (what BOLT uses). Two kinds:
+
+  SiglipScorer  a SigLIP text-image checkpoint (default google/siglip-so400m-patch14-384, the checkpoint whose
+                attention-pooling head FastVID's saliency already reads): its vision model (pooled output) and
+                text model (texts padded to 64 tokens, as SigLIP was trained). Selection needs both whole towers,
+                so unlike the saliency head nothing is extracted: the checkpoint's files are read from the
+                Hugging Face cache (downloaded once when allowed), and `--offline` without them is a one-line
+                error that names the files to download.
+  DemoScorer    the demo model's selector (`fastvid_cli.demo.text_tower`): the demo's own vision tower and the
+                small text tower trained against it; a model folder holding `text_tower.safetensors` brings it.
+
+Which one (`selector_source`): `--selector` (a hub id, a folder, or "demo"); else the model folder's own
+selector when it has one (the demo); else the SigLIP default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastvid_cli import hub
+from fastvid_cli.errors import ModelUnavailableError
+from fastvid_cli.hub import HubUnreachableError, ModelRef
+
+DEFAULT_SELECTOR = "google/siglip-so400m-patch14-384"
+DEMO_SELECTOR = "demo"
+OWN_SELECTOR_FILE = "text_tower.safetensors"  # a model folder holding this brings its own selector (the demo)
+SIGLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
+                "spiece.model", "special_tokens_map.json")
+TEXT_LENGTH = 64  # SigLIP's text towers were trained on texts padded to 64 tokens
+FRAME_CHUNK = 32
+
+
+def selector_source(selector: str | None, model_ref: ModelRef | None = None) -> str:
+    """What scores the frames: `selector` ("demo" names the demo's own), else the model folder's own selector when
+    it has one, else DEFAULT_SELECTOR."""
+    from fastvid_cli.models import DEMO_DIR
+
+    if selector:
+        s = selector.strip()
+        return str(DEMO_DIR) if s == DEMO_SELECTOR else s
+    if model_ref is not None and model_ref.is_local and (Path(model_ref.source) / OWN_SELECTOR_FILE).is_file():
+        return str(model_ref.source)
+    return DEFAULT_SELECTOR
+
+
+class FrameScorer:
+    """Embeds frames and texts into one space; `scores` is their cosine."""
+
+    source: str
+    device: torch.device
+
+    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T,H,W,3) -> float32 (T,D) unit vectors (on the CPU)."""
+        raise NotImplementedError
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """texts -> float32 (Q,D) unit vectors (on the CPU)."""
+        raise NotImplementedError
+
+    def scores(self, frame_embeds: torch.Tensor, text: str) -> torch.Tensor:
+        """(T,D) frame embeddings, a text -> (T,) cosine similarities."""
+        return frame_embeds @ self.embed_texts([text])[0]
+
+
+class DemoScorer(FrameScorer):
+    def __init__(self, folder: Path, device: torch.device):
+        from fastvid_cli.demo import text_tower
+
+        self.source = str(folder)
+        self.device = device
+        self._tt = text_tower
+        self.tower = text_tower.load_tower(folder).to(device)
+        self.heads = text_tower.load(folder / OWN_SELECTOR_FILE).to(device)
+
+    @torch.inference_mode()
+    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+        out = []
+        for i in range(0, len(frames), FRAME_CHUNK):
+            pixels = self._tt.preprocess(frames[i:i + FRAME_CHUNK]).to(self.device)
+            out.append(self.heads.frame(self._tt.tower_tokens(self.tower, pixels)).float().cpu())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.heads.text(list(texts)).float().cpu()
+
+
+class SiglipScorer(FrameScorer):
+    def __init__(self, model, tokenizer, source: str, image_size: int, mean, std, device: torch.device,
+                 dtype: torch.dtype):
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.image_size, self.mean, self.std = image_size, mean, std
+        self.device, self.dtype = device, dtype
+
+    @torch.inference_mode()
+    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+        from fastvid_cli.preprocess import normalize, resize_frames
+
+        out = []
+        for i in range(0, len(frames), FRAME_CHUNK):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + FRAME_CHUNK])).permute(0, 3, 1, 2)
+            x = x.to(self.device, non_blocking=True)
+            x = normalize(resize_frames(x, (self.image_size, self.image_size)), self.mean, self.std)
+            pooled = self.model.vision_model(pixel_values=x.to(self.dtype)).pooler_output
+            out.append(F.normalize(pooled.float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(texts), padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                             return_tensors="pt")["input_ids"].to(self.device)
+        pooled = self.model.text_model(input_ids=ids).pooler_output
+        return F.normalize(pooled.float(), dim=-1).cpu()
+
+
+def _unavailable(source: str, why: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"the frame selector {source} is not available here ({why})",
+        f"download it on a connected machine with: hf download {source} {' '.join(SIGLIP_FILES)}; or pass "
+        f"--selector with a local SigLIP folder")
+
+
+def _siglip_folder(source: str) -> str:
+    """A local folder holding the SigLIP checkpoint's files: `source` itself, or its snapshot in the hub cache
+    (downloaded file by file when missing and allowed)."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelUnavailableError(f"--selector {source}: no config.json in that folder")
+        return str(local)
+    if local.suffix or source.startswith((".", "/", "~")):
+        raise ModelUnavailableError(f"--selector {source}: no such folder")
+    ref = ModelRef(source, None, False)
+    try:
+        config = hub.get_file(ref, "config.json")
+        for name in SIGLIP_FILES[1:]:
+            hub.get_file(ref, name, required=name in ("model.safetensors", "spiece.model"))
+    except HubUnreachableError as e:
+        raise _unavailable(source, e.message) from None
+    except ModelUnavailableError as e:
+        raise _unavailable(source, e.message.split(" (")[0]) from None
+    return os.path.dirname(config)
+
+
+def _load_siglip(source: str, device: torch.device, dtype: torch.dtype) -> SiglipScorer:
+    import json
+
+    from transformers import AutoTokenizer, SiglipModel
+
+    folder = _siglip_folder(source)
+    try:
+        model = SiglipModel.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelUnavailableError(f"--selector {source}: not a SigLIP text-image checkpoint ({first})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except ImportError as e:  # SigLIP's tokenizer is a sentencepiece model
+        raise ModelUnavailableError(f"the frame selector's tokenizer needs a package that is missing ({e})",
+                                    "pip install sentencepiece protobuf") from None
+    pre = Path(folder) / "preprocessor_config.json"
+    cfg = json.loads(pre.read_text()) if pre.is_file() else {}
+    size = cfg.get("size", {}).get("height") or int(model.config.vision_config.image_size)
+    mean, std = cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3)
+    return SiglipScorer(model.to(device).eval(), tokenizer, source, int(size), mean, std, device, dtype)
+
+
+def load_scorer(source: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> FrameScorer:
+    """The scorer at `source` (see `selector_source`) on `device`. ModelUnavailableError (exit 6, one line saying
+    what to download) when its weights are not here and cannot be fetched: never a silent fallback."""
+    dev = torch.device(device)
+    folder = Path(source).expanduser()
+    if folder.is_dir() and (folder / OWN_SELECTOR_FILE).is_file():
+        return DemoScorer(folder, dev)
+    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+    return _load_siglip(source, dev, dtype)
