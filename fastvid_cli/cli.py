@@ -196,6 +196,10 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
             loaded["error"] = e
         loaded["t"] = time.perf_counter()
 
+    if select is not None:
+        from fastvid_cli.frame_scorer import import_classes
+
+        import_classes()  # before the loader thread imports transformers too
     display("load", "start")
     loader = threading.Thread(target=load, daemon=True, name="fastvid-load")
     t_load = time.perf_counter()

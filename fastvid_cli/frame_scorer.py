@@ -173,6 +173,13 @@ def _load_siglip(source: str, device: torch.device, dtype: torch.dtype) -> Sigli
     return SiglipScorer(model.to(device).eval(), tokenizer, source, int(size), mean, std, device, dtype)
 
 
+def import_classes() -> None:
+    """Import the transformers classes the scorers use, on this thread: call it before another thread starts
+    importing transformers (the model load beside `ask`'s selection), since two threads importing the same lazy
+    transformers module at once can see it half initialised."""
+    from transformers import AutoTokenizer, SiglipModel, SiglipVisionConfig, SiglipVisionModel  # noqa: F401
+
+
 def load_scorer(source: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> FrameScorer:
     """The scorer at `source` (see `selector_source`) on `device`. ModelUnavailableError (exit 6, one line saying
     what to download) when its weights are not here and cannot be fetched: never a silent fallback."""
