@@ -235,8 +235,15 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    summary = train(ap.parse_args())
+    ap.add_argument("--text-tower", action="store_true",
+                    help="then train the demo's frame selector on the saved tower (demo/text_tower.py; CPU, minutes)")
+    args = ap.parse_args()
+    summary = train(args)
     print(f"trained {summary['steps']} steps in {summary['minutes']} min on {summary['device']}")
+    if args.text_tower:  # the selector's heads sit on the vision tower just trained: retrain them with it
+        from fastvid_cli.demo.text_tower import train_text
+
+        train_text(Path(args.out))
 
 
 if __name__ == "__main__":
