@@ -46,6 +46,9 @@ class ChatSettings:
     params: dict[str, Any] = field(default_factory=dict)
     gen: dict[str, Any] = field(default_factory=dict)  # max_new_tokens, temperature, top_p, seed, system, compile
     cache: bool = True  # the on-disk feature cache of a local chat (a server decides about its own)
+    # --select K (settings.SelectOptions): the frames are chosen for the conversation's opening question and kept
+    # for its follow-ups (a conversation is about one set of frames; /reset lets the next question choose again)
+    select: Any = None
 
 
 def stats_line(r: dict[str, Any], where: str | None = None) -> str:
@@ -78,16 +81,38 @@ class LocalBackend:
         self.model = model
         self.feature_cache = feature_cache
         self.features: dict[tuple, tuple] = {}  # (video, frames plan) -> (clip, feats, timings, cache status)
+        self.scorer = None  # --select: the frame scorer, loaded at the first question
+        self.candidates: dict[tuple, Any] = {}  # --select: (video, selection) -> frame_choice.Candidates
+        self.selections: dict[tuple, dict] = {}  # --select: (video, frames plan) -> the selection's record
         self.sessions: dict[tuple, Any] = {}
         self.where = f"{engine.device} · {engine.model_name}"
 
-    def _session(self, s: ChatSettings):
+    def _chosen(self, s: ChatSettings, opening: str):
+        """--select: (the K-frame clip chosen for `opening`, the selection's record); the video's candidates are
+        decoded and embedded once."""
+        from fastvid_cli.frame_choice import choose, sample_candidates
+
+        if self.scorer is None:
+            from fastvid_cli.frame_scorer import load_scorer, selector_source
+            from fastvid_cli.models import resolve_model
+
+            self.scorer = load_scorer(selector_source(s.select.selector, resolve_model(self.model)),
+                                      self.engine.adapter.vision_device)
+        ckey = (os.path.realpath(s.video), json.dumps(s.select.key(), sort_keys=True))
+        if ckey not in self.candidates:
+            self.candidates = {ckey: sample_candidates(s.video, s.select, self.scorer)}
+        return choose(self.candidates[ckey], opening, s.select)
+
+    def _session(self, s: ChatSettings, opening: str = ""):
         from fastvid_cli.engine import PruneOptions
         from fastvid_cli.settings import frame_request
 
         eng = self.engine
-        plan = frame_request(self.model, s.frames, s.fps)
-        plan_key = plan.key() if hasattr(plan, "key") else plan
+        if s.select is not None:  # the frames chosen for the conversation's opening question
+            plan, plan_key = None, ("select", json.dumps(s.select.key(), sort_keys=True), opening)
+        else:
+            plan = frame_request(self.model, s.frames, s.fps)
+            plan_key = plan.key() if hasattr(plan, "key") else plan
         prune = PruneOptions(method=s.method, ratio=resolve_ratio(s, eng.defaults), params=local_params(s, eng.defaults))
         key = (os.path.realpath(s.video), plan_key, prune.method, prune.ratio,
                json.dumps(prune.params, sort_keys=True, default=str), s.gen.get("system"))
@@ -99,6 +124,12 @@ class LocalBackend:
             clip, feats, timings, status = self.features[fkey]
             sess = eng.session_from_features(s.video, clip, feats, prune, timings, system=s.gen.get("system"))
             sess.cache_status = "hit"
+        elif s.select is not None:
+            clip, info = self._chosen(s, opening)
+            sess = eng.session(s.video, prune=prune, system=s.gen.get("system"), clip=clip,
+                               sample_ms=info["timings_ms"]["sample_candidates"])
+            self.features = {fkey: (sess.clip, sess.feats, dict(sess.timings), sess.cache_status)}
+            self.selections[fkey] = info
         else:
             counted = isinstance(plan, int)
             sess = eng.session(s.video, frames=plan if counted else s.frames, fps=None if counted else s.fps,
@@ -113,9 +144,13 @@ class LocalBackend:
                on_text: Callable[[str], None] | None) -> dict[str, Any]:
         from fastvid_cli.engine import GenerationOptions
 
-        sess, lead = self._session(s)
+        opening = history[0][0] if history else question
+        sess, lead = self._session(s, opening)
         gen = GenerationOptions(**s.gen)
         report = sess.answer(question, gen, lead_ms=lead, on_text=on_text, history=history, reuse_prefix=True)
+        if s.select is not None:
+            report.selection = self.selections.get((os.path.realpath(s.video),
+                                                    ("select", json.dumps(s.select.key(), sort_keys=True), opening)))
         data = report.to_dict()
         data["timings_ms"]["load"] = round(self.engine.load_ms or 0.0, 3)
         return data

@@ -14,7 +14,8 @@ from typing import Any, Optional
 import typer
 
 from fastvid_cli import options as O
-from fastvid_cli.cli_common import feature_cache_dir, run_command, server_client, server_url, traceback_printer
+from fastvid_cli.cli_common import (feature_cache_dir, pop_select, run_command, server_client, server_url,
+                                    traceback_printer)
 from fastvid_cli.runs import RunCounts
 from fastvid_cli.ui import ItemProgress, fmt_ms
 
@@ -28,6 +29,7 @@ OUTPUT_HELP = ("JSON Lines output, one record per row: the fields of `ask --json
 
 
 @O.method_options(after="ratio")
+@O.select_options(after="fps")
 def batch(
     questions: Path = typer.Argument(..., metavar="QUESTIONS", help=CSV_HELP, show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help=OUTPUT_HELP,
@@ -84,9 +86,12 @@ def batch(
     video groups are split over the processes (one per GPU, or gloo on CPU) and merged into the output in CSV
     order at the end. Progress (done/failed, ETA, mean tokens kept, mean TTFT) goes to stderr.
     """
+    select = pop_select(method_options, frames, fps)
+
     def body() -> int:
         from fastvid_cli import hub
 
+        sel = select()
         hub.set_offline(offline)
         from fastvid_cli.batch import BatchConfig, run_batch
         from fastvid_cli.errors import EXIT_INTERRUPTED, RowsFailedError
@@ -104,8 +109,12 @@ def batch(
                           temperature=temperature, top_p=top_p, seed=seed, system=system, compile=compile_decode,
                           answer_batch=rows_together,
                           retry_errors=retry_errors, overwrite=overwrite,
-                          cache_dir=feature_cache_dir(cache_dir, no_cache))
+                          cache_dir=feature_cache_dir(cache_dir, no_cache), select=sel)
         engine = None
+        if server_url(server) and sel is not None:
+            from fastvid_cli.errors import InvalidOptionError
+
+            raise InvalidOptionError("batch --server with --select is not supported yet", "run it locally")
         if server_url(server):  # every answer is a request to the server; records and resume as a local run
             from fastvid_cli.remote import remote_engine
 

@@ -182,4 +182,5 @@ def pop_select(kwargs: dict[str, Any], frames: int | None = None, fps: float | N
 
         return select_options(values["select"], values["candidates"], values["selector"], frames, fps)
 
+    check.values = values  # `serve` takes --selector alone too: the scorer of the requests that select
     return check

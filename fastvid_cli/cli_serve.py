@@ -16,13 +16,14 @@ import typer
 
 from fastvid_cli import options as O
 from fastvid_cli.cli_common import (check_cheaply, check_method, check_ratio, given_options, method_options_by_name,
-                                    run_command, server_client, server_url)
+                                    pop_select, run_command, server_client, server_url)
 from fastvid_cli.errors import InvalidOptionError
 
 S = "Server"
 
 
 @O.method_options(after="ratio")
+@O.select_options(after="fps")
 def serve(
     model: str = O.MODEL,
     host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", rich_help_panel=S,
@@ -88,9 +89,14 @@ def serve(
     (Prometheus). Requests about one video share its features and prompt prefix, and greedy ones waiting together
     are decoded together. Ctrl-C or SIGTERM stops accepting requests, finishes those in flight, and exits 0.
     """
+    select = pop_select(method_options, frames, fps)
+
     def body() -> int:
         check_ratio(ratio)
         check_method(method)
+        # --select K: every request selects unless it says otherwise; --selector alone: the scorer of those that do
+        alone = select.values["select"] is None and select.values["candidates"] is None
+        sel = None if alone else select()
         check_cheaply(None, model, device, dtype, attn_implementation)
         from fastvid_cli import pruning
 
@@ -113,7 +119,8 @@ def serve(
 
         defaults = Defaults(method=method, ratio=ratio, frames=frames, fps=fps, params=params,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                            system=system, compile=compile_decode)
+                            system=system, compile=compile_decode, select=sel,
+                            selector=select.values["selector"])
         roots = [os.getcwd(), *(str(d) for d in allowed_media_dir)]
         cfg = ServeConfig(model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
                           saliency_model=saliency_model, offline=offline, threads=threads,
@@ -134,6 +141,7 @@ def serve(
 
 
 @O.method_options(after="ratio")
+@O.select_options(after="fps")
 def chat(
     video: Path = typer.Argument(..., metavar="VIDEO", help="The video to talk about.", show_default=False),
     server: Optional[str] = O.SERVER,
@@ -171,9 +179,12 @@ def chat(
     earlier input. With --server the model of a running `fastvid serve` answers (nothing heavy loads here). When
     stdin is not a terminal, each line is a question (or a command) and each answer is printed on one line.
     """
+    select = pop_select(method_options, frames, fps)
+
     def body() -> int:
         check_ratio(ratio)
         check_method(method)
+        sel = select()
         from fastvid_cli.chat import Chat, ChatSettings, history_path
         from fastvid_cli.client import check_local_video
 
@@ -188,7 +199,10 @@ def chat(
         from fastvid_cli.settings import GenerationOptions
 
         GenerationOptions(**gen).validate()
-        settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params, gen=gen, cache=not no_cache)
+        settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params, gen=gen, cache=not no_cache,
+                                select=sel)
+        if url and sel is not None:
+            raise InvalidOptionError("chat --server with --select is not supported yet", "run it locally")
         if url:
             from fastvid_cli.chat import RemoteBackend
 

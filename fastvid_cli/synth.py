@@ -793,6 +793,13 @@ def shipped_split_path() -> Path:
     return Path(str(resources.files("fastvid_cli.data").joinpath("synth_test.jsonl")))
 
 
+def clip_frames(record: dict) -> int:
+    """A synthetic record's clip length: "clip_frames" (the needle split, whose clips are longer than the frames a
+    model samples, so its records leave "frames", which `fastvid eval` samples, to the command line), else
+    "frames"."""
+    return int(record.get("clip_frames", record.get("frames", DEFAULT_FRAMES)))
+
+
 def generator_of(record: dict):
     """The function that renders a record's clip from its seed: ``generate``, or another split's generator named
     by the record's "generator" field ("needle": ``fastvid_cli.synth_needle.generate``)."""
@@ -810,7 +817,7 @@ def render_record(record: dict) -> np.ndarray:
     """Re-render a synthetic record's clip from its seed: uint8 (T, H, W, 3), no video file involved."""
     if "seed" not in record:
         raise InvalidOptionError(f"record {record.get('id', '?')} has no seed: not a synthetic clip")
-    spec, _ = generator_of(record)(int(record["seed"]), frames=int(record.get("frames", DEFAULT_FRAMES)),
+    spec, _ = generator_of(record)(int(record["seed"]), frames=clip_frames(record),
                        size=int(record.get("size", DEFAULT_SIZE)))
     return render(spec)
 
@@ -869,7 +876,7 @@ def materialize(jsonl_path, out_dir, *, fps: int = DEFAULT_FPS) -> dict[str, int
         r0 = recs[0]
         if "seed" not in r0:
             raise InvalidOptionError(f"record {r0.get('id', '?')} has no seed: not a synthetic split")
-        frames, size = int(r0.get("frames", DEFAULT_FRAMES)), int(r0.get("size", DEFAULT_SIZE))
+        frames, size = clip_frames(r0), int(r0.get("size", DEFAULT_SIZE))
         spec, qas = generator_of(r0)(int(r0["seed"]), frames=frames, size=size, fps=fps)
         questions = {(q.question, q.answer_text) for q in qas}
         for r in recs:

@@ -8,8 +8,8 @@ seed): "What colour is the <target shape>?" or "What shape is the <target colour
 include the distractors' colours (shapes). With 8 uniform frames (one every ~18 frames) a 4-frame needle is seen
 about a fifth of the time, with 16 about half the time.
 
-Records are those of `fastvid_cli.synth` (same fields, so `fastvid eval` reads them) plus
-``"generator": "needle"`` (so `synth.materialize` re-renders them with this module) and ``"needle": [start, end]``,
+Records are those of `fastvid_cli.synth` (same fields, so `fastvid eval` reads them; the clip length is
+``"clip_frames"``, not ``"frames"``, which eval would take as the frames to sample) plus ``"generator": "needle"`` (so `synth.materialize` re-renders them with this module) and ``"needle": [start, end]``,
 the seconds the target is on screen (what `fastvid find` should return). Seeds start at NEEDLE_SEED_START, apart
 from the regular test split's and the training streams'; the regular split is untouched.
 """
@@ -100,6 +100,7 @@ def check(spec: synth.ClipSpec, qa: synth.QA) -> bool:
 
 def to_record(spec: synth.ClipSpec, qa: synth.QA) -> dict:
     rec = synth.to_record(spec, qa, 0)
+    rec["clip_frames"] = rec.pop("frames")  # "frames" is what `fastvid eval` samples: left to --frames / --select
     rec["generator"] = "needle"
     rec["needle"] = [round(x, 4) for x in needle_span(spec, qa)]
     return rec

@@ -132,3 +132,45 @@ def test_eval_select_records_the_chosen_frames(runner, needle, tmp_path):
     again = runner.invoke(app, ["eval", str(bench), "--model", "demo", "--select", "8", "--method", "fastvid",
                                 "--ratio", "0.25", "--no-reference", "-o", str(out), "--json", "--no-cache"])
     assert json.loads(again.stdout)["run"]["skipped"] == 1
+
+
+def test_batch_select_answers_each_row_with_its_own_frames(runner, needle, tmp_path):
+    video, rec = needle
+    csv = tmp_path / "q.csv"
+    csv.write_text(f"id,video,question\na,{video},What colour is the diamond?\nb,{video},What shape is the "
+                   f"blue object?\n")
+    out = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["batch", str(csv), "--model", "demo", "--select", "4", "--max-new-tokens", "3",
+                                 "-o", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.stderr
+    recs = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(recs) == {"a", "b"} and all(r["status"] == "ok" and r["frames"] == 4 for r in recs.values())
+    assert all(r["frame_timestamps"] == pytest.approx(r["selection"]["timestamps"], abs=1e-3) for r in recs.values())
+    assert recs["a"]["settings"]["select"]["k"] == 4
+
+
+def test_server_selects_per_request_and_checks_the_values(needle, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    from fastvid_cli.server import ServeConfig, Service
+
+    video, rec = needle
+    svc = Service(ServeConfig(model="demo", device="cpu", dtype="float32", port=0, media_dirs=[str(video.parent)],
+                              no_cache=True))
+    svc.start()
+    try:
+        def body(ext):
+            return {"model": "demo", "max_tokens": 4, "fastvid": ext, "messages": [{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": f"file://{video}"}},
+                {"type": "text", "text": rec["question"]}]}]}
+
+        r = httpx.post(f"{svc.url}/v1/chat/completions", json=body({"select": 6, "candidates": 24}), timeout=300)
+        assert r.status_code == 200, r.text
+        fv = r.json()["fastvid"]
+        assert fv["frames"] == 6 and fv["selection"]["candidates"] == 24 and len(fv["selection"]["timestamps"]) == 6
+        for bad in ({"select": 0.5}, {"select": 4, "frames": 8}, {"candidates": 8}, {"select": 8, "candidates": 4}):
+            r = httpx.post(f"{svc.url}/v1/chat/completions", json=body(bad), timeout=60)
+            assert r.status_code == 400, (bad, r.text)
+    finally:
+        svc.stop()

@@ -47,6 +47,8 @@ class BatchConfig(ModelOptions):
     holitom_inner: str | None = None  # "K,R": HoliTom's inner-LLM stage (holitom methods only)
     retry_errors: bool = False
     overwrite: bool = False
+    # --select K: frames chosen per row (settings.SelectOptions); in the fingerprint ("select") only when given
+    select: Any = None
 
     def generation(self):
         from fastvid_cli.settings import GenerationOptions
@@ -96,6 +98,8 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str,
     params = resolve_params(cfg.method, family, cfg.params)
     frames, fps = sampling_settings(cfg.model, cfg.frames, cfg.fps, defaults)  # fps: families sampling by rate
     rate = {"fps": fps} if fps is not None else {}
+    if cfg.select is not None:  # K chosen frames per row; only these settings carry "select"
+        frames, rate = cfg.select.k, {"select": cfg.select.key()}
     return rate | {
         "model": source or resolve_model(cfg.model).source,
         "dtype": dtype_name,
@@ -150,6 +154,10 @@ def validate_config(cfg: BatchConfig) -> None:
     if cfg.ratio is not None and (math.isnan(cfg.ratio) or not 0 < cfg.ratio <= 1):
         raise InvalidOptionError(f"--ratio must be in (0, 1] (got {cfg.ratio})")
     cfg.generation().validate()
+    if cfg.select is not None:
+        cfg.select.validate()
+        if cfg.frames is not None or cfg.fps is not None:
+            raise InvalidOptionError("--select K chooses the frames; it excludes --frames and --fps")
     out = Path(cfg.output)
     if out.is_dir():
         raise InvalidOptionError(f"--output {out} is a folder; give a file name, e.g. answers.jsonl")

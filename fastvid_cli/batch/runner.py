@@ -134,6 +134,7 @@ def run_batch(cfg: BatchConfig, *, engine=None, dist: Dist | None = None, progre
         for p in shard_files(output):
             clear_output(p, main_output=False)
     dist.barrier()
+    prefetch = prefetch and cfg.select is None  # --select decodes each video's candidates itself
     work = find_work(cfg, plan, dist, sampled_here=prefetch)
     result = BatchResult(rows=len(plan.rows), skipped=len(plan.rows) - len(work.pending))
     dist.barrier()  # every process has read the files before any is appended to
@@ -184,9 +185,19 @@ def _answer_share(cfg: BatchConfig, plan: Plan, share: list[Group], write: RowWr
             progress.note(f"--answer-batch auto: {answer_batch} on {engine.device}")
         progress.answering()
         gen = cfg.generation()
+        scorer = None
+        if cfg.select is not None:
+            from fastvid_cli.frame_scorer import load_scorer, selector_source
+            from fastvid_cli.models import resolve_model
+
+            scorer = load_scorer(selector_source(cfg.select.selector, resolve_model(cfg.model)),
+                                 engine.adapter.vision_device)
         for k, group in enumerate(share):
             if stop.is_set():
                 break
+            if scorer is not None:
+                _answer_group_selected(engine, scorer, group, plan, cfg, gen, write, stop, on_exception)
+                continue
             _answer_group(engine, group, plan, gen, write, stop, on_exception,
                           frames_ahead.take(k) if frames_ahead is not None else None,
                           answer_batch=answer_batch, feature_cache=fcache)
@@ -270,4 +281,49 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
         if prefetched is not None:  # sampled in the background: only this wait held the answers up
             data["timings_ms"]["sample_wait"] = round(prefetched.wait_ms, 3)
+        write(row, ok_record(row, data, s, fp))
+
+
+def _answer_group_selected(engine, scorer, group: Group, plan: Plan, cfg: BatchConfig, gen, write: Callable,
+                           stop: threading.Event, on_exception) -> None:
+    """--select: the video's candidates are decoded and embedded once; each row then gets the K frames chosen for
+    its question (frame_choice.choose), its own session (features belong to one question: no feature cache, no
+    shared prefix) and its answer; the record carries `selection`."""
+    from fastvid_cli.frame_choice import choose, sample_candidates
+    from fastvid_cli.settings import PruneOptions
+
+    prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(plan.base["params"]))
+    try:
+        cands, cands_error = sample_candidates(group.path, cfg.select, scorer), None
+    except FastVidError as e:
+        cands, cands_error = None, e.one_line()
+    except Exception as e:
+        cands, cands_error = None, item_error(e, on_exception)
+    for row in group.rows:
+        if stop.is_set():
+            return
+        s, fp = plan.settings[row.row], plan.fps[row.row]
+        if cands is None:
+            write(row, error_record(row, cands_error or "failed", s, fp, model=plan.model_name))
+            continue
+        try:
+            t0 = time.perf_counter()
+            clip, info = choose(cands, row.question, cfg.select)
+            session = engine.session(group.path, prune=prune, system=gen.system, clip=clip,
+                                     sample_ms=cands.sample_ms + cands.embed_ms)
+            report = session.answer(row.question, gen, reuse_prefix=False,
+                                    lead_ms=(time.perf_counter() - t0) * 1e3)
+        except ServerError:
+            raise
+        except FastVidError as e:
+            write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
+            continue
+        except Exception as e:
+            write(row, error_record(row, item_error(e, on_exception), s, fp, model=plan.model_name))
+            continue
+        if report.stop_reason == "interrupted":
+            raise KeyboardInterrupt
+        report.selection = info
+        data = report.to_dict()
+        data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
         write(row, ok_record(row, data, s, fp))

@@ -69,8 +69,17 @@ class Work:
     t_enqueued: float = field(default_factory=time.perf_counter)
     t_started: float | None = None
 
+    selection: dict | None = None  # --select: the record of the frames chosen for this work's conversation
+
+    @property
+    def opening(self) -> str:
+        """The conversation's first question: what --select chooses the frames for (follow-ups keep them)."""
+        return self.history[0][0] if self.history else self.question
+
     @property
     def plan_key(self) -> Any:
+        if self.settings is not None and self.settings.select is not None:
+            return ("select", json.dumps(self.settings.select.key(), sort_keys=True), self.opening)
         return self.plan.key() if hasattr(self.plan, "key") else self.plan
 
     @property
@@ -146,6 +155,9 @@ class Scheduler:
         self.service_s = 1.0  # moving average of one work's time, for Retry-After
         self.sessions: OrderedDict[tuple, Any] = OrderedDict()
         self.features: OrderedDict[tuple, tuple] = OrderedDict()
+        self.scorer = None  # --select: the frame scorer, loaded at the first request that selects
+        self.candidates: dict[tuple, Any] = {}  # --select: (video, selection) -> frame_choice.Candidates (one video)
+        self.selections: dict[Any, dict] = {}  # --select: plan key -> the record of the frames chosen
         self.thread = threading.Thread(target=self._loop, name="fastvid-serve-worker", daemon=True)
         metrics.queue_depth = lambda: len(self.waiting)
         metrics.running = lambda: self.running
@@ -269,6 +281,7 @@ class Scheduler:
         key = work.session_key
         if s.cache and key in self.sessions:
             self.sessions.move_to_end(key)
+            work.selection = self.selections.get(work.plan_key)
             return self.sessions[key], "session"
         prune = PruneOptions(method=s.method, ratio=s.ratio, params=dict(s.params))
         fkey = (video.identity, work.plan_key)
@@ -282,6 +295,21 @@ class Scheduler:
             clip, feats, timings = self.features[fkey]
             sess = eng.session_from_features(video.path, clip, feats, prune, timings, system=work.gen.system)
             sess.cache_status, source = "hit", "memory"
+            work.selection = self.selections.get(work.plan_key)
+        elif s.select is not None:  # K frames chosen for the conversation's opening question
+            clip, work.selection = self._chosen(work)
+            sess = eng.session(video.path, prune=prune, system=work.gen.system, clip=clip,
+                               sample_ms=work.selection["timings_ms"]["sample_candidates"])
+            source = sess.cache_status
+            self.selections[work.plan_key] = work.selection
+            while len(self.selections) > self.max_features:
+                self.selections.pop(next(iter(self.selections)))
+            if s.cache:
+                light = dataclasses.replace(sess.clip, frames=sess.clip.frames[:0])
+                self.features[fkey] = (light, sess.feats, {k: v for k, v in sess.timings.items()
+                                                           if k in ("sample", "preprocess", "vision")})
+                while len(self.features) > self.max_features:
+                    self.features.popitem(last=False)
         else:
             disk = self.feature_cache if s.cache and video.upload is None else None
             counted = isinstance(work.plan, int)  # a frame count (LLaVA-OV: the alias's), else the family's plan
@@ -299,6 +327,23 @@ class Scheduler:
             while len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
         return sess, source
+
+    def _chosen(self, work: Work):
+        """--select: (the K-frame clip chosen for the work's opening question, the selection's record). The
+        scorer loads at the first such request; a video's candidates are decoded and embedded once (the latest
+        video's are kept)."""
+        from fastvid_cli.frame_choice import choose, sample_candidates
+
+        sel = work.settings.select
+        if self.scorer is None:
+            from fastvid_cli.frame_scorer import load_scorer, selector_source
+
+            self.scorer = load_scorer(selector_source(sel.selector, self.engine.adapter.ref),
+                                      self.engine.adapter.vision_device)
+        ckey = (work.video.identity, json.dumps(sel.key(), sort_keys=True))
+        if ckey not in self.candidates:
+            self.candidates = {ckey: sample_candidates(work.video.path, sel, self.scorer)}
+        return choose(self.candidates[ckey], work.opening, sel)
 
     # ------------------------------------------------------------------ answering
     def _text_sink(self, work: Work, text: StopText):
@@ -354,6 +399,8 @@ class Scheduler:
         if work.cancelled:
             work.emit("cancelled", None)
             return
+        if work.selection is not None:
+            report.selection = work.selection
         data = report.to_dict()
         data["answer"] = text.text
         if text.hit:

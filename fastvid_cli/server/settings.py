@@ -19,7 +19,7 @@ from fastvid_cli.server.errors import ApiError, bad_request
 from fastvid_cli.server.protocol import MAX_FRAMES, ChatRequest, number
 
 SWITCHES = ("baseline", "margins", "compile", "cache")
-SAMPLING = ("method", "ratio", "frames", "fps")
+SAMPLING = ("method", "ratio", "frames", "fps", "select", "candidates")
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Defaults:
     seed: int | None = None
     system: str | None = None
     compile: bool | None = None
+    # --select K on the server: every request chooses K frames unless it says otherwise (settings.SelectOptions)
+    select: Any = None
+    # the server's frame selector (--selector; None: the model's own, else SigLIP so400m); requests cannot name one
+    selector: str | None = None
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Resolved:
     margins: bool = False
     compile: bool | None = None
     cache: bool = True
+    select: Any = None  # settings.SelectOptions: K frames chosen for the conversation's opening question
 
 
 def _params_of(method: str, family: str | None) -> list[pruning.Param]:
@@ -129,7 +134,10 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
         fps = float(number(fps, "fastvid.fps", low=0, low_open=True))
     if frames is not None and fps is not None:
         raise bad_request("'fastvid.frames' and 'fastvid.fps' exclude each other", "fastvid.fps", "invalid_value")
-    if frames is None and fps is None:
+    select = _select(ext, defaults, frames, fps)
+    if select is not None:
+        frames, fps = None, None
+    elif frames is None and fps is None:
         frames, fps = defaults.frames, defaults.fps
     # as `ask`: the request's parameters, else the server's flags, else the family's defaults (resolve_params)
     given = {k: v for k, v in defaults.params.items() if k in own}
@@ -141,7 +149,7 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
         raise bad_request(e.one_line(), "fastvid", "invalid_value") from None
     out = Resolved(frames=frames, fps=fps, method=method,
                    ratio=1.0 if method == "none" else (ratio or defaults.ratio or float(family["ratio"])),
-                   params=params, compile=defaults.compile)
+                   params=params, compile=defaults.compile, select=select)
     for key in SWITCHES:
         if key in ext:
             v = ext[key]
@@ -149,6 +157,29 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
                 raise bad_request(f"'fastvid.{key}' must be true or false", f"fastvid.{key}", "invalid_value")
             setattr(out, key, v)
     return out
+
+
+def _select(ext: dict[str, Any], defaults: Defaults, frames: int | None, fps: float | None):
+    """A request's frame selection: `fastvid.select` K (null or 0: none) with `fastvid.candidates` M, scored by the
+    server's selector; else the server's --select, unless the request asks for frames or a rate."""
+    from fastvid_cli.settings import MAX_CANDIDATES, MAX_SELECT, SelectOptions
+
+    if "select" not in ext:
+        if "candidates" in ext:
+            raise bad_request("'fastvid.candidates' goes with 'fastvid.select'", "fastvid.candidates",
+                              "invalid_value")
+        return defaults.select if frames is None and fps is None else None
+    k = ext["select"]
+    if k is None or k == 0:
+        return None
+    k = int(number(k, "fastvid.select", low=1, high=MAX_SELECT, integer=True))
+    if frames is not None or fps is not None:
+        raise bad_request("'fastvid.select' chooses the frames; it excludes 'fastvid.frames' and 'fastvid.fps'",
+                          "fastvid.select", "invalid_value")
+    m = ext.get("candidates")
+    if m is not None:
+        m = int(number(m, "fastvid.candidates", low=k, high=MAX_CANDIDATES, integer=True))
+    return SelectOptions(k=k, candidates=m, selector=defaults.selector)
 
 
 def generation(req: ChatRequest, defaults: Defaults, settings: Resolved):
