@@ -8,6 +8,7 @@ several commands. Like cli.py, this module imports no torch.
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable, Optional
 
 import typer
@@ -73,10 +74,15 @@ def _panel_rank(param: Any) -> int:
 
 
 def _no_placeholders(params: list[Any]) -> None:
-    """Flags take no value: show none (typer shows <bool>). Every option that takes one declares its metavar."""
+    """Flags take no value: show none (typer shows <bool>). Every option that takes one declares its metavar. An
+    argument taking several values shows its element type ("<path>...", where typer shows <list[Path]>)."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+        if isinstance(p, TyperArgument) and p.nargs != 1:
+            element = (typing.get_args(getattr(getattr(p, "type_descriptor", None), "annotation", None)) or [None])[0]
+            name = getattr(element, "__name__", "value").lower()
+            p.display_type_rich = lambda ctx, name=name: f"<{name}>..."
 
 
 class Command(TyperCommand):
@@ -210,13 +216,13 @@ def method_options(after: str) -> Callable[[Callable], Callable]:
 # Declared once, added to every command that answers questions (ask, compare, batch, eval, chat, serve) by
 # `select_options`; the command reads them with settings.select_options(select, candidates, selector).
 SELECT_OPTIONS: list[tuple[str, Any, type]] = [
-    ("select", typer.Option(None, "--select", min=1, metavar="K",
+    ("select", typer.Option(None, "--select", metavar="K",
                             help="Choose K frames for the question instead of sampling uniformly: sample M "
                                  "candidate frames, score each against the question with a text-image model "
                                  "(--selector), keep K by BOLT's inverse transform sampling (relevance and "
                                  "coverage; see README 'Frame selection'). Excludes --frames/--fps.",
                             rich_help_panel="Video"), Optional[int]),
-    ("candidates", typer.Option(None, "--candidates", min=1, metavar="M",
+    ("candidates", typer.Option(None, "--candidates", metavar="M",
                                 help="Candidate frames to score for --select (default: 4*K, or one per second "
                                      "of video when that is more, at most 256).", rich_help_panel="Video"),
      Optional[int]),

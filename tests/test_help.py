@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fastvid_cli import options as O
 from fastvid_cli.cli import app
 
-COMMANDS = ["ask", "compare", "batch", "eval", "serve", "chat", "models", "doctor"]
+COMMANDS = ["ask", "compare", "batch", "eval", "serve", "chat", "find", "models", "doctor"]
 
 
 @pytest.fixture(scope="module")
