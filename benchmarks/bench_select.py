@@ -46,15 +46,29 @@ class _Ids:
         return {"input_ids": torch.randint(0, 32000, (len(texts), 64))}
 
 
-def build_so400m(device: str, dtype: torch.dtype) -> SiglipScorer:
+def build_so400m(device: str, dtype: torch.dtype, tiny: bool = False) -> SiglipScorer:
+    """SigLIP so400m's shape with random weights (`tiny`: a 2-layer, 64-wide stand-in, for a CPU smoke run)."""
     from transformers import SiglipConfig, SiglipModel
 
-    tower = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
-    cfg = SiglipConfig(text_config=dict(tower, vocab_size=32000, max_position_embeddings=64, projection_size=1152),
-                       vision_config=dict(tower, image_size=384, patch_size=14))
+    if tiny:
+        tower, size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2), 56
+    else:
+        tower, size = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16), 384
+    cfg = SiglipConfig(text_config=dict(tower, vocab_size=32000, max_position_embeddings=64, bos_token_id=1,
+                                        eos_token_id=2, pad_token_id=1, projection_size=tower["hidden_size"]),
+                       vision_config=dict(tower, image_size=size, patch_size=14))
     (model,) = random_modules(device, dtype, lambda: SiglipModel(cfg))
-    return SiglipScorer(model, _Ids(), "siglip-so400m-shaped (random)", 384, [0.5] * 3, [0.5] * 3,
-                        torch.device(device), dtype)
+    return SiglipScorer(model, _Ids(), "siglip-so400m-shaped (random)" if not tiny else "tiny siglip (random)",
+                        size, [0.5] * 3, [0.5] * 3, torch.device(device), dtype)
+
+
+def build_tiny_engine():
+    """--tiny: the tests' tiny random LLaVA-OneVision on the CPU (checks that the script runs, times nothing)."""
+    from fastvid_cli.engine import Engine
+    from fastvid_cli.tiny import save_llava_checkpoint
+
+    folder = save_llava_checkpoint(Path(tempfile.mkdtemp()) / "tiny-llava")
+    return Engine.load(str(folder), device="cpu", dtype="float32", saliency_model="fallback")
 
 
 def main() -> None:
@@ -64,12 +78,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--video", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke run with tiny random models and a 4 s clip")
     args = ap.parse_args()
-    device = "cuda"
-    video = args.video or write_clip(str(Path(tempfile.mkdtemp()) / "clip720p.mp4"))
-    engine = build_7b_shaped(device, torch.bfloat16)
-    engine.warmup()
-    scorer = build_so400m(device, torch.float16)
+    if args.tiny:
+        device = "cpu"
+        video = args.video or write_clip(str(Path(tempfile.mkdtemp()) / "clip.mp4"), seconds=4, size=(320, 180))
+        engine = build_tiny_engine()
+        scorer = build_so400m(device, torch.float32, tiny=True)
+    else:
+        device = "cuda"
+        video = args.video or write_clip(str(Path(tempfile.mkdtemp()) / "clip720p.mp4"))
+        engine = build_7b_shaped(device, torch.bfloat16)
+        engine.warmup()
+        scorer = build_so400m(device, torch.float16)
     opts = SelectOptions(k=args.select, candidates=args.candidates)
     gen = GenerationOptions(max_new_tokens=1)
     # one untimed round of each path: kernels, allocator, the scorer's first batch
@@ -77,14 +98,15 @@ def main() -> None:
     engine.ask(video, QUESTION, frames=args.select, prune=PruneOptions(ratio=0.1), gen=gen)
     rows: dict[str, list[float]] = {k: [] for k in ("sample_candidates", "embed_frames", "score_and_select",
                                                     "selection", "ttft_uniform", "ttft_selected")}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(args.repeat):
-        torch.cuda.synchronize()
+        sync()
         r = engine.ask(video, QUESTION, frames=args.select, prune=PruneOptions(ratio=0.1), gen=gen)
         rows["ttft_uniform"].append(r.timings_ms["ttft"])
         t0 = time.perf_counter()
         cands = sample_candidates(video, opts, scorer)
         clip, info = choose(cands, QUESTION, opts)
-        torch.cuda.synchronize()
+        sync()
         sel_ms = (time.perf_counter() - t0) * 1e3
         r2 = engine.ask(video, QUESTION, prune=PruneOptions(ratio=0.1), gen=gen, clip=clip, sample_ms=0.0)
         for k in ("sample_candidates", "embed_frames", "score_and_select"):
@@ -95,8 +117,9 @@ def main() -> None:
     m = {k: med(v) for k, v in rows.items()}
     over = m["ttft_selected"][0] - m["ttft_uniform"][0]
     share = over / m["ttft_uniform"][0]
-    print(f"# bench_select: {args.candidates} candidates -> {args.select} frames of a 60 s 1280x720 clip; "
-          f"selector so400m-shaped fp16, answer LLaVA-OV-7B-shaped bf16, FastVID r=0.1 | {env}")
+    what = ("TINY SMOKE RUN (tiny random models, 4 s 320x180 clip, CPU): times mean nothing" if args.tiny else
+            "60 s 1280x720 clip; selector so400m-shaped fp16, answer LLaVA-OV-7B-shaped bf16, FastVID r=0.1")
+    print(f"# bench_select: {args.candidates} candidates -> {args.select} frames; {what} | {env}")
     print("| stage | ms (median) | min-max |")
     print("|---|---|---|")
     for k, (mid, lo, hi) in m.items():
