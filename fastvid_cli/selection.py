@@ -38,7 +38,8 @@ MOMENT_LEVEL = 0.5
 
 def bolt_indices(scores: torch.Tensor, k: int, power: float = DEFAULT_POWER) -> torch.Tensor:
     """BOLT's inverse transform sampling, exactly (see the module docstring): scores (M,) -> (k,) candidate
-    indices, non-decreasing, possibly repeated. Flat scores (max = min): None of BOLT's division; uniform instead."""
+    indices, non-decreasing, possibly repeated. Flat scores (max = min, where BOLT's normalisation divides by
+    zero): uniform indices instead."""
     if scores.dim() != 1 or scores.numel() == 0:
         raise ValueError(f"scores must be a non-empty 1-D tensor, got shape {tuple(scores.shape)}")
     if k < 1:
