@@ -4,6 +4,8 @@
     python benchmarks/diag_demo_margins.py --seed 2000015        # a synthetic clip, rendered and H.264-encoded
     python benchmarks/diag_demo_margins.py --search 2000000 200  # screen held-out seeds for a robust example
     python benchmarks/diag_demo_margins.py --jitter 5            # ... plus 5 runs on slightly perturbed features
+    python benchmarks/diag_demo_margins.py --search 2000000 300 --model OUT/weights --json best.json
+                                                     # after a retrain: pick the new README example in one run
 
 A token's margin is its logit minus the best other token's (`fastvid_cli.decoding.logit_margin`), recorded at every
 generated step, eos included, by the eager greedy loop (`GenerationOptions(margins=True)`, what `ask --margins`
@@ -20,7 +22,10 @@ kernel rounding): it also catches answers whose pruning (which tokens are kept) 
 --search screens every question of every clip of seeds START .. START+COUNT-1 (held out: training used seeds below
 800_000, the test split 1_000_000 .. 1_000_511) on the settings that are hardest for this model first, and prints
 the full table of the clips whose every setting answers right with a margin of at least --min, in both prompt
-forms (README and eval).
+forms (README and eval). It ends with the best candidate (largest smallest margin over every method x ratio and
+both forms) and the constants to put in tests/demo_example.py (SEED, QA, ANSWER, QUESTION); with none found, the
+nearest misses (right everywhere, the largest smallest margin below --min) so --min can be chosen.
+--model points it at another weights folder (a retrained demo) instead of the shipped one.
 """
 
 from __future__ import annotations
@@ -148,7 +153,10 @@ def print_table(cells: list[dict], title: str) -> None:
         print("wrong answers (!): " + ", ".join(wrong))
 
 
-def search(engine: Engine, start: int, count: int, least: float, jitter: int, eps: float) -> list[dict]:
+def search(engine: Engine, start: int, count: int, least: float, jitter: int, eps: float,
+           near: list | None = None) -> list[dict]:
+    """Candidates (every setting right, margins >= least, both prompt forms), in seed order. `near` (a list)
+    collects (min margin, seed, qa, answer) of questions answered right everywhere but below `least`."""
     def good(cells):
         ok = all(c["correct"] and c["ended"] for c in cells) and min(c["min_margin"] for c in cells) >= least
         return ok and (not jitter or all(c["jitter_flips"] == 0 for c in cells))
@@ -164,12 +172,16 @@ def search(engine: Engine, start: int, count: int, least: float, jitter: int, ep
             for i, qa in enumerate(qas):
                 question = prompt(qa)
                 ok = True
+                screened = []
                 for m, r in SCREEN:  # cheap rejection first
                     answer, margins, stop = probe.ask(question, m, r)
-                    if not (short_correct(answer, qa.short_answer) and stop == "eos" and min(margins) >= least):
+                    screened.append(min(margins))
+                    if not (short_correct(answer, qa.short_answer) and stop == "eos"):
                         ok = False
                         break
-                if not ok:
+                if ok and near is not None and min(screened) < least:
+                    near.append((min(screened), seed, i, qa.short_answer))
+                if not ok or min(screened) < least:
                     continue
                 cells = table(probe, question, qa.short_answer, jitter, eps)
                 worst = min(c["min_margin"] for c in cells)
@@ -199,23 +211,38 @@ def main() -> None:
     ap.add_argument("--jitter", type=int, default=0, help="extra runs per setting on perturbed features")
     ap.add_argument("--eps", type=float, default=1e-3, help="relative size of the --jitter perturbation")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--model", default="demo", help="model to probe (default: the shipped demo; a weights folder "
+                                                    "such as a retrain's --out)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    engine = Engine.load("demo", device="cpu")
+    engine = Engine.load(args.model, device="cpu")
     env = environment("cpu") | {"threads": torch.get_num_threads()}
     print(" · ".join(f"{k} {env[k]}" for k in ("date", "cpu", "threads", "torch", "transformers", "git")))
     if args.search:
-        found = search(engine, *args.search, args.min, args.jitter, args.eps)
+        near: list = []
+        found = search(engine, *args.search, args.min, args.jitter, args.eps, near)
         found.sort(key=lambda f: -f["min_margin"])
         for f in found[:5]:
             print()
             print_table(f["cells"], f"seed {f['seed']} qa {f['qa']} ({f['type']}): {f['question']!r} -> "
                                     f"{f['answer']!r}")
             print_table(f["eval_cells"], "the same, asked as eval --form short does")
-        result = dict(env=env, found=found)
+        print()
+        if found:
+            best = found[0]
+            print(f"best of {len(found)} candidates: seed {best['seed']} qa {best['qa']} ({best['type']}), min margin "
+                  f"{best['min_margin']:.2f} over {len(best['cells'])} settings x 2 prompt forms")
+            print(f"tests/demo_example.py: SEED, QA = {best['seed']:_}, {best['qa']}; ANSWER = {best['answer']!r}; "
+                  f"QUESTION = {best['question']!r}")
+        else:
+            near.sort(reverse=True)
+            print(f"no candidate with every margin >= {args.min}; nearest (screened settings only): "
+                  + ", ".join(f"seed {s} qa {q} {a!r} {m:.2f}" for m, s, q, a in near[:5]))
+        result = dict(env=env, model=args.model, found=found,
+                      near=[dict(min_margin=m, seed=s, qa=q, answer=a) for m, s, q, a in near[:20]])
     else:
         gold = None
         with tempfile.TemporaryDirectory() as tmp:

@@ -84,7 +84,9 @@ class StagePrefill:
     def run(self, model, asm: Assembled, clock: Clock) -> Prefilled:
         cache = new_cache(model)
         t0 = clock.now()
-        logits, m = prefill_with_stage(model, asm.inputs_embeds, asm.position_ids, cache, asm.video_span, self.stage)
+        # the prompt's further LLM inputs (Qwen3-VL's DeepStack features) as PlainPrefill passes them
+        logits, m = prefill_with_stage(model, asm.inputs_embeds, asm.position_ids, cache, asm.video_span, self.stage,
+                                       extra=asm.prefill_extra(), video_rows=asm.video_rows)
         return Prefilled(logits, cache, t0, stage=m, note=m.note(asm.length))
 
     def release(self, cache) -> None:

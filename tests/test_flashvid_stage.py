@@ -17,7 +17,7 @@ from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.prefill import StagePrefill
 from fastvid_cli.pruning.flashvid import FAMILY_VARIANTS, flashvid
-from fastvid_cli.pruning.flashvid_inner import (INNER_DEFAULTS, PRE_LLM_ONLY_NOTE, InnerPrune, flashvid_pre_llm,
+from fastvid_cli.pruning.flashvid_inner import (INNER_DEFAULTS, QWEN_DEFAULTS, InnerPrune, flashvid_qwen,
                                                 inner_keep_count, parse_inner)
 
 from demo_example import DEMO_CLIP, QUESTION
@@ -32,7 +32,7 @@ def test_the_entry_has_the_reference_settings():
     assert llava["inner"] == (inner.pruning_layer, inner.llm_retention_ratio) and llava["expansion"] == 1.25
     for key, value in FAMILY_VARIANTS["qwen2_5_vl"].items():
         assert qwen[key] == value, key
-    assert qwen["inner"] is None and qwen["expansion"] == 1.0  # pre-LLM only on Qwen-VL: ratio = share kept
+    assert qwen["inner"] == (20, 0.3) and qwen["expansion"] == 1.25  # the Qwen2.5-VL reference's inner stage
     assert spec.positions_for("llava") == "compact" and spec.positions_for("qwen") == "original"
     assert spec.needs_attention and not spec.uses_saliency
     assert pruning.resolve_params("flashvid", "llava", {"--flashvid-inner": "off"})["inner"] is None
@@ -61,18 +61,18 @@ def test_the_stage_keeps_the_top_tokens_unchanged_and_the_newline():
     assert kept.tolist() == [1, 3, 5, 10] and torch.equal(out, hidden[kept])
     assert pruning.llm_stage("flashvid", "llava", {"inner": (1, 0.3)}, ratio=1.0) is None  # ratio 1.0 prunes nothing
     assert pruning.llm_stage("flashvid", "llava", {"inner": None}) is None
-    assert pruning.llm_stage("flashvid", "qwen", pruning.resolve_params("flashvid", "qwen", {})) is None
-    with pytest.raises(InvalidOptionError, match="does not run on Qwen-VL"):
-        pruning.llm_stage("flashvid", "qwen", {"inner": (20, 0.3)}, ratio=0.25)
+    qwen = pruning.llm_stage("flashvid", "qwen", {"inner": (20, 0.3)}, ratio=0.25)
+    assert isinstance(qwen, InnerPrune) and qwen.tail == 0  # Qwen-VL: no newline after the video tokens
 
 
-def test_the_qwen_variant_runs_with_its_own_defaults_and_says_so():
+def test_the_qwen_variant_runs_with_its_own_defaults():
     gen = torch.Generator().manual_seed(0)
     X, a = torch.randn(6, 16, 8, generator=gen), torch.rand(6, 16, generator=gen)
-    res = flashvid_pre_llm(X, None, None, 0.25, attn=a)
-    ref = flashvid(X, None, None, 0.25, attn=a, **{**FAMILY_VARIANTS["qwen2_5_vl"], "expansion": 1.0})
+    res = flashvid_qwen(X, None, None, 0.25, attn=a)
+    ref = flashvid(X, None, None, 0.25, attn=a, **FAMILY_VARIANTS["qwen2_5_vl"])
+    assert QWEN_DEFAULTS == FAMILY_VARIANTS["qwen2_5_vl"]
     assert torch.equal(res.index, ref.index) and torch.equal(res.embeds, ref.embeds)
-    assert not res.compact and PRE_LLM_ONLY_NOTE in res.notes and res.budget[0] == math.ceil(16 * 0.25)
+    assert not res.compact and res.budget[0] == math.ceil(16 * 0.25 * 1.25)
 
 
 # ------------------------------------------------------------------------------------------ the engine

@@ -28,6 +28,36 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------------------------------ what a family produces
 
+class Deferred:
+    """A feature that costs work only its readers need (Qwen-VL's vision attention): `fn()` gives the tensor. A
+    family may store one in a deferred field of VideoFeatures; the first read of the field runs it once."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor | None]):
+        self.fn = fn
+
+    def __call__(self) -> torch.Tensor | None:
+        with torch.inference_mode():
+            return self.fn()
+
+
+class _DeferredField:
+    """A dataclass field that holds a tensor, None, or a `Deferred` that turns into its tensor on first read."""
+
+    def __set_name__(self, owner, name: str):
+        self.slot = "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:  # the dataclass asks for the default
+            return None
+        value = obj.__dict__.get(self.slot)
+        if isinstance(value, Deferred):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class VideoFeatures:
     """Everything pruning needs from one video, on the model's device.
@@ -38,8 +68,10 @@ class VideoFeatures:
     extra_embeds (E,D): tokens of the video span that are never pruned and follow the F*N grid (OneVision's
     single trailing newline).
     attn_received (F,N) or None: mean attention each token receives (over heads and queries) in the last vision
-    layer, pooled to the token grid as saliency is (HoliTom's dynamic-token score); None where a family or an
-    old cache entry has none.
+    layer, pooled to the token grid as saliency is (HoliTom's dynamic-token score, FlashVID's ADTS weight); None
+    where a family or an old cache entry has none. A family may set a `Deferred` instead, computed on the first
+    read: the engine reads it only for methods whose registry entry says `needs_attention` (and the feature cache
+    when it stores an entry, so that entries serve every method).
     side_embeds [(F,N,Ds), ...]: per-token features that travel with the tokens and are pruned with the same
     kept indices, never merged (Qwen3-VL's DeepStack features, one tensor per LLM layer they are added to).
     meta: JSON-able facts the prompt needs besides the tokens (Qwen: the temporal spacing of the grids).
@@ -51,7 +83,7 @@ class VideoFeatures:
     extra_embeds: torch.Tensor
     grid: tuple[int, int]
     saliency_source: str
-    attn_received: torch.Tensor | None = None
+    attn_received: torch.Tensor | None = _DeferredField()  # type: ignore[assignment]
     side_embeds: list[torch.Tensor] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +140,10 @@ class Assembled:
     # kept tokens): an object whose `.chunk(start, end)` gives the keyword arguments of decoding.prefill for the
     # tokens [start, end) of this sequence (None when that chunk needs none). See `prefill_extra`.
     extra: Any = None
+    # (V,) int64 ascending: the sequence positions of the video tokens, where the span also holds other tokens
+    # (Qwen3-VL: per temporal patch a timestamp and <|vision_start|> ... <|vision_end|>); None: the whole span is
+    # video. What a method's LLM stage may reduce (llm_stage.prefill_with_stage).
+    video_rows: torch.Tensor | None = None
 
     @property
     def length(self) -> int:

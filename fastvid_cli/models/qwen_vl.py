@@ -14,6 +14,10 @@ its 2-D rotary), softmax over the patch's tokens, mean over heads. The q/k come 
 a forward pre-hook, so this works with every attention implementation. Qwen3-VL's DeepStack features travel with
 the tokens (`VideoFeatures.side_embeds`) and are pruned with the same indices.
 
+FlashVID's (and HoliTom's) vision-attention input, `VideoFeatures.attn_received` (flashvid-spec §3): the attention
+each merged token receives in the last vision block (`attention_received`), from the same caught input. It is a
+`Deferred`: computed on first read, which only methods whose registry entry says `needs_attention` do.
+
 Positions: the full prompt's M-RoPE ids come from the model's own `get_rope_index` (with `second_per_grid_ts`,
 or Qwen3-VL's per-patch timestamp text, as the HF processors build them); the kept tokens keep their columns,
 and the LLM gets (4, 1, L') ids: row 0 = arange(L') (masks only), rows 1-3 = the original T/H/W ids. Decoding
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from fastvid_cli.errors import InvalidOptionError, ModelUnavailableError, UnknownModelError, VideoDecodeError
 from fastvid_cli.hub import ModelRef
 from fastvid_cli.models import loading
-from fastvid_cli.models.interface import Assembled, FamilyAdapter, Prompt, VideoFeatures, chat_turns
+from fastvid_cli.models.interface import Assembled, Deferred, FamilyAdapter, Prompt, VideoFeatures, chat_turns
 from fastvid_cli.models.loading import device_of
 from fastvid_cli.models.sampling import check_request
 from fastvid_cli.preprocess import resize_frames
@@ -247,6 +251,39 @@ def pooled_query_attention(attn, x: torch.Tensor, rope: tuple[torch.Tensor, torc
     return logits.softmax(dim=-1).mean(dim=1)
 
 
+def attention_received(attn, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, unit: int,
+                       budget: int = 1 << 26) -> torch.Tensor:
+    """FlashVID's vision-attention input (flashvid-spec §3) from one vision attention module's input: (S/unit,)
+    float32 in the tower's token order, one score per merged token.
+
+    `x` (S, C): the normalised hidden states the block's attention sees, `rope` its (cos, sin), `cu_seqlens` the
+    boundaries of its attention groups (what the block attends within: each temporal patch in a full-attention
+    block, as Qwen2.5-VL's and Qwen3-VL's last blocks are; each window in a windowed one). Per group and head:
+    P = softmax(q k^T / sqrt(hd)) from the block's own q/k after its 2-D rotary; each patch's score is the mean of
+    its column over the group's queries and the heads (the attention it receives); a merged token's score is the
+    mean over its `unit` (2x2) patches, which are consecutive in the tower's order. Groups of one size go through
+    together, at most `budget` probabilities at a time; q/k are made group by group, so nothing of size S x S."""
+    bounds = [int(b) for b in torch.as_tensor(cu_seqlens).tolist()]
+    heads = attn.num_heads
+    cos, sin = rope
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    i = 0
+    while i < len(bounds) - 1:
+        n = bounds[i + 1] - bounds[i]
+        j = i + 1  # groups i..j-1: consecutive, all of n patches, at most `budget` probabilities together
+        while j < len(bounds) - 1 and bounds[j + 1] - bounds[j] == n and (j + 1 - i) * heads * n * n <= budget:
+            j += 1
+        a, b = bounds[i], bounds[j]
+        if n:
+            qkv = attn.qkv(x[a:b]).reshape(b - a, 3, heads, -1)
+            q = _rotary(qkv[:, 0].float(), cos[a:b], sin[a:b]).view(j - i, n, heads, -1)
+            k = _rotary(qkv[:, 1].float(), cos[a:b], sin[a:b]).view(j - i, n, heads, -1)
+            logits = torch.einsum("gqhd,gkhd->ghqk", q, k) * q.shape[-1] ** -0.5
+            out[a:b] = logits.softmax(dim=-1).mean(dim=(1, 2)).reshape(-1)
+        i = j
+    return out.view(-1, unit).mean(dim=1)
+
+
 def window_order(grids: int, h: int, w: int, window: int) -> torch.Tensor:
     """Qwen2.5-VL's windowed token order: (grids*h*w,) raster index of the merged token at each window-order
     position (windows of window x window merged tokens, raster over windows, raster inside each)."""
@@ -264,11 +301,13 @@ class _AttentionTap:
     def __init__(self, attn: torch.nn.Module):
         self.x: torch.Tensor | None = None
         self.rope = None
+        self.cu_seqlens = None
         self.handle = attn.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         self.x = args[0] if args else kwargs["hidden_states"]
         self.rope = kwargs.get("position_embeddings")
+        self.cu_seqlens = kwargs.get("cu_seqlens")
 
     def close(self) -> None:
         self.handle.remove()
@@ -414,7 +453,7 @@ class QwenVLAdapter(FamilyAdapter):
         h, w = gh // self.merge, gw // self.merge
         unit = self.merge * self.merge
         per_grid = gh * gw
-        embeds, sal, deep = [], [], []
+        embeds, sal, deep, taps = [], [], [], []
         attn = self.visual.blocks[-1].attn
         for t0 in range(0, T, chunk_grids):
             tc = min(chunk_grids, T - t0)
@@ -428,10 +467,8 @@ class QwenVLAdapter(FamilyAdapter):
             if tap.x is None or tap.rope is None:
                 raise ModelUnavailableError("this transformers version's Qwen vision tower does not pass its rotary "
                                             "embeddings to the attention; FastVID's saliency needs them")
-            scores = pooled_query_attention(attn, tap.x, tap.rope, tc, unit)  # tower order
-            if self.window is not None:
-                order = window_order(1, h, w, self.window).to(scores.device)
-                scores = torch.empty_like(scores).index_copy_(1, order, scores)
+            scores = self._raster(pooled_query_attention(attn, tap.x, tap.rope, tc, unit), h, w)
+            taps.append((tap.x, tap.rope, tap.cu_seqlens, tc))
             embeds.append(out.pooler_output.view(tc, h * w, -1))
             sal.append(scores)
             stack = getattr(out, "deepstack_features", None) or []
@@ -440,7 +477,26 @@ class QwenVLAdapter(FamilyAdapter):
         side = [torch.cat(parts) for parts in zip(*deep)] if deep and deep[0] else []
         return VideoFeatures(embeds=emb, saliency=torch.cat(sal).to(emb.device), frame_features=emb.mean(dim=1),
                              extra_embeds=emb.new_zeros((0, emb.shape[-1])), grid=(h, w),
-                             saliency_source=self.saliency_source, side_embeds=side, meta=dict(pixels.meta))
+                             saliency_source=self.saliency_source, side_embeds=side, meta=dict(pixels.meta),
+                             attn_received=Deferred(lambda: self._attention_received(taps, h, w, emb.device)))
+
+    def _raster(self, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(grids, h*w) scores in the tower's token order -> raster order (Qwen2.5-VL's window order undone)."""
+        if self.window is None:
+            return scores
+        order = window_order(1, h, w, self.window).to(scores.device)
+        return torch.empty_like(scores).index_copy_(1, order, scores)
+
+    def _attention_received(self, taps: list, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """VideoFeatures.attn_received (T, h*w) from the last vision block's inputs that `encode` kept (one entry
+        per chunk of temporal patches): `attention_received` of each, in raster order. Run on first read (only
+        methods that rank by vision attention read it); the kept inputs are let go then."""
+        attn = self.visual.blocks[-1].attn
+        unit = self.merge * self.merge
+        parts = [self._raster(attention_received(attn, x, rope, cu, unit).view(tc, h * w), h, w)
+                 for x, rope, cu, tc in taps]
+        taps.clear()
+        return torch.cat(parts).to(device)
 
     # ------------------------------------------------------------------ prompt
     def build_prompt(self, question: str, system: str | None = None,
@@ -512,21 +568,23 @@ class QwenVLAdapter(FamilyAdapter):
     def assemble(self, prompt: Prompt, feats: VideoFeatures, kept_embeds: torch.Tensor,
                  kept_index: torch.Tensor) -> Assembled:
         """Kept video tokens in their slots of the full prompt, every kept token with its ORIGINAL M-RoPE column:
-        (4, 1, L') position ids, row 0 = arange(L')."""
+        (4, 1, L') position ids, row 0 = arange(L'). `kept_index` may repeat a slot (FlashVID): each copy is a
+        token of its own at the slot's position (the reference's layout, flashvid-spec §2.8)."""
         dev = self.embed_device
         ids = self.full_input_ids(prompt, feats)
         pos3 = self.full_positions(ids, feats)
-        video = (ids[0] == self.video_token_id).nonzero().flatten()  # slot f*N+n is video[f*N+n]
+        is_video = ids[0] == self.video_token_id
+        video = is_video.nonzero().flatten()  # slot f*N+n is video[f*N+n]
         index = kept_index.to("cpu", torch.long)
-        keep = torch.ones(ids.shape[1], dtype=torch.bool)
-        keep[video] = False
-        keep[video[index]] = True
-        kept_ids = ids[0, keep]
-        rows = (torch.cumsum(keep.long(), 0) - 1)[video[index]]  # where the kept video tokens land
+        # the prompt's columns in order: every other token once, each kept slot's video token as often as it is kept
+        # (the non-decreasing kept columns merge into the others by a stable sort; they never coincide)
+        columns, order = torch.sort(torch.cat([(~is_video).nonzero().flatten(), video[index]]), stable=True)
+        rows = (order >= int((~is_video).sum())).nonzero().flatten()  # where the kept video tokens land, in order
+        kept_ids = ids[0, columns]
         embeds = self.embed_ids(kept_ids)
         embeds[rows.to(dev)] = kept_embeds.to(dev, embeds.dtype)
         L = int(kept_ids.numel())
-        positions = torch.cat([torch.arange(L)[None, None], pos3[:, :, keep]]).to(dev)
+        positions = torch.cat([torch.arange(L)[None, None], pos3[:, :, columns]]).to(dev)
         extra = None
         if feats.side_embeds:
             mask = torch.zeros((1, L), dtype=torch.bool)
@@ -534,8 +592,11 @@ class QwenVLAdapter(FamilyAdapter):
             side = [s.reshape(-1, s.shape[-1]).index_select(0, kept_index.to(s.device)).to(dev, embeds.dtype)
                     for s in feats.side_embeds]
             extra = DeepStackInputs(mask.to(dev), side)
+        span = (prompt.prefix_ids.numel(), L - prompt.suffix_ids.numel())
+        # Qwen3-VL's span interleaves timestamp text and frame separators with the video tokens
+        video_rows = rows.to(dev) if self.timestamps else None
         return Assembled(inputs_embeds=embeds[None], position_ids=positions, full_length=int(ids.shape[1]),
-                         video_span=(prompt.prefix_ids.numel(), L - prompt.suffix_ids.numel()), extra=extra)
+                         video_span=span, extra=extra, video_rows=video_rows)
 
     def generate_inputs(self, prompt: Prompt, feats: VideoFeatures, pixels: QwenPixels) -> dict[str, Any]:
         """What the stock `generate` takes for the unpruned prompt (as the HF processor would return it)."""

@@ -178,7 +178,8 @@ FLASHVID_PARAMS = (
     Param("inner", "--flashvid-inner", "FlashVID's inner-LLM stage: before LLM layer K keep the share R of the "
           "video tokens the last prompt token attends to most at layer K-1, drop the rest; off: none (the "
           "expansion still applies: add --flashvid-expansion 1). Off by itself at ratio 1.0 and where K is not "
-          "below the LLM's layers; not run on Qwen-VL. Each question then prefills alone (no shared video prefix)",
+          "below the LLM's layers (the Qwen3-VL reference used 28,0.1). Each question then prefills alone (no "
+          "shared video prefix)",
           str, "K,R", parse="flashvid_inner:parse_inner", stage=True),
 )
 
@@ -238,12 +239,11 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                        "then the last prompt token's top video tokens from LLM layer K on",
                params=FLASHVID_PARAMS, needs_attention=True, positions="compact", segments=("segments", "DySeg"),
                llm_stage="flashvid_inner:inner_stage",
-               # Qwen-VL: the reference's v1 ADTS, 4 segments, original M-RoPE positions; the inner stage does not
-               # run on M-RoPE here, so no inner stage and no expansion (a documented deviation, spec §2.10)
-               variants={"qwen": Variant("flashvid_inner:flashvid_pre_llm", dict(selection="attn_div", min_segment_num=4, positions="original",
-                                                    duplicates="last", expansion=1.0, inner=None),
-                                         llm_stage="flashvid_inner:qwen_inner_stage", positions="original",
-                                         )}),
+               # Qwen-VL: the reference's Qwen2.5-VL settings (v1 ADTS, 4 segments, original M-RoPE positions,
+               # repeated slots as identical copies), the same expansion and inner stage (its K,R: 20,0.3)
+               variants={"qwen": Variant("flashvid_inner:flashvid_qwen", dict(selection="attn_div", min_segment_num=4,
+                                                                           positions="original", duplicates="last"),
+                                         llm_stage="flashvid_inner:qwen_inner_stage", positions="original")}),
 ]}
 
 DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in REGISTRY.items()}

@@ -52,9 +52,10 @@ Prefill integration (what the engine's prefill must do; batch 1, one video, pref
 
 In fastvid: the registry entry ``flashvid`` builds ``InnerPrune`` with ``inner_stage`` (``--flashvid-inner K,R``, on
 by default with the LLaVA-OneVision settings), and ``fastvid_cli/llm_stage.py`` runs it: the generic layer-by-layer
-prefill does the steps above for 1-D positions (its scores are float32 head means of float32 probabilities, not bf16).
-K at or past the loaded LLM's depth turns it off (``off_past_depth``), ratio 1.0 builds none. On Qwen-VL it does not
-run (M-RoPE rows): ``flashvid_pre_llm`` is the pre-LLM part alone, with expansion 1, and says so in its notes.
+prefill does the steps above for 1-D positions and M-RoPE rows (its scores are float32 head means of float32 probabilities, not bf16).
+K at or past the loaded LLM's depth turns it off (``off_past_depth``), ratio 1.0 builds none. On Qwen-VL
+(``qwen_inner_stage``, ``flashvid_qwen``) the same prefill runs it on the M-RoPE rows, with the Qwen2.5-VL
+reference's K,R (20,0.3) by default; the Qwen3-VL reference used 28,0.1 (give ``--flashvid-inner 28,0.1``).
 
 Deviation: top-k ties go to the lowest position (the reference's ``torch.topk`` order is undefined; with bf16
 scores ties are common, §7.15).
@@ -337,44 +338,37 @@ def inner_stage(inner, option: str = "--flashvid-inner", ratio: float | None = N
     return InnerPrune(*parsed, tail=1, option=option)
 
 
-def qwen_inner_stage(inner, option: str = "--flashvid-inner", ratio: float | None = None) -> None:
-    """On Qwen-VL the inner stage is not run: fastvid's layer-by-layer prefill (``fastvid_cli/llm_stage.py``) takes
-    1-D positions only, and Qwen-VL's are M-RoPE rows. ``InvalidOptionError`` when one is asked for."""
-    if parse_inner(inner, option) is not None and (ratio is None or ratio < 1.0):
-        raise InvalidOptionError(f"{option}: FlashVID's inner-LLM stage does not run on Qwen-VL models yet (the "
-                                 "layer-by-layer prefill needs 1-D positions, Qwen-VL uses M-RoPE rows)",
-                                 hint=f"leave {option} out (or give {option} off): the pre-LLM stage runs alone")
-    return None
+def qwen_inner_stage(inner, option: str = "--flashvid-inner", ratio: float | None = None) -> InnerPrune | None:
+    """The stage on Qwen-VL: the visual positions are the video tokens alone (Qwen2/2.5-VL: the whole video span;
+    Qwen3-VL: the span less its timestamps and frame separators, which the prompt names), nothing after them
+    (``tail`` 0); the layer-by-layer prefill cuts the M-RoPE rows and the DeepStack features with the sequence.
+    ``inner`` and ``ratio`` as for ``inner_stage``."""
+    parsed = parse_inner(inner, option)
+    if parsed is None or (ratio is not None and ratio >= 1.0):
+        return None
+    return InnerPrune(*parsed, tail=0, option=option)
 
 
-PRE_LLM_ONLY_NOTE = ("flashvid on Qwen-VL: pre-LLM compression only (the inner-LLM prune needs 1-D positions), "
-                     "with expansion 1 so --ratio is the share of video tokens kept")
-
-
-# FlashVID's Qwen-VL variant here: the reference's Qwen2.5-VL settings, and no expansion (no inner stage follows)
-PRE_LLM_DEFAULTS = dict(FAMILY_VARIANTS["qwen2_5_vl"], expansion=1.0)
+# FlashVID's Qwen-VL variant: the reference's Qwen2.5-VL settings (v1 ADTS, 4 segments, original M-RoPE positions,
+# repeated slots as identical copies); the expansion (1.25) and the inner stage are the method's own defaults
+QWEN_DEFAULTS = dict(FAMILY_VARIANTS["qwen2_5_vl"])
 
 
 @functools.wraps(flashvid)  # flashvid's signature, for the registry's checks
-def flashvid_pre_llm(*args, **kwargs) -> PruneResult:
-    """``flashvid`` with the Qwen-VL defaults (``PRE_LLM_DEFAULTS``) for what the caller leaves out, and a note
-    that the inner-LLM stage does not follow (its Qwen-VL variant)."""
-    result = flashvid(*args, **{**PRE_LLM_DEFAULTS, **kwargs})
-    if result.kept and not any(n.startswith("ratio 1.0") for n in result.notes):
-        result.notes.append(PRE_LLM_ONLY_NOTE)
-    return result
+def flashvid_qwen(*args, **kwargs) -> PruneResult:
+    """``flashvid`` with the Qwen-VL settings (``QWEN_DEFAULTS``) for what the caller leaves out."""
+    return flashvid(*args, **{**QWEN_DEFAULTS, **kwargs})
 
 
 __all__ = [
     "INNER_DEFAULTS",
     "InnerPrune",
     "InnerStage",
-    "PRE_LLM_DEFAULTS",
-    "PRE_LLM_ONLY_NOTE",
+    "QWEN_DEFAULTS",
     "RetentionPlan",
     "balanced_expansion",
     "check_inner",
-    "flashvid_pre_llm",
+    "flashvid_qwen",
     "inner_keep_count",
     "inner_keep_indices",
     "inner_stage",
