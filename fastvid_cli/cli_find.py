@@ -135,7 +135,7 @@ class FindProgress:
         from fastvid_cli.ui import err_console
 
         self.bar = None
-        if enabled and err_console.is_terminal and total > 1:
+        if enabled and err_console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self.bar = Progress(TextColumn("[bold]find"), BarColumn(), MofNCompleteColumn(),
