@@ -174,3 +174,13 @@ def test_server_selects_per_request_and_checks_the_values(needle, tmp_path):
             assert r.status_code == 400, (bad, r.text)
     finally:
         svc.stop()
+
+
+def test_chat_select_keeps_the_opening_questions_frames(runner, needle):
+    video, rec = needle
+    result = runner.invoke(app, ["chat", str(video), "--model", "demo", "--select", "4", "--max-new-tokens", "3",
+                                 "--no-cache", "--json"], input=f"{rec['question']}\nAnd its shape?\n/quit\n")
+    assert result.exit_code == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == 2 and all(a["frames"] == 4 for a in answers)
+    assert answers[0]["selection"]["timestamps"] == answers[1]["selection"]["timestamps"]  # follow-up: same frames
