@@ -348,6 +348,10 @@ def compare(
             sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         else:
             print_compare(result, full=full)
+            if chosen:
+                from fastvid_cli.ui import selection_line
+
+                selection_line(chosen)
         return 0
 
     run_command(debug, body)

@@ -336,6 +336,13 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None, server: str |
     return Panel(grid, title="fastvid", title_align="left", border_style="dim", expand=False)
 
 
+def selection_line(sel: dict[str, Any]) -> None:
+    """`compare --select`: which frames every row answered from, on stderr."""
+    times = " ".join(f"{t:.2f}s ({sc:.3f})" for t, sc in zip(sel["timestamps"], sel["scores"]))
+    err_console.print(f"[dim]frames chosen for the question: {sel['k']} of {sel['candidates']} candidates (BOLT ITS, "
+                      f"power {sel['power']:g}; {sel['selector']}), t (score): {times}[/]", highlight=False)
+
+
 def print_summary(r: dict[str, Any], load_ms: float | None = None, server: str | None = None) -> None:
     err_console.print(summary_panel(r, load_ms, server))
 
