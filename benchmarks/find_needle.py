@@ -51,9 +51,10 @@ def main() -> None:
         rows.append({"id": r["id"], "needle": r["needle"], "moments": [[m.start, m.end, m.score] for m in moments[:5]],
                      "rank": hits.index(True) + 1 if any(hits) else None})
     n = len(records)
+    widths = [r["moments"][0][1] - r["moments"][0][0] for r in rows]
     print(f"find on the needle split ({n} questions, selector {scorer.source}): top-1 {top1}/{n} = "
-          f"{100 * top1 / n:.1f} %, top-5 {top5}/{n} = {100 * top5 / n:.1f} % "
-          f"({time.perf_counter() - t0:.0f} s)")
+          f"{100 * top1 / n:.1f} %, top-5 {top5}/{n} = {100 * top5 / n:.1f} %; top-1 moment {sum(widths) / n:.2f} s "
+          f"long on average, {sum(w > 2 for w in widths)} longer than 2 s ({time.perf_counter() - t0:.0f} s)")
     if args.out:
         Path(args.out).write_text(json.dumps({"n": n, "top1": top1, "top5": top5, "rows": rows}, indent=1))
 

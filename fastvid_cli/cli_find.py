@@ -69,8 +69,8 @@ def find(
     """Find the moments that best match a text across one or many videos: video, start–end seconds, score.
 
     Each video's candidate frames are scored against the text by a text-image model (cosine of the embeddings);
-    adjacent candidates scoring in the top half of that video's score range merge into one moment (README
-    'fastvid find'). Moments of all videos are ranked by their best score. No Video LLM is loaded.
+    adjacent candidates scoring at least half-way from that video's median score to its best merge into one moment
+    (README 'fastvid find'). Moments of all videos are ranked by their best score. No Video LLM is loaded.
     """
 
     def body() -> int:

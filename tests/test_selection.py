@@ -70,3 +70,12 @@ def test_moments_merge_adjacent_high_candidates():
     assert moments[0].score == 1.0 and abs(moments[1].score - 0.7) < 1e-6
     flat = find_moments(torch.zeros(3), [1.0, 2.0, 3.0], duration=4.0)
     assert [(m.start, m.end) for m in flat] == [(0.0, 4.0)]
+
+
+def test_moments_take_the_median_as_floor_so_a_background_level_does_not_merge():
+    # most candidates sit at a background 0.5, one empty frame at 0: min-max would put the background at the
+    # level and merge it all; from the median only the peak (and its close neighbour) stand out
+    times = [float(t) for t in range(8)]
+    s = torch.tensor([0.0, 0.5, 0.55, 0.5, 1.0, 0.8, 0.5, 0.52])
+    moments = find_moments(s, times, duration=8.0)
+    assert [(m.start, m.end, m.peak) for m in moments] == [(3.5, 5.5, 4.0)]
