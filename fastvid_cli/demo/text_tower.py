@@ -96,15 +96,19 @@ class Heads(nn.Module):
 
 # ------------------------------------------------------------------------------------------ frame side
 def load_tower(weights: Path):
-    """The demo's vision tower (a transformers SiglipVisionModel) from its model.safetensors, eval mode."""
+    """The demo's vision tower (the transformer of a transformers SiglipVisionModel: embeddings, encoder) from its
+    model.safetensors, eval mode."""
     from safetensors import safe_open
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     cfg = SiglipVisionConfig(**{k: v for k, v in demo.VISION.items() if k != "model_type"})
-    tower = SiglipVisionModel(cfg)
+    # transformers < 5.2x nests the transformer under `.vision_model` (the LLaVA adapter reads it the same way)
+    model = SiglipVisionModel(cfg)
+    tower = getattr(model, "vision_model", model)
     prefix = "vision_tower."
     with safe_open(str(weights / "model.safetensors"), framework="pt") as st:
         state = {k[len(prefix):]: st.get_tensor(k).float() for k in st.keys() if k.startswith(prefix)}
+    state = {k.removeprefix("vision_model."): v for k, v in state.items()}  # either checkpoint layout
     missing, _ = tower.load_state_dict(state, strict=False)
     if [m for m in missing if not m.startswith("head.")]:
         raise ValueError(f"demo vision tower weights lack {missing[:3]}")
