@@ -199,8 +199,8 @@ def chat(
         from fastvid_cli.settings import GenerationOptions
 
         GenerationOptions(**gen).validate()
-        settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params, gen=gen, cache=not no_cache,
-                                select=sel)
+        settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params,
+                                gen=gen, cache=not no_cache, select=sel)
         if url and sel is not None:
             raise InvalidOptionError("chat --server with --select is not supported yet", "run it locally")
         if url:

@@ -1,7 +1,7 @@
 """`--select K`: sample a video's candidate frames once, score them against a question, keep K of them.
 
     video ──sample_candidates──▶ Candidates (M decoded frames + their embeddings, once per video)
-          ──choose(question)──▶ a K-frame Clip cut from the decoded candidates (no second decode) + what was chosen
+          ──choose(question)──▶ a K-frame Clip cut from the decoded candidates (no second decode), and a record
 
 The rule lives in `fastvid_cli.selection` (pure tensors), the model side in `fastvid_cli.frame_scorer`; this
 module ties them to clips and times them. The K-frame clip then goes through the usual pipeline of every family

@@ -121,10 +121,11 @@ def find_moments(scores: torch.Tensor, times: list[float], duration: float,
     `level` is one moment. The median, not the minimum, is the floor because most of a video is not the moment
     sought: a few frames showing nothing at all would otherwise set the floor and let whole stretches of mildly
     related frames merge into one long moment (on the needle split, min-max gave 86 of 200 top moments longer
-    than 2 s, the median 3; benchmarks/RESULTS.md). A candidate stands for the time up to halfway to its neighbours (the first from 0, the
-    last to `duration`), so a moment spans [halfway before its first candidate, halfway after its last]. Its score
-    is the best raw score in the run (comparable across videos scored by the same scorer); ties keep time order.
-    Flat scores (max = median): one moment, the whole video."""
+    than 2 s, the median 3; benchmarks/RESULTS.md). A candidate stands for the time up to halfway to its neighbours
+    (the first from 0, the last to `duration`), so a moment spans [halfway before its first candidate, halfway after
+    its last]. Its score is the best raw score in the run (comparable across videos scored by the same scorer); ties
+    keep time order. Flat scores (max = median): one moment, the whole video.
+    """
     s = scores.detach().to(torch.float64).cpu()
     m = s.numel()
     if m == 0:

@@ -9,8 +9,9 @@ include the distractors' colours (shapes). With 8 uniform frames (one every ~18 
 about a fifth of the time, with 16 about half the time.
 
 Records are those of `fastvid_cli.synth` (same fields, so `fastvid eval` reads them; the clip length is
-``"clip_frames"``, not ``"frames"``, which eval would take as the frames to sample) plus ``"generator": "needle"`` (so `synth.materialize` re-renders them with this module) and ``"needle": [start, end]``,
-the seconds the target is on screen (what `fastvid find` should return). Seeds start at NEEDLE_SEED_START, apart
+``"clip_frames"``, not ``"frames"``, which eval would take as the frames to sample) plus
+``"generator": "needle"`` (so `synth.materialize` re-renders them with this module) and
+``"needle": [start, end]``, the seconds the target is on screen (what `fastvid find` should return). Seeds start at NEEDLE_SEED_START, apart
 from the regular test split's and the training streams'; the regular split is untouched.
 """
 
