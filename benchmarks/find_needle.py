@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastvid_cli import synth  # noqa: E402
+from fastvid_cli import synth, synth_needle  # noqa: E402,F401 - synth_needle registers its generator
 from fastvid_cli.cli_find import _Plan  # noqa: E402
 from fastvid_cli.frame_scorer import load_scorer, selector_source  # noqa: E402
 from fastvid_cli.selection import find_moments  # noqa: E402

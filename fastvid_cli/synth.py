@@ -800,17 +800,21 @@ def clip_frames(record: dict) -> int:
     return int(record.get("clip_frames", record.get("frames", DEFAULT_FRAMES)))
 
 
+# Generators of other splits, by the name their records carry in "generator"; a split's module registers its own
+# when imported (fastvid_cli.synth_needle: "needle"), so this module depends on none of them.
+GENERATORS: dict = {}
+
+
 def generator_of(record: dict):
-    """The function that renders a record's clip from its seed: ``generate``, or another split's generator named
-    by the record's "generator" field ("needle": ``fastvid_cli.synth_needle.generate``)."""
+    """The function that renders a record's clip from its seed: ``generate``, or the generator registered under
+    the record's "generator" field (import its module first, e.g. ``fastvid_cli.synth_needle``)."""
     name = record.get("generator")
     if name in (None, "", "regular"):
         return generate
-    if name == "needle":
-        from fastvid_cli import synth_needle
-
-        return synth_needle.generate
-    raise InvalidOptionError(f"record {record.get('id', '?')}: unknown generator {name!r}")
+    if name in GENERATORS:
+        return GENERATORS[name]
+    raise InvalidOptionError(f"record {record.get('id', '?')}: unknown generator {name!r}",
+                             f"known: regular, {', '.join(GENERATORS) or 'none registered'}")
 
 
 def render_record(record: dict) -> np.ndarray:

@@ -116,6 +116,9 @@ def make_split(seed_start: int = NEEDLE_SEED_START, count: int = NEEDLE_COUNT, *
     return out
 
 
+synth.GENERATORS["needle"] = generate  # synth.materialize / render_record re-render "generator": "needle" records
+
+
 def main() -> None:
     """Write the shipped needle split: python -m fastvid_cli.synth_needle fastvid_cli/data/synth_needle.jsonl"""
     import sys

@@ -151,6 +151,7 @@ def regenerate_videos(questions: list[BenchQuestion]) -> list[str]:
         return []
     import tempfile
 
+    from fastvid_cli import synth_needle  # noqa: F401 - registers the needle split's generator
     from fastvid_cli.synth import materialize  # numpy: imported only when a video is to be regenerated
 
     notes = []
