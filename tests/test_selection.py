@@ -79,3 +79,15 @@ def test_moments_take_the_median_as_floor_so_a_background_level_does_not_merge()
     s = torch.tensor([0.0, 0.5, 0.55, 0.5, 1.0, 0.8, 0.5, 0.52])
     moments = find_moments(s, times, duration=8.0)
     assert [(m.start, m.end, m.peak) for m in moments] == [(3.5, 5.5, 4.0)]
+
+
+def test_candidate_count_default_and_cap():
+    from fastvid_cli.settings import SelectOptions
+
+    assert SelectOptions(k=8).count(total=128, video_fps=8.0) == 32  # 4*K beats 16 s at one per second
+    assert SelectOptions(k=8).count(total=60 * 30, video_fps=30.0) == 60  # a minute: one per second beats 4*K
+    assert SelectOptions(k=8).count(total=3600 * 30, video_fps=30.0) == 256  # an hour: capped
+    assert SelectOptions(k=100).count(total=10**6, video_fps=30.0) == 256  # 4*K over the cap: capped...
+    assert SelectOptions(k=256).count(total=10**6, video_fps=30.0) == 256  # ...but never below K
+    assert SelectOptions(k=8, candidates=100).count(total=50, video_fps=8.0) == 50  # never more than the video has
+    assert SelectOptions(k=4)(total=10, video_fps=None) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]  # 16 > 10 frames: all
