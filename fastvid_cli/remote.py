@@ -70,8 +70,8 @@ def ask_remote(client: Client, video: str, question: str, *, model: str | None, 
 
     `model`: the --model the user gave (None: the server's). It goes with the request and the server refuses a model
     it does not serve: one round trip, not a GET /v1/models before it. Only then is the model card fetched, for the
-    message of a local run (Client.check_model), or to accept a name the client resolves to the served model (a hub
-    id for an alias); to a server the video is uploaded to, the card is checked first, so that a wrong --model
+    message of a local run (Client.check_model), or to accept another name the client resolves to the served model
+    (a relative folder, the hub id of an alias); to a server the video is uploaded to, the card is checked first, so that a wrong --model
     fails before an upload."""
     import json
     import sys
