@@ -138,18 +138,19 @@ def ask(
 
 def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, method_options: dict[str, Any]) -> int:
     """`ask --server`: the options the user set go with the request (the method options by parameter name, which
-    the server resolves as a local `ask` does, on its model's family); the rest are the server's defaults (which,
-    for a server started without pruning/generation flags, are those of a local `ask`)."""
+    the server resolves as a local `ask` does, on its model's family; --model, which the server refuses when it
+    serves another); the rest are the server's defaults (which, for a server started without pruning/generation
+    flags, are those of a local `ask`). cli_ask_server.py runs the same for a plain command line without typer."""
     from fastvid_cli.remote import ask_remote
 
-    p = _given_cli_options("frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p", "seed",
-                           "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
+    p = _given_cli_options("model", "frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p",
+                           "seed", "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
     method = p.get("method")
     as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
-    client = server_client(url, api_key, not (as_json or quiet))
+    client = server_client(url, api_key, not (as_json or quiet), except_options=("model",))
     params = method_options_by_name(method_options)
     gen = {k: p.get(k) for k in ("max_new_tokens", "temperature", "top_p", "seed", "system")}
-    return ask_remote(client, str(video), question, model=None, frames=p.get("frames"), fps=p.get("fps"),
+    return ask_remote(client, str(video), question, model=p.get("model"), frames=p.get("frames"), fps=p.get("fps"),
                       method=method, ratio=p.get("ratio"), params=params, gen=gen,
                       baseline=bool(p.get("baseline")), margins=bool(p.get("margins")),
                       compile_decode=p.get("compile_decode"), cache=not p.get("no_cache"), as_json=as_json,
@@ -456,6 +457,18 @@ def _invoke() -> int:
 
 
 def main() -> None:
+    """The `fastvid` command (fastvid_cli.__main__.main, the entry point, does the same without importing typer
+    first): a plain `ask --server` without building the typer app, everything else with it."""
+    from fastvid_cli.cli_ask_server import run as ask_on_server
+
+    code = ask_on_server(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    run_app()
+
+
+def run_app() -> None:
+    """Run the typer app on sys.argv and exit with its code."""
     try:
         sys.exit(_invoke())
     except SystemExit as e:
