@@ -46,6 +46,7 @@ def load_flashvid(path: str | None):
         return flashvid
     spec = importlib.util.spec_from_file_location("flashvid_under_test", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module.flashvid
 

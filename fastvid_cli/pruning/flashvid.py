@@ -59,10 +59,14 @@ Deviations from the reference, all deliberate:
 * Arguments the reference crashes on are refused with ``InvalidOptionError``: a budget ``B ≥ N`` (ratio ·
   expansion ≥ 1, below ratio 1.0) and ``temporal_threshold ≥ 1``.
 
-Speed: three device→host waits (the DySeg similarities; the number of tree roots of each frame; the count of
-repeated slots at the end, for the notes), two small host→device copies; ADTS is a loop over its A picks (all
-frames at once, about five kernels a pick), everything else is a fixed number of batched operations whatever the
-number of segments (the host loops over segments and frames only do integer arithmetic). No loop over tokens.
+Speed (issue #15): after the argument checks, every step runs on the input's device with shapes fixed by
+(F, N, D) and the budgets: DySeg's segments are per-frame ids computed there, ADTS is a fixed loop of A − 1 steps
+over all frames at once (three or four ops a step), TSTM's trees and DPC's candidate lists are (F, N) masks, and
+DPC-kNN clusters every frame on its N token positions with the non-candidates masked. No step waits for the
+device, and the number of operations does not depend on the data, so on a GPU the whole chain is captured once
+per shape and setting as a CUDA graph and replayed (``graphed.py``; eager elsewhere). The host reads the device
+once, at the end (kept count, segment cuts, similarities and the counts for the notes, in one copy), then gathers
+the kept rows. An injected ``noise`` function adds one read (the DPC call sizes) and runs eagerly.
 """
 
 from __future__ import annotations
@@ -486,26 +490,33 @@ def _context_step(values: Tensor, ctx: dict[str, Tensor], stream: Tensor, cfg: _
 
 
 def _device_pipeline(embeds: Tensor, scores: Tensor, stream: Tensor | None, cfg: _Setup,
-                     draw: Callable | None = None) -> dict[str, Tensor]:
+                     draw: Callable | None = None, mark: Callable[[str], None] | None = None) -> dict[str, Tensor]:
     """DySeg, ADTS, TSTM, DPC and the slot sort, on the device with fixed shapes (module comment above).
     ``stream``: the DPC noise, one number per candidate in DPC call order (≥ F·N numbers); with ``draw``
-    instead, the stream is drawn per DPC call after one host read of the call sizes (parity tests)."""
+    instead, the stream is drawn per DPC call after one host read of the call sizes (parity tests).
+    ``mark(phase)``: called at the end of each phase (benchmarks time them)."""
     F, N, A = cfg.F, cfg.N, cfg.A
     device = embeds.device
+    mark = mark or (lambda phase: None)
     sims, cuts, seg = _segment_ids(embeds, cfg)
     plan = plan_from_ids(seg, cfg.n_segments, cfg.B, N, contextual=cfg.S > 0)
+    mark("segmentation")
     # the tokens normalised in their dtype (TSTM); for float32 input ADTS's too, so computed once
     shared = A and cfg.selection != "attn" and embeds.dtype == torch.float32
     unit = _normalize(embeds) if (cfg.S and F > 1) or shared else None
     picks, kappa = _adts_step(embeds, scores, plan, cfg, unit)
     adts_slots = (picks + torch.arange(0, F * N, N, device=device)[:, None]).reshape(-1)
+    mark("adts")
     if cfg.S:
         trees = tstm_links(embeds, kappa, None, None, cfg.B, cfg.tau, plan, unit)
+        values = root_values(embeds, trees)
         ctx = _context_plan(trees, kappa, plan, cfg)
+        mark("tstm")
         if draw is not None:
             stream = _drawn_stream(draw, ctx, F * N, device)
-        is_context, ctx_rows = _context_step(root_values(embeds, trees), ctx, stream, cfg)
+        is_context, ctx_rows = _context_step(values, ctx, stream, cfg)
         soft = trees.soft.sum()
+        mark("dpc")
     else:
         is_context = torch.zeros((F, N), dtype=torch.bool, device=device)
         ctx_rows, soft = embeds.reshape(F * N, -1), torch.zeros((), dtype=torch.int64, device=device)
@@ -515,6 +526,7 @@ def _device_pipeline(embeds: Tensor, scores: Tensor, stream: Tensor | None, cfg:
     n_context = is_context.sum()
     repeated = ((index[1:] == index[:-1]) & (index[1:] < F * N)).sum()
     counts = torch.stack([n_context, repeated, soft]).double()
+    mark("sort")
     return dict(index=index, perm=perm, adts_slots=adts_slots, ctx_rows=ctx_rows,
                 host=torch.cat([counts, cuts.double(), sims]))
 
@@ -550,13 +562,15 @@ def _seeded_stream(seed: int, length: int, device: torch.device) -> Tensor:
     return stream
 
 
-def _run_pipeline(embeds: Tensor, scores: Tensor, cfg: _Setup, p: dict) -> dict[str, Tensor]:
-    """The device pipeline: one CUDA graph per shape and setting on a GPU (``graphed.py``), else eager."""
+def _run_pipeline(embeds: Tensor, scores: Tensor, cfg: _Setup, p: dict, notes: list[str]) -> PruneResult:
+    """The device pipeline, then ``_result``: one CUDA graph per shape and setting on a GPU (``graphed.py``),
+    else eager."""
+    finish = lambda out: _result(embeds, out, cfg, p, notes)  # noqa: E731
     if p["noise"] is not None:
-        return _device_pipeline(embeds, scores, None, cfg, draw=p["noise"])
+        return finish(_device_pipeline(embeds, scores, None, cfg, draw=p["noise"]))
     stream = _seeded_stream(p["seed"], cfg.F * cfg.N, embeds.device)
     key = ("flashvid", cfg, embeds.dtype, scores.dtype)
-    return graphed.run(key, _device_pipeline, (embeds, scores, stream), (cfg,))
+    return graphed.run(key, _device_pipeline, (embeds, scores, stream), (cfg,), consume=finish)
 
 
 def _result(embeds: Tensor, out: dict[str, Tensor], cfg: _Setup, p: dict, notes: list[str]) -> PruneResult:
@@ -582,7 +596,7 @@ def _result(embeds: Tensor, out: dict[str, Tensor], cfg: _Setup, p: dict, notes:
         adts = embeds.reshape(F * N, -1).index_select(0, out["adts_slots"].index_select(0, perm.clamp_max(n_adts - 1)))
         rows = torch.where(from_adts[:, None], adts, ctx)
     else:
-        rows = ctx.clone()
+        rows = ctx
     if repeated:
         rule = "both vectors kept" if p["duplicates"] == "distinct" else "every copy takes the contextual value"
         notes.append(f"flashvid: {repeated} repeated slot(s) ({rule}; they share a position)")
@@ -655,7 +669,7 @@ def flashvid(
     cfg = _setup(F, N, D, embeds.dtype, p)
     if scores.device != embeds.device:
         scores = scores.to(embeds.device)
-    return _result(embeds, _run_pipeline(embeds, scores, cfg, p), cfg, p, notes)
+    return _run_pipeline(embeds, scores, cfg, p, notes)
 
 
 def prune_flashvid(embeds: Tensor, saliency: Tensor | None, frame_features: Tensor | None, ratio: float = 0.1,

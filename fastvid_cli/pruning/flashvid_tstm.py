@@ -6,6 +6,7 @@ Split out of flashvid.py to keep each file about one stage; ``flashvid`` re-expo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 
+@functools.lru_cache(maxsize=64)
 def in_dtype(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded to ``dtype``: what the reference compares a tensor of that dtype with (torch casts a
     Python scalar to the tensor's dtype in a comparison)."""
@@ -23,12 +25,6 @@ def _normalize(x: Tensor) -> Tensor:
     """x / ||x|| along the last dim in x's dtype, as the reference; a zero vector stays zero (not NaN)."""
     norm = x.norm(p=2, dim=-1, keepdim=True)
     return x / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-
-
-def _true_positions(mask: Tensor, count: int) -> Tensor:
-    """Increasing indices of the True entries of the 1-D ``mask``, of which the caller knows there are ``count``
-    (a stable sort, without the device wait of ``nonzero``)."""
-    return torch.sort((~mask).to(torch.uint8), stable=True).indices[:count]
 
 
 def _add_rows(target: Tensor, index: Tensor, rows: Tensor) -> None:
@@ -146,7 +142,8 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int] | None, act
     per_seg = torch.zeros_like(plan.tokens).index_add_(0, seg, merged_above_tau)
     soft = (plan.tokens - per_seg < plan.lower) & plan.active
     order = torch.sort(sigma.view(-1), descending=True, stable=True).indices  # then grouped by segment, stably
-    order = order.index_select(0, torch.sort(seg.repeat_interleave(N).index_select(0, order), stable=True).indices)
+    seg_of_token = seg[:, None].expand(F, N).reshape(-1)  # (no repeat_interleave: it may read the device)
+    order = order.index_select(0, torch.sort(seg_of_token.index_select(0, order), stable=True).indices)
     kth_value = sigma.view(-1).index_select(0, order.index_select(0, plan.kpos)).float().clamp_min_(-1.0 + 1e-6)
     threshold = torch.where(soft, kth_value, tau_d)
     merge = (sig32 > threshold.index_select(0, seg)[:, None]) & usable[:, None]

@@ -48,32 +48,41 @@ def clear() -> None:
         _failed.clear()
 
 
-def run(key: Hashable, fn: Callable, inputs: Sequence[Tensor], args: Sequence = ()):
-    """``fn(*inputs, *args)``; on CUDA inputs, by replaying the graph captured for ``key`` (captured on first
-    use, after one eager warm-up run on a side stream). ``key`` must determine every shape, dtype and host value
-    the function's work depends on; ``inputs`` are copied into the graph's own input buffers."""
+def run(key: Hashable, fn: Callable, inputs: Sequence[Tensor], args: Sequence = (),
+        consume: Callable | None = None):
+    """``consume(fn(*inputs, *args))`` (or the outputs themselves without ``consume``); on CUDA inputs, by
+    replaying the graph captured for ``key`` (captured on first use, after one eager warm-up run on a side
+    stream). ``key`` must determine every shape, dtype and host value the function's work depends on; ``inputs``
+    are copied into the graph's own input buffers. ``consume`` runs before another thread can replay the same
+    graph (it must not keep the outputs: copy what it returns), outside inference mode."""
+    consume = consume or (lambda out: out)
     device = inputs[0].device
     if device.type != "cuda" or not _enabled or key in _failed or torch.cuda.is_current_stream_capturing():
-        return fn(*inputs, *args)
+        return consume(fn(*inputs, *args))
     full_key = (key, str(device), tuple((tuple(x.shape), x.dtype) for x in inputs))
-    with _lock, torch.inference_mode():
-        entry = _graphs.get(full_key)
+    with _lock:
+        with torch.inference_mode():
+            entry = _graphs.get(full_key)
+            if entry is None:
+                try:
+                    entry = _capture(fn, inputs, args, device)
+                except Exception as exc:  # noqa: BLE001 - any capture problem: run eagerly from now on
+                    _failed[key] = f"{type(exc).__name__}: {exc}"
+                    torch.cuda.synchronize(device)
+                    entry = None
+                if entry is not None:
+                    _graphs[full_key] = entry
+                    while len(_graphs) > MAX_GRAPHS:
+                        _graphs.popitem(last=False)
+            else:
+                _graphs.move_to_end(full_key)
+                for buffer, x in zip(entry[1], inputs):
+                    buffer.copy_(x, non_blocking=True)
+            if entry is not None:
+                entry[0].replay()
         if entry is None:
-            try:
-                entry = _capture(fn, inputs, args, device)
-            except Exception as exc:  # noqa: BLE001 - any capture problem: run eagerly from now on
-                _failed[key] = f"{type(exc).__name__}: {exc}"
-                torch.cuda.synchronize(device)
-                return fn(*inputs, *args)
-            _graphs[full_key] = entry
-            while len(_graphs) > MAX_GRAPHS:
-                _graphs.popitem(last=False)
-        else:
-            _graphs.move_to_end(full_key)
-            for buffer, x in zip(entry[1], inputs):
-                buffer.copy_(x, non_blocking=True)
-        entry[0].replay()
-        return entry[2]
+            return consume(fn(*inputs, *args))
+        return consume(entry[2])
 
 
 def _capture(fn: Callable, inputs: Sequence[Tensor], args: Sequence, device: torch.device) -> tuple:
