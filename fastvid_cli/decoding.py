@@ -307,11 +307,11 @@ def decode_rows(model, pre: RowsPrefill, samplings: list[Sampling], on_token=Non
     return eager_rows(model, pre, tok, results, alive, picks, on_token, stops)
 
 
-def emit_rows(results: list[DecodeResult], alive: list[int], tok: torch.Tensor, samplings: list[Sampling],
+def emit_rows(results: list[DecodeResult], alive: list[int], tok: torch.Tensor | list[int], samplings: list[Sampling],
               eos: set[int], on_token, stops, logits: torch.Tensor | None = None) -> list[int]:
-    """Record each alive row's token of this step (tok (B,1), read to the host at once: the one sync per step);
-    returns the rows still alive. With margins asked for, `logits` (B,V) gives each row's."""
-    ids = tok[:, 0].tolist()
+    """Record each alive row's token of this step (tok (B,1) read to the host at once, the one sync per step, or
+    already read: a list); returns the rows still alive. With margins asked for, `logits` (B,V) gives each row's."""
+    ids = tok if isinstance(tok, list) else tok[:, 0].tolist()
     if results[0].margins is not None and logits is not None:
         for b in alive:
             results[b].margins.append(logit_margin(logits[b], ids[b]))

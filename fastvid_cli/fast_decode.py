@@ -560,8 +560,8 @@ class FusedRowsDecoder(_FusedModel):
         eos = eos_ids(model)
         picks = RowPicks(samplings, pre.logits.device)
         tok = picks(pre.logits)
-        fed = [tok]  # what each row was fed, step by step (what the eager loop needs to take over)
-        alive = emit_rows(results, list(range(B)), tok, samplings, eos, on_token, stops)
+        fed = [tok[:, 0].tolist()]  # what each row was fed, step by step (what the eager loop needs to take over)
+        alive = emit_rows(results, list(range(B)), fed[-1], samplings, eos, on_token, stops)
         if not alive:
             return results
         before = self.capture_ms
@@ -578,9 +578,8 @@ class FusedRowsDecoder(_FusedModel):
                 else:
                     logits = self._step(rows, span)
                 slot += 1
-                tok = picks(logits, self.tok)
-                fed.append(tok.clone())
-                alive = emit_rows(results, alive, tok, samplings, eos, on_token, stops)
+                fed.append(picks(logits, self.tok)[:, 0].tolist())
+                alive = emit_rows(results, alive, fed[-1], samplings, eos, on_token, stops)
                 if not alive:
                     break
         except torch.OutOfMemoryError:
@@ -592,7 +591,8 @@ class FusedRowsDecoder(_FusedModel):
             for r in results:
                 r.mode = f"batched x{B}"
                 r.fallback = f"{type(e).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
-            return eager_rows(model, pre, torch.cat(fed, dim=1), results, alive, picks, on_token, stops)
+            feed = torch.tensor(fed, dtype=torch.long, device=pre.logits.device).T.contiguous()  # (B, steps)
+            return eager_rows(model, pre, feed, results, alive, picks, on_token, stops)
         if self.capture_ms > before:
             for r in results:
                 r.capture_ms = self.capture_ms - before
