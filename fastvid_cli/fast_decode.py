@@ -426,8 +426,8 @@ class FusedRowsDecoder(_FusedModel):
     per row). Rows that finished keep stepping (their tokens are ignored) until the last one ends.
 
     State: K/V buffers (layers, rows, nkv, capacity, D); per-row rotary tables (rows, capacity, D) and padding masks;
-    one CUDA graph per (row bucket, span): B rows run in the graph of the next power of two (the extra rows compute
-    on stale buffers and are never read), spans as in FusedDecoder."""
+    one CUDA graph per (row bucket, span): B rows run in the graph of `bucket(B)` rows (the extra rows compute on stale
+    buffers and are never read), spans as in FusedDecoder."""
 
     def __init__(self, model, *, graphs: bool = True, ops=None):
         super().__init__(model, graphs=graphs, ops=ops)
@@ -437,8 +437,9 @@ class FusedRowsDecoder(_FusedModel):
 
     @staticmethod
     def bucket(rows: int) -> int:
-        """The row count of the graph that decodes `rows` rows: the next power of two."""
-        return 1 << max(0, rows - 1).bit_length()
+        """The row count of the graph that decodes `rows` rows: 1, 2, 4, then the next multiple of 4 (few graphs,
+        and a spare row costs its attention over the whole span, so 10 rows take 12, not 16)."""
+        return 1 << max(0, rows - 1).bit_length() if rows <= 4 else -(-rows // 4) * 4
 
     # -------------------------------------------------------------------------------------- buffers
     def _allocate(self, rows: int, capacity: int, dtype: torch.dtype) -> None:
