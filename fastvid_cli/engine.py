@@ -242,9 +242,15 @@ class Engine:
         return self.decoding.decode(logits, cache, next_position, gen, cuda=self.cuda, on_token=on_token, stop=stop,
                                     notes=notes)
 
+    def decode_rows(self, pre, gen: GenerationOptions, *, on_token=None, stops=None, notes: list[str] | None = None):
+        """Decode the rows of a batched prefill (decoding.prefill_rows) together with the loop
+        decoders.DecoderChoice.decode_rows picks: the fused B-row step where `decode` would take the fused step,
+        else the eager batched loop; fallbacks are noted in `notes`."""
+        return self.decoding.decode_rows(pre, gen, cuda=self.cuda, on_token=on_token, stops=stops, notes=notes)
+
     @property
     def decoders(self) -> dict[str, Any]:
-        """The graph decoders made so far ("fused", "static"; None once one failed)."""
+        """The graph decoders made so far ("fused", "fused-rows", "static"; None once one failed)."""
         return self.decoding.decoders
 
     @property

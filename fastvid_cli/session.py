@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from fastvid_cli.decoding import DecodeResult, TextStream, decode_batch, eos_ids
+from fastvid_cli.decoding import DecodeResult, TextStream, eos_ids, prefill_rows
 from fastvid_cli.errors import OutOfMemoryError, oom_guard
 from fastvid_cli.llm_stage import fit_stage
 from fastvid_cli.models.interface import Assembled, VideoFeatures
@@ -261,7 +261,8 @@ class VideoSession:
                     on_text: list[Callable[[str], None] | None] | None = None,
                     stops: list[threading.Event | None] | None = None) -> list[Report]:
         """Greedy answers to several questions about this video, decoded together in batches of up to `max_rows`
-        rows on top of the shared prefix KV cache (see decoding.decode_batch); the same answers as `answer` one by
+        rows on top of the shared prefix KV cache (decoding.prefill_rows, then Engine.decode_rows: the fused B-row
+        CUDA-graph step where a single answer would take the fused step, else the eager batched loop); the same answers as `answer` one by
         one, at a fraction of the per-question cost. Falls back to one-by-one answering when batching does not
         apply (sampling, HoliTom's inner stage, a prompt prefix that differs from the shared one). `lead_ms` (work
         that these questions waited for; one value for all, or one per question) counts towards each row's TTFT.
@@ -298,6 +299,9 @@ class VideoSession:
         reports: list[Report] = []
         for start in range(0, n, rows):
             part = list(range(start, min(start + rows, n)))
+            if len(part) == 1:  # a last row alone: the one-answer decoder (whose graphs exist) answers it
+                reports.extend(one_by_one(part))
+                continue
             reports.extend(self._answer_rows([questions[i] for i in part], [built[i][1] for i in part], gen, cut,
                                              [leads[i] for i in part], [sinks[i] for i in part],
                                              [halts[i] for i in part], lambda part=part: one_by_one(part)))
@@ -314,12 +318,15 @@ class VideoSession:
                 streams[b].put(token)
 
         t_start = time.perf_counter()
+        notes: list[str] = []
         try:
             with torch.inference_mode():
-                results, t_prefill = decode_batch(
-                    eng.model, self.prefix_cache, [a.inputs_embeds[:, cut:] for a in asms],
-                    [a.position_ids[..., cut:] for a in asms], gen.sampling(), clock=eng.clock.now,
-                    on_token=on_token if any(streams) else None, stops=halts if any(halts) else None)
+                pre = prefill_rows(eng.model, self.prefix_cache, [a.inputs_embeds[:, cut:] for a in asms],
+                                   [a.position_ids[..., cut:] for a in asms], clock=eng.clock.now)
+                t_prefill = pre.started
+                results = eng.decode_rows(pre, gen, on_token=on_token if any(streams) else None,
+                                          stops=halts if any(halts) else None, notes=notes)
+                del pre  # the rows' KV cache: freed before the reports are made
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # one row at a time needs far less memory
             if any(s is not None and s.text for s in streams):
@@ -332,6 +339,7 @@ class VideoSession:
             report = self.report_base(q, asm)
             report.notes.append(f"answered together with {len(asms) - 1} other question(s) about this video "
                                 "(batched decode on the shared video prefix)")
+            report.notes.extend(notes)
             if streams[b] is not None:
                 report.answer = streams[b].finish()
             else:
@@ -340,7 +348,7 @@ class VideoSession:
             report.new_tokens, report.stop_reason, report.decode_mode = len(res.token_ids), res.stop_reason, res.mode
             report.set_margins(res.margins)
             fill_timings(report, dict(self.timings), res.token_times, t_start=t_start, t_prefill=t_prefill,
-                         t_end=t_end, lead_ms=lead_ms, prefix_ms=self.prefix_ms or 0.0)
+                         t_end=t_end, lead_ms=lead_ms, capture_ms=res.capture_ms, prefix_ms=self.prefix_ms or 0.0)
             if eng.cuda:
                 report.peak_gpu_mem_mb = peak_gpu_mem_mb(eng.clock.cuda)
             report.prefill_speedup = estimated_prefill_speedup(eng.adapter, asm)

@@ -6,7 +6,7 @@
   request with another pruning setting only prunes again. The on-disk feature cache of `ask` is used as well
   (not for uploads, whose files live only as long as the server).
 * **Batching**: greedy requests about the same session that wait at the same time are decoded together
-  (VideoSession.answer_many, decoding.decode_batch): one decode step serves all of them, each streams its own
+  (VideoSession.answer_many: the fused B-row step on CUDA): one decode step serves all of them, each streams its own
   tokens and stops on its own; the answers are those of answering one by one. After taking a batchable request
   the worker waits a few ms (`batch_window_s`) for companions, but only while requests have recently been
   arriving concurrently, so a lone client never pays it.
