@@ -233,6 +233,9 @@ class FrameSink:
     # Decode with the container that was opened to demux the stream when one decoder is enough.
     reuse_demuxer = True
 
+    def check(self, stream) -> None:
+        """Raise DecoderDeclined early (before demuxing) when this sink cannot decode ``stream``."""
+
     def open(self, p: Path, name: str, threads: int):
         """(container, video stream) ready to decode; the caller closes the container."""
         return _open_stream(p, name, threads)
@@ -278,6 +281,7 @@ def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int, on_
     with container:
         info = _stream_info(stream, container)
         _check_complete(stream, p, name)
+        sink.check(stream)
         pts, keys, exact = _demux_index(container, stream)
         if exact and pts:
             indices = _pick_indices(len(pts), num_frames, info.fps)

@@ -15,7 +15,7 @@ with 16-bit coefficients made by ``ff_yuv2rgb_c_init_tables`` from ``ff_yuv2rgb_
 
 Other frames (more than 8 bits, odd height) go through swscale's general scaler, whose chroma filtering we do not
 reproduce; they are converted in float with bilinear (centre-sited) chroma, which differs from PyAV by about
-1.6-1.8 grey levels on average and by up to ~50 at hard colour edges (numbers in tests/test_yuv.py).
+1.9-2.0 grey levels on average and by up to ~85 at hard colour edges (numbers in tests/test_yuv.py).
 
 The matrix follows the frame's colorspace tag the way swscale reads it (``sws_getCoefficients``): BT.709, FCC,
 SMPTE 240M and BT.2020 when tagged, BT.601 for everything else, including untagged HD video (swscale does not guess
