@@ -28,7 +28,8 @@ import av
 import numpy as np
 
 from fastvid_cli.errors import InvalidOptionError, VideoDecodeError, VideoNotFoundError
-from fastvid_cli.video import Clip, DecoderDeclined, FrameSink, _pick_stream, sample_frames
+from fastvid_cli import video
+from fastvid_cli.video import Clip, DecoderDeclined, FrameSink, _pick_stream
 
 __all__ = ["DECODERS", "NvdecSink", "nvdec_status", "resolve_decoder", "sample_clip", "frame_planes"]
 
@@ -234,7 +235,7 @@ def sample_clip(path, num_frames, *, decoder: str = "auto", device: Any = None, 
     if kind == "gpu":
         try:
             sink = NvdecSink(device, sessions)
-            return sample_frames(path, num_frames, threads=threads, on_frame=on_frame, sink=sink)
+            return video.sample_frames(path, num_frames, threads=threads, on_frame=on_frame, sink=sink)
         except DecoderDeclined as e:
             why = str(e)
         except VideoNotFoundError:
@@ -246,7 +247,8 @@ def sample_clip(path, num_frames, *, decoder: str = "auto", device: Any = None, 
             why = e.one_line() if isinstance(e, VideoDecodeError) else _reason(e)
         if notes is not None:
             notes.append(f"GPU decoding (NVDEC) fell back to the CPU: {why}")
-    return sample_frames(path, num_frames, threads=threads, on_frame=on_frame)
+    # through the module, so that one name (video.sample_frames) samples every clip, patched or not
+    return video.sample_frames(path, num_frames, threads=threads, on_frame=on_frame)
 
 
 def to_numpy_frames(frames) -> np.ndarray:
