@@ -312,9 +312,7 @@ def compare(
         result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
-        result["frame_decoder"] = clip.decoder
-        if sample_notes:
-            result.setdefault("notes", []).extend(sample_notes)
+        result["notes"].extend(sample_notes)
         display.stop()
         if as_json:
             sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
