@@ -66,6 +66,7 @@ def ask(
     baseline: bool = typer.Option(False, "--baseline", help=BASELINE_HELP, rich_help_panel="Output"),
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
                                  rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Answer only: no progress, no summary.",
@@ -107,9 +108,11 @@ def ask(
         gen.validate()
         answer = AnswerOut()
         display = StageDisplay(enabled=not (as_json or quiet), answer=answer)
+        sample_notes: list[str] = []
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps)
+            saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps,
+            decoder=decoder, notes=sample_notes)
         family = engine.defaults["method_family"]
         check_options([method], family, given)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
@@ -121,6 +124,7 @@ def ask(
                             sample_ms=sample_ms, sample_wait_ms=wait_ms,
                             feature_cache=fcache, on_stage=display,
                             on_text=None if as_json else answer)
+        report.notes.extend(sample_notes)
         display.stop()
         data = report.to_dict()
         data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
@@ -159,27 +163,31 @@ def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, me
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
                      attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool,
-                     fps: float | None = None):
+                     fps: float | None = None, decoder: str = "auto", notes: list[str] | None = None):
     """Load the model on a worker thread while this thread samples the frames (after `_check_cheaply`).
 
     The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
-    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer)."""
+    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer). `decoder`:
+    --decoder (resolved against the device the model goes to; "gpu" without NVDEC fails before the load);
+    a GPU decoder's fallback to the CPU adds a line to `notes`."""
     from fastvid_cli import hub
     from fastvid_cli.settings import frame_request
 
     hub.set_offline(offline)
     from fastvid_cli.engine import Engine
     from fastvid_cli.models.loading import resolve_device, resolve_dtype
-    from fastvid_cli.video import sample_frames
+    from fastvid_cli.video_gpu import resolve_decoder, sample_clip
 
-    resolve_dtype(dtype, resolve_device(device))
+    target = resolve_device(device)
+    resolve_dtype(dtype, target)
+    decoder = resolve_decoder(decoder, target)
     request = frame_request(model, frames, fps)  # a frame count, or the family's own plan (Qwen-VL: --fps)
     loaded: dict[str, Any] = {}
 
     def load() -> None:
         try:
             loaded["engine"] = Engine.load(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                                           saliency_model=saliency_model)
+                                           saliency_model=saliency_model, decoder=decoder)
         except BaseException as e:  # handed to the main thread
             loaded["error"] = e
         loaded["t"] = time.perf_counter()
@@ -190,7 +198,11 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     loader.start()
     t0 = time.perf_counter()
     try:
-        clip = sample_frames(str(video), request)
+        clip = sample_clip(str(video), request, decoder=decoder, device=target, notes=notes)
+        if clip.decoder == "gpu":
+            import torch
+
+            torch.cuda.synchronize(clip.frames.device)  # the frames are ready: the sample time is the decoder's
         t_sampled = time.perf_counter()  # before waiting for the load: that wait is not sampling
         display("sample", "done", seconds=t_sampled - t0)
     finally:
@@ -232,6 +244,7 @@ def compare(
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     max_new_tokens: int = typer.Option(128, min=1, metavar="N", help="Most tokens per answer.",
                                        rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
@@ -289,15 +302,18 @@ def compare(
         set_threads(threads)
         gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system, compile=compile_decode)
         display = StageDisplay(enabled=not as_json)
+        sample_notes: list[str] = []
         engine, clip, sample_ms, _ = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps)
+            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps, decoder=decoder,
+            notes=sample_notes)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
         check_options(methods, engine.defaults["method_family"], given)
         result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
+        result["notes"].extend(sample_notes)
         display.stop()
         if as_json:
             sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -391,6 +407,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
         t.add_row("saliency weights", info["saliency_weights"])
         t.add_row("fused decode", info["fused_decode"])
         t.add_row("PyAV decoders", ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in info["decoders"].items()))
+        nv = info["nvdec"]
+        t.add_row("GPU decoding (NVDEC)", ("available: " + ", ".join(nv["codecs"]) + " (--decoder auto uses it)")
+                  if nv["available"] else f"not available: {nv['reason']} (frames decode on the CPU)")
         Console().print(t)
         return 0
 

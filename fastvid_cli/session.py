@@ -134,7 +134,8 @@ class VideoSession:
             video_tokens_total=feats.num_frames * feats.tokens_per_frame, video_tokens_kept=int(result.index.numel()),
             prompt_tokens_total=asm.full_length, prompt_tokens_kept=asm.length, segments=list(result.segments),
             saliency_source=feats.saliency_source, device=eng.device, dtype=dtype_name(eng.dtype),
-            attn_implementation=eng.attn_implementation, versions=versions(), cache=self.cache_status)
+            attn_implementation=eng.attn_implementation, versions=versions(), cache=self.cache_status,
+            frame_decoder=clip.decoder if self.cache_status != "hit" else "")
         r.notes.extend(eng.adapter.warnings)
         r.notes.extend(result.notes)
         r.notes.extend(self.notes)
