@@ -11,11 +11,11 @@ Standard library only, like client.py: no torch, no transformers.
 from __future__ import annotations
 
 import os
-import threading
 from types import SimpleNamespace
 
 TYPE_CHECKING = False  # typing (~2.5 ms to import) only for type checkers: the annotations are strings (PEP 563)
 if TYPE_CHECKING:
+    import threading
     from typing import Any, Callable
 
 from fastvid_cli.client import Client, ask_payload
@@ -135,6 +135,8 @@ class _Waiting:
     a terminal, no answer text yet) until `stop`: the first text, or the end of the request."""
 
     def __init__(self, url: str):
+        import threading  # here: the --json and -q paths need no thread
+
         self._lock = threading.Lock()
         self._stopped = False
         self._status = None

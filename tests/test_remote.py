@@ -115,8 +115,9 @@ def test_a_video_outside_the_roots_is_uploaded(runner, url, tmp_path):
 
 
 CLIENT_RUN = """
-import sys
+import os, sys
 sys.argv = ["fastvid", *sys.argv[1:]]
+os._exit = sys.exit  # the fast path ends with os._exit (__main__._exit): here the module list is printed first
 try:
     from fastvid_cli.{module} import {entry}
     code = {entry}()
@@ -306,3 +307,18 @@ def test_chat_through_stdin_locally(runner, tiny_llava, tiny_saliency, index_vid
     assert second["question"] == "And then?" and second["prompt_tokens_kept"] > first["prompt_tokens_kept"]
     assert second["timings_ms"].get("prefix_prefill", 0) > 0
     time.sleep(0)
+
+
+def test_the_fast_path_exits_with_os_exit_after_its_output(url, folder):
+    """`python -m fastvid_cli ask … --server` as users run it (os._exit after flushing, __main__._exit): the whole
+    output and the exit code are there, also for a server that cannot be reached."""
+    clip = str(folder / "demo.mp4")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for extra in (["-q"], ["--json"], []):
+        res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", url, *extra],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 0 and res.stdout.startswith(("red\n", '{"answer": "red"')), res.stderr
+        assert res.stdout.endswith("\n") and (extra != [] or "fastvid" in res.stderr)
+    res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 9 and res.stderr.startswith("error: cannot reach the fastvid server at http://127.0.0.1:9")
