@@ -317,8 +317,9 @@ def part_concurrency(server: Server, clips: list[str], clients_list: list[int], 
             wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
             tokens = sum(r["tokens"] for r in runs)
             ttft = sorted(r["ttft_s"] for r in runs)
+            # the other clips are copies of clips[0] (other videos to the server, the same frames): the same answers
             equal = [r["answer"] == reference[(clips[0], r["question"])] for r in runs
-                     if (clips[0], r["question"]) in reference and r["clip"] == clips[0]]
+                     if (clips[0], r["question"]) in reference]
             row = {"clients": n, "requests": len(runs), "tokens": tokens, "wall_s": round(wall, 3),
                    "decode_tok_per_s": round(tokens / wall, 1), "ttft_p50_s": round(_pct(ttft, 50), 4),
                    "ttft_p95_s": round(_pct(ttft, 95), 4),

@@ -271,6 +271,62 @@ def prefill_rows(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
     return RowsPrefill(cache, mask, pos[..., -1:] + 1, out.logits[:, -1], P, L, t0)
 
 
+class RowStack:
+    """Prompts prefilled one by one, each into its own single-row cache (about different videos: no shared prefix),
+    gathered as the rows of one batched cache, so that they decode together as the rows of `prefill_rows` do.
+
+    Row b's K/V (1, nkv, n_b, D) are copied into the right end of a (B, nkv, width, D) buffer per layer: left-padded
+    with masked slots, every row's last prompt token is the last column, and each row keeps its own positions. Copying
+    at once lets a caller crop a shared prefix cache back right after each row's prefill."""
+
+    def __init__(self, lengths: list[int]):
+        self.lengths = list(lengths)
+        self.width = max(self.lengths)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor | None] = [None] * len(self.lengths)
+        self.next_positions: list[torch.Tensor | None] = [None] * len(self.lengths)
+
+    def put(self, b: int, cache, logits: torch.Tensor, next_position: torch.Tensor) -> None:
+        """Row b's prompt: `cache` (batch 1) holds exactly its lengths[b] tokens; `logits` (V,) its last token's;
+        `next_position` (1,1), or (R,1,1) M-RoPE rows, its first generated token's position ids."""
+        n, B, W = self.lengths[b], len(self.lengths), self.width
+        layers = cache.layers
+        if cache_length(cache) != n:
+            raise ValueError(f"row {b}'s cache holds {cache_length(cache)} tokens, not its prompt's {n}")
+        if not self.keys:
+            for layer in layers:
+                k, v = layer.keys, layer.values
+                self.keys.append(k.new_zeros((B, k.shape[1], W, k.shape[3])))
+                self.values.append(v.new_zeros((B, v.shape[1], W, v.shape[3])))
+        for i, layer in enumerate(layers):
+            self.keys[i][b, :, W - n:].copy_(layer.keys[0, :, :n])
+            self.values[i][b, :, W - n:].copy_(layer.values[0, :, :n])
+        self.logits[b] = logits.reshape(-1)
+        self.next_positions[b] = next_position
+
+    def rows(self, model, keep: list[int], started: float) -> RowsPrefill:
+        """The batched prefill of rows `keep` (each put), in that order, trimmed to the longest of them."""
+        W = max(self.lengths[b] for b in keep)
+        cut = self.width - W
+        whole = keep == list(range(len(self.lengths))) and cut == 0  # no further copy
+        idx = torch.tensor(keep, device=self.keys[0].device)
+        cache = new_cache(model)
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if not whole:
+                k, v = k.index_select(0, idx)[:, :, cut:].contiguous(), v.index_select(0, idx)[:, :, cut:].contiguous()
+            cache.update(k, v, i)
+        dev = self.logits[keep[0]].device
+        mask = torch.zeros((len(keep), W), dtype=torch.long, device=dev)
+        for r, b in enumerate(keep):
+            mask[r, W - self.lengths[b]:] = 1
+        nxt = torch.cat([self.next_positions[b].to(dev) for b in keep], dim=-2)
+        if nxt.dim() == 3:  # M-RoPE rows: row 0 (what transformers masks by) counts cache slots, as prefill_rows has it
+            nxt[0] = W
+        logits = torch.stack([self.logits[b] for b in keep])
+        return RowsPrefill(cache, mask, nxt, logits, 0, W, started)
+
+
 class RowPicks:
     """Each row's sampling: greedy rows take the argmax of the whole batch at once, sampled rows (temperature > 0)
     draw with their own seeded generator, exactly as `_Picker` does for a single answer with that Sampling."""
