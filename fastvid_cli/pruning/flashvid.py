@@ -475,14 +475,15 @@ def _context_step(values: Tensor, ctx: dict[str, Tensor], stream: Tensor, cfg: _
     centres, assign, centre_ok = dpc_centres(points, valid, ctx["clusters"], ctx["neighbours"], u, max_clusters=N,
                                              max_neighbours=min(DPC_MAX_NEIGHBOURS, N), exact=exact)
     frame_base = torch.arange(0, F * N, N, device=device)
-    # every candidate adds into its centre's row (the others into a spare row): cluster sums in float32
-    centre_of = centres.gather(1, assign.clamp_max(N - 1)) + frame_base[:, None]
-    target = torch.where(valid, centre_of, F * N).view(-1)
-    sums = values.new_zeros((F * N + 1, D), dtype=torch.float32)
+    # every candidate adds into its centre's row, every other token into its own row (never a centre's: centres
+    # are candidates), so no run of equal targets is longer than a cluster (``_add_rows``): float32 cluster sums
+    slot = frame_base[:, None] + torch.arange(N, device=device)
+    target = torch.where(valid, centres.gather(1, assign.clamp_max(N - 1)) + frame_base[:, None], slot).view(-1)
+    sums = values.new_zeros((F * N, D), dtype=torch.float32)
     _add_rows(sums, target, values.float())
-    members = torch.zeros(F * N + 1, dtype=torch.int64, device=device)
+    members = torch.zeros(F * N, dtype=torch.int64, device=device)
     _add_rows(members, target, torch.ones_like(target))
-    means = sums[:F * N].div_(members[:F * N].clamp_min(1).float()[:, None]).to(values.dtype)
+    means = sums.div_(members.clamp_min(1).float()[:, None]).to(values.dtype)
     is_centre = torch.zeros((F, N + 1), dtype=torch.bool, device=device)
     is_centre = is_centre.scatter_(1, torch.where(centre_ok, centres, N), True)[:, :N]
     is_context = is_centre | (ctx["cand"] & ctx["passing"][:, None])
