@@ -483,7 +483,7 @@ def _context_step(values: Tensor, ctx: dict[str, Tensor], stream: Tensor, cfg: _
     _add_rows(sums, target, values.float())
     members = torch.zeros(F * N, dtype=torch.int64, device=device)
     _add_rows(members, target, torch.ones_like(target))
-    means = sums.div_(members.clamp_min(1).float()[:, None]).to(values.dtype)
+    means = torch.div(sums, members.clamp_min(1).float()[:, None], out=torch.empty_like(values))  # rounded once
     is_centre = torch.zeros((F, N + 1), dtype=torch.bool, device=device)
     is_centre = is_centre.scatter_(1, torch.where(centre_ok, centres, N), True)[:, :N]
     is_context = is_centre | (ctx["cand"] & ctx["passing"][:, None])

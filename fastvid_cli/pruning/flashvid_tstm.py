@@ -170,7 +170,8 @@ def root_values(embeds: Tensor, trees: Trees) -> Tensor:
     # -0.0 + x == x for every x (0.0 + −0.0 would not be): the sums equal the root's row plus its merged tokens
     values = torch.full((F * N, D), -0.0, dtype=torch.float32, device=embeds.device)
     _add_rows(values, trees.root, embeds.reshape(F * N, D).float())
-    return values.div_((trees.children + 1).float()[:, None]).to(embeds.dtype)
+    # divided in float32 and rounded on the store (as div then .to(), without a float32 result in between)
+    return torch.div(values, (trees.children + 1).float()[:, None], out=torch.empty_like(embeds).view(F * N, D))
 
 
 def tstm(segment: Tensor, kappa: Tensor, lower_bound: int, tau: float) -> list[tuple[Tensor, Tensor]]:
