@@ -165,12 +165,13 @@ def cosine_distances(embeds: Tensor, unit: Tensor | None = None) -> Tensor:
 
 
 def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "attn_div_v2",
-                centre: Tensor | None = None, unit: Tensor | None = None) -> Tensor:
+                centre: Tensor | None = None, unit: Tensor | None = None, wide: Tensor | None = None) -> Tensor:
     """Token selection in every frame at once (spec §2.4): (F, N, D), (F, N) -> (F, count) int64 token indices,
     ascending in each row (``attn_div_v2`` may repeat one).
 
     ``scores``: attention each token receives; ``centre`` (F, D) float32, only for ``attn_div_v2``: the mean token
-    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``).
+    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``); ``wide``:
+    optional, ``embeds.float()`` if the caller made it (``attn_div_v2``: not made again).
     ``attn_div``: ``W = (1 − cos) · (a·1e6)`` by column; the first pick maximises the second-smallest entry of
     its column, every next one the minimum over the picked rows, picked columns set to −1. ``attn_div_v2``:
     columns also scaled by ``<x_j, centre>``, and picked columns are not excluded. ``div``: as ``attn_div``
@@ -189,7 +190,8 @@ def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "at
     if selection == "attn_div_v2":
         if centre is None:
             raise ValueError("attn_div_v2 needs the segment centre of every frame")
-        relevance = torch.bmm(embeds.float(), centre.float()[:, :, None])  # (F, N, 1): raw dot products
+        wide = embeds.float() if wide is None else wide
+        relevance = torch.bmm(wide, centre.float()[:, :, None])  # (F, N, 1): raw dot products
         W.mul_(relevance.view(F, 1, N))
     exclude = selection != "attn_div_v2"
     picks = torch.empty((count, F), dtype=torch.int64, device=device)  # row i: the i-th pick of every frame
@@ -432,12 +434,13 @@ def _adts_step(embeds: Tensor, scores: Tensor, plan: SegmentPlan, cfg: _Setup,
     F, N = cfg.F, cfg.N
     picks = torch.zeros((F, 0), dtype=torch.int64, device=embeds.device)
     if cfg.A:
-        centre = None
+        centre = wide = None
         if cfg.selection == "attn_div_v2":
             # each frame's segment mean of the per-frame mean tokens (float32): one (F, F) averaging product
             same = (plan.seg[:, None] == plan.seg[None, :]).float().mul_(plan.inv_size[:, None])
-            centre = same @ embeds.float().mean(dim=1)
-        picks = adts_select(embeds, scores, cfg.A, cfg.selection, centre, unit)
+            wide = embeds.float()  # one float32 copy for the means and the relevance
+            centre = same @ wide.mean(dim=1)
+        picks = adts_select(embeds, scores, cfg.A, cfg.selection, centre, unit, wide)
     kappa = torch.ones((F, N), dtype=torch.bool, device=embeds.device)
     return picks, kappa.scatter_(1, picks, False)
 
