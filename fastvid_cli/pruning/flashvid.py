@@ -66,7 +66,10 @@ DPC-kNN clusters every frame on its N token positions with the non-candidates ma
 device, and the number of operations does not depend on the data, so on a GPU the whole chain is captured once
 per shape and setting as a CUDA graph and replayed (``graphed.py``; eager elsewhere). The host reads the device
 once, at the end (kept count, segment cuts, similarities and the counts for the notes, in one copy), then gathers
-the kept rows. An injected ``noise`` function adds one read (the DPC call sizes) and runs eagerly.
+the kept rows. An injected ``noise`` function adds one read (the DPC call sizes) and runs eagerly. The two
+row sums (TSTM's trees, DPC's clusters) are one accumulating ``index_put_`` each, in which every token that adds
+nothing targets a row of its own: CUDA adds a run of equal indices serially, and the single spare row they once
+shared made runs of thousands of rows (4 ms of TSTM and 3 ms of DPC on an H100 at 32x196).
 """
 
 from __future__ import annotations
