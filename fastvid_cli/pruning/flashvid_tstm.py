@@ -28,8 +28,11 @@ def _normalize(x: Tensor) -> Tensor:
 
 
 def _add_rows(target: Tensor, index: Tensor, rows: Tensor) -> None:
-    """``target[index[i]] += rows[i]``, deterministically: ``index_add_`` is serial on the CPU; on CUDA
-    ``index_put_(accumulate=True)`` sorts the indices and adds each group in order (no atomics)."""
+    """``target[index[i]] += rows[i]``, deterministically, in the order of ``i`` for each target row:
+    ``index_add_`` is serial on the CPU; on CUDA ``index_put_(accumulate=True)`` sorts the indices stably and adds
+    each run of equal indices in order, one run serially (no atomics). So the time grows with the LONGEST run:
+    callers give every row that should add nothing a target of its own (never one shared spare row, which made a
+    run of thousands of rows and cost milliseconds on an H100)."""
     if target.device.type == "cpu":
         target.index_add_(0, index, rows)
     else:
@@ -161,14 +164,14 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int] | None, act
 def root_values(embeds: Tensor, trees: Trees) -> Tensor:
     """(F, N, D) -> (F·N, D) in the input dtype: every tree root's ``subtree sum / (1 + direct children)``
     (float32 sums, rounded once to the input dtype); rows of merged tokens are meaningless. Fixed shapes, no
-    device->host wait: every token is added, those that do not merge into a spare row."""
+    device->host wait: every token adds into its root's row (a root into its own), so a row's additions are
+    its tree's tokens in slot order, the root first, and the longest serial run on CUDA is the largest tree."""
     F, N, D = embeds.shape
-    flat32 = embeds.reshape(F * N, D).float()
-    values = torch.cat([flat32, flat32.new_zeros((1, D))])
-    target = torch.where(trees.merge.view(-1), trees.root, F * N)
-    _add_rows(values, target, flat32)  # in slot order per root, as adding the merged tokens alone
-    values = values[:F * N].div_((trees.children + 1).float()[:, None])
-    return values.to(embeds.dtype)
+    # -0.0 + x == x for every x (0.0 + −0.0 would not be): the sums equal the root's row plus its merged tokens
+    values = torch.full((F * N, D), -0.0, dtype=torch.float32, device=embeds.device)
+    _add_rows(values, trees.root, embeds.reshape(F * N, D).float())
+    # divided in float32 and rounded on the store (as div then .to(), without a float32 result in between)
+    return torch.div(values, (trees.children + 1).float()[:, None], out=torch.empty_like(embeds).view(F * N, D))
 
 
 def tstm(segment: Tensor, kappa: Tensor, lower_bound: int, tau: float) -> list[tuple[Tensor, Tensor]]:
