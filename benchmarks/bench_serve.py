@@ -11,6 +11,13 @@ the model, answers) against `fastvid ask CLIP QUESTION --server URL --json` (a c
 library; the model is already loaded in the server). For the server runs it also reports the overhead: the
 command's wall time minus the server-side TTFT + decode of the same answer (the report the server sends back).
 
+Part "client": where the client's overhead goes, per phase of the same `ask --server` command (medians of --repeat,
+after one untimed run), for `--json` and for the panel, and for the command run through the typer app (what every
+`ask --server` was before cli_ask_server.py): process start and exit (the command's wall minus its time inside
+Python's main), the client's imports, reading the command line ("cli"; through typer: importing and building
+the app), the request (sent -> last event; minus the server-side TTFT + decode it
+reports: HTTP and the server's framing), and the output after the answer (the JSON line or the panel).
+
 Part "concurrency": 1, 4 and 16 clients (threads of this process, each with its own streaming connection) send
 --rounds questions each, one after another, (a) all about ONE video (different questions, so the server shares the
 video's features and prompt prefix and decodes waiting greedy requests together) and (b) each about ITS OWN video
@@ -175,6 +182,79 @@ def part_cold(model_args: list[str], server: Server, clip: str, question: str, r
     return out
 
 
+# The `ask --server` command with timestamps: run in a new process as `python -c PHASES <fastvid args>`; writes its
+# phases (seconds) as JSON to the file named by $FASTVID_BENCH_PHASES. ENTRY: the fast entry point or the typer app.
+PHASES = """
+import json, os, sys, time
+t0 = time.perf_counter()
+from fastvid_cli import client, remote, cli_ask_server
+t_imports = time.perf_counter()
+marks = {}
+chat = client.Client.chat
+def timed_chat(self, payload, on_text=None):
+    marks["sent"] = time.perf_counter()
+    try:
+        done = chat(self, payload, on_text)
+    finally:
+        marks["answered"] = time.perf_counter()
+    t = done["report"]["timings_ms"]
+    marks["server"] = (t.get("ttft", 0.0) + t.get("decode", 0.0)) / 1e3
+    return done
+client.Client.chat = timed_chat
+sys.argv = ["fastvid", *sys.argv[1:]]
+def write(code):
+    t_end = time.perf_counter()
+    with open(os.environ["FASTVID_BENCH_PHASES"], "w") as f:
+        json.dump({"code": code, "in_python": t_end - t0, "imports": t_imports - t0,
+                   "parse": marks["sent"] - t_imports, "request": marks["answered"] - marks["sent"],
+                   "server": marks["server"], "output": t_end - marks["answered"]}, f)
+real_exit = os._exit
+def timed_exit(code):  # the fast path ends with os._exit after its output (__main__._exit): its exit is measured
+    write(code)
+    real_exit(code)
+os._exit = timed_exit
+try:
+    %s
+except SystemExit as e:
+    code = e.code
+write(code)
+"""
+ENTRIES = {"fast": "from fastvid_cli.__main__ import main; main()",
+           "typer": "from fastvid_cli.cli import _invoke; code = _invoke()"}
+
+
+def part_client(server: Server, clip: str, question: str, repeat: int, gen_args: list[str]) -> dict:
+    print(f"\nclient overhead of `fastvid ask --server` by phase (medians of {repeat}, ms)", flush=True)
+    base = ["ask", clip, question, "--server", server.url, *gen_args]
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        phases_file = os.path.join(tmp, "phases.json")
+        runs = {(entry, mode): [] for entry in ENTRIES for mode in ("--json", "panel")}
+        for i in range(repeat + 1):  # the first round untimed
+            for (entry, mode), rows in runs.items():
+                cmd = [sys.executable, "-c", PHASES % ENTRIES[entry], *base, *([mode] if mode != "panel" else [])]
+                t0 = time.perf_counter()
+                res = subprocess.run(cmd, env={**env(), "FASTVID_BENCH_PHASES": phases_file}, capture_output=True,
+                                     text=True)
+                wall = time.perf_counter() - t0
+                if res.returncode != 0:
+                    raise SystemExit(f"{' '.join(cmd[3:])} failed ({res.returncode}):\n{res.stderr}")
+                ph = json.loads(Path(phases_file).read_text())
+                if i:
+                    rows.append({"wall": wall, "start_exit": wall - ph["in_python"], "imports": ph["imports"],
+                                 "cli": ph["parse"], "http": ph["request"] - ph["server"], "server": ph["server"],
+                                 "output": ph["output"], "overhead": wall - ph["server"]})
+    cols = ("wall", "server", "overhead", "start_exit", "imports", "cli", "http", "output")
+    print(f"  {'command':22s}" + "".join(f"{c:>11s}" for c in cols))
+    for (entry, mode), rows in runs.items():
+        med = {c: round(statistics.median(r[c] for r in rows) * 1e3, 1) for c in cols}
+        out[f"{entry} {mode}"] = med
+        print(f"  {entry + ' ' + mode:22s}" + "".join(f"{med[c]:11.1f}" for c in cols), flush=True)
+    print("  (overhead = wall - server-side TTFT+decode = start_exit + imports + cli + http + output; the panel's "
+          "rich imports run on a thread during the request)", flush=True)
+    return out
+
+
 def _ask_stream(client, video_url: str, question: str, max_tokens: int) -> dict:
     from fastvid_cli.client import ask_payload
 
@@ -237,8 +317,9 @@ def part_concurrency(server: Server, clips: list[str], clients_list: list[int], 
             wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
             tokens = sum(r["tokens"] for r in runs)
             ttft = sorted(r["ttft_s"] for r in runs)
+            # the other clips are copies of clips[0] (other videos to the server, the same frames): the same answers
             equal = [r["answer"] == reference[(clips[0], r["question"])] for r in runs
-                     if (clips[0], r["question"]) in reference and r["clip"] == clips[0]]
+                     if (clips[0], r["question"]) in reference]
             row = {"clients": n, "requests": len(runs), "tokens": tokens, "wall_s": round(wall, 3),
                    "decode_tok_per_s": round(tokens / wall, 1), "ttft_p50_s": round(_pct(ttft, 50), 4),
                    "ttft_p95_s": round(_pct(ttft, 95), 4),
@@ -304,7 +385,7 @@ def main() -> None:
     ap.add_argument("--question", default=QUESTIONS[0])
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=5, help="cold/server runs each (medians)")
-    ap.add_argument("--parts", default="cold,concurrency")
+    ap.add_argument("--parts", default="cold,client,concurrency")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--rounds", type=int, default=4, help="questions per client in the concurrency part")
     ap.add_argument("--max-tokens", type=int, default=None, help="new tokens per answer (default: 16 for the "
@@ -342,6 +423,8 @@ def main() -> None:
     try:
         if "cold" in args.parts:
             results["cold"] = part_cold(model_args, server, clips[0], args.question, args.repeat, gen_args)
+        if "client" in args.parts:
+            results["client"] = part_client(server, clips[0], args.question, args.repeat, gen_args)
         if "concurrency" in args.parts:
             results["concurrency"] = part_concurrency(server, clips, args.clients, args.rounds, max_tokens)
     finally:

@@ -67,6 +67,7 @@ def ask(
     baseline: bool = typer.Option(False, "--baseline", help=BASELINE_HELP, rich_help_panel="Output"),
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout, no live display.",
                                  rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Answer only: no progress, no summary.",
@@ -112,10 +113,11 @@ def ask(
         answer = AnswerOut()
         display = StageDisplay(enabled=not (as_json or quiet), answer=answer)
         chosen: dict[str, Any] = {}
+        sample_notes: list[str] = []
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps,
-            select=sel, question=question, chosen=chosen)
+            decoder=decoder, notes=sample_notes, select=sel, question=question, chosen=chosen)
         family = engine.defaults["method_family"]
         check_options([method], family, given)
         prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
@@ -127,6 +129,7 @@ def ask(
                             sample_ms=sample_ms, sample_wait_ms=wait_ms,
                             feature_cache=fcache, on_stage=display,
                             on_text=None if as_json else answer)
+        report.notes.extend(sample_notes)
         display.stop()
         if chosen:
             report.selection = chosen
@@ -147,20 +150,21 @@ def ask(
 def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, method_options: dict[str, Any],
                    select=None) -> int:
     """`ask --server`: the options the user set go with the request (the method options by parameter name, which
-    the server resolves as a local `ask` does, on its model's family); the rest are the server's defaults (which,
-    for a server started without pruning/generation flags, are those of a local `ask`)."""
+    the server resolves as a local `ask` does, on its model's family; --model, which the server refuses when it
+    serves another); the rest are the server's defaults (which, for a server started without pruning/generation
+    flags, are those of a local `ask`). cli_ask_server.py runs the same for a plain command line without typer."""
     if select is not None:
         raise InvalidOptionError("ask --server with --select is not supported yet", "run it locally")
     from fastvid_cli.remote import ask_remote
 
-    p = _given_cli_options("frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p", "seed",
-                           "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
+    p = _given_cli_options("model", "frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p",
+                           "seed", "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
     method = p.get("method")
     as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
-    client = server_client(url, api_key, not (as_json or quiet))
+    client = server_client(url, api_key, not (as_json or quiet), except_options=("model",))
     params = method_options_by_name(method_options)
     gen = {k: p.get(k) for k in ("max_new_tokens", "temperature", "top_p", "seed", "system")}
-    return ask_remote(client, str(video), question, model=None, frames=p.get("frames"), fps=p.get("fps"),
+    return ask_remote(client, str(video), question, model=p.get("model"), frames=p.get("frames"), fps=p.get("fps"),
                       method=method, ratio=p.get("ratio"), params=params, gen=gen,
                       baseline=bool(p.get("baseline")), margins=bool(p.get("margins")),
                       compile_decode=p.get("compile_decode"), cache=not p.get("no_cache"), as_json=as_json,
@@ -169,29 +173,35 @@ def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, me
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
                      attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool,
-                     fps: float | None = None, select=None, question: str = "", chosen: dict | None = None):
+                     fps: float | None = None, decoder: str = "auto", notes: list[str] | None = None,
+                     select=None, question: str = "", chosen: dict | None = None):
     """Load the model on a worker thread while this thread samples the frames (after `_check_cheaply`).
 
     The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
-    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer).
-    With `select` (settings.SelectOptions), this thread samples the candidates, scores them against `question`
-    and keeps K (frame_choice); sample_ms then covers all of that, and `chosen` receives the selection's record."""
+    for the load after it), wait_ms how long sampling outlasted the load (0 when the load took longer). `decoder`:
+    --decoder (resolved against the device the model goes to; "gpu" without NVDEC fails before the load);
+    a GPU decoder's fallback to the CPU adds a line to `notes`.
+    With `select` (settings.SelectOptions), this thread samples the candidates (with the same decoder), scores them
+    against `question` and keeps K (frame_choice); sample_ms then covers all of that, and `chosen` receives the
+    selection's record."""
     from fastvid_cli import hub
     from fastvid_cli.settings import frame_request
 
     hub.set_offline(offline)
     from fastvid_cli.engine import Engine
     from fastvid_cli.models.loading import resolve_device, resolve_dtype
-    from fastvid_cli.video import sample_frames
+    from fastvid_cli.video_gpu import resolve_decoder, sample_clip
 
-    resolve_dtype(dtype, resolve_device(device))
+    target = resolve_device(device)
+    resolve_dtype(dtype, target)
+    decoder = resolve_decoder(decoder, target)
     request = frame_request(model, frames, fps)  # a frame count, or the family's own plan (Qwen-VL: --fps)
     loaded: dict[str, Any] = {}
 
     def load() -> None:
         try:
             loaded["engine"] = Engine.load(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                                           saliency_model=saliency_model)
+                                           saliency_model=saliency_model, decoder=decoder)
         except BaseException as e:  # handed to the main thread
             loaded["error"] = e
         loaded["t"] = time.perf_counter()
@@ -207,9 +217,13 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     t0 = time.perf_counter()
     try:
         if select is None:
-            clip = sample_frames(str(video), request)
+            clip = sample_clip(str(video), request, decoder=decoder, device=target, notes=notes)
         else:
-            clip = _select_frames(video, question, select, model, device, display, chosen)
+            clip = _select_frames(video, question, select, model, target, chosen, decoder=decoder, notes=notes)
+        if clip.decoder == "gpu":
+            import torch
+
+            torch.cuda.synchronize(clip.frames.device)  # the frames are ready: the sample time is the decoder's
         t_sampled = time.perf_counter()  # before waiting for the load: that wait is not sampling
         display("sample", "done", seconds=t_sampled - t0)
     finally:
@@ -226,16 +240,17 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     return engine, clip, (t_sampled - t0) * 1e3, max(0.0, (t_sampled - loaded["t"]) * 1e3)
 
 
-def _select_frames(video: Path, question: str, select, model: str, device: str, display, chosen: dict | None):
-    """--select on this machine: the scorer (--selector, else the model's own, else SigLIP so400m) loads, scores
-    the sampled candidates against the question, and K of them are kept; returns that clip."""
+def _select_frames(video: Path, question: str, select, model: str, device: str, chosen: dict | None, *,
+                   decoder: str = "cpu", notes: list[str] | None = None):
+    """--select on this machine: the scorer (--selector, else the model's own, else SigLIP so400m) loads on
+    `device` (the model's), scores the candidates (decoded by `decoder`) against the question, and K of them are
+    kept; returns that clip."""
     from fastvid_cli.frame_choice import choose, sample_candidates
     from fastvid_cli.frame_scorer import load_scorer, selector_source
     from fastvid_cli.models import resolve_model
-    from fastvid_cli.models.loading import resolve_device
 
-    scorer = load_scorer(selector_source(select.selector, resolve_model(model)), resolve_device(device))
-    cands = sample_candidates(str(video), select, scorer)
+    scorer = load_scorer(selector_source(select.selector, resolve_model(model)), device)
+    cands = sample_candidates(str(video), select, scorer, decoder=decoder, notes=notes)
     clip, info = choose(cands, question, select)
     if chosen is not None:
         chosen.update(info)
@@ -268,6 +283,7 @@ def compare(
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     max_new_tokens: int = typer.Option(128, min=1, metavar="N", help="Most tokens per answer.",
                                        rich_help_panel="Generation"),
     system: Optional[str] = O.SYSTEM,
@@ -331,16 +347,18 @@ def compare(
         gen = GenerationOptions(max_new_tokens=max_new_tokens, system=system, compile=compile_decode)
         display = StageDisplay(enabled=not as_json)
         chosen: dict[str, Any] = {}
+        sample_notes: list[str] = []
         engine, clip, sample_ms, _ = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps, select=sel,
-            question=question, chosen=chosen)
+            saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps, decoder=decoder,
+            notes=sample_notes, select=sel, question=question, chosen=chosen)
         fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         display("compare", "start")
         check_options(methods, engine.defaults["method_family"], given)
         result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,
                              frames=len(clip.indices), repeat=repeat, gen=gen, baseline=not no_baseline, clip=clip,
                              sample_ms=sample_ms, feature_cache=fcache)
+        result["notes"].extend(sample_notes)
         if chosen:
             result["selection"] = chosen
         display.stop()
@@ -440,6 +458,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
         t.add_row("saliency weights", info["saliency_weights"])
         t.add_row("fused decode", info["fused_decode"])
         t.add_row("PyAV decoders", ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in info["decoders"].items()))
+        nv = info["nvdec"]
+        t.add_row("GPU decoding (NVDEC)", ("available: " + ", ".join(nv["codecs"]) + " (--decoder auto uses it)")
+                  if nv["available"] else f"not available: {nv['reason']} (frames decode on the CPU)")
         Console().print(t)
         return 0
 
@@ -508,6 +529,18 @@ def _invoke() -> int:
 
 
 def main() -> None:
+    """The `fastvid` command (fastvid_cli.__main__.main, the entry point, does the same without importing typer
+    first): a plain `ask --server` without building the typer app, everything else with it."""
+    from fastvid_cli.cli_ask_server import run as ask_on_server
+
+    code = ask_on_server(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    run_app()
+
+
+def run_app() -> None:
+    """Run the typer app on sys.argv and exit with its code."""
     try:
         sys.exit(_invoke())
     except SystemExit as e:

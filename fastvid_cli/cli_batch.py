@@ -53,6 +53,7 @@ def batch(
     threads: Optional[int] = O.THREADS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     frames: Optional[int] = typer.Option(None, "--frames", "-n", min=1, max=4096, metavar="N",
                                          help="Frames to sample uniformly (default: the model's, 32 for LLaVA-OV); "
                                               "a frames column overrides it per row.", rich_help_panel="Video"),
@@ -101,7 +102,7 @@ def batch(
 
         out = output if output is not None else Path(questions.stem + ".answers.jsonl")  # in the working dir
         cfg = BatchConfig(questions=questions, output=out, csv_out=csv_out, model=model, threads=threads,
-                          device=device, dtype=dtype,
+                          device=device, dtype=dtype, decoder=decoder,
                           attn_implementation=attn_implementation, saliency_model=saliency_model, frames=frames,
                           fps=fps,
                           method=method, ratio=ratio, params=given_options(method_options),

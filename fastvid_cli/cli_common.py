@@ -1,8 +1,9 @@
 """What every command of the `fastvid` command line shares: running a command's body so that errors users can cause
 are one line with their exit code (tracebacks only with --debug), and helpers for options several commands take.
 
-cli.py, cli_batch.py and cli_eval.py import this module, and it imports none of them. Like them, it imports no torch
-or transformers.
+cli.py, cli_batch.py, cli_eval.py and cli_ask_server.py import this module, and it imports none of them. Like them,
+it imports no torch or transformers; typer and rich only inside the functions that need them, so that the
+`ask --server` fast path (cli_ask_server.py) runs its body through `run_body` without either.
 """
 
 from __future__ import annotations
@@ -10,18 +11,28 @@ from __future__ import annotations
 import math
 import os
 import sys
-import traceback
-from pathlib import Path
-from typing import Any, Callable
 
-import typer
+TYPE_CHECKING = False  # typing (~2.5 ms to import) only for type checkers: the annotations are strings (PEP 563)
+if TYPE_CHECKING:  # pathlib too (~4 ms with fnmatch and re; the `ask --server` fast path has no use for it)
+    from pathlib import Path
+    from typing import Any, Callable
 
 from fastvid_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FastVidError, InvalidOptionError
 
 
 def run_command(debug: bool, body: Callable[[], int | None]) -> None:
     """Run a command body: one-line errors with their exit codes, tracebacks only with --debug."""
-    hide_library_noise(debug)
+    import typer
+
+    raise typer.Exit(run_body(debug, body, passthrough=(typer.Exit,)))
+
+
+def run_body(debug: bool, body: Callable[[], int | None], passthrough: tuple[type[BaseException], ...] = (),
+             loggers: bool = True) -> int:
+    """Run a command body and return its exit code: an error users can cause is one line on stderr with its code,
+    a bug one line too (tracebacks only with --debug). `passthrough`: exceptions raised on as they are (typer's
+    Exit). `loggers`: also quiet the loggers of torch, transformers & co (see hide_library_noise)."""
+    hide_library_noise(debug, loggers)
     try:
         code = body() or 0
     except FastVidError as e:
@@ -33,7 +44,7 @@ def run_command(debug: bool, body: Callable[[], int | None]) -> None:
 
         err_console.print("\n[yellow]interrupted[/]")
         code = EXIT_INTERRUPTED
-    except typer.Exit:
+    except passthrough:
         raise
     except Exception as e:  # a bug: still one line, unless --debug
         from fastvid_cli.errors import OutOfMemoryError
@@ -45,19 +56,23 @@ def run_command(debug: bool, body: Callable[[], int | None]) -> None:
             msg = " ".join(str(e).split()) or type(e).__name__
             error(f"internal error: {type(e).__name__}: {msg[:300]} (rerun with --debug for the traceback)", debug)
             code = EXIT_INTERNAL
-    raise typer.Exit(code)
+    return code
 
 
-def hide_library_noise(debug: bool) -> None:
+def hide_library_noise(debug: bool, loggers: bool = True) -> None:
     """Keep the libraries' own warnings (deprecations, hub retries, load reports) off the user's terminal: they
-    land in the middle of the progress display and say nothing the user can act on. `--debug` shows them."""
-    import logging
+    land in the middle of the progress display and say nothing the user can act on. `--debug` shows them.
+    `loggers=False` leaves the logging module alone: for a process that imports none of those libraries."""
     import warnings
 
-    level = logging.WARNING if debug else logging.ERROR
     if not debug:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    if not loggers:
+        return
+    import logging
+
+    level = logging.WARNING if debug else logging.ERROR
     for name in ("transformers", "huggingface_hub", "accelerate", "torch", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(level)
 
@@ -67,6 +82,8 @@ def error(message: str, debug: bool) -> None:
     from fastvid_cli.ui import error_line
 
     if debug:
+        import traceback
+
         traceback.print_exc()
     error_line(message)
 
@@ -127,8 +144,15 @@ def method_options_by_name(method_options: dict[str, Any]) -> dict[str, Any]:
     pruning.check_options / resolve_params take as well as flags."""
     from fastvid_cli import pruning
 
+    return method_params_by_name(pruning.given_options(method_options))
+
+
+def method_params_by_name(given: dict[str, Any]) -> dict[str, Any]:
+    """Method options given, keyed by flag ({"--dyseg-tau": 0.8}) -> keyed by parameter name ({"tau": 0.8})."""
+    from fastvid_cli import pruning
+
     by_flag = {p.flag: p for p in pruning.options()}
-    return {by_flag[flag].name: v for flag, v in pruning.given_options(method_options).items()}
+    return {by_flag[flag].name: v for flag, v in given.items()}
 
 
 # ---------------------------------------------------------------------------------------------- --server
@@ -156,17 +180,30 @@ def given_options(*names: str) -> dict[str, Any]:
             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
-def server_client(url: str, api_key: str | None, chatty: bool):
+def server_client(url: str, api_key: str | None, chatty: bool, except_options: tuple[str, ...] = ()):
     """The client of the server at `url`, once the options that belong to the server and were set here are checked
-    against it (remote.check_server_options). `chatty`: say on stderr when waiting for a loading server."""
+    against it (remote.check_server_options), but for `except_options` (ask sends --model with its request, and the
+    server refuses one it does not serve). `chatty`: say on stderr when waiting for a loading server."""
     from fastvid_cli.client import Client
     from fastvid_cli.remote import check_server_options
-    from fastvid_cli.ui import err_console, warn_line
 
-    client = Client(url, api_key or None,
-                    on_wait=(lambda msg: err_console.print(f"[dim]{msg}[/]")) if chatty else None)
-    check_server_options(client, given_options(*SERVER_SIDE_OPTIONS), warn_line)
+    client = Client(url, api_key or None, on_wait=say_waiting if chatty else None)
+    check_server_options(client, given_options(*(o for o in SERVER_SIDE_OPTIONS if o not in except_options)),
+                         _warn_line)
     return client
+
+
+def say_waiting(message: str) -> None:
+    """What the client says (dim, on stderr) while it waits for a server that is loading its model."""
+    from fastvid_cli.ui import err_console
+
+    err_console.print(f"[dim]{message}[/]")
+
+
+def _warn_line(message: str) -> None:
+    from fastvid_cli.ui import warn_line
+
+    warn_line(message)
 
 
 # ---------------------------------------------------------------------------------------------- --select

@@ -58,6 +58,7 @@ def eval_(
     threads: Optional[int] = O.THREADS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     frames: Optional[int] = O.FRAMES,
     fps: Optional[float] = O.FPS,
     method: list[str] = typer.Option([], "--method", metavar="METHOD", help="Pruning method: " + O.METHODS_HELP,
@@ -98,7 +99,7 @@ def eval_(
         from fastvid_cli.pruning import DEFAULT_METHOD, given_options
 
         cfg = EvalConfig(bench=bench, output=output, videos_root=videos_root, model=model, threads=threads,
-                         device=device,
+                         device=device, decoder=decoder,
                          dtype=dtype, attn_implementation=attn_implementation, saliency_model=saliency_model,
                          frames=frames, fps=fps, methods=list(method) or [DEFAULT_METHOD],
                          ratios=list(ratio) or list(DEFAULT_RATIOS), params=given_options(method_options),

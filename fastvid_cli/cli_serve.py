@@ -66,6 +66,7 @@ def serve(
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     method: str = O.METHOD,
     ratio: Optional[float] = O.RATIO,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
@@ -122,7 +123,7 @@ def serve(
                             system=system, compile=compile_decode, select=sel,
                             selector=select.values["selector"])
         roots = [os.getcwd(), *(str(d) for d in allowed_media_dir)]
-        cfg = ServeConfig(model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
+        cfg = ServeConfig(model=model, device=device, dtype=dtype, attn_implementation=attn_implementation, decoder=decoder,
                           saliency_model=saliency_model, offline=offline, threads=threads,
                           cache_dir=str(cache_dir) if cache_dir else None, no_cache=no_cache, host=host, port=port,
                           api_key=api_key or None, media_dirs=roots, max_queue=max_queue,
@@ -157,6 +158,7 @@ def chat(
     fps: Optional[float] = O.FPS,
     cache_dir: Optional[Path] = O.CACHE_DIR,
     no_cache: bool = O.NO_CACHE,
+    decoder: str = O.DECODER,
     method: str = O.METHOD,
     ratio: Optional[float] = O.RATIO,
     max_new_tokens: int = O.MAX_NEW_TOKENS,
@@ -218,7 +220,7 @@ def chat(
             backend = RemoteBackend(client, None)
         else:
             backend = _local_backend(video, model, device, dtype, attn_implementation, saliency_model, offline,
-                                     threads, cache_dir, no_cache, show=not as_json)
+                                     threads, cache_dir, no_cache, show=not as_json, decoder=decoder)
         conversation = Chat(backend, settings, as_json=as_json, quiet=quiet)
         if sys.stdin.isatty():
             return conversation.run_terminal(history_path())
@@ -229,7 +231,7 @@ def chat(
 
 def _local_backend(video: Path, model: str, device: str, dtype: str, attn_implementation: str,
                    saliency_model: str | None, offline: bool, threads: int | None, cache_dir: Path | None,
-                   no_cache: bool, show: bool):
+                   no_cache: bool, show: bool, decoder: str = "auto"):
     from fastvid_cli.ui import StageDisplay, warn_line
 
     check_cheaply(video, model, device, dtype, attn_implementation)
@@ -244,7 +246,7 @@ def _local_backend(video: Path, model: str, device: str, dtype: str, attn_implem
     display = StageDisplay(enabled=show)
     display("load", "start")
     engine = Engine.load(model, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                         saliency_model=saliency_model)
+                         saliency_model=saliency_model, decoder=decoder)
     display("load", "done")
     display.stop()
     if show:

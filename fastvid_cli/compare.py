@@ -109,5 +109,7 @@ def run_compare(engine: Engine, video: str, question: str, *, methods: list[str]
     return {"video": video, "question": question, "model": engine.model_name, "frames": len(first.clip.indices),
             "repeat": repeat, "shared_ms": {k: round(v, 3) for k, v in shared.items()}, "cache": first.cache_status,
             "device": engine.device, "dtype": str(engine.dtype).replace("torch.", ""),
-            "saliency_source": first.feats.saliency_source, "notes": list(engine.adapter.warnings),
+            "saliency_source": first.feats.saliency_source,
+            "frame_decoder": first.clip.decoder if first.cache_status != "hit" else "",
+            "notes": list(engine.adapter.warnings) + [n for n in first.notes if "fell back" in n],
             "rows": [asdict(r) | {"kept_pct": round(r.kept_pct, 2)} for r in rows]}

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -214,24 +215,37 @@ def _hand_over(e: Exception, model, tok: torch.Tensor, cache, pos: torch.Tensor,
     return _eager_steps(model, tok.view(1, 1), cache, pos, pick, res, s, eos, on_token, stop)
 
 
+@dataclass
+class RowsPrefill:
+    """B prompts that share one prefix, prefilled together (see `prefill_rows`): what a batched decode goes on from.
+
+    The suffixes are left-padded to the longest, so the cache (B rows, prefix_len + width slots) is rectangular and
+    every row's last prompt token is its last column; `mask` (B, prefix_len + width) is 1 on real slots, 0 on the
+    padding; `next_position` the positions of each row's first generated token ((B,1), or (R,B,1) M-RoPE rows)."""
+
+    cache: Any
+    mask: torch.Tensor
+    next_position: torch.Tensor
+    logits: torch.Tensor  # (B, V): each row's last prompt token
+    prefix_len: int
+    width: int  # the longest suffix
+    started: float  # clock time the batched prefill started
+
+    @property
+    def rows(self) -> int:
+        return int(self.logits.shape[0])
+
+
 @torch.inference_mode()
-def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_positions: list[torch.Tensor],
-                 s: Sampling, clock=None, on_token=None,
-                 stops: list[threading.Event | None] | None = None) -> tuple[list[DecodeResult], float]:
-    """Greedy answers to B prompts that share the prefix in `prefix_cache` (batch 1, only read), decoded together.
+def prefill_rows(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_positions: list[torch.Tensor],
+                 clock=None) -> RowsPrefill:
+    """Prefill B prompts that share the prefix in `prefix_cache` (batch 1, only read) in one batched forward.
 
     suffix_embeds[b] (1,l_b,D) and suffix_positions[b] (1,l_b), or (R,1,l_b) M-RoPE rows, are each prompt's tokens
     after the prefix with their ORIGINAL position ids. Suffixes are left-padded to the longest with masked slots, so
     every row's last token is the batch's last column and the cache stays rectangular; each row decodes at its own
     positions. With M-RoPE rows, row 0 (the slot index transformers uses for masks) is rewritten to the batch's
-    slots. A decode step
-    costs about as much for B rows as for one (the weights are read once), which is the point: the per-question
-    cost of a batch of questions about one video falls by ~B. Rows that finished keep being fed (ignored) until the
-    last one stops. Returns (results in input order, wall time of the batched prefill start as perf_counter).
-
-    `on_token(b, token_id, t)` is called for each row's token as it is known on the host (for streaming); `stops[b]`
-    set ends row b after its current token (stop_reason "interrupted") while the other rows go on."""
-    eos = eos_ids(model)
+    slots."""
     B = len(suffix_embeds)
     dev = suffix_embeds[0].device
     lens = [int(e.shape[1]) for e in suffix_embeds]
@@ -254,25 +268,147 @@ def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_
     t0 = clock() if clock is not None else time.perf_counter()
     out = model(inputs_embeds=emb, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
                 **with_cache(model, cache))
-    nxt = pos[..., -1:] + 1
-    results = [DecodeResult(mode=f"batched x{B}", margins=[] if s.margins else None) for _ in range(B)]
-    alive = list(range(B))
-    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    return RowsPrefill(cache, mask, pos[..., -1:] + 1, out.logits[:, -1], P, L, t0)
+
+
+class RowStack:
+    """Prompts prefilled one by one, each into its own single-row cache (about different videos: no shared prefix),
+    gathered as the rows of one batched cache, so that they decode together as the rows of `prefill_rows` do.
+
+    Row b's K/V (1, nkv, n_b, D) are copied into the right end of a (B, nkv, width, D) buffer per layer: left-padded
+    with masked slots, every row's last prompt token is the last column, and each row keeps its own positions. Copying
+    at once lets a caller crop a shared prefix cache back right after each row's prefill."""
+
+    def __init__(self, lengths: list[int]):
+        self.lengths = list(lengths)
+        self.width = max(self.lengths)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor | None] = [None] * len(self.lengths)
+        self.next_positions: list[torch.Tensor | None] = [None] * len(self.lengths)
+
+    def put(self, b: int, cache, logits: torch.Tensor, next_position: torch.Tensor) -> None:
+        """Row b's prompt: `cache` (batch 1) holds exactly its lengths[b] tokens; `logits` (V,) its last token's;
+        `next_position` (1,1), or (R,1,1) M-RoPE rows, its first generated token's position ids."""
+        n, B, W = self.lengths[b], len(self.lengths), self.width
+        layers = cache.layers
+        if cache_length(cache) != n:
+            raise ValueError(f"row {b}'s cache holds {cache_length(cache)} tokens, not its prompt's {n}")
+        if not self.keys:
+            for layer in layers:
+                k, v = layer.keys, layer.values
+                self.keys.append(k.new_zeros((B, k.shape[1], W, k.shape[3])))
+                self.values.append(v.new_zeros((B, v.shape[1], W, v.shape[3])))
+        for i, layer in enumerate(layers):
+            self.keys[i][b, :, W - n:].copy_(layer.keys[0, :, :n])
+            self.values[i][b, :, W - n:].copy_(layer.values[0, :, :n])
+        self.logits[b] = logits.reshape(-1)
+        self.next_positions[b] = next_position
+
+    def rows(self, model, keep: list[int], started: float) -> RowsPrefill:
+        """The batched prefill of rows `keep` (each put), in that order, trimmed to the longest of them."""
+        W = max(self.lengths[b] for b in keep)
+        cut = self.width - W
+        whole = keep == list(range(len(self.lengths))) and cut == 0  # no further copy
+        idx = torch.tensor(keep, device=self.keys[0].device)
+        cache = new_cache(model)
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if not whole:
+                k, v = k.index_select(0, idx)[:, :, cut:].contiguous(), v.index_select(0, idx)[:, :, cut:].contiguous()
+            cache.update(k, v, i)
+        dev = self.logits[keep[0]].device
+        mask = torch.zeros((len(keep), W), dtype=torch.long, device=dev)
+        for r, b in enumerate(keep):
+            mask[r, W - self.lengths[b]:] = 1
+        nxt = torch.cat([self.next_positions[b].to(dev) for b in keep], dim=-2)
+        if nxt.dim() == 3:  # M-RoPE rows: row 0 (what transformers masks by) counts cache slots, as prefill_rows has it
+            nxt[0] = W
+        logits = torch.stack([self.logits[b] for b in keep])
+        return RowsPrefill(cache, mask, nxt, logits, 0, W, started)
+
+
+class RowPicks:
+    """Each row's sampling: greedy rows take the argmax of the whole batch at once, sampled rows (temperature > 0)
+    draw with their own seeded generator, exactly as `_Picker` does for a single answer with that Sampling."""
+
+    def __init__(self, samplings: list[Sampling], device: torch.device):
+        self.samplings = samplings
+        self.pickers = [_Picker(s, device) for s in samplings]
+        self.sampled = [b for b, p in enumerate(self.pickers) if p.gen is not None]
+
+    def __call__(self, logits: torch.Tensor, greedy: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1) tokens from logits (B', V) (B' >= B: rows past B are ignored); `greedy` (B', 1), when given, is
+        the argmax already taken (the graphed step's), updated in place for the sampled rows."""
+        B = len(self.pickers)
+        tok = greedy[:B] if greedy is not None else logits[:B].argmax(-1, keepdim=True)
+        for b in self.sampled:
+            tok[b] = self.pickers[b](logits[b])
+        return tok
+
+
+def decode_rows(model, pre: RowsPrefill, samplings: list[Sampling], on_token=None,
+                stops: list[threading.Event | None] | None = None, mode: str | None = None) -> list[DecodeResult]:
+    """The eager batched loop after `prefill_rows`: one forward of all B rows per step on `pre.cache`, each row
+    picking with its own Sampling and stopping on its own (eos, its max_new_tokens, `stops[b]`). Rows that finished
+    keep being fed (ignored) until the last one stops. Results in row order.
+
+    `on_token(b, token_id, t)` is called for each row's token as it is known on the host (for streaming); `stops[b]`
+    set ends row b after its current token (stop_reason "interrupted") while the other rows go on."""
+    B = pre.rows
+    margins = any(s.margins for s in samplings)
+    results = [DecodeResult(mode=mode or f"batched x{B}", margins=[] if margins else None) for _ in range(B)]
+    picks = RowPicks(samplings, pre.logits.device)
+    tok = picks(pre.logits)
+    alive = emit_rows(results, list(range(B)), tok, samplings, eos_ids(model), on_token, stops, pre.logits)
+    return eager_rows(model, pre, tok, results, alive, picks, on_token, stops)
+
+
+def emit_rows(results: list[DecodeResult], alive: list[int], tok: torch.Tensor | list[int], samplings: list[Sampling],
+              eos: set[int], on_token, stops, logits: torch.Tensor | None = None) -> list[int]:
+    """Record each alive row's token of this step (tok (B,1) read to the host at once, the one sync per step, or
+    already read: a list); returns the rows still alive. With margins asked for, `logits` (B,V) gives each row's."""
+    ids = tok if isinstance(tok, list) else tok[:, 0].tolist()
+    if results[0].margins is not None and logits is not None:
+        for b in alive:
+            results[b].margins.append(logit_margin(logits[b], ids[b]))
+    return [b for b in alive if not _emit(results[b], ids[b], samplings[b], eos, _row_callback(on_token, b),
+                                          stops[b] if stops else None)]
+
+
+def eager_rows(model, pre: RowsPrefill, feed: torch.Tensor, results: list[DecodeResult], alive: list[int],
+               picks: RowPicks, on_token, stops) -> list[DecodeResult]:
+    """Go on with the eager batched loop on `pre.cache` (the prompt only), feeding `feed` (B, t): the t tokens each
+    row was given so far (t > 1 when a graph decoder hands over mid-answer; for rows that finished, any token)."""
+    if not alive:
+        return results
+    eos = eos_ids(model)
+    mask, nxt = pre.mask, pre.next_position
+    B = pre.rows
     while True:
-        ids = tok[:, 0].tolist()  # the one host sync per step
-        if s.margins:  # greedy: top-1 minus runner-up, per row
-            top2 = out.logits[:, -1].float().topk(2).values
-            gaps = (top2[:, 0] - top2[:, 1]).tolist()
-            for b in alive:
-                results[b].margins.append(gaps[b])
-        alive = [b for b in alive
-                 if not _emit(results[b], ids[b], s, eos, _row_callback(on_token, b), stops[b] if stops else None)]
+        t = feed.shape[1]
+        mask = torch.cat([mask, mask.new_ones((B, t))], dim=1)
+        pos = nxt + torch.arange(t, device=nxt.device)
+        out = model(input_ids=feed, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                    **with_cache(model, pre.cache))
+        nxt = nxt + t
+        logits = out.logits[:, -1]
+        feed = picks(logits)
+        alive = emit_rows(results, alive, feed, picks.samplings, eos, on_token, stops, logits)
         if not alive:
-            return results, t0
-        mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
-        out = model(input_ids=tok, position_ids=nxt, attention_mask=mask, use_cache=True, **with_cache(model, cache))
-        nxt = nxt + 1
-        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            return results
+
+
+@torch.inference_mode()
+def decode_batch(model, prefix_cache, suffix_embeds: list[torch.Tensor], suffix_positions: list[torch.Tensor],
+                 s: Sampling, clock=None, on_token=None,
+                 stops: list[threading.Event | None] | None = None) -> tuple[list[DecodeResult], float]:
+    """Answers to B prompts that share the prefix in `prefix_cache` (batch 1, only read), decoded together with the
+    eager batched loop: `prefill_rows`, then `decode_rows` with `s` for every row. A decode step costs about as much
+    for B rows as for one (the weights are read once), which is the point: the per-question cost of a batch of
+    questions about one video falls by ~B. Returns (results in input order, clock time the batched prefill
+    started)."""
+    pre = prefill_rows(model, prefix_cache, suffix_embeds, suffix_positions, clock)
+    return decode_rows(model, pre, [s] * pre.rows, on_token, stops), pre.started
 
 
 def _row_callback(on_token, b: int):

@@ -53,6 +53,12 @@ def doctor_info() -> dict[str, Any]:
         decoders = decoder_support()
     except Exception:
         decoders = {}
+    try:
+        from fastvid_cli.video_gpu import nvdec_status
+
+        nvdec = dict(nvdec_status(0))
+    except Exception as e:  # noqa: BLE001 - doctor reports, never fails
+        nvdec = {"available": False, "reason": f"{type(e).__name__}: {e}", "codecs": []}
     if hub.is_offline():
         network = "not checked (offline mode)"
     else:
@@ -66,5 +72,6 @@ def doctor_info() -> dict[str, Any]:
         kernels = "plain torch kernels (Triton is not installed; CUDA wheels of torch bring it)"
     return {"versions": vers, "python": platform.python_version(), "cpu_cores": os.cpu_count(), "gpus": gpus,
             "hf_cache": hub.cache_dir(), "fastvid_cache": str(hub.fastvid_cache_dir()), "offline": hub.is_offline(),
-            "cached_models": cached, "saliency_weights": sal, "decoders": decoders, "fused_decode": kernels,
+            "cached_models": cached, "saliency_weights": sal, "decoders": decoders, "nvdec": nvdec,
+            "fused_decode": kernels,
             "network": network}

@@ -33,24 +33,27 @@ class PipelinedEncoder:
         self._graph = None  # (its key, the GraphedEncoder) of the last frame size seen
 
     def sample_and_encode(self, video: str, frames, timings: dict[str, float], on_stage: Stage, *, chunk: int,
-                          encode_clip: Callable[[Clip, dict[str, float]], VideoFeatures]) -> tuple[Clip, VideoFeatures]:
+                          encode_clip: Callable[[Clip, dict[str, float]], VideoFeatures],
+                          sampler: Callable[..., Clip] | None = None) -> tuple[Clip, VideoFeatures]:
         """Sample `frames` of `video` on a worker thread and encode the frames in groups of up to `chunk` as they
         are decoded (the graph's fixed batch; without the graph, a larger backlog goes in one call).
 
         Timings: sample = decoding wall time; preprocess / vision = their summed GPU-stream time, mostly hidden
         (with the graph, preprocess is the upload and the GPU resize counts as vision); encode_after_sample = what
         was left to wait for after the last frame. If the frames handed out early are not the clip's final frames
-        (sequential fallback, rotation), the clip is encoded again by `encode_clip` (which adds its own timings)."""
+        (sequential fallback, rotation), the clip is encoded again by `encode_clip` (which adds its own timings).
+        `sampler(video, frames, on_frame=...)` samples (default video.sample_frames; the engine passes its decoder's,
+        whose frames may be CUDA tensors)."""
         on_stage("sample", "start")
         t0 = time.perf_counter()
-        box, parts, spans = self._sample_in_groups(video, frames, chunk)
+        box, parts, spans = self._sample_in_groups(video, frames, chunk, sampler or sample_frames)
         on_stage("sample", "done")
         if "error" in box:
             raise box["error"]
         clip: Clip = box["clip"]
         on_stage("encode", "start")
         handed = [(s, a) for slots, arrays, _ in parts for s, a in zip(slots, arrays)]
-        if len(handed) == len(clip.indices) and all(np.shares_memory(clip.frames[s], a) for s, a in handed):
+        if len(handed) == len(clip.indices) and all(_same_memory(clip.frames[s], a) for s, a in handed):
             with torch.inference_mode(), oom_guard():
                 feats = merge_frame_chunks([(slots, f) for slots, _, f in parts], len(clip.indices))
             t_end = self.clock.now()
@@ -64,7 +67,7 @@ class PipelinedEncoder:
         on_stage("encode", "done")
         return clip, feats
 
-    def _sample_in_groups(self, video: str, frames, chunk: int) -> tuple[dict[str, Any], list, list]:
+    def _sample_in_groups(self, video: str, frames, chunk: int, sampler) -> tuple[dict[str, Any], list, list]:
         """Sample on a "fastvid-sample" thread and encode what it hands over. Returns (box: the clip, or the error
         the sampler raised, and "t" when it ended; the groups: (slots, frames, features); their timing marks)."""
         ready: queue.SimpleQueue = queue.SimpleQueue()
@@ -72,7 +75,7 @@ class PipelinedEncoder:
 
         def work() -> None:
             try:
-                box["clip"] = sample_frames(video, frames, on_frame=lambda slot, a: ready.put((slot, a)))
+                box["clip"] = sampler(video, frames, on_frame=lambda slot, a: ready.put((slot, a)))
             except BaseException as e:  # noqa: BLE001 - raised on the calling thread
                 box["error"] = e
             finally:
@@ -131,7 +134,7 @@ class PipelinedEncoder:
         or all of them eagerly. Returns (the pairs taken, their features, timing marks)."""
         graphed = self._graphed_encoder(chunk, pending[0][1].shape)
         group = pending[:graphed.n] if graphed is not None else pending
-        frames_u8 = np.stack([a for _, a in group])
+        frames_u8 = _stack([a for _, a in group])
         m0 = self._mark()
         if graphed is not None:  # upload only; resizing runs inside the graph (counted as vision)
             k = graphed.load(frames_u8)
@@ -150,3 +153,17 @@ class PipelinedEncoder:
         ev = torch.cuda.Event(enable_timing=True)
         ev.record(torch.cuda.current_stream(self.adapter.vision_device))
         return ev
+
+
+def _same_memory(a, b) -> bool:
+    """Whether two frames (numpy arrays, or torch tensors of the GPU decoder) are the same memory."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.shares_memory(a, b)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+    return False
+
+
+def _stack(frames: list):
+    """uint8 (H, W, 3) frames -> (k, H, W, 3), numpy or torch as they come."""
+    return torch.stack(frames) if isinstance(frames[0], torch.Tensor) else np.stack(frames)

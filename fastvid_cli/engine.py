@@ -36,7 +36,8 @@ from fastvid_cli.prefill import prefill_for
 from fastvid_cli.report import Clock, Report, Stage, versions
 from fastvid_cli.session import VideoSession
 from fastvid_cli.settings import GenerationOptions, PruneOptions
-from fastvid_cli.video import Clip, sample_frames
+from fastvid_cli.video import Clip
+from fastvid_cli.video_gpu import resolve_decoder, sample_clip
 
 __all__ = ["Engine", "GenerationOptions", "PruneOptions", "Report", "Stage", "VideoSession", "set_threads",
            "small_cpu_work", "versions"]
@@ -110,12 +111,27 @@ class Engine:
         # it pays, i.e. a CUDA vision tower (on the CPU the encoder would compete with the decoders for cores).
         self.pipeline: bool | None = None
         self.encoder = PipelinedEncoder(adapter, self.clock)
+        # Which decoder samples frames (--decoder): "cpu", or "gpu" (NVDEC, frames kept on the vision device);
+        # set_decoder resolves "auto". Fallbacks of the GPU decoder to the CPU for one clip are noted per session.
+        self.decoder = "cpu"
 
     # ------------------------------------------------------------------ load
+    def set_decoder(self, decoder: str = "auto") -> str:
+        """Use --decoder `decoder` (cpu | gpu | auto) to sample frames: auto is gpu when the vision tower is on a
+        CUDA device with NVDEC, else cpu; gpu without NVDEC raises InvalidOptionError. Returns what it chose."""
+        self.decoder = resolve_decoder(decoder, self.adapter.vision_device)
+        return self.decoder
+
+    def sample_clip(self, video: str, frames, *, on_frame=None, notes: list[str] | None = None) -> Clip:
+        """Sample `frames` of `video` with this engine's decoder (video_gpu.sample_clip: a GPU failure falls back to
+        the CPU with a line in `notes`)."""
+        return sample_clip(video, frames, decoder=self.decoder, device=self.adapter.vision_device, on_frame=on_frame,
+                           notes=notes)
+
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
              saliency_model: str | None = None, warmup: bool = True,
-             on_stage: Stage | None = None) -> "Engine":
+             on_stage: Stage | None = None, decoder: str = "auto") -> "Engine":
         on_stage = on_stage or (lambda *_: None)
         t0 = time.perf_counter()
         ref = resolve_model(model)
@@ -135,6 +151,7 @@ class Engine:
         engine = cls(adapter, model_name=ref.display, device=label, dtype=torch_dtype,
                      attn_implementation=attn_implementation)
         engine.model_source = ref.source
+        engine.set_decoder(decoder)
         engine.load_ms = (time.perf_counter() - t0) * 1e3
         on_stage("load", "done")
         if warmup and engine.cuda:
@@ -171,10 +188,13 @@ class Engine:
         self.warmup_ms = (time.perf_counter() - t0) * 1e3
 
     # ------------------------------------------------------------------ stages
-    def sample(self, video: str, frames) -> tuple[Clip, float]:
-        """Sample `frames` (a count, or a frame plan from `frame_plan`) of `video`; (clip, ms)."""
+    def sample(self, video: str, frames, notes: list[str] | None = None) -> tuple[Clip, float]:
+        """Sample `frames` (a count, or a frame plan from `frame_plan`) of `video`; (clip, ms). GPU frames are
+        ready when this returns (the clock synchronises), so the time is the decoder's."""
         t0 = time.perf_counter()
-        clip = sample_frames(video, frames)
+        clip = self.sample_clip(video, frames, notes=notes)
+        if clip.decoder == "gpu":
+            self.clock.sync()
         return clip, (time.perf_counter() - t0) * 1e3
 
     def frame_plan(self, frames: int | None = None, fps: float | None = None):
@@ -219,7 +239,7 @@ class Engine:
         """Sample `frames` of `video` on a worker thread and encode the frames in groups of PIPELINE_CHUNK as they
         are decoded (encoding.PipelinedEncoder, which says what the timings then mean); (clip, features)."""
         return self.encoder.sample_and_encode(video, frames, timings, on_stage, chunk=self.PIPELINE_CHUNK,
-                                              encode_clip=self.features)
+                                              encode_clip=self.features, sampler=self.sample_clip)
 
     def prune(self, feats: VideoFeatures, opts: PruneOptions, timings: dict[str, float]):
         from fastvid_cli import pruning
@@ -244,9 +264,15 @@ class Engine:
         return self.decoding.decode(logits, cache, next_position, gen, cuda=self.cuda, on_token=on_token, stop=stop,
                                     notes=notes)
 
+    def decode_rows(self, pre, gen: GenerationOptions, *, on_token=None, stops=None, notes: list[str] | None = None):
+        """Decode the rows of a batched prefill (decoding.prefill_rows) together with the loop
+        decoders.DecoderChoice.decode_rows picks: the fused B-row step where `decode` would take the fused step,
+        else the eager batched loop; fallbacks are noted in `notes`."""
+        return self.decoding.decode_rows(pre, gen, cuda=self.cuda, on_token=on_token, stops=stops, notes=notes)
+
     @property
     def decoders(self) -> dict[str, Any]:
-        """The graph decoders made so far ("fused", "static"; None once one failed)."""
+        """The graph decoders made so far ("fused", "fused-rows", "static"; None once one failed)."""
         return self.decoding.decoders
 
     @property
@@ -305,6 +331,7 @@ class Engine:
         frames = self._sampling_for(frames, fps, clip)
         timings: dict[str, float] = {}
         status, key, hit = "off", None, None
+        notes: list[str] = []
         if feature_cache is not None:
             on_stage("cache", "start")
             key = self.feature_cache_key(video, frames)
@@ -316,11 +343,13 @@ class Engine:
             timings.update(sample=0.0, preprocess=0.0, vision=0.0)
         else:
             if clip is None and self._pipelined():
-                clip, feats = self.sample_and_encode(video, frames, timings, on_stage)
+                clip, feats = self.encoder.sample_and_encode(
+                    video, frames, timings, on_stage, chunk=self.PIPELINE_CHUNK, encode_clip=self.features,
+                    sampler=lambda v, f, on_frame: self.sample_clip(v, f, on_frame=on_frame, notes=notes))
             else:
                 if clip is None:
                     on_stage("sample", "start")
-                    clip, sample_ms = self.sample(video, frames)
+                    clip, sample_ms = self.sample(video, frames, notes)
                     on_stage("sample", "done")
                 timings["sample"] = sample_ms or 0.0
                 on_stage("encode", "start")
@@ -330,6 +359,7 @@ class Engine:
                 feature_cache.store(key, clip, feats)
         sess = self.session_from_features(video, clip, feats, prune, timings, system=system, on_stage=on_stage)
         sess.cache_status = status
+        sess.notes.extend(notes)
         return sess
 
     def session_from_features(self, video: str, clip: Clip, feats: VideoFeatures, prune: PruneOptions,

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastvid_cli.decoding import DecodeResult, Sampling, _emit, _hand_over, _start, new_cache
+from fastvid_cli.decoding import (DecodeResult, RowPicks, RowsPrefill, Sampling, _emit, _hand_over, _start, eager_rows,
+                                  emit_rows, eos_ids, new_cache)
 
 # Decoder layer classes whose computation this step reproduces (checked in tests against the stock forward).
 LAYER_CLASSES = {"Qwen2DecoderLayer", "Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen3VLTextDecoderLayer",
@@ -63,15 +64,20 @@ class _TorchOps:
     def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_buf: torch.Tensor,
                    v_buf: torch.Tensor, q_out: torch.Tensor, nq: int, nkv: int, qn: torch.Tensor | None,
                    kn: torch.Tensor | None, eps: float) -> None:
-        """Split the fused (1, (nq+2nkv)*D) projection, (q/k norm), rotate q and k, write q to q_out (nq, D) and
-        k, v into the caches (nkv, cap, D) at `slot` (a (1,) long tensor)."""
+        """Split the fused (B, (nq+2nkv)*D) projection of B rows, (q/k norm), rotate q and k with each row's cos/sin
+        (B, D), write q to q_out (B, nq, D) and k, v into the caches (B, nkv, cap, D) at `slot` (a (1,) long tensor,
+        the same slot for every row). One row may also come as q_out (nq, D) and caches (nkv, cap, D)."""
         d = q_out.shape[-1]
-        q, k, v = qkv.view(nq + 2 * nkv, d).split((nq, nkv, nkv))
+        rows = qkv.shape[0]
+        q, k, v = qkv.view(rows, nq + 2 * nkv, d).split((nq, nkv, nkv), dim=1)
         if qn is not None:
             q, k = _rms(q, qn, eps), _rms(k, kn, eps)
-        q_out.copy_(_rotate(q, cos, sin))
-        k_buf.index_copy_(1, slot, _rotate(k, cos, sin).unsqueeze(1))
-        v_buf.index_copy_(1, slot, v.unsqueeze(1))
+        cos, sin = cos.view(rows, 1, d), sin.view(rows, 1, d)
+        q_out.view(rows, nq, d).copy_(_rotate(q, cos, sin))
+        k_buf = k_buf if k_buf.dim() == 4 else k_buf.unsqueeze(0)
+        v_buf = v_buf if v_buf.dim() == 4 else v_buf.unsqueeze(0)
+        k_buf.index_copy_(2, slot, _rotate(k, cos, sin).unsqueeze(2))
+        v_buf.index_copy_(2, slot, v.unsqueeze(2))
 
     @staticmethod
     def silu_mul(gu: torch.Tensor) -> torch.Tensor:
@@ -174,12 +180,9 @@ def unsupported(model) -> str | None:
     return None
 
 
-class FusedDecoder:
-    """Same contract as `decoding.StaticDecoder.decode` (and the same token stream as the eager loop, up to the
-    rounding of fused kernels in bf16). `graphs=False` runs the step without CUDA graphs (CPU tests).
-
-    State: static K/V buffers (layers, nkv, capacity, D) filled from the prefilled dynamic cache; a rotary table
-    for the positions this answer will use; one CUDA graph per attention span (multiple of SPAN)."""
+class _FusedModel:
+    """A model's decoder weights in the fused layout (see the module docstring), its shapes and the kernels: what
+    the one-answer step (FusedDecoder) and the B-row step (FusedRowsDecoder) compute with."""
 
     SPAN = 256
 
@@ -211,11 +214,51 @@ class FusedDecoder:
                 self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                                           qkv_w, qkv_b, at.o_proj.weight, gu_w, mlp.down_proj.weight,
                                           None if qn is None else qn.weight, None if kn is None else kn.weight))
+        self.captures = 0
+        self.capture_ms = 0.0
+
+    def _span(self, slot: int) -> int:
+        return min(self.capacity, (slot // self.SPAN + 1) * self.SPAN)
+
+    def _capture(self, step, state: tuple[torch.Tensor, ...]):
+        """(graph, output) of `step()` captured as a CUDA graph. The warm-up and the capture run the step; `state`
+        (the tensors it advances: tok/slot/step) is restored after each (a K/V slot they wrote is rewritten by the
+        next real step before it is read)."""
+        t0 = time.perf_counter()
+        saved = tuple(t.clone() for t in state)
+
+        def restore() -> None:
+            for t, v in zip(state, saved):
+                t.copy_(v)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()  # warm-up: Triton compiles/launch caches, cuBLAS handles
+            restore()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = step()
+        torch.cuda.synchronize()
+        restore()
+        self.captures += 1
+        self.capture_ms += (time.perf_counter() - t0) * 1e3
+        return graph, out
+
+
+class FusedDecoder(_FusedModel):
+    """Same contract as `decoding.StaticDecoder.decode` (and the same token stream as the eager loop, up to the
+    rounding of fused kernels in bf16). `graphs=False` runs the step without CUDA graphs (CPU tests).
+
+    State: static K/V buffers (layers, nkv, capacity, D) filled from the prefilled dynamic cache; a rotary table
+    for the positions this answer will use; one CUDA graph per attention span (multiple of SPAN)."""
+
+    def __init__(self, model, *, graphs: bool = True, ops=None):
+        super().__init__(model, graphs=graphs, ops=ops)
         self.capacity = 0
         self.k = self.v = None
         self.graphs_by_span: dict[int, tuple] = {}
-        self.captures = 0
-        self.capture_ms = 0.0
 
     # -------------------------------------------------------------------------------------- buffers
     def _allocate(self, capacity: int, dtype: torch.dtype) -> None:
@@ -288,32 +331,12 @@ class FusedDecoder:
         self.step.add_(1)
         return logits
 
-    def _span(self, slot: int) -> int:
-        return min(self.capacity, (slot // self.SPAN + 1) * self.SPAN)
-
     def _graph(self, span: int):
-        """(graph, logits) for `span`, captured on first use. The warm-up and the capture run the step; the state
-        they change is restored here (tok/slot/step; the K/V slot they wrote is rewritten by the next real step)."""
+        """(graph, logits) for `span`, captured on first use."""
         got = self.graphs_by_span.get(span)
-        if got is not None:
-            return got
-        t0 = time.perf_counter()
-        saved = (self.tok.clone(), self.slot.clone(), self.step.clone())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._step(span)  # warm-up: Triton compiles/launch caches, cuBLAS handles
-            self.tok.copy_(saved[0]); self.slot.copy_(saved[1]); self.step.copy_(saved[2])  # noqa: E702
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            logits = self._step(span)
-        torch.cuda.synchronize()
-        self.tok.copy_(saved[0]); self.slot.copy_(saved[1]); self.step.copy_(saved[2])  # noqa: E702
-        self.graphs_by_span[span] = (graph, logits)
-        self.captures += 1
-        self.capture_ms += (time.perf_counter() - t0) * 1e3
-        return graph, logits
+        if got is None:
+            got = self.graphs_by_span[span] = self._capture(lambda: self._step(span), (self.tok, self.slot, self.step))
+        return got
 
     # -------------------------------------------------------------------------------------- loading
     def load(self, cache, next_position: torch.Tensor, max_new_tokens: int) -> None:
@@ -390,6 +413,191 @@ class FusedDecoder:
         self.k = self.v = None  # rebuilt on the next load
         self.graphs_by_span = {}
         return _hand_over(e, self.model, tok, cache, pos, pick, res, s, eos, on_token, stop)
+
+
+class FusedRowsDecoder(_FusedModel):
+    """The fused step for B answers at once (`decoding.decode_rows`' contract: each row its own positions, Sampling,
+    eos / max_new_tokens / stop), on the left-padded batched prefill of `decoding.prefill_rows`.
+
+    Why left-padding (the prefill's own layout) rather than per-row lengths: the padded cache is copied into the
+    static buffers as ONE rectangular copy per layer, and every row writes its next K/V at the same slot, so the step
+    keeps the one-answer step's single slot counter and kernels; the few padding slots between the shared prefix
+    and a shorter question are masked per row (`holes`), and each row rotates with its own positions (a rotary table
+    per row). Rows that finished keep stepping (their tokens are ignored) until the last one ends.
+
+    State: K/V buffers (layers, rows, nkv, capacity, D); per-row rotary tables (rows, capacity, D) and padding masks;
+    one CUDA graph per (row bucket, span): B rows run in the graph of `bucket(B)` rows (the extra rows compute on stale
+    buffers and are never read), spans as in FusedDecoder."""
+
+    def __init__(self, model, *, graphs: bool = True, ops=None):
+        super().__init__(model, graphs=graphs, ops=ops)
+        self.rows = self.capacity = 0
+        self.k = self.v = None
+        self.graphs_by_key: dict[tuple[int, int], tuple] = {}
+
+    @staticmethod
+    def bucket(rows: int) -> int:
+        """The row count of the graph that decodes `rows` rows: 1, 2, 4, then the next multiple of 4 (few graphs,
+        and a spare row costs its attention over the whole span, so 10 rows take 12, not 16)."""
+        return 1 << max(0, rows - 1).bit_length() if rows <= 4 else -(-rows // 4) * 4
+
+    # -------------------------------------------------------------------------------------- buffers
+    def _allocate(self, rows: int, capacity: int, dtype: torch.dtype) -> None:
+        dev = self.head_w.device
+        self.k = self.v = None
+        self.graphs_by_key = {}
+        if self.graphs:
+            torch.cuda.empty_cache()
+        n = len(self.layers)
+        self.k = torch.zeros((n, rows, self.nkv, capacity, self.d), dtype=dtype, device=dev)
+        self.v = torch.zeros_like(self.k)
+        self.rows, self.capacity = rows, capacity
+        self.tok = torch.zeros((rows, 1), dtype=torch.long, device=dev)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=dev)  # the slot every row writes its next K/V to
+        self.step = torch.zeros((1,), dtype=torch.long, device=dev)  # column of the rotary tables
+        self.holes = torch.zeros((rows, capacity), dtype=torch.bool, device=dev)  # padding slots of each row
+        # captured graphs read all of these by address: refilled in place by each load, never reallocated
+        self.cos = torch.zeros((rows, capacity, self.d), dtype=dtype, device=dev)
+        self.sin = torch.zeros_like(self.cos)
+        self.slots = torch.arange(capacity, device=dev)
+        self.q = torch.empty((rows, self.nq, self.d), dtype=dtype, device=dev)
+
+    def _rope_tables(self, first: torch.Tensor, n: int) -> None:
+        """Each row's cos/sin (n, D) for its positions first[b], first[b]+1, ... by the model's rotary module.
+        first: (B, 1), or (R, B, 1) M-RoPE rows (equal rows: text tokens after the prompt; Qwen2-VL's leading text
+        row is left out, as in FusedDecoder)."""
+        dev = self.head_w.device
+        first = first.to(dev)
+        if first.dim() == 3 and first.shape[0] == 4:
+            first = first[1:]
+        B = first.shape[-2]
+        pos = first + torch.arange(n, device=dev)  # (B, n) or (R, B, n)
+        dummy = torch.empty((B, n, self.d), dtype=self.k.dtype, device=dev)
+        cos, sin = self.rotary(dummy, pos)
+        if cos.dim() == 4:  # (3, B, n, D) before the model combines M-RoPE sections: the rows are equal here
+            cos, sin = cos[0], sin[0]
+        self.cos[:B, :n].copy_(cos)
+        self.sin[:B, :n].copy_(sin)
+
+    def load(self, pre: RowsPrefill, max_new_tokens: int) -> None:
+        """Copy the batched prefill's cache (B rows, left-padded) into the static buffers, growing them if needed,
+        mark each row's padding slots and build each row's rotary table for its next max_new_tokens positions."""
+        ks = [layer.keys for layer in pre.cache.layers]
+        vs = [layer.values for layer in pre.cache.layers]
+        B = pre.rows
+        if len(ks) != len(self.layers) or len({tuple(k.shape[:3]) for k in ks}) != 1 or ks[0].shape[0] != B:
+            raise ValueError("the KV cache does not have one equal-length entry of the batch's rows per layer")
+        length = int(ks[0].shape[2])
+        need = length + max_new_tokens
+        rows = self.bucket(B)
+        if self.k is None or need > self.capacity or rows > self.rows or self.k.dtype != ks[0].dtype:
+            self._allocate(max(rows, self.rows), -(-max(need, self.capacity) // self.SPAN) * self.SPAN, ks[0].dtype)
+        for i, (k, v) in enumerate(zip(ks, vs)):
+            self.k[i, :B, :, :length].copy_(k)
+            self.v[i, :B, :, :length].copy_(v)
+        self.holes.zero_()
+        self.holes[:B, :length].copy_(pre.mask[:, :length] == 0)
+        self.tok.zero_()
+        self.slot.fill_(length)
+        self.step.zero_()
+        self._rope_tables(pre.next_position, max_new_tokens)
+        self.length = length
+
+    # -------------------------------------------------------------------------------------- the step
+    def _step(self, rows: int, span: int) -> torch.Tensor:
+        """The first `rows` rows: embed tok, run every layer attending over slots [0, span) (each row's padding
+        and the slots > slot masked), write their K/V at slot; returns logits (rows, V) and leaves the greedy tokens
+        in tok; advances slot and step."""
+        ops, b, nkv, d = self.ops, rows, self.nkv, self.d
+        g = self.nq // nkv
+        x = F.embedding(self.tok[:b].view(b), self.embed.weight)  # (b, H): the residual stream
+        cos = self.cos[:b].index_select(1, self.step).view(b, d)
+        sin = self.sin[:b].index_select(1, self.step).view(b, d)
+        masked = self.holes[:b, :span] | (self.slots[:span] > self.slot).view(1, span)
+        bias = torch.zeros((b, 1, span), dtype=x.dtype, device=x.device).masked_fill_(masked.view(b, 1, span),
+                                                                                          float("-inf"))
+        bias = bias.expand(b, nkv, span).reshape(b * nkv, 1, span)  # one row per (row, kv head), as q/k/v below
+        q = self.q[:b]
+        res = None
+        for i, L in enumerate(self.layers):
+            k, v = self.k[i, :b], self.v[i, :b]
+            h = ops.add_rms(x, res, L.ln1, self.eps)
+            qkv = F.linear(h, L.qkv_w, L.qkv_b)
+            ops.rope_write(qkv, cos, sin, self.slot, k, v, q, self.nq, nkv, L.q_norm, L.k_norm, self.eps)
+            s = torch.baddbmm(bias, q.view(b * nkv, g, d), k[:, :, :span].flatten(0, 1).transpose(1, 2),
+                              alpha=self.scaling)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(x.dtype)
+            o = torch.bmm(p, v[:, :, :span].flatten(0, 1)).view(b, self.nq * d)
+            res = F.linear(o, L.o_w)
+            h = ops.add_rms(x, res, L.ln2, self.eps)
+            res = F.linear(ops.silu_mul(F.linear(h, L.gu_w)), L.down_w)
+        h = ops.add_rms(x, res, self.norm_w, self.norm_eps)
+        logits = F.linear(h, self.head_w)
+        self.tok[:b].copy_(logits.argmax(-1, keepdim=True))
+        self.slot.add_(1)
+        self.step.add_(1)
+        return logits
+
+    def _graph(self, rows: int, span: int):
+        """(graph, logits) for (rows, span), captured on first use."""
+        key = (rows, span)
+        got = self.graphs_by_key.get(key)
+        if got is None:
+            got = self.graphs_by_key[key] = self._capture(lambda: self._step(rows, span),
+                                                          (self.tok, self.slot, self.step))
+        return got
+
+    # -------------------------------------------------------------------------------------- decoding
+    @torch.inference_mode()
+    def decode(self, model, pre: RowsPrefill, samplings: list[Sampling], on_token=None,
+               stops: list[threading.Event | None] | None = None) -> list[DecodeResult]:
+        """Same contract and token streams as `decoding.decode_rows`: each row's first token (from the prefill's
+        logits) is emitted before any buffer copy or capture. `pre.cache` is only read; if loading the buffers or
+        a step fails (not for lack of GPU memory, which is raised), the eager batched loop goes on on `pre.cache`
+        from the tokens so far, and every result's `fallback` says why."""
+        B = pre.rows
+        mode = f"batched {'fused-graph' if self.graphs else 'fused'} x{B}"
+        results = [DecodeResult(mode=mode) for _ in range(B)]
+        eos = eos_ids(model)
+        picks = RowPicks(samplings, pre.logits.device)
+        tok = picks(pre.logits)
+        fed = [tok[:, 0].tolist()]  # what each row was fed, step by step (what the eager loop needs to take over)
+        alive = emit_rows(results, list(range(B)), fed[-1], samplings, eos, on_token, stops)
+        if not alive:
+            return results
+        before = self.capture_ms
+        try:
+            self.load(pre, max(s.max_new_tokens for s in samplings))
+            self.tok[:B].copy_(tok)
+            rows = self.bucket(B)
+            slot = self.length
+            while True:
+                span = self._span(slot)
+                if self.graphs:
+                    graph, logits = self._graph(rows, span)
+                    graph.replay()
+                else:
+                    logits = self._step(rows, span)
+                slot += 1
+                fed.append(picks(logits, self.tok)[:, 0].tolist())
+                alive = emit_rows(results, alive, fed[-1], samplings, eos, on_token, stops)
+                if not alive:
+                    break
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. a failed capture: the eager batched loop still answers
+            self.k = self.v = None  # rebuilt on the next load
+            self.graphs_by_key = {}
+            msg = str(e).strip()
+            for r in results:
+                r.mode = f"batched x{B}"
+                r.fallback = f"{type(e).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
+            feed = torch.tensor(fed, dtype=torch.long, device=pre.logits.device).T.contiguous()  # (B, steps)
+            return eager_rows(model, pre, feed, results, alive, picks, on_token, stops)
+        if self.capture_ms > before:
+            for r in results:
+                r.capture_ms = self.capture_ms - before
+        return results
 
 
 def _eps(norm) -> float:

@@ -1,6 +1,7 @@
 """Triton kernels of the fused decode step (`fast_decode.py`), one launch where plain torch needs 4-10.
 
-Imported only on CUDA when Triton is installed. Each kernel reproduces the bf16 rounding points of the stock
+Imported only on CUDA when Triton is installed. Every kernel takes B rows (one program per row along one grid axis):
+the single-answer step passes one row, the batched step (`fast_decode.FusedRowsDecoder`) B rows. Each kernel reproduces the bf16 rounding points of the stock
 transformers code it replaces (products and sums rounded where the stock code rounds), so the outputs equal the
 torch reference ops in `fast_decode._TorchOps` (checked on the GPU by benchmarks/gpu_checks.py).
 """
@@ -14,6 +15,10 @@ import triton.language as tl
 
 @triton.jit
 def _add_rms_kernel(X, R, W, Y, N, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # X, R, Y: (rows, N) contiguous
+    X += row * N
+    R += row * N
+    Y += row * N
     cols = tl.arange(0, BLOCK)
     m = cols < N
     x = tl.load(X + cols, mask=m, other=0.0)
@@ -29,9 +34,16 @@ def _add_rms_kernel(X, R, W, Y, N, eps, HAS_RES: tl.constexpr, BLOCK: tl.constex
 
 
 @triton.jit
-def _rope_write_kernel(QKV, COS, SIN, SLOT, K, V, QO, QN, KN, eps, k_s0, k_s1,
+def _rope_write_kernel(QKV, COS, SIN, SLOT, K, V, QO, QN, KN, eps, k_sb, k_s0, k_s1,
                        NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, HAS_NORM: tl.constexpr):
     h = tl.program_id(0)  # q heads first, then k heads (whose programs also copy the matching v head)
+    b = tl.program_id(1)  # the row: its own projection, rotary row, q rows and K/V buffers (row stride k_sb)
+    QKV += b * (NQ + 2 * NKV) * D
+    COS += b * D
+    SIN += b * D
+    QO += b * NQ * D
+    K += b * k_sb
+    V += b * k_sb
     HALF: tl.constexpr = D // 2
     i = tl.arange(0, HALF)
     dt = QO.dtype.element_ty
@@ -74,6 +86,9 @@ def _rope_write_kernel(QKV, COS, SIN, SLOT, K, V, QO, QN, KN, eps, k_s0, k_s1,
 
 @triton.jit
 def _silu_mul_kernel(GU, OUT, N, BLOCK: tl.constexpr):
+    row = tl.program_id(1)  # GU: (rows, 2N), OUT: (rows, N), contiguous
+    GU += row * 2 * N
+    OUT += row * N
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     g = tl.load(GU + offs, mask=m, other=0.0).to(tl.float32)
@@ -83,7 +98,7 @@ def _silu_mul_kernel(GU, OUT, N, BLOCK: tl.constexpr):
 
 
 class TritonOps:
-    """Same contracts as fast_decode._TorchOps (single-row inputs, contiguous)."""
+    """Same contracts as fast_decode._TorchOps (inputs contiguous, one row or B rows)."""
 
     name = "triton"
 
@@ -91,7 +106,7 @@ class TritonOps:
     def add_rms(x: torch.Tensor, res: torch.Tensor | None, w: torch.Tensor, eps: float) -> torch.Tensor:
         n = x.shape[-1]
         y = torch.empty_like(x)
-        _add_rms_kernel[(1,)](x, res if res is not None else x, w, y, n, eps, HAS_RES=res is not None,
+        _add_rms_kernel[(x.numel() // n,)](x, res if res is not None else x, w, y, n, eps, HAS_RES=res is not None,
                               BLOCK=triton.next_power_of_2(n), num_warps=8)
         return y
 
@@ -99,14 +114,18 @@ class TritonOps:
     def rope_write(qkv, cos, sin, slot, k_buf, v_buf, q_out, nq, nkv, qn, kn, eps) -> None:
         d = q_out.shape[-1]
         has_norm = qn is not None
-        _rope_write_kernel[(nq + nkv,)](qkv, cos, sin, slot, k_buf, v_buf, q_out, qn if has_norm else cos,
-                                        kn if has_norm else cos, eps, k_buf.stride(0), k_buf.stride(1),
-                                        NQ=nq, NKV=nkv, D=d, HAS_NORM=has_norm, num_warps=1)
+        rows = qkv.numel() // ((nq + 2 * nkv) * d)
+        # K/V: (nkv, cap, D) for one row, or (rows, nkv, cap, D) with a row stride (both may be views of a bigger buffer)
+        k_sb, k_s0, k_s1 = (0, *k_buf.stride()[:2]) if k_buf.dim() == 3 else k_buf.stride()[:3]
+        assert v_buf.stride() == k_buf.stride() and cos.is_contiguous() and sin.is_contiguous()
+        _rope_write_kernel[(nq + nkv, rows)](qkv, cos, sin, slot, k_buf, v_buf, q_out, qn if has_norm else cos,
+                                             kn if has_norm else cos, eps, k_sb, k_s0, k_s1,
+                                             NQ=nq, NKV=nkv, D=d, HAS_NORM=has_norm, num_warps=1)
 
     @staticmethod
     def silu_mul(gu: torch.Tensor) -> torch.Tensor:
         n = gu.shape[-1] // 2
         out = torch.empty((*gu.shape[:-1], n), dtype=gu.dtype, device=gu.device)
         block = 1024
-        _silu_mul_kernel[(triton.cdiv(n, block),)](gu, out, n, BLOCK=block, num_warps=4)
+        _silu_mul_kernel[(triton.cdiv(n, block), gu.numel() // (2 * n))](gu, out, n, BLOCK=block, num_warps=4)
         return out

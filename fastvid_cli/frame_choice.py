@@ -34,10 +34,18 @@ class Candidates:
     embed_ms: float
 
 
-def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer) -> Candidates:
-    """Decode the candidates of `video` (SelectOptions.count of them, uniformly) and embed them."""
+def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, decoder: str = "cpu",
+                      notes: list[str] | None = None) -> Candidates:
+    """Decode the candidates of `video` (SelectOptions.count of them, uniformly) and embed them. `decoder`: "cpu"
+    (numpy frames) or what `--decoder` resolved to (video_gpu.sample_clip: NVDEC frames stay on the GPU, where the
+    scorer takes them; a fallback to the CPU adds a line to `notes`)."""
     t0 = time.perf_counter()
-    clip = sample_frames(video, opts)
+    if decoder == "cpu":
+        clip = sample_frames(video, opts)
+    else:
+        from fastvid_cli.video_gpu import sample_clip
+
+        clip = sample_clip(video, opts, decoder=decoder, device=scorer.device, notes=notes)
     t1 = time.perf_counter()
     embeds = scorer.embed_frames(clip.frames)
     t2 = time.perf_counter()

@@ -57,8 +57,9 @@ class FrameScorer:
     source: str
     device: torch.device
 
-    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 (T,H,W,3) -> float32 (T,D) unit vectors (on the CPU)."""
+    def embed_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (T,H,W,3), numpy or a tensor (NVDEC frames on the GPU) -> float32 (T,D) unit vectors (on the
+        CPU)."""
         raise NotImplementedError
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -84,7 +85,7 @@ class DemoScorer(FrameScorer):
     def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
         out = []
         for i in range(0, len(frames), FRAME_CHUNK):
-            pixels = self._tt.preprocess(frames[i:i + FRAME_CHUNK]).to(self.device)
+            pixels = self._tt.preprocess(_tensor(frames[i:i + FRAME_CHUNK])).to(self.device)
             out.append(self.heads.frame(self._tt.tower_tokens(self.tower, pixels)).float().cpu())
         return torch.cat(out)
 
@@ -106,8 +107,7 @@ class SiglipScorer(FrameScorer):
 
         out = []
         for i in range(0, len(frames), FRAME_CHUNK):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + FRAME_CHUNK])).permute(0, 3, 1, 2)
-            x = x.to(self.device, non_blocking=True)
+            x = _tensor(frames[i:i + FRAME_CHUNK]).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
             x = normalize(resize_frames(x, (self.image_size, self.image_size)), self.mean, self.std)
             pooled = self.model.vision_model(pixel_values=x.to(self.dtype)).pooler_output
             out.append(F.normalize(pooled.float(), dim=-1).cpu())
@@ -119,6 +119,10 @@ class SiglipScorer(FrameScorer):
                              return_tensors="pt")["input_ids"].to(self.device)
         pooled = self.model.text_model(input_ids=ids).pooler_output
         return F.normalize(pooled.float(), dim=-1).cpu()
+
+
+def _tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
 
 
 def _unavailable(source: str, why: str) -> ModelUnavailableError:

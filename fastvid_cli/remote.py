@@ -11,10 +11,12 @@ Standard library only, like client.py: no torch, no transformers.
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing (~2.5 ms to import) only for type checkers: the annotations are strings (PEP 563)
+if TYPE_CHECKING:
+    import threading
+    from typing import Any, Callable
 
 from fastvid_cli.client import Client, ask_payload
 from fastvid_cli.errors import InvalidOptionError
@@ -64,38 +66,55 @@ def ask_remote(client: Client, video: str, question: str, *, model: str | None, 
                fps: float | None, method: str | None, ratio: float | None, params: dict[str, Any],
                gen: dict[str, Any], baseline: bool, margins: bool, compile_decode: bool | None, cache: bool,
                as_json: bool, quiet: bool) -> int:
-    """`fastvid ask --server`: the answer streamed to stdout, then the panel (or one JSON object)."""
+    """`fastvid ask --server`: the answer streamed to stdout, then the panel (or one JSON object).
+
+    `model`: the --model the user gave (None: the server's). It goes with the request and the server refuses a model
+    it does not serve: one round trip, not a GET /v1/models before it. Only then is the model card fetched, for the
+    message of a local run (Client.check_model), or to accept another name the client resolves to the served model
+    (a relative folder, the hub id of an alias); to a server the video is uploaded to, the card is checked first, so that a wrong --model
+    fails before an upload."""
     import json
     import sys
 
-    from fastvid_cli.client import check_local_video
-    from fastvid_cli.errors import EXIT_INTERRUPTED
-    from fastvid_cli.ui import err_console, print_summary, write_answer_piece
+    from fastvid_cli.client import ApiFailure, check_local_video
+    from fastvid_cli.errors import EXIT_INTERRUPTED, VideoNotFoundError
 
-    check_local_video(video)
+    try:
+        check_local_video(video)
+    except VideoNotFoundError:
+        if model is not None:
+            client.check_model(model)  # a wrong --model is said first, as the options are checked before the video
+        raise
+    if model is not None and not client.local:
+        client.check_model(model)
+        model = None
     ext = _fastvid_ext(method, ratio, frames, fps, params, baseline=baseline or None,
                        margins=margins or None, compile=compile_decode, cache=None if cache else False)
-    status = None
-    if not (as_json or quiet) and err_console.is_terminal:
-        status = err_console.status(f"asking {client.url}…", spinner="dots")
-        status.start()
+    waiting = None if (as_json or quiet) else _Waiting(client.url)
 
     def on_text(piece: str) -> None:
-        nonlocal status
-        if status is not None:
-            status.stop()
-            status = None
+        if waiting is not None:
+            waiting.stop()
         if not as_json:
-            write_answer_piece(piece)
+            sys.stdout.write(piece)  # as ui.write_answer_piece, without importing rich for it
+            sys.stdout.flush()
 
     def send(url: str) -> dict[str, Any]:
-        return client.chat(ask_payload(url, question, model=model, gen=gen, fastvid=ext), on_text)
+        nonlocal model
+        try:
+            return client.chat(ask_payload(url, question, model=model, gen=gen, fastvid=ext), on_text)
+        except ApiFailure as f:
+            if f.code != "model_not_found" or model is None:
+                raise
+            client.check_model(model)  # raises the error of a local run; passes for another name of the same model
+            model = None
+            return client.chat(ask_payload(url, question, model=None, gen=gen, fastvid=ext), on_text)
 
     try:
         done = client.with_video(video, send)
     finally:
-        if status is not None:
-            status.stop()
+        if waiting is not None:
+            waiting.stop()
     data = done["report"]
     data["video"] = str(video)
     if as_json:
@@ -106,8 +125,49 @@ def ask_remote(client: Client, video: str, question: str, *, model: str | None, 
             sys.stdout.write("\n")
             sys.stdout.flush()
         if not quiet:
-            print_summary(data, None, server=client.url)
+            waiting.ui().print_summary(data, None, server=client.url)
     return EXIT_INTERRUPTED if data.get("stop_reason") == "interrupted" else 0
+
+
+class _Waiting:
+    """The panel of `ask --server` needs rich (~35 ms of imports) and the pruning registry: they are imported on a
+    thread while the request travels and the server works, instead of before the request. Once rich is in, the "asking URL…" spinner shows (stderr
+    a terminal, no answer text yet) until `stop`: the first text, or the end of the request."""
+
+    def __init__(self, url: str):
+        import threading  # here: the --json and -q paths need no thread
+
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._status = None
+        self._loader = threading.Thread(target=self._load, args=(url,), daemon=True, name="fastvid-ui-import")
+        self._loader.start()
+
+    def _load(self, url: str) -> None:
+        try:
+            from fastvid_cli import pruning  # noqa: F401  (the panel names the method's segments from its registry)
+            from fastvid_cli.ui import err_console
+        except BaseException:  # raised again where ui() imports it
+            return
+        with self._lock:
+            if not self._stopped and err_console.is_terminal:
+                self._status = err_console.status(f"asking {url}…", spinner="dots")
+                self._status.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._status is not None:
+                self._status.stop()
+                self._status = None
+
+    def ui(self):
+        """fastvid_cli.ui, imported."""
+        self.stop()
+        self._loader.join()
+        from fastvid_cli import ui
+
+        return ui
 
 
 def compare_remote(client: Client, video: str, question: str, *, methods: list[str], ratios: list[float],
@@ -228,6 +288,8 @@ class RemoteSession:
     def answer_many(self, questions: list[str], gen=None, *, lead_ms=0.0, max_rows: int = 16, histories=None,
                     on_text=None, stops=None) -> list:
         """Concurrent requests (up to `max_rows` at a time): the server decodes greedy ones together."""
+        from concurrent.futures import ThreadPoolExecutor
+
         histories = histories or [None] * len(questions)
         with ThreadPoolExecutor(max_workers=max(1, min(max_rows, len(questions))),
                                 thread_name_prefix="fastvid-remote") as pool:

@@ -66,6 +66,7 @@ class Report:
     attn_implementation: str = ""
     cache: str = "off"  # feature cache: hit | miss | off
     decode_mode: str = ""  # eager | cuda-graph | batched xN (answered with N-1 other questions, see answer_many)
+    frame_decoder: str = ""  # which decoder sampled the frames: cpu (FFmpeg in software) | gpu (NVDEC) | "" (cached)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     # GenerationOptions.margins: per generated token (eos included), its logit minus the best other token's; an

@@ -69,6 +69,7 @@ class ModelOptions:
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     saliency_model: str | None = None
+    decoder: str = "auto"  # --decoder: cpu | gpu | auto (video_gpu.resolve_decoder)
 
 
 def load_engine(cfg: ModelOptions, progress: Progress, device: str | None = None):
@@ -79,7 +80,8 @@ def load_engine(cfg: ModelOptions, progress: Progress, device: str | None = None
     set_threads(cfg.threads)
     progress.note("loading model…")
     engine = Engine.load(cfg.model, device=device or cfg.device, dtype=cfg.dtype,
-                         attn_implementation=cfg.attn_implementation, saliency_model=cfg.saliency_model)
+                         attn_implementation=cfg.attn_implementation, saliency_model=cfg.saliency_model,
+                         decoder=cfg.decoder)
     progress.note(f"model loaded in {(engine.load_ms or 0) / 1e3:.2f} s on {engine.device}")
     for w in engine.adapter.warnings:
         progress.note(f"warning: {w}")

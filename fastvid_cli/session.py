@@ -3,7 +3,8 @@
 `VideoSession.answer` goes the way gpt-fast's generate does: build the prompt, prefill it (prefill.py: on the
 shared video-prefix KV cache, plain, or through a pruning method's stage inside the LLM), decode the answer
 (decoders.py) on a worker thread while this thread streams its text, then fill in the report (report.py).
-`answer_many` decodes several questions together on the shared prefix.
+`answer_many` decodes several questions together on the shared prefix; `answer_across` decodes questions about
+different videos (different sessions) together, each prefilled on its own session's prefix.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from fastvid_cli.decoding import DecodeResult, TextStream, decode_batch, eos_ids
+from fastvid_cli.decoding import DecodeResult, RowStack, TextStream, eos_ids, prefill_rows
 from fastvid_cli.errors import OutOfMemoryError, oom_guard
 from fastvid_cli.llm_stage import fit_stage
 from fastvid_cli.models.interface import Assembled, VideoFeatures
@@ -134,7 +136,8 @@ class VideoSession:
             video_tokens_total=feats.num_frames * feats.tokens_per_frame, video_tokens_kept=int(result.index.numel()),
             prompt_tokens_total=asm.full_length, prompt_tokens_kept=asm.length, segments=list(result.segments),
             saliency_source=feats.saliency_source, device=eng.device, dtype=dtype_name(eng.dtype),
-            attn_implementation=eng.attn_implementation, versions=versions(), cache=self.cache_status)
+            attn_implementation=eng.attn_implementation, versions=versions(), cache=self.cache_status,
+            frame_decoder=clip.decoder if self.cache_status != "hit" else "")
         r.notes.extend(eng.adapter.warnings)
         r.notes.extend(result.notes)
         r.notes.extend(self.notes)
@@ -261,7 +264,8 @@ class VideoSession:
                     on_text: list[Callable[[str], None] | None] | None = None,
                     stops: list[threading.Event | None] | None = None) -> list[Report]:
         """Greedy answers to several questions about this video, decoded together in batches of up to `max_rows`
-        rows on top of the shared prefix KV cache (see decoding.decode_batch); the same answers as `answer` one by
+        rows on top of the shared prefix KV cache (decoding.prefill_rows, then Engine.decode_rows: the fused B-row
+        CUDA-graph step where a single answer would take the fused step, else the eager batched loop); the same answers as `answer` one by
         one, at a fraction of the per-question cost. Falls back to one-by-one answering when batching does not
         apply (sampling, HoliTom's inner stage, a prompt prefix that differs from the shared one). `lead_ms` (work
         that these questions waited for; one value for all, or one per question) counts towards each row's TTFT.
@@ -298,6 +302,9 @@ class VideoSession:
         reports: list[Report] = []
         for start in range(0, n, rows):
             part = list(range(start, min(start + rows, n)))
+            if len(part) == 1:  # a last row alone: the one-answer decoder (whose graphs exist) answers it
+                reports.extend(one_by_one(part))
+                continue
             reports.extend(self._answer_rows([questions[i] for i in part], [built[i][1] for i in part], gen, cut,
                                              [leads[i] for i in part], [sinks[i] for i in part],
                                              [halts[i] for i in part], lambda part=part: one_by_one(part)))
@@ -314,12 +321,15 @@ class VideoSession:
                 streams[b].put(token)
 
         t_start = time.perf_counter()
+        notes: list[str] = []
         try:
             with torch.inference_mode():
-                results, t_prefill = decode_batch(
-                    eng.model, self.prefix_cache, [a.inputs_embeds[:, cut:] for a in asms],
-                    [a.position_ids[..., cut:] for a in asms], gen.sampling(), clock=eng.clock.now,
-                    on_token=on_token if any(streams) else None, stops=halts if any(halts) else None)
+                pre = prefill_rows(eng.model, self.prefix_cache, [a.inputs_embeds[:, cut:] for a in asms],
+                                   [a.position_ids[..., cut:] for a in asms], clock=eng.clock.now)
+                t_prefill = pre.started
+                results = eng.decode_rows(pre, gen, on_token=on_token if any(streams) else None,
+                                          stops=halts if any(halts) else None, notes=notes)
+                del pre  # the rows' KV cache: freed before the reports are made
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # one row at a time needs far less memory
             if any(s is not None and s.text for s in streams):
@@ -332,6 +342,7 @@ class VideoSession:
             report = self.report_base(q, asm)
             report.notes.append(f"answered together with {len(asms) - 1} other question(s) about this video "
                                 "(batched decode on the shared video prefix)")
+            report.notes.extend(notes)
             if streams[b] is not None:
                 report.answer = streams[b].finish()
             else:
@@ -340,12 +351,149 @@ class VideoSession:
             report.new_tokens, report.stop_reason, report.decode_mode = len(res.token_ids), res.stop_reason, res.mode
             report.set_margins(res.margins)
             fill_timings(report, dict(self.timings), res.token_times, t_start=t_start, t_prefill=t_prefill,
-                         t_end=t_end, lead_ms=lead_ms, prefix_ms=self.prefix_ms or 0.0)
+                         t_end=t_end, lead_ms=lead_ms, capture_ms=res.capture_ms, prefix_ms=self.prefix_ms or 0.0)
             if eng.cuda:
                 report.peak_gpu_mem_mb = peak_gpu_mem_mb(eng.clock.cuda)
             report.prefill_speedup = estimated_prefill_speedup(eng.adapter, asm)
             out.append(report)
         return out
+
+
+@dataclass
+class Ask:
+    """One question for `answer_across`: about `session`'s video, with the arguments `VideoSession.answer` takes."""
+
+    session: VideoSession
+    question: str
+    history: list[tuple[str, str]] | None = None
+    lead_ms: float = 0.0
+    on_text: Callable[[str], None] | None = None
+    stop: threading.Event | None = None
+
+
+def answer_across(asks: list[Ask], gen: GenerationOptions | None = None, *,
+                  max_rows: int = 16) -> list[Report | Exception]:
+    """Greedy answers to questions about different videos (sessions of one engine), decoded together: each prompt is
+    prefilled on its own, on its session's shared prefix KV cache as `answer` does, its cache copied into a row of one
+    left-padded batched cache (decoding.RowStack), and the rows decode together through Engine.decode_rows (the fused
+    B-row step on CUDA, else the eager batched loop), up to `max_rows` rows at a time. The answers are those of
+    `answer` one by one; text streams to each ask's `on_text`, and its `stop` ends its row alone.
+
+    One entry per ask, in order: its Report, or the exception its own prompt raised (assembling or prefilling it), so
+    that one bad request fails alone. A failure of the batched decode itself is raised (no row's text is lost: the
+    caller knows which asks already streamed). Sampling, a method's LLM stage, or fewer than two asks answer one by
+    one."""
+    gen = gen or GenerationOptions()
+    gen.validate()
+    out: list[Report | Exception | None] = [None] * len(asks)
+    if gen.temperature > 0 or max_rows < 2 or len(asks) < 2 or any(a.session.inner for a in asks):
+        for i, a in enumerate(asks):
+            out[i] = _answer_alone(a, gen)
+        return out
+    built: list[Any] = [None] * len(asks)  # (prompt, Assembled) of each ask
+    for i, a in enumerate(asks):
+        sess = a.session
+        try:
+            built[i] = sess._assemble(a.question, gen.system if gen.system is not None else sess.system, a.history)
+        except Exception as e:  # noqa: BLE001 - this ask's own failure
+            out[i] = e
+    todo = [i for i in range(len(asks)) if out[i] is None]
+    per_row = max((built[i][1].length for i in todo), default=0) + gen.max_new_tokens
+    rows = max(2, min(max_rows, VideoSession.BATCH_TOKENS // per_row))
+    for start in range(0, len(todo), rows):
+        part = todo[start:start + rows]
+        for i, r in zip(part, _answer_stack([asks[i] for i in part], [built[i] for i in part], gen)):
+            out[i] = r
+    return out
+
+
+def _answer_alone(a: Ask, gen: GenerationOptions) -> Report | Exception:
+    try:
+        return a.session.answer(a.question, gen, lead_ms=a.lead_ms, on_text=a.on_text, stop=a.stop,
+                                history=a.history)
+    except Exception as e:  # noqa: BLE001 - this ask's own failure
+        return e
+
+
+def _answer_stack(asks: list[Ask], built: list[tuple[Any, Assembled]],
+                  gen: GenerationOptions) -> list[Report | Exception]:
+    """`answer_across` for one batch of asks, with each one's (prompt, Assembled)."""
+    if len(asks) == 1:
+        return [_answer_alone(asks[0], gen)]
+    eng = asks[0].session.engine
+    out: list[Report | Exception | None] = [None] * len(asks)
+    stack = RowStack([asm.length for _, asm in built])
+    t_start = time.perf_counter()
+    started: list[float] = [0.0] * len(asks)
+    shared: list[bool] = [False] * len(asks)
+    notes: list[list[str]] = [[] for _ in asks]
+    for b, a in enumerate(asks):
+        sess, (prompt, asm) = a.session, built[b]
+        try:
+            with torch.inference_mode(), oom_guard():
+                how = sess._choose_prefill(prompt, asm, True)
+                pre = how.run(eng.model, asm, eng.clock)
+                try:
+                    stack.put(b, pre.cache, pre.logits, asm.next_position)
+                finally:
+                    how.release(pre.cache)
+        except Exception as e:  # noqa: BLE001 - this ask's own failure
+            out[b] = e
+            continue
+        started[b], shared[b] = pre.started, isinstance(how, PrefixPrefill)
+        if pre.note:
+            notes[b].append(pre.note)
+    keep = [b for b in range(len(asks)) if out[b] is None]
+    if len(keep) < 2:  # nothing left to batch: the one-answer path (its prefill again) answers a lone survivor
+        for b in keep:
+            out[b] = _answer_alone(asks[b], gen)
+        return out
+    eos = eos_ids(eng.model)
+    streams = [_PieceSink(eng.adapter.tokenizer, eos, asks[b].on_text) if asks[b].on_text is not None else None
+               for b in keep]
+
+    def on_token(r: int, token: int, _t: float) -> None:
+        if streams[r] is not None:
+            streams[r].put(token)
+
+    halts = [asks[b].stop for b in keep]
+    decode_notes: list[str] = []
+    try:
+        with torch.inference_mode():
+            pre = stack.rows(eng.model, keep, min(started[b] for b in keep))
+            del stack
+            results = eng.decode_rows(pre, gen, on_token=on_token if any(streams) else None,
+                                      stops=halts if any(halts) else None, notes=decode_notes)
+            del pre
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise OutOfMemoryError("out of GPU memory while generating",
+                               "try fewer --frames, a lower --ratio, or fewer --max-new-tokens") from None
+    t_end = time.perf_counter()
+    for r, (b, res) in enumerate(zip(keep, results)):
+        a = asks[b]
+        sess, asm = a.session, built[b][1]
+        report = sess.report_base(a.question, asm)
+        report.notes.append(f"answered together with {len(keep) - 1} other question(s) about other videos (each "
+                            "prefilled on its own, then one batched decode)")
+        report.notes.extend(notes[b] + decode_notes)
+        if streams[r] is not None:
+            report.answer = streams[r].finish()
+        else:
+            report.answer = eng.adapter.tokenizer.decode([t for t in res.token_ids if t not in eos],
+                                                         skip_special_tokens=True)
+        report.new_tokens, report.decode_mode = len(res.token_ids), res.mode
+        report.stop_reason = "interrupted" if a.stop is not None and a.stop.is_set() else res.stop_reason
+        report.set_margins(res.margins)
+        fill_timings(report, dict(sess.timings), res.token_times, t_start=t_start, t_prefill=started[b], t_end=t_end,
+                     lead_ms=a.lead_ms, capture_ms=res.capture_ms,
+                     prefix_ms=(sess.prefix_ms or 0.0) if shared[b] else None)
+        if eng.cuda:
+            report.peak_gpu_mem_mb = peak_gpu_mem_mb(eng.clock.cuda)
+        report.prefill_speedup = estimated_prefill_speedup(eng.adapter, asm)
+        report.prefill_speedup_measured = False
+        out[b] = report
+    return out
 
 
 class _PieceSink:

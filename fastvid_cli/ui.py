@@ -238,7 +238,7 @@ def _time_pieces(r: dict[str, Any], load_ms: float | None) -> list[str | list[st
     hit = r.get("cache") == "hit"
     pieces: list[str | list[str]] = [f"load [bold]{fmt_ms(load_ms)}[/]"] if load_ms is not None else []
     if "sample" in t and not hit:
-        sample = [f"sample [bold]{fmt_ms(t['sample'])}[/]"]
+        sample = [f"sample [bold]{fmt_ms(t['sample'])}[/]" + (" (GPU decode)" if r.get("frame_decoder") == "gpu" else "")]
         if "sample_wait" in t:  # sampled on the main thread while the model loaded
             waited = t["sample_wait"] or 0.0
             sample += ["(during load;", f"waited {fmt_ms(waited)})"] if round(waited, 1) > 0 else ["(during load)"]

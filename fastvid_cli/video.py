@@ -18,6 +18,7 @@ import bisect
 import numbers
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from .errors import InvalidOptionError, VideoDecodeError, VideoNotFoundError
 
-__all__ = ["Clip", "sample_frames", "sample_indices", "decoder_support"]
+__all__ = ["Clip", "sample_frames", "sample_indices", "decoder_support", "FrameSink", "DecoderDeclined"]
 
 # Errors PyAV raises for unreadable input. FFmpegError covers every libav* error code (InvalidDataError,
 # EOFError, PermissionError, ...); OSError covers Python-level I/O failures while reading the file.
@@ -46,7 +47,8 @@ _CAN_DISCARD = hasattr(av.stream, "Discard")
 class Clip:
     """Frames sampled from one video.
 
-    frames: uint8 (T, H, W, 3) RGB, display rotation already applied (T = len(indices)).
+    frames: uint8 (T, H, W, 3) RGB, display rotation already applied (T = len(indices)): a numpy array, or a
+        torch tensor on the GPU when the frames were decoded there (video_gpu: NVDEC).
     indices: 0-based indices of the sampled frames in presentation order, increasing.
     timestamps: seconds from the stream start of each sampled frame.
     fps: average frame rate, or None when the container does not say.
@@ -56,11 +58,13 @@ class Clip:
     rotation: counter-clockwise degrees applied to upright the frames (0/90/180/270), the convention of PyAV's
         ``VideoFrame.rotation`` and ffprobe's display matrix; a phone's portrait clip tagged ``rotate=90`` reads 270.
     codec: FFmpeg decoder name (e.g. "h264", "vp9").
+    decoder: which decoder produced the frames: "cpu" (FFmpeg in software, swscale's RGB) or "gpu" (NVDEC, RGB
+        converted on the GPU by fastvid_cli.yuv).
     chosen_from: set when these frames were chosen out of that many sampled candidates (`--select`), so they are
         not the uniform sample a frame count names (the feature cache keys them by their indices).
     """
 
-    frames: np.ndarray
+    frames: "np.ndarray | Any"
     indices: list[int]
     timestamps: list[float]
     fps: float | None
@@ -72,6 +76,7 @@ class Clip:
     height: int
     rotation: int
     codec: str
+    decoder: str = "cpu"
     chosen_from: int | None = None
 
     @property
@@ -108,7 +113,7 @@ def _pick_indices(total: int, num_frames: "int | IndexPlan", fps: float | None) 
 
 
 def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = None,
-                  on_frame: "Callable[[int, np.ndarray], None] | None" = None) -> Clip:
+                  on_frame: "Callable[[int, np.ndarray], None] | None" = None, sink: "FrameSink | None" = None) -> Clip:
     """Decode ``num_frames`` uniformly spaced frames of the first video stream of ``path``.
 
     ``num_frames`` may instead be an IndexPlan: the frames at the indices it picks from the stream's exact frame
@@ -122,6 +127,9 @@ def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = 
     only if it shares memory with the returned ``Clip.frames[slot]`` (a fallback to sequential decoding or an
     upright rotation returns new arrays instead).
 
+    sink: where the decoded frames go (default: software decoding into a numpy array, see FrameSink); a sink that
+    cannot produce this clip raises DecoderDeclined (video_gpu then falls back to this default).
+
     Raises InvalidOptionError (num_frames < 1, threads < 0), VideoNotFoundError (no such path, or not a regular
     file), VideoDecodeError (not a video, no video stream, no decodable frame, truncated or corrupt data).
     """
@@ -133,8 +141,8 @@ def sample_frames(path, num_frames: "int | IndexPlan", *, threads: int | None = 
     num_frames = num_frames if plan else int(num_frames)
     p, name = _existing_file(path)
     try:
-        return _sample(p, name, num_frames, int(threads or 0), on_frame)
-    except VideoDecodeError:
+        return _sample(p, name, num_frames, int(threads or 0), on_frame, sink or _SOFTWARE)
+    except (VideoDecodeError, DecoderDeclined):
         raise
     except _AV_ERRORS as e:
         raise VideoDecodeError(f"cannot decode {name}: corrupt or truncated data ({_reason(e)})") from e
@@ -209,6 +217,57 @@ def _open_stream(p: Path, name: str, threads: int):
     return container, stream
 
 
+class DecoderDeclined(Exception):
+    """A FrameSink cannot produce this clip (no hardware decoder for it, a software frame where a hardware one was
+    expected, a device error, or decoded frames that disagree with the demuxed index); the message says which.
+    Not a user error: the caller decodes the clip with the default sink instead."""
+
+
+class FrameSink:
+    """How the sparse decoder opens decoders and where it puts the frames it keeps.
+
+    This default decodes in software (FFmpeg's threads) and converts each kept frame to RGB with swscale into one
+    uint8 numpy array. video_gpu.NvdecSink decodes with NVDEC and keeps the frames on the GPU; both share the demux
+    index, the frame plan, the runs and their split over parallel decoders, so they return the same frames."""
+
+    name = "cpu"
+    # On a disagreement with the demuxed index: decode sequentially (True), or raise DecoderDeclined.
+    sequential_fallback = True
+    # Decode with the container that was opened to demux the stream when one decoder is enough.
+    reuse_demuxer = True
+
+    def check(self, stream) -> None:
+        """Raise DecoderDeclined early (before demuxing) when this sink cannot decode ``stream``."""
+
+    def open(self, p: Path, name: str, threads: int):
+        """(container, video stream) ready to decode; the caller closes the container."""
+        return _open_stream(p, name, threads)
+
+    def decoders(self, threads: int) -> int:
+        """The most decoders to run in parallel for a thread budget (0: every core)."""
+        return min(threads if threads > 0 else _cpu_count(), _MAX_DECODERS)
+
+    def threads_each(self, threads: int, workers: int) -> int:
+        """FFmpeg threads for each of ``workers`` parallel decoders."""
+        return max(1, (threads if threads > 0 else _cpu_count()) // workers)
+
+    def alloc(self, n: int, height: int, width: int):
+        """Room for n frames of (height, width) RGB."""
+        return np.empty((n, height, width, 3), np.uint8)
+
+    def put(self, out, slot: int, frame):
+        """Store the decoded ``frame`` as RGB in ``out[slot]``; returns that row."""
+        out[slot] = _rgb(frame, out.shape[2], out.shape[1])
+        return out[slot]
+
+    def upright(self, frames, rotation) -> tuple[Any, int]:
+        """(frames turned by the display rotation, the degrees applied)."""
+        return _upright(frames, rotation)
+
+
+_SOFTWARE = FrameSink()
+
+
 @dataclass
 class _Info:
     fps: float | None
@@ -218,22 +277,26 @@ class _Info:
     start: int | None  # stream.start_time, in time_base units
 
 
-def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int, on_frame=None) -> Clip:
+def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int, on_frame=None,
+            sink: FrameSink = _SOFTWARE) -> Clip:
     container, stream = _open_stream(p, name, threads)
     frames = None
     with container:
         info = _stream_info(stream, container)
         _check_complete(stream, p, name)
+        sink.check(stream)
         pts, keys, exact = _demux_index(container, stream)
         if exact and pts:
             indices = _pick_indices(len(pts), num_frames, info.fps)
-            got = _decode_frames(p, name, container, stream, pts, keys, indices, threads, on_frame)
+            got = _decode_frames(p, name, container, stream, pts, keys, indices, threads, on_frame, sink=sink)
             if got is not None:
                 frames, rotation = got
                 total = len(pts)
 
     if frames is None:
         # Timestamps unusable, or the decoder's output disagreed with the demuxed index: decode sequentially.
+        if not sink.sequential_fallback:
+            raise DecoderDeclined("the stream's timestamps do not identify its frames (sequential decoding needed)")
         frames, rotation, indices, pts, total, info = _sample_sequential(p, name, num_frames, threads)
 
     tb, fps = info.time_base, info.fps
@@ -249,7 +312,7 @@ def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int, on_
         timestamps = [i / fps if fps else 0.0 for i in indices]
         duration = info.duration if info.duration is not None else (total / fps if fps else 0.0)
 
-    frames, degrees = _upright(frames, rotation)
+    frames, degrees = sink.upright(frames, rotation)
     return Clip(
         frames=frames,
         indices=[int(i) for i in indices],
@@ -263,6 +326,7 @@ def _sample(p: Path, name: str, num_frames: "int | IndexPlan", threads: int, on_
         height=int(frames.shape[1]),
         rotation=degrees,
         codec=info.codec,
+        decoder=sink.name,
     )
 
 
@@ -332,7 +396,7 @@ def _key_pos(pts: list[int], keys: list[int], target: int) -> tuple[int, int]:
 
 
 def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: list[int], indices: list[int],
-                   threads: int, on_frame=None):
+                   threads: int, on_frame=None, sink: FrameSink = _SOFTWARE):
     """The frames at ``indices``, decoded sparsely on as many cores as ``threads`` allows (0: all).
 
     Frame threading alone scales poorly here: every seek flushes FFmpeg's frame-thread pipeline, and sparse
@@ -340,13 +404,15 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     one seek each, and the runs are shared out to several decoders (each its own container, seeking
     independently, FFmpeg code that releases the GIL), each with an equal part of the thread budget. Every run is
     decoded exactly as the single decoder would decode it, so the frames are the same. One run, or threads=1:
-    the single decoder on ``container``. Returns what _decode_sparse returns."""
-    budget = threads if threads > 0 else _cpu_count()
-    runs, work = _plan_runs(pts, keys, indices, parts=min(budget, _MAX_DECODERS))
-    workers = min(budget, len(runs), _MAX_DECODERS)
-    if workers <= 1:
-        return _decode_sparse(container, stream, pts, keys, indices, on_frame=on_frame)
-    per = max(1, budget // workers)
+    the single decoder on ``container`` (if the sink decodes with it). The sink says how many decoders and
+    threads (FrameSink). Returns what _decode_sparse returns."""
+    parts = sink.decoders(threads)
+    runs, work = _plan_runs(pts, keys, indices, parts=parts)
+    workers = min(parts, len(runs))
+    if workers <= 1 and sink.reuse_demuxer:
+        return _decode_sparse(container, stream, pts, keys, indices, on_frame=on_frame, sink=sink)
+    workers = max(workers, 1)
+    per = sink.threads_each(threads, workers)
     # Longest run first to the least-loaded decoder; each decoder then visits its runs in file order.
     shares: list[list[int]] = [[] for _ in range(workers)]
     load = [0] * workers
@@ -357,14 +423,16 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     slot_lists = [sorted(j for r in share for j in runs[r]) for share in shares]
     width, height = stream.codec_context.width, stream.codec_context.height
     if not (width and height):
-        return _decode_sparse(container, stream, pts, keys, indices)
-    out = np.empty((len(indices), height, width, 3), np.uint8)
+        if not sink.reuse_demuxer:
+            return None
+        return _decode_sparse(container, stream, pts, keys, indices, sink=sink)
+    out = sink.alloc(len(indices), height, width)
 
     def job(slots: list[int]):
-        c, s = _open_stream(p, name, per)
+        c, s = sink.open(p, name, per)
         with c:
             return _decode_sparse(c, s, pts, keys, [indices[j] for j in slots], out=out, slots=slots,
-                                  on_frame=on_frame)
+                                  on_frame=on_frame, sink=sink)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -424,12 +492,13 @@ def _cpu_count() -> int:
 
 
 def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: list[int],
-                   out: np.ndarray | None = None, slots: list[int] | None = None, on_frame=None):
+                   out=None, slots: list[int] | None = None, on_frame=None, sink: FrameSink = _SOFTWARE):
     """Decode only what is needed to produce the frames at ``indices`` (increasing).
 
     Every frame the decoder hands out is checked against the demuxed list, so a packet that yields no frame or a
     seek that lands elsewhere is noticed instead of shifting the indices. Returns (uint8 (n, H, W, 3) RGB as
-    stored, rotation of the first frame), or None on any disagreement (the caller then decodes sequentially).
+    stored (or whatever ``sink`` stores), rotation of the first frame), or None on any disagreement (the caller
+    then decodes sequentially).
     With ``out`` (the stream's size) and ``slots``, frame j goes to ``out[slots[j]]`` instead; a first frame of
     another size then returns None (a resolution change: the sequential path handles it).
     """
@@ -470,13 +539,13 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
         if j == 0:
             rotation = frame.rotation
             if out is None:
-                out = np.empty((len(indices), frame.height, frame.width, 3), np.uint8)
-            elif out.shape[1:3] != (frame.height, frame.width):
+                out = sink.alloc(len(indices), frame.height, frame.width)
+            elif tuple(out.shape[1:3]) != (frame.height, frame.width):
                 return None
         slot = slots[j] if slots is not None else j
-        out[slot] = _rgb(frame, out.shape[2], out.shape[1])
+        row = sink.put(out, slot, frame)
         if on_frame is not None:
-            on_frame(slot, out[slot])
+            on_frame(slot, row)
     return out, rotation
 
 

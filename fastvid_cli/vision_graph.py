@@ -40,10 +40,12 @@ class GraphedEncoder:
                 self.out = run()
         torch.cuda.synchronize(dev)
 
-    def load(self, frames: np.ndarray) -> int:
-        """Upload uint8 (k, H, W, 3), k <= n, into the graph's input; returns k."""
+    def load(self, frames) -> int:
+        """Upload uint8 (k, H, W, 3), k <= n, into the graph's input (a numpy array, or a tensor already on the
+        GPU: the GPU decoder's frames, copied on the device); returns k."""
         k = int(frames.shape[0])
-        self.inp[:k].copy_(torch.from_numpy(np.ascontiguousarray(frames)))
+        src = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        self.inp[:k].copy_(src)
         return k
 
     def run(self, k: int) -> VideoFeatures:

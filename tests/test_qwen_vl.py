@@ -564,3 +564,21 @@ def test_batched_answers_equal_one_by_one_on_m_rope_models(engines, clip, index_
     batched = sess.answer_many(questions, gen)
     assert [r.answer for r in batched] == single
     assert {r.decode_mode for r in batched} == {"batched x3"}
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+def test_answers_about_different_videos_decode_together_on_m_rope_models(engines, clip, index_video, kind):
+    """Questions about different sessions (other pruning, so other prompt lengths and M-RoPE columns) decode as the
+    left-padded rows of one batch (session.answer_across): the same answers as one at a time."""
+    from fastvid_cli.session import Ask, answer_across
+
+    eng = engines(kind)
+    gen = GenerationOptions(max_new_tokens=6)
+    sessions = [eng.session(str(index_video), clip=clip, sample_ms=0.0,
+                            prune=PruneOptions(method="fastvid", ratio=r, params=dict(c=4))) for r in (0.27, 0.6)]
+    questions = ["Which colour is the last shape that appears on the left?", "Count them."]
+    single = [s.answer(q, gen) for s, q in zip(sessions, questions)]
+    assert single[0].prompt_tokens_kept != single[1].prompt_tokens_kept
+    got = answer_across([Ask(s, q) for s, q in zip(sessions, questions)], gen)
+    assert [r.answer for r in got] == [r.answer for r in single]
+    assert {r.decode_mode for r in got} == {"batched x2"}

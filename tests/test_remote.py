@@ -114,19 +114,106 @@ def test_a_video_outside_the_roots_is_uploaded(runner, url, tmp_path):
     assert res.exit_code == 4 and str(broken) in res.stderr and "fastvid-upload" not in res.stderr
 
 
+CLIENT_RUN = """
+import os, sys
+sys.argv = ["fastvid", *sys.argv[1:]]
+os._exit = sys.exit  # the fast path ends with os._exit (__main__._exit): here the module list is printed first
+try:
+    from fastvid_cli.{module} import {entry}
+    code = {entry}()
+except SystemExit as e:
+    code = e.code
+mods = sorted({{m.split(".")[0] for m in sys.modules}})
+print("RESULT", code, " ".join(mods), file=sys.stderr)
+"""
+# never on the client's path: the model's libraries, the server's, and numpy
+HEAVY = {"torch", "transformers", "numpy", "httpx", "fastapi", "starlette", "uvicorn", "av"}
+
+
+def run_client(args: list[str], module: str = "__main__", entry: str = "main"):
+    """A `fastvid …` command in a new process through `module.entry`: (exit code, top-level modules it imported,
+    stdout, stderr without the RESULT line)."""
+    res = subprocess.run([sys.executable, "-c", CLIENT_RUN.format(module=module, entry=entry), *args],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = res.stderr.splitlines(keepends=True)
+    result = next(ln for ln in lines if ln.startswith("RESULT"))
+    _, code, *mods = result.split()
+    return int(code), set(mods), res.stdout, "".join(ln for ln in lines if ln is not result)
+
+
 def test_the_client_imports_neither_torch_nor_transformers(url, folder):
-    script = (
-        "import sys, time\n"
-        "t0 = time.perf_counter()\n"
-        "from fastvid_cli.cli import _invoke\n"
-        f"sys.argv = ['fastvid', 'ask', {str(folder / 'demo.mp4')!r}, {QUESTION!r}, '--server', {url!r}, '-q']\n"
-        "code = _invoke()\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'httpx', 'fastapi'))\n"
-        "print('RESULT', code, heavy, round(time.perf_counter() - t0, 3), file=sys.stderr)\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    line = next(ln for ln in res.stderr.splitlines() if ln.startswith("RESULT"))
-    assert res.stdout == "red\n" and line.startswith("RESULT 0 [] "), res.stderr
+    """Not the typer command either; neither typer, click, pydantic nor rich for an answer without the panel
+    (cli_ask_server.py), rich only for the panel."""
+    ask = ["ask", str(folder / "demo.mp4"), QUESTION, "--server", url]
+    code, mods, out, _ = run_client([*ask, "-q"], "cli", "_invoke")  # the typer command
+    assert (code, out) == (0, "red\n") and not mods & HEAVY
+    light = HEAVY | {"typer", "click", "pydantic", "pydantic_core", "rich"}
+    for extra in (["-q"], ["--json", "--model", "demo", "--dyseg-tau", "0.5"]):
+        code, mods, out, err = run_client([*ask, *extra])
+        assert code == 0 and out.startswith(("red", '{"answer": "red"')), err
+        assert not mods & light, sorted(mods & light)
+    code, mods, out, err = run_client(ask)
+    assert code == 0 and "fastvid" in err and "rich" in mods and not mods & (light - {"rich"})
+
+
+def test_the_fast_path_prints_what_the_typer_command_prints(url, folder, tmp_path):
+    """`fastvid ask … --server` without typer (cli_ask_server.py): stdout, the panel, --json and the errors of the
+    typer command, byte for byte where nothing was measured."""
+    clip = str(folder / "demo.mp4")
+
+    def both(args):
+        return run_client(args), run_client(args, "cli", "_invoke")
+
+    (fc, _, fout, ferr), (tc, _, tout, terr) = both(["ask", clip, QUESTION, "--server", url, "--json", "-r", "0.3",
+                                                     "--dtm-p", "2", "--max-new-tokens", "4"])
+    assert fc == tc == 0
+    fast, typed = json.loads(fout), json.loads(tout)
+    assert {k: v for k, v in fast.items() if k not in RUN_FIELDS} == \
+           {k: v for k, v in typed.items() if k not in RUN_FIELDS}
+    assert ferr == terr == ""
+    (fc, _, fout, ferr), (tc, _, tout, terr) = both(["ask", "--server", url, clip, QUESTION])
+    assert fc == tc == 0 and fout == tout == "red\n"
+    strip = lambda text: [line for line in text.splitlines() if not any(c.isdigit() for c in line)]
+    assert strip(ferr) == strip(terr) and len(ferr.splitlines()) == len(terr.splitlines())
+    nope = str(tmp_path / "nope.mp4")
+    for args, code in ((["ask", nope, QUESTION, "--server", url], 3),
+                       (["ask", clip, QUESTION, "--server", url, "--model", "llava-ov-7b"], 2),
+                       (["ask", nope, QUESTION, "--server", url, "--model", "llava-ov-7b"], 2),  # the model first
+                       (["ask", clip, QUESTION, "--server", "http://127.0.0.1:9", "--json"], 9),
+                       (["ask", clip, QUESTION, "--server", url, "--ratio", "2"], 2),
+                       (["ask", clip, QUESTION, "--server", url, "--frames", "0"], 2)):
+        (fc, _, fout, ferr), (tc, _, tout, terr) = both(args)
+        assert (fc, fout, ferr) == (tc, tout, terr) and fc == code and ferr.startswith("error: "), args
+
+
+def test_ask_server_sends_one_request(url, folder, monkeypatch, capsys):
+    """--model goes with the question: one round trip (no GET /v1/models before it); the server refuses a model it
+    does not serve and the error is the one of a local check; another name of the served model is accepted."""
+    from fastvid_cli import client as client_module
+    from fastvid_cli.cli_ask_server import run
+
+    sent = []
+    real_open = client_module.Client._open
+
+    def recording_open(self, method, path, *a, **kw):
+        sent.append((method, path))
+        return real_open(self, method, path, *a, **kw)
+
+    monkeypatch.setattr(client_module.Client, "_open", recording_open)
+    clip = str(folder / "demo.mp4")
+    assert run(["ask", clip, QUESTION, "--server", url, "--model", "demo", "-q"]) == 0
+    assert capsys.readouterr().out == "red\n" and sent == [("POST", "/v1/chat/completions")]
+    sent.clear()
+    assert run(["ask", clip, QUESTION, "--server", url, "--model", "llava-ov-7b", "-q"]) == 2
+    assert "--model llava-ov-7b: the server at " in capsys.readouterr().err
+    assert sent == [("POST", "/v1/chat/completions"), ("GET", "/v1/models")]  # the card only for the message
+    sent.clear()
+    from fastvid_cli.models import resolve_model
+
+    other_name = os.path.relpath(resolve_model("demo").source)  # the served folder, as this process names it
+    assert run(["ask", clip, QUESTION, "--server", url, "--model", other_name, "-q"]) == 0
+    assert capsys.readouterr().out == "red\n"
+    assert sent == [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")]
 
 
 def test_compare_server(runner, url, folder):
@@ -220,3 +307,18 @@ def test_chat_through_stdin_locally(runner, tiny_llava, tiny_saliency, index_vid
     assert second["question"] == "And then?" and second["prompt_tokens_kept"] > first["prompt_tokens_kept"]
     assert second["timings_ms"].get("prefix_prefill", 0) > 0
     time.sleep(0)
+
+
+def test_the_fast_path_exits_with_os_exit_after_its_output(url, folder):
+    """`python -m fastvid_cli ask … --server` as users run it (os._exit after flushing, __main__._exit): the whole
+    output and the exit code are there, also for a server that cannot be reached."""
+    clip = str(folder / "demo.mp4")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for extra in (["-q"], ["--json"], []):
+        res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", url, *extra],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 0 and res.stdout.startswith(("red\n", '{"answer": "red"')), res.stderr
+        assert res.stdout.endswith("\n") and (extra != [] or "fastvid" in res.stderr)
+    res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 9 and res.stderr.startswith("error: cannot reach the fastvid server at http://127.0.0.1:9")

@@ -185,6 +185,54 @@ def test_concurrent_clients_get_the_sequential_answers(url, media):
     assert any(m.startswith("batched x") for m in modes), modes  # decoded together, same answers
 
 
+def test_concurrent_clients_on_different_videos_decode_together(url, media):
+    """Each client asks about its own video (copies of the demo clip under other names: other sessions); one asks
+    about a file that is no video. They are decoded as rows of one batched decode, with the answers they get alone,
+    and the bad one fails alone."""
+    videos = []
+    for i in range(4):
+        path = media["root"] / f"other-{i}.mp4"
+        shutil.copy(DEMO_CLIP, path)
+        videos.append(file_url(path))
+    questions = QUESTIONS[:4]
+    sequential = []
+    for v, q in zip(videos, questions):  # alone (and each video's session made before the concurrent round)
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat_body(v, q), timeout=120)
+        assert r.status_code == 200, r.text
+        sequential.append(r.json()["choices"][0]["message"]["content"])
+    before = httpx.get(f"{url}/metrics").text
+    jobs = [(v, q) for v, q in zip(videos, questions)] + [(file_url(media["text"]), QUESTION)]
+    results: dict[int, httpx.Response] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def client(i: int) -> None:
+        barrier.wait()
+        results[i] = httpx.post(f"{url}/v1/chat/completions", json=chat_body(*jobs[i]), timeout=120)
+
+    for _ in range(3):  # the first request to come may be taken alone before the others arrive: a few rounds
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert_openai_error(results[len(jobs) - 1], 422, "unprocessable_video")
+        got = [results[i].json() for i in range(len(videos))]
+        assert [g["choices"][0]["message"]["content"] for g in got] == sequential
+        batched = [g["fastvid"] for g in got if g["fastvid"]["decode_mode"].startswith("batched x")]
+        if batched:
+            break
+    assert batched, [g["fastvid"]["decode_mode"] for g in got]
+    assert all(any("other videos" in n for n in b["notes"]) for b in batched)
+    after = httpx.get(f"{url}/metrics").text
+
+    def batches_over_one(text: str) -> float:  # answers decoded in batches of 2 or more rows
+        lines = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
+                 if ln.startswith("fastvid_batch_size_")}
+        return lines["fastvid_batch_size_count"] - lines['fastvid_batch_size_bucket{le="1"}']
+
+    assert batches_over_one(after) > batches_over_one(before)
+
+
 # ---------------------------------------------------------------------------------------------- bad requests
 def test_malformed_json(url, media):
     r = httpx.post(f"{url}/v1/chat/completions", content=b'{"model": "demo", "messages": [',

@@ -150,3 +150,30 @@ def test_stop_text_holds_back_a_possible_stop():
     assert t.feed("OPzz") == "" and t.hit and t.text == "abc STxy"
     plain = StopText([])
     assert plain.feed("S") == "S" and plain.flush() == ""
+
+
+def test_batch_mates_prefer_the_same_video_then_take_other_videos():
+    from fastvid_cli.server.media import VideoRef
+    from fastvid_cli.server.metrics import Metrics
+    from fastvid_cli.server.scheduler import Scheduler, Work
+    from fastvid_cli.server.settings import Resolved
+    from fastvid_cli.settings import GenerationOptions
+
+    def work(video: str, **gen) -> Work:
+        return Work(video=VideoRef(path=video, shown=video, identity=("file", video)), emit=lambda *_: None,
+                    settings=Resolved(frames=8, fps=None, method="fastvid", ratio=0.25, params={}),
+                    gen=GenerationOptions(max_new_tokens=gen.pop("max_new_tokens", 16), **gen), question="q")
+
+    sched = Scheduler(engine=None, policy=None, metrics=Metrics(), max_batch=3, batch_window_s=0.0)
+    first = work("a")
+    a2, b1, b2, c_long, d_sampled = work("a"), work("b"), work("b"), work("c", max_new_tokens=99), \
+        work("d", temperature=0.7)
+    assert d_sampled.rows_key is None and c_long.rows_key != first.rows_key == b1.rows_key
+    sched.waiting.extend([b1, a2, c_long, d_sampled, b2])
+    assert sched._mates(first) == [a2]  # a request about first's video waits: one shared prefill, as before
+    assert list(sched.waiting) == [b1, c_long, d_sampled, b2]
+    assert sched._mates(first) == [b1, b2]  # none: the other videos with the same settings, in their order
+    assert list(sched.waiting) == [c_long, d_sampled] and sched.running == 3
+    sched.max_batch = 2
+    sched.waiting.extend([b1, b2])
+    assert sched._mates(first) == [b1] and list(sched.waiting) == [c_long, d_sampled, b2]  # capped at max rows

@@ -78,3 +78,50 @@ def test_timings_come_in_their_order(engine, session, index_video):
                        prune=PruneOptions(ratio=0.25, params=dict(c=4)))
     assert list(asked.timings_ms) == [*STAGES, "prefill", "ttft", "decode", "total", "sample_wait"]
     assert asked.timings_ms["sample_wait"] == 2.0 and asked.timings_ms["ttft"] >= 2.0
+
+
+def test_questions_about_different_videos_decode_together_with_the_answers_alone(engine, session, index_video):
+    from fastvid_cli.session import Ask, answer_across
+
+    # other sessions: other prompt lengths (other ratios, frame counts), so the rows are left-padded unequally
+    others = [engine.session(str(index_video), frames=6, prune=PruneOptions(ratio=0.5, params=dict(c=3))),
+              engine.session(str(index_video), frames=8, prune=PruneOptions(ratio=0.1, params=dict(c=4)))]
+    sessions = [session, *others, session]
+    questions = ["What happens?", "Why is it so?", "Describe the colours in detail please.", "What comes last?"]
+    gen = GenerationOptions(max_new_tokens=12)
+    alone = [s.answer(q, gen) for s, q in zip(sessions, questions)]
+    assert len({r.prompt_tokens_kept for r in alone}) > 1  # rows of different lengths
+    pieces: list[list[str]] = [[] for _ in questions]
+    got = answer_across([Ask(s, q, on_text=pieces[i].append) for i, (s, q) in enumerate(zip(sessions, questions))],
+                        gen)
+    for i, (r, a) in enumerate(zip(got, alone)):
+        assert r.answer == a.answer and "".join(pieces[i]) == a.answer
+        assert r.new_tokens == a.new_tokens and r.stop_reason == a.stop_reason
+        assert r.decode_mode.startswith("batched x4"), r.decode_mode
+        assert r.timings_ms["ttft"] > 0 and r.video_tokens_kept == a.video_tokens_kept
+    # the shared prefix caches were given back to their prefix length
+    assert cache_length(session.prefix_cache) == session.prefix_len
+
+
+def test_a_question_whose_prefill_fails_fails_alone(engine, session, index_video, monkeypatch):
+    from fastvid_cli import prefill as prefill_mod
+    from fastvid_cli.session import Ask, answer_across
+
+    other = engine.session(str(index_video), frames=6, prune=PruneOptions(ratio=0.5, params=dict(c=3)))
+    gen = GenerationOptions(max_new_tokens=8)
+    alone = [s.answer(q, gen) for s, q in ((session, "What happens?"), (other, "Why?"))]
+    real = prefill_mod.PrefixPrefill.run
+    calls = []
+
+    def failing_second(self, model, asm, clock):
+        calls.append(asm.length)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("no memory")
+        return real(self, model, asm, clock)
+
+    monkeypatch.setattr(prefill_mod.PrefixPrefill, "run", failing_second)
+    got = answer_across([Ask(session, "What happens?"), Ask(session, "Bad one?"), Ask(other, "Why?")], gen)
+    assert isinstance(got[1], OutOfMemoryError)
+    assert [got[0].answer, got[2].answer] == [a.answer for a in alone]
+    assert got[0].decode_mode.startswith("batched x2") and got[2].decode_mode.startswith("batched x2")
+    assert cache_length(session.prefix_cache) == session.prefix_len

@@ -270,7 +270,7 @@ def test_frames_handed_out_before_a_fallback_are_not_the_clips(vdir, monkeypatch
     """If the sparse path gives up, the sequential decode returns new arrays: a caller can tell."""
     path = write_video(vdir / "fb.mp4", index_frames(48, H, W), fps=24, gop=12)
 
-    def give_up(*args):
+    def give_up(*args, **kw):
         args[-1](0, np.zeros((H, W, 3), np.uint8))  # one frame handed out, then the sparse path gives up
         return None
 

@@ -31,10 +31,11 @@ class FramePrefetcher:
     `skip(group)` (set once the model is loaded, with a feature cache): True for a group whose features are cached;
     its frames are not decoded, and `take` hands out no clip for it."""
 
-    def __init__(self, groups: list[Group]):
+    def __init__(self, groups: list[Group], decoder: str = "cpu", device: Any = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.groups = groups
+        self.decoder, self.device = decoder, device  # video_gpu.sample_clip's (decoder already resolved)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastvid-prefetch")
         self.futures: dict[int, Any] = {}
         self.started: list[int] = []  # group indices in the order sampling was started (tests read it)
@@ -52,9 +53,8 @@ class FramePrefetcher:
             self.started.append(k)
             self.futures[k] = self.pool.submit(self._sample, self.groups[k])
 
-    @staticmethod
-    def _sample(group: Group):
-        from fastvid_cli.video import sample_frames
+    def _sample(self, group: Group):
+        from fastvid_cli.video_gpu import sample_clip
 
         # One core fewer than the machine has: the answering thread keeps one to launch GPU work from.
         try:
@@ -62,8 +62,8 @@ class FramePrefetcher:
         except (AttributeError, OSError):
             cores = os.cpu_count() or 1
         t0 = time.perf_counter()
-        clip = sample_frames(group.path, group.sampling if group.sampling is not None else group.frames,
-                             threads=max(1, cores - 1))
+        clip = sample_clip(group.path, group.sampling if group.sampling is not None else group.frames,
+                           threads=max(1, cores - 1), decoder=self.decoder, device=self.device)
         return clip, (time.perf_counter() - t0) * 1e3
 
     def take(self, k: int) -> "Prefetched":

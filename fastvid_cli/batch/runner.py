@@ -170,7 +170,13 @@ def _answer_share(cfg: BatchConfig, plan: Plan, share: list[Group], write: RowWr
                   progress: Progress, stop: threading.Event, on_exception, prefetch: bool) -> None:
     """This process's groups, in order: the model loaded unless given (while the first video is decoded, with
     `prefetch`), then each group answered until `stop` is set."""
-    frames_ahead = FramePrefetcher(share) if prefetch else None
+    frames_ahead = None
+    if prefetch:
+        from fastvid_cli.models.loading import resolve_device
+        from fastvid_cli.video_gpu import resolve_decoder
+
+        target = resolve_device(dist.device(cfg.device))
+        frames_ahead = FramePrefetcher(share, resolve_decoder(cfg.decoder, target), target)
     try:
         engine = engine or load_engine(cfg, progress, device=dist.device(cfg.device))
         fcache = None

@@ -59,10 +59,17 @@ Deviations from the reference, all deliberate:
 * Arguments the reference crashes on are refused with ``InvalidOptionError``: a budget ``B ≥ N`` (ratio ·
   expansion ≥ 1, below ratio 1.0) and ``temporal_threshold ≥ 1``.
 
-Speed: three device→host waits (the DySeg similarities; the number of tree roots of each frame; the count of
-repeated slots at the end, for the notes), two small host→device copies; ADTS is a loop over its A picks (all
-frames at once, about five kernels a pick), everything else is a fixed number of batched operations whatever the
-number of segments (the host loops over segments and frames only do integer arithmetic). No loop over tokens.
+Speed (issue #15): after the argument checks, every step runs on the input's device with shapes fixed by
+(F, N, D) and the budgets: DySeg's segments are per-frame ids computed there, ADTS is a fixed loop of A − 1 steps
+over all frames at once (three or four ops a step), TSTM's trees and DPC's candidate lists are (F, N) masks, and
+DPC-kNN clusters every frame on its N token positions with the non-candidates masked. No step waits for the
+device, and the number of operations does not depend on the data, so on a GPU the whole chain is captured once
+per shape and setting as a CUDA graph and replayed (``graphed.py``; eager elsewhere). The host reads the device
+once, at the end (kept count, segment cuts, similarities and the counts for the notes, in one copy), then gathers
+the kept rows. An injected ``noise`` function adds one read (the DPC call sizes) and runs eagerly. The two
+row sums (TSTM's trees, DPC's clusters) are one accumulating ``index_put_`` each, in which every token that adds
+nothing targets a row of its own: CUDA adds a run of equal indices serially, and the single spare row they once
+shared made runs of thousands of rows (4 ms of TSTM and 3 ms of DPC on an H100 at 32x196).
 """
 
 from __future__ import annotations
@@ -70,14 +77,16 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import InvalidOptionError
 from .density import bmm_fp32, pairwise_sq_distances
-from .flashvid_tstm import (SegmentPlan, Trees, _normalize, _true_positions, _upload, in_dtype, segment_plan,
-                            tree_values, tstm, tstm_links)
+from . import graphed
+from .flashvid_tstm import (SegmentPlan, Trees, _add_rows, _normalize, in_dtype, plan_from_ids, root_values,
+                            segment_plan, tstm, tstm_links)
 from .result import PruneResult, check_embeds, check_number, check_ratio, keep_all, positive_int, share
 
 SELECTIONS = ("attn_div_v2", "attn_div", "attn", "div")  # v2 (LLaVA), v1 (Qwen), and the two ablations
@@ -159,12 +168,13 @@ def cosine_distances(embeds: Tensor, unit: Tensor | None = None) -> Tensor:
 
 
 def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "attn_div_v2",
-                centre: Tensor | None = None, unit: Tensor | None = None) -> Tensor:
+                centre: Tensor | None = None, unit: Tensor | None = None, wide: Tensor | None = None) -> Tensor:
     """Token selection in every frame at once (spec §2.4): (F, N, D), (F, N) -> (F, count) int64 token indices,
     ascending in each row (``attn_div_v2`` may repeat one).
 
     ``scores``: attention each token receives; ``centre`` (F, D) float32, only for ``attn_div_v2``: the mean token
-    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``).
+    of each frame's segment; ``unit``: optional, ``embeds`` normalised (see ``cosine_distances``); ``wide``:
+    optional, ``embeds.float()`` if the caller made it (``attn_div_v2``: not made again).
     ``attn_div``: ``W = (1 − cos) · (a·1e6)`` by column; the first pick maximises the second-smallest entry of
     its column, every next one the minimum over the picked rows, picked columns set to −1. ``attn_div_v2``:
     columns also scaled by ``<x_j, centre>``, and picked columns are not excluded. ``div``: as ``attn_div``
@@ -183,51 +193,56 @@ def adts_select(embeds: Tensor, scores: Tensor, count: int, selection: str = "at
     if selection == "attn_div_v2":
         if centre is None:
             raise ValueError("attn_div_v2 needs the segment centre of every frame")
-        relevance = torch.bmm(embeds.float(), centre.float()[:, :, None])  # (F, N, 1): raw dot products
+        wide = embeds.float() if wide is None else wide
+        relevance = torch.bmm(wide, centre.float()[:, :, None])  # (F, N, 1): raw dot products
         W.mul_(relevance.view(F, 1, N))
     exclude = selection != "attn_div_v2"
-    offsets = torch.arange(0, F * N, N, device=device)
-    rows = W.view(F * N, N)
     picks = torch.empty((count, F), dtype=torch.int64, device=device)  # row i: the i-th pick of every frame
     first = torch.topk(W, k=2, dim=1, largest=False).values[:, 1, :]  # second-smallest of every column
     torch.argmax(first, dim=1, out=picks[0])  # first maximum: lowest index
     if count > 1:
+        # a fixed number of steps (count − 1), each three or four ops over all frames at once, no host wait
         by_frame = picks.T  # (F, count) view
-        at = torch.add(picks[0], offsets)
-        best = rows.index_select(0, at)  # running minimum over the picked rows
-        row = torch.empty_like(best)
+        best = W.gather(1, picks[0].view(F, 1, 1).expand(F, 1, N)).view(F, N)  # running minimum, picked rows
+        row = torch.empty((F, 1, N), dtype=W.dtype, device=device)
         for i in range(1, count):
             if exclude:  # every picked column to −1 (again: a minimum below −1 may have replaced an earlier −1)
                 best.scatter_(1, by_frame[:, :i], -1.0)
             pick = picks[i]
             torch.argmax(best, dim=1, out=pick)
             if i + 1 < count:
-                torch.add(pick, offsets, out=at)
-                torch.minimum(best, torch.index_select(rows, 0, at, out=row), out=best)
+                torch.minimum(best, torch.gather(W, 1, pick.view(F, 1, 1).expand(F, 1, N), out=row).view(F, N),
+                              out=best)
     return torch.sort(picks.T.contiguous(), dim=1).values
 
 
 # ----------------------------------------------------------------------------------------------- DPC
 
 
-def dpc_peaks(points: Tensor, valid: Tensor, neighbours: Tensor, noise: Tensor, *,
-              max_neighbours: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def dpc_peaks(points: Tensor, valid: Tensor, neighbours: Tensor, noise: Tensor, *, max_neighbours: int,
+              exact: bool | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """FlashVID's DPC-kNN scores (spec §2.6) of B independent point sets at once, padded to P points.
 
-    ``points`` (B, P, D) any float dtype; ``valid`` (B, P) bool (the first n_b of each row); ``neighbours`` (B,)
-    int64 k_b ≤ n_b, ``max_neighbours`` ≥ their maximum; ``noise`` (B, P) float32 u in [0, 1) (the reference's
-    ``rand_like``). With ``δ = ||y_i − y_j|| / sqrt(D)`` (float32): density ``exp(−mean of the k smallest δ²)
-    + 1e−6·u``; distance to the nearest strictly denser point, else the largest δ of the set; score
-    ``distance·density``. Returns ``(δ (B, P, P), density, distance, score)``, the last three (B, P) with −inf
-    density and score at padding.
+    ``points`` (B, P, D) any float dtype; ``valid`` (B, P) bool (any subset of each row: a padded set need not
+    be packed to the front); ``neighbours`` (B,) int64 k_b ≤ n_b, ``max_neighbours`` ≥ their maximum;
+    ``noise`` (B, P) float32 u in [0, 1) (the reference's ``rand_like``). With ``δ = ||y_i − y_j|| / sqrt(D)``
+    (float32): density ``exp(−mean of the k smallest δ²) + 1e−6·u``; distance to the nearest strictly denser
+    point, else the largest δ of the set; score ``distance·density``. ``exact``: δ from differences (as the
+    reference's torch.cdist up to 25 points) rather than a Gram matrix; None: when P ≤ 25; a bool tensor: chosen
+    on the device (both computed). Returns ``(δ (B, P, P), density, distance, score)``, the last three (B, P)
+    with −inf density and score at padding.
     """
     B, P, D = points.shape
     device = points.device
-    if P <= _CDIST_EXACT_MAX:  # the reference's torch.cdist subtracts below 26 points (bit-identical there)
+    if exact is None:
+        exact = P <= _CDIST_EXACT_MAX
+    delta = None
+    if exact is not False:  # differences, pair by pair: bit-identical whatever the padding
         x = points.float()
-        delta = torch.cdist(x, x) / math.sqrt(D)
-    else:
-        delta = pairwise_sq_distances(points).sqrt_().div_(math.sqrt(D))
+        delta = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(D)
+    if exact is not True:
+        gram = pairwise_sq_distances(points).sqrt_().div_(math.sqrt(D))
+        delta = gram if delta is None else torch.where(exact, delta, gram)
     pair_ok = valid[:, :, None] & valid[:, None, :]
     kk = min(max_neighbours, P)
     knn = torch.topk(delta.masked_fill(~valid[:, None, :], math.inf), k=kk, dim=-1, largest=False).values
@@ -242,18 +257,20 @@ def dpc_peaks(points: Tensor, valid: Tensor, neighbours: Tensor, noise: Tensor, 
     return delta, density, dist, score
 
 
-def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tensor, noise: Tensor, *,
-              max_clusters: int, max_neighbours: int) -> tuple[Tensor, Tensor, Tensor]:
+def dpc_centres(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tensor, noise: Tensor, *,
+                max_clusters: int, max_neighbours: int,
+                exact: bool | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """FlashVID's DPC-kNN clustering of B padded point sets (``dpc_peaks`` for the arguments): ``clusters`` (B,)
-    int64 c_b ≥ 1, ``max_clusters`` ≥ their maximum.
+    int64 c_b ≥ 0, ``max_clusters`` ≥ their maximum.
 
     Centres: the c highest scores, best first (ties: lowest index); each point joins its nearest centre (ties: the
-    better-scored one), each centre its own cluster. Returns ``(centres (B, C) int64, member (B, C, P) bool,
-    centre_ok (B, C) bool)``, C = ``max_clusters``.
+    better-scored one), each centre its own cluster. Returns ``(centres (B, C) int64 point indices,
+    assign (B, P) int64 cluster rank of each point, centre_ok (B, C) bool)``, C = ``max_clusters``; assign is
+    meaningless at padding and in sets without clusters.
     """
     B, P, _ = points.shape
     device = points.device
-    delta, _, _, score = dpc_peaks(points, valid, neighbours, noise, max_neighbours=max_neighbours)
+    delta, _, _, score = dpc_peaks(points, valid, neighbours, noise, max_neighbours=max_neighbours, exact=exact)
     C = max_clusters
     centres = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :C]
     centre_ok = torch.arange(C, device=device) < clusters[:, None]
@@ -261,9 +278,17 @@ def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tenso
     assign = torch.cat([to_centre.argmin(dim=-1), torch.zeros((B, 1), dtype=torch.int64, device=device)], dim=1)
     spare = torch.full_like(centres, P)  # unused centre columns write into the spare column P
     assign.scatter_(1, torch.where(centre_ok, centres, spare), torch.arange(C, device=device).expand(B, C))
-    member = (assign[:, None, :P] == torch.arange(C, device=device)[None, :, None]) & valid[:, None, :]
-    member &= centre_ok[:, :, None]
-    return centres, member, centre_ok
+    return centres, assign[:, :P], centre_ok
+
+
+def dpc_batch(points: Tensor, valid: Tensor, clusters: Tensor, neighbours: Tensor, noise: Tensor, *,
+              max_clusters: int, max_neighbours: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``dpc_centres`` with the membership as a mask: ``(centres (B, C), member (B, C, P) bool, centre_ok (B, C))``."""
+    centres, assign, centre_ok = dpc_centres(points, valid, clusters, neighbours, noise, max_clusters=max_clusters,
+                                             max_neighbours=max_neighbours)
+    C = max_clusters
+    member = (assign[:, None, :] == torch.arange(C, device=points.device)[None, :, None]) & valid[:, None, :]
+    return centres, member & centre_ok[:, :, None], centre_ok
 
 
 def uniform_noise(seed: int) -> Callable[[int], Tensor]:
@@ -339,6 +364,266 @@ def _scores(attn: Tensor | None, saliency: Tensor | None, F: int, N: int, notes:
 # ----------------------------------------------------------------------------------------------- API
 
 
+# ------------------------------------------------------------------- the pipeline as fixed-shape steps
+#
+# Every step below runs on the input's device with shapes fixed by (F, N, D) and the budgets: no device->host
+# wait, and a number of operations that does not depend on the data (segments are per-frame ids, candidate
+# lists are (F, N) masks, DPC runs on every frame's N token positions with the non-candidates masked). So the
+# whole chain is one CUDA graph on a GPU (``graphed.py``); the host reads everything it needs (segment
+# lengths, kept count, notes) in ONE copy at the end.
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the host knows before touching the data: shapes, budgets and the checked parameters."""
+
+    F: int
+    N: int
+    D: int
+    B: int
+    A: int
+    S: int
+    selection: str
+    tau: float
+    theta: float  # in the embeddings' dtype, as the reference compares it
+    min_segments: int
+    complementary: bool
+    segmented: bool  # DySeg runs (F > 1 and do_segment)
+    exact_dpc: bool | None  # DPC distances: differences (True), Gram (False), decided on the device (None)
+
+    @property
+    def n_segments(self) -> int:  # a bound on segment ids: F − 1 cuts, and as many complementary repeats
+        return max(2 * self.F - 1, 1)
+
+
+def _setup(F: int, N: int, D: int, dtype: torch.dtype, p: dict) -> _Setup:
+    B, A, S = flashvid_budget(N, p["ratio"], p["expansion"], p["alpha"])
+    if B >= N:
+        raise InvalidOptionError(
+            f"flashvid: ratio {p['ratio']:g} x expansion {p['expansion']:g} keeps all {N} tokens of a frame "
+            f"(budget {B}); use a lower ratio, or 1.0 for no pruning")
+    # the reference's cdist subtracts when its largest DPC set has at most 25 points: a segment's first frame
+    # has >= N − A candidates and runs DPC whenever any frame does, so only N − A <= 25 < N is undecided here
+    exact = True if N <= _CDIST_EXACT_MAX else (False if N - A > _CDIST_EXACT_MAX else None)
+    return _Setup(F, N, D, B, A, S, p["selection"], p["tau"], in_dtype(p["theta"], dtype), p["min_segment_num"],
+                  p["complementary"], F > 1 and p["do_segment"], exact)
+
+
+def _segment_ids(embeds: Tensor, cfg: _Setup) -> tuple[Tensor, Tensor, Tensor]:
+    """DySeg on the device (``dyseg_lengths``' rule): ``(similarities (F−1,) float64, cuts (F−1,) int64 how many
+    cuts after frame i (0, 1 or 2: a complementary cut can repeat a threshold cut), seg (F,) int64 ids)``."""
+    F, device = cfg.F, embeds.device
+    if not cfg.segmented:
+        sims = torch.zeros(max(F - 1, 0), dtype=torch.float64, device=device)
+        cuts = torch.zeros(max(F - 1, 0), dtype=torch.int64, device=device)
+        return sims, cuts, torch.zeros(F, dtype=torch.int64, device=device)
+    sims = transition_similarities(embeds).float().double()  # the host's float values, compared in double
+    below = sims < cfg.theta
+    cuts = below.long()
+    if cfg.complementary:
+        # the min(need, F − 1) smallest similarities, threshold cuts counted as 1.0, NaN last, ties: lowest index
+        need = ((cfg.min_segments - 1) - cuts.sum()).clamp(0, F - 1)
+        filled = torch.where(below, 1.0, torch.where(sims.isnan(), math.inf, sims))
+        order = torch.sort(filled, stable=True).indices
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(F - 1, device=device))
+        cuts = cuts + (rank < need).long()
+    seg = torch.cat([cuts.new_zeros(1), torch.cumsum(cuts, dim=0)])
+    return sims, cuts, seg
+
+
+def _adts_step(embeds: Tensor, scores: Tensor, plan: SegmentPlan, cfg: _Setup,
+               unit: Tensor | None) -> tuple[Tensor, Tensor]:
+    """ADTS picks (F, A) int64 (ascending per frame) and the keep mask kappa (F, N) (False at the picks)."""
+    F, N = cfg.F, cfg.N
+    picks = torch.zeros((F, 0), dtype=torch.int64, device=embeds.device)
+    if cfg.A:
+        centre = wide = None
+        if cfg.selection == "attn_div_v2":
+            # each frame's segment mean of the per-frame mean tokens (float32): one (F, F) averaging product
+            same = (plan.seg[:, None] == plan.seg[None, :]).float().mul_(plan.inv_size[:, None])
+            wide = embeds.float()  # one float32 copy for the means and the relevance
+            centre = same @ wide.mean(dim=1)
+        picks = adts_select(embeds, scores, cfg.A, cfg.selection, centre, unit, wide)
+    kappa = torch.ones((F, N), dtype=torch.bool, device=embeds.device)
+    return picks, kappa.scatter_(1, picks, False)
+
+
+def _context_plan(trees: Trees, kappa: Tensor, plan: SegmentPlan, cfg: _Setup) -> dict[str, Tensor]:
+    """Each frame's DPC candidates and budget (spec §2.6), on the device: ``cand`` (F, N) bool (tree roots that
+    are not ADTS tokens; a single-frame segment: all N), ``count`` (F,) their number, ``clusters`` (F,) c_t
+    where DPC runs (else 0), ``run`` / ``passing`` (F,) bool (DPC runs / every candidate kept),
+    ``neighbours`` (F,) k_t ≥ 1, ``noise_at`` (F,) offset of the frame's draw in the noise stream."""
+    cand = (~trees.merge & kappa) | plan.single[:, None]
+    count = cand.sum(dim=1)
+    total = torch.zeros_like(plan.tokens).index_add_(0, plan.seg, count).index_select(0, plan.seg)
+    # the reference's float arithmetic: rho = (S·F_s) / Σ n_t, c_t = ceil(n_t·rho), in double
+    rho = (cfg.S * plan.size).double() / total.clamp_min(1).double()
+    clusters = (count.double() * rho).ceil_().long()
+    run = (clusters > 0) & (rho < 1.0)
+    drawn = count * run
+    return dict(cand=cand, count=count, run=run, passing=~run & (count > 0), clusters=clusters * run,
+                neighbours=clusters.clamp(1, DPC_MAX_NEIGHBOURS), noise_at=torch.cumsum(drawn, 0) - drawn)
+
+
+def _context_step(values: Tensor, ctx: dict[str, Tensor], stream: Tensor, cfg: _Setup) -> tuple[Tensor, Tensor]:
+    """DPC-kNN in every frame on its N token positions (non-candidates masked): ``(is_context (F, N) bool,
+    rows (F·N, D))`` — a cluster's mean at its centre's position, a passing frame's candidates as they are."""
+    F, N, D = cfg.F, cfg.N, cfg.D
+    device = values.device
+    valid = ctx["cand"] & ctx["run"][:, None]
+    rank = torch.cumsum(ctx["cand"], dim=1) - 1  # position of each candidate in the frame's list
+    u = stream.index_select(0, (ctx["noise_at"][:, None] + rank).clamp_(0, stream.numel() - 1).view(-1))
+    u = u.view(F, N).masked_fill_(~valid, 0.0)
+    exact = cfg.exact_dpc
+    if exact is None:  # the reference's rule on its largest DPC set, decided on the device
+        exact = (ctx["count"] * ctx["run"]).amax() <= _CDIST_EXACT_MAX
+    points = values.view(F, N, D)
+    centres, assign, centre_ok = dpc_centres(points, valid, ctx["clusters"], ctx["neighbours"], u, max_clusters=N,
+                                             max_neighbours=min(DPC_MAX_NEIGHBOURS, N), exact=exact)
+    frame_base = torch.arange(0, F * N, N, device=device)
+    # every candidate adds into its centre's row, every other token into its own row (never a centre's: centres
+    # are candidates), so no run of equal targets is longer than a cluster (``_add_rows``): float32 cluster sums
+    slot = frame_base[:, None] + torch.arange(N, device=device)
+    target = torch.where(valid, centres.gather(1, assign.clamp_max(N - 1)) + frame_base[:, None], slot).view(-1)
+    sums = values.new_zeros((F * N, D), dtype=torch.float32)
+    _add_rows(sums, target, values.float())
+    members = torch.zeros(F * N, dtype=torch.int64, device=device)
+    _add_rows(members, target, torch.ones_like(target))
+    means = torch.div(sums, members.clamp_min(1).float()[:, None], out=torch.empty_like(values))  # rounded once
+    is_centre = torch.zeros((F, N + 1), dtype=torch.bool, device=device)
+    is_centre = is_centre.scatter_(1, torch.where(centre_ok, centres, N), True)[:, :N]
+    is_context = is_centre | (ctx["cand"] & ctx["passing"][:, None])
+    return is_context, torch.where(is_centre.reshape(-1, 1), means, values)
+
+
+def _device_pipeline(embeds: Tensor, scores: Tensor, stream: Tensor | None, cfg: _Setup,
+                     draw: Callable | None = None, mark: Callable[[str], None] | None = None) -> dict[str, Tensor]:
+    """DySeg, ADTS, TSTM, DPC and the slot sort, on the device with fixed shapes (module comment above).
+    ``stream``: the DPC noise, one number per candidate in DPC call order (≥ F·N numbers); with ``draw``
+    instead, the stream is drawn per DPC call after one host read of the call sizes (parity tests).
+    ``mark(phase)``: called at the end of each phase (benchmarks time them)."""
+    F, N, A = cfg.F, cfg.N, cfg.A
+    device = embeds.device
+    mark = mark or (lambda phase: None)
+    sims, cuts, seg = _segment_ids(embeds, cfg)
+    plan = plan_from_ids(seg, cfg.n_segments, cfg.B, N, contextual=cfg.S > 0)
+    mark("segmentation")
+    # the tokens normalised in their dtype (TSTM); for float32 input ADTS's too, so computed once
+    shared = A and cfg.selection != "attn" and embeds.dtype == torch.float32
+    unit = _normalize(embeds) if (cfg.S and F > 1) or shared else None
+    picks, kappa = _adts_step(embeds, scores, plan, cfg, unit)
+    adts_slots = (picks + torch.arange(0, F * N, N, device=device)[:, None]).reshape(-1)
+    mark("adts")
+    if cfg.S:
+        trees = tstm_links(embeds, kappa, None, None, cfg.B, cfg.tau, plan, unit)
+        values = root_values(embeds, trees)
+        ctx = _context_plan(trees, kappa, plan, cfg)
+        mark("tstm")
+        if draw is not None:
+            stream = _drawn_stream(draw, ctx, F * N, device)
+        is_context, ctx_rows = _context_step(values, ctx, stream, cfg)
+        soft = trees.soft.sum()
+        mark("dpc")
+    else:
+        is_context = torch.zeros((F, N), dtype=torch.bool, device=device)
+        ctx_rows, soft = embeds.reshape(F * N, -1), torch.zeros((), dtype=torch.int64, device=device)
+    # ADTS rows first, then contextual ones at their slots (non-context positions sort last): a stable sort
+    keys = torch.cat([adts_slots, torch.where(is_context.view(-1), torch.arange(F * N, device=device), F * N)])
+    index, perm = torch.sort(keys, stable=True)
+    n_context = is_context.sum()
+    repeated = ((index[1:] == index[:-1]) & (index[1:] < F * N)).sum()
+    counts = torch.stack([n_context, repeated, soft]).double()
+    mark("sort")
+    return dict(index=index, perm=perm, adts_slots=adts_slots, ctx_rows=ctx_rows,
+                host=torch.cat([counts, cuts.double(), sims]))
+
+
+def _drawn_stream(draw: Callable, ctx: dict[str, Tensor], length: int, device: torch.device) -> Tensor:
+    """The noise of an injected ``draw``: called once per DPC call, in the reference's order (frame order),
+    after one host read of the call sizes; padded to ``length``."""
+    sizes = (ctx["count"] * ctx["run"]).tolist()
+    parts = []
+    for n in (n for n in sizes if n):
+        u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1).cpu()
+        if u.numel() != n:
+            raise ValueError(f"noise({n}) returned {u.numel()} numbers")
+        parts.append(u)
+    stream = torch.cat(parts + [torch.zeros(length)])[:max(length, 1)]
+    return stream.to(device)
+
+
+_STREAMS: dict[tuple, Tensor] = {}
+
+
+def _seeded_stream(seed: int, length: int, device: torch.device) -> Tensor:
+    """``seeded_draws(seed, sizes)`` for any sizes summing to at most ``length``: the first numbers of one
+    draw (the CPU generator's long draw starts with the short one's numbers; tested). Cached on the device."""
+    key = (seed, length, str(device))
+    stream = _STREAMS.get(key)
+    if stream is None:
+        if len(_STREAMS) >= 16:
+            _STREAMS.pop(next(iter(_STREAMS)))
+        with torch.inference_mode(False):
+            stream = torch.rand(max(length, 1), generator=torch.Generator().manual_seed(seed)).to(device)
+        _STREAMS[key] = stream
+    return stream
+
+
+def _run_pipeline(embeds: Tensor, scores: Tensor, cfg: _Setup, p: dict, notes: list[str]) -> PruneResult:
+    """The device pipeline, then ``_result``: one CUDA graph per shape and setting on a GPU (``graphed.py``),
+    else eager."""
+    finish = lambda out: _result(embeds, out, cfg, p, notes)  # noqa: E731
+    if p["noise"] is not None:
+        return finish(_device_pipeline(embeds, scores, None, cfg, draw=p["noise"]))
+    stream = _seeded_stream(p["seed"], cfg.F * cfg.N, embeds.device)
+    key = ("flashvid", cfg, embeds.dtype, scores.dtype)
+    return graphed.run(key, _device_pipeline, (embeds, scores, stream), (cfg,), consume=finish)
+
+
+def _result(embeds: Tensor, out: dict[str, Tensor], cfg: _Setup, p: dict, notes: list[str]) -> PruneResult:
+    """The one host read (counts, cuts, similarities), then the kept rows gathered in slot order."""
+    F, N, A = cfg.F, cfg.N, cfg.A
+    host = out["host"].tolist()  # the only device->host wait of the default path
+    n_context, repeated, soft = (int(v) for v in host[:3])
+    cuts = [int(v) for v in host[3:3 + max(F - 1, 0)]]
+    similarities = host[3 + max(F - 1, 0):] if cfg.segmented else []
+    lengths = _lengths_from_cuts(cuts)
+    if 0 in lengths:
+        notes.append(f"flashvid: {lengths.count(0)} empty segment(s) from repeated complementary cuts (as the "
+                     f"reference)")
+    if soft:
+        notes.append(f"flashvid: TSTM soft threshold used in {soft} segment(s) (merging above {p['tau']:g} left "
+                     f"fewer than B x frames tokens)")
+    n_adts = F * A
+    K = n_adts + n_context
+    index, perm = out["index"][:K].clone(), out["perm"][:K]
+    ctx = out["ctx_rows"].index_select(0, (perm - n_adts).clamp_min(0))
+    if n_adts:
+        from_adts = perm < n_adts
+        adts = embeds.reshape(F * N, -1).index_select(0, out["adts_slots"].index_select(0, perm.clamp_max(n_adts - 1)))
+        rows = torch.where(from_adts[:, None], adts, ctx)
+    else:
+        rows = ctx
+    if repeated:
+        rule = "both vectors kept" if p["duplicates"] == "distinct" else "every copy takes the contextual value"
+        notes.append(f"flashvid: {repeated} repeated slot(s) ({rule}; they share a position)")
+        if p["duplicates"] == "last":
+            rows = rows.index_select(0, torch.searchsorted(index, index, right=True) - 1)
+    compact = p["positions"] == "compact"
+    return PruneResult(embeds=rows, index=index, segments=lengths, notes=notes, merged=perm >= n_adts,
+                       salient=n_adts, context=n_context, budget=(cfg.B, A, cfg.S), similarities=similarities,
+                       compact=compact, source=index if compact else None)
+
+
+def _lengths_from_cuts(cuts: Sequence[int]) -> list[int]:
+    """Segment lengths (zeros for repeated cuts) from how many cuts follow each frame but the last."""
+    bounds = [-1] + [i for i, c in enumerate(cuts) for _ in range(c)] + [len(cuts)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+# ----------------------------------------------------------------------------------------------- API
+
+
 @torch.no_grad()
 def flashvid(
     embeds: Tensor,
@@ -388,144 +673,10 @@ def flashvid(
     scores = _scores(attn, saliency, F, N, notes)
     if p["ratio"] == 1.0:
         return keep_all(embeds, note="ratio 1.0: no pruning")
-    B, A, S = flashvid_budget(N, p["ratio"], p["expansion"], p["alpha"])
-    if B >= N:
-        raise InvalidOptionError(
-            f"flashvid: ratio {p['ratio']:g} x expansion {p['expansion']:g} keeps all {N} tokens of a frame "
-            f"(budget {B}); use a lower ratio, or 1.0 for no pruning")
-    device, dtype = embeds.device, embeds.dtype
-    if scores.device != device:
-        scores = scores.to(device)
-    flat = embeds.reshape(F * N, D)
-    draw = p["noise"]  # None: seeded_draws(seed, …), the same numbers as uniform_noise(seed)
-
-    # 1. DySeg (the first wait for the host), in the input dtype as the reference.
-    similarities: list[float] = []
-    lengths = [F]
-    if F > 1 and p["do_segment"]:
-        similarities = transition_similarities(embeds).float().tolist()
-        lengths = dyseg_lengths(similarities, in_dtype(p["theta"], dtype), p["min_segment_num"], p["complementary"])
-    if 0 in lengths:
-        notes.append(f"flashvid: {lengths.count(0)} empty segment(s) from repeated complementary cuts (as the "
-                     f"reference)")
-
-    # 2. ADTS in every frame (the segment centres only matter to attn_div_v2).
-    plan = segment_plan(lengths, [L >= 2 and S > 0 for L in lengths], B, N, device)
-    # the tokens normalised in their dtype (TSTM); for float32 input ADTS's too, so computed once
-    shared = A and p["selection"] != "attn" and dtype == torch.float32
-    unit = _normalize(embeds) if (S and any(plan.active_list)) or shared else None
-    picks = torch.zeros((F, 0), dtype=torch.int64, device=device)
-    if A:
-        centre = None
-        if p["selection"] == "attn_div_v2":
-            # each frame's segment mean of the per-frame mean tokens (float32): one (F, F) averaging product
-            same = (plan.seg[:, None] == plan.seg[None, :]).float().mul_(plan.inv_size[:, None])
-            centre = same @ embeds.float().mean(dim=1)
-        picks = adts_select(embeds, scores, A, p["selection"], centre, unit)
-    kappa = torch.ones((F, N), dtype=torch.bool, device=device)
-    kappa.scatter_(1, picks, False)
-
-    # 3. TSTM in segments of >= 2 frames (S > 0); single-frame segments offer all their tokens to DPC.
-    ctx_slots = torch.zeros(0, dtype=torch.int64, device=device)
-    ctx_rows = embeds.new_zeros((0, D))
-    if S:
-        trees = tstm_links(embeds, kappa, lengths, plan.active_list, B, p["tau"], plan, unit)
-        cand = (~trees.merge & kappa) | plan.single[:, None]
-        stats = torch.cat([cand.sum(dim=1), trees.merge.sum().view(1), trees.soft.long()]).tolist()  # 2nd wait
-        per_frame, n_merged, soft = stats[:F], stats[F], stats[F + 1:]
-        if any(soft):
-            notes.append(f"flashvid: TSTM soft threshold used in {sum(soft)} segment(s) (merging above "
-                         f"{p['tau']:g} left fewer than B x frames tokens)")
-        n_cand = sum(per_frame)
-        cand_slots, cand_rows = tree_values(embeds, trees, cand, n_cand, n_merged)
-
-        # 4. Contextual budget per segment, DPC plan and noise on the host (the reference's call order).
-        dpc, noise_parts = [], []  # dpc: (candidate offset, n, clusters, neighbours, noise offset) per call
-        passing = [0] * F  # frames whose candidates are all kept (contextual share >= 1)
-        n_pass = offset = frame = n_noise = 0
-        for L in lengths:
-            seg_frames = range(frame, frame + L)
-            frame += L
-            total = sum(per_frame[t] for t in seg_frames)
-            if not total:  # an empty segment (a segment's first frame always has N − A > 0 candidates)
-                continue
-            rho = (S * L) / total
-            for t in seg_frames:
-                n = per_frame[t]
-                c = math.ceil(n * rho)
-                if c > 0 and rho < 1.0:
-                    if draw is not None:
-                        u = torch.as_tensor(draw(n), dtype=torch.float32).reshape(-1).cpu()
-                        if u.numel() != n:
-                            raise ValueError(f"noise({n}) returned {u.numel()} numbers")
-                        noise_parts.append(u)
-                    dpc.append((offset, n, c, min(c, DPC_MAX_NEIGHBOURS), n_noise))
-                    n_noise += n
-                elif n:
-                    passing[t] = 1
-                    n_pass += n
-                offset += n
-
-        nb = len(dpc)
-        if draw is None:
-            noise_parts = seeded_draws(p["seed"], [d[1] for d in dpc])
-        ints, noise = _upload(device, [v for d in dpc for v in d] + passing,
-                              torch.cat(noise_parts) if noise_parts else None)
-        table, passing_t = ints.split([5 * nb, F])
-        parts_slots, parts_rows = [], []
-        if dpc:
-            P = max(d[1] for d in dpc)
-            C = max(d[2] for d in dpc)
-            offs, counts, clusters, neighbours, noise_offs = table.view(nb, 5).unbind(1)
-            col = torch.arange(P, device=device)
-            valid = col < counts[:, None]
-            idx = torch.where(valid, offs[:, None] + col, 0)  # (nb, P) rows of the candidate list
-            if n_cand == nb * P and all(d[1] == P for d in dpc):  # every candidate, P per frame: no gather
-                points = cand_rows.view(nb, P, D)
-            else:
-                points = cand_rows.index_select(0, idx.view(-1)).view(nb, P, D)
-            u = noise.index_select(0, torch.where(valid, noise_offs[:, None] + col, 0).view(-1)).view(nb, P)
-            centres, member, centre_ok = dpc_batch(points, valid, clusters, neighbours, u.masked_fill_(~valid, 0.0),
-                                                  max_clusters=C, max_neighbours=max(d[3] for d in dpc))
-            sums = bmm_fp32(member.to(dtype), points)  # (nb, C, D) float32
-            means = sums.div_(member.sum(dim=-1, dtype=torch.float32).clamp_min_(1.0)[..., None]).to(dtype)
-            keep = _true_positions(centre_ok.view(-1), sum(d[2] for d in dpc))
-            parts_slots.append(cand_slots.index_select(0, idx.gather(1, centres).view(-1).index_select(0, keep)))
-            parts_rows.append(means.view(nb * C, D).index_select(0, keep))
-        if n_pass:
-            rows = _true_positions(passing_t.bool().index_select(0, cand_slots // N), n_pass)
-            parts_slots.append(cand_slots.index_select(0, rows))
-            parts_rows.append(cand_rows.index_select(0, rows))
-        if parts_slots:
-            ctx_slots, ctx_rows = torch.cat(parts_slots), torch.cat(parts_rows)
-
-    # 5. Assembly: ADTS rows first, then contextual ones; a stable sort by slot.
-    adts_slots = (picks + torch.arange(0, F * N, N, device=device)[:, None]).reshape(-1)
-    slots = torch.cat([adts_slots, ctx_slots])
-    rows = torch.cat([flat.index_select(0, adts_slots), ctx_rows])
-    index, perm = torch.sort(slots, stable=True)
-    out = rows.index_select(0, perm)
-    n_adts = adts_slots.numel()
-    repeated = int((index[1:] == index[:-1]).sum())  # the last wait for the device (for the note alone)
-    if repeated:
-        rule = "both vectors kept" if p["duplicates"] == "distinct" else "every copy takes the contextual value"
-        notes.append(f"flashvid: {repeated} repeated slot(s) ({rule}; they share a position)")
-        if p["duplicates"] == "last":
-            out = out.index_select(0, torch.searchsorted(index, index, right=True) - 1)
-    compact = p["positions"] == "compact"
-    return PruneResult(
-        embeds=out,
-        index=index,
-        segments=list(lengths),
-        notes=notes,
-        merged=perm >= n_adts,
-        salient=n_adts,
-        context=int(ctx_slots.numel()),
-        budget=(B, A, S),
-        similarities=similarities,
-        compact=compact,
-        source=index if compact else None,
-    )
+    cfg = _setup(F, N, D, embeds.dtype, p)
+    if scores.device != embeds.device:
+        scores = scores.to(embeds.device)
+    return _run_pipeline(embeds, scores, cfg, p, notes)
 
 
 def prune_flashvid(embeds: Tensor, saliency: Tensor | None, frame_features: Tensor | None, ratio: float = 0.1,
@@ -546,6 +697,7 @@ __all__ = [
     "check_params",
     "cosine_distances",
     "dpc_batch",
+    "dpc_centres",
     "dpc_peaks",
     "dyseg_lengths",
     "flashvid",
@@ -557,7 +709,8 @@ __all__ = [
     "segment_plan",
     "SegmentPlan",
     "transition_similarities",
-    "tree_values",
+    "root_values",
+    "plan_from_ids",
     "tstm",
     "tstm_links",
     "uniform_noise",

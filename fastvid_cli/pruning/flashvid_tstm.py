@@ -6,7 +6,7 @@ Split out of flashvid.py to keep each file about one stage; ``flashvid`` re-expo
 
 from __future__ import annotations
 
-from array import array
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 
+@functools.lru_cache(maxsize=64)
 def in_dtype(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded to ``dtype``: what the reference compares a tensor of that dtype with (torch casts a
     Python scalar to the tensor's dtype in a comparison)."""
@@ -26,15 +27,12 @@ def _normalize(x: Tensor) -> Tensor:
     return x / norm.clamp_min(torch.finfo(norm.dtype).tiny)
 
 
-def _true_positions(mask: Tensor, count: int) -> Tensor:
-    """Increasing indices of the True entries of the 1-D ``mask``, of which the caller knows there are ``count``
-    (a stable sort, without the device wait of ``nonzero``)."""
-    return torch.sort((~mask).to(torch.uint8), stable=True).indices[:count]
-
-
 def _add_rows(target: Tensor, index: Tensor, rows: Tensor) -> None:
-    """``target[index[i]] += rows[i]``, deterministically: ``index_add_`` is serial on the CPU; on CUDA
-    ``index_put_(accumulate=True)`` sorts the indices and adds each group in order (no atomics)."""
+    """``target[index[i]] += rows[i]``, deterministically, in the order of ``i`` for each target row:
+    ``index_add_`` is serial on the CPU; on CUDA ``index_put_(accumulate=True)`` sorts the indices stably and adds
+    each run of equal indices in order, one run serially (no atomics). So the time grows with the LONGEST run:
+    callers give every row that should add nothing a target of its own (never one shared spare row, which made a
+    run of thousands of rows and cost milliseconds on an H100)."""
     if target.device.type == "cpu":
         target.index_add_(0, index, rows)
     else:
@@ -60,58 +58,66 @@ class Trees:
 
 @dataclass
 class SegmentPlan:
-    """A segmentation's per-frame and per-segment tables, on the device (built with one upload).
+    """A segmentation's per-frame and per-segment tables, on the device, built there from per-frame segment ids
+    (no host round trip, fixed shapes: what a CUDA graph needs).
 
-    Per frame (F,): ``seg`` int64 segment index, ``usable`` bool (in a TSTM segment and not its first frame),
-    ``single`` bool (a single-frame segment), ``inv_size`` float32 1/F_s. Per segment: ``kpos`` int64 flat
+    Per frame (F,): ``seg`` int64 segment index (segments may be empty, so ids can skip), ``usable`` bool (in a
+    TSTM segment and not its first frame), ``single`` bool (a single-frame segment), ``inv_size`` float32 1/F_s,
+    ``size`` int64 F_s. Per segment slot (``n_segments`` of them, empty ones included): ``kpos`` int64 flat
     position, in the segment-grouped order, of the soft threshold's k-th largest similarity; ``lower`` B·F_s;
     ``tokens`` F_s·N; ``active`` bool (TSTM runs).
     """
 
-    lengths: list[int]
-    active_list: list[bool]
     seg: Tensor
     usable: Tensor
     single: Tensor
     inv_size: Tensor
+    size: Tensor
     kpos: Tensor
     lower: Tensor
     tokens: Tensor
     active: Tensor
 
 
+def plan_from_ids(seg: Tensor, n_segments: int, budget: int, n_tokens: int, *, contextual: bool = True,
+                  active: Tensor | None = None) -> SegmentPlan:
+    """``SegmentPlan`` from ``seg`` (F,) int64 non-decreasing segment ids below ``n_segments`` (a host bound;
+    unused ids are empty segments). TSTM runs in ``active`` segments (bool, one per id), by default those of
+    ≥ 2 frames when ``contextual`` (a contextual budget S > 0)."""
+    N, F = n_tokens, seg.numel()
+    device = seg.device
+    size_of = torch.zeros(n_segments, dtype=torch.int64, device=device).index_add_(0, seg, torch.ones_like(seg))
+    start = torch.cumsum(size_of, dim=0) - size_of
+    if active is None:
+        active = (size_of >= 2) & contextual
+    first = torch.ones(F, dtype=torch.bool, device=device)
+    first[1:] = seg[1:] != seg[:-1]
+    size = size_of.index_select(0, seg)
+    # the soft threshold's k-th largest of F_s·N similarities, k = F_s·N − B·F_s (≥ 1 since B < N)
+    k = (size_of * (N - budget)).clamp_min_(1)
+    kpos = (start * N + k - 1).clamp_max_(max(F * N - 1, 0))
+    return SegmentPlan(seg, active.index_select(0, seg) & ~first, size == 1, (1.0 / size.double()).float(), size,
+                       kpos, budget * size_of, size_of * N, active)
+
+
 def segment_plan(lengths: Sequence[int], active: Sequence[bool], budget: int, n_tokens: int,
                  device: torch.device) -> SegmentPlan:
-    """``SegmentPlan`` of segments with these ``lengths`` (zeros allowed), TSTM on where ``active``, budget B."""
-    N = n_tokens
-    F = sum(lengths)
-    seg, usable, single, start, kpos = [], [], [], 0, []
-    for s, (L, on) in enumerate(zip(lengths, active)):
-        seg += [s] * L
-        usable += [0] + [int(bool(on))] * (L - 1) if L else []
-        single += [int(L == 1)] * L
-        k = max(L * N - budget * L, 1)  # k of the soft threshold's top-k (≥ 1 since B < N)
-        kpos.append(min(start * N + k - 1, max(F * N - 1, 0)))
-        start += L
-    lower = [budget * L for L in lengths]
-    tokens = [L * N for L in lengths]
-    ints, floats = _upload(device, seg + usable + single + kpos + lower + tokens + [int(bool(a)) for a in active],
-                           [1.0 / L for L in lengths for _ in range(L)])
-    n = len(lengths)
-    seg_t, usable_t, single_t, kpos_t, lower_t, tokens_t, active_t = ints.split([F, F, F, n, n, n, n])
-    return SegmentPlan(list(lengths), [bool(a) for a in active], seg_t, usable_t.bool(), single_t.bool(), floats,
-                       kpos_t, lower_t, tokens_t, active_t.bool())
+    """``SegmentPlan`` of segments with these host ``lengths`` (zeros allowed), TSTM on where ``active``."""
+    seg = torch.tensor([s for s, L in enumerate(lengths) for _ in range(L)], dtype=torch.int64).to(device)
+    on = torch.tensor([bool(a) for a in active], dtype=torch.bool).to(device)
+    return plan_from_ids(seg, len(lengths), budget, n_tokens, active=on)
 
 
-def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Sequence[bool], budget: int,
-               tau: float, plan: SegmentPlan | None = None, unit: Tensor | None = None) -> Trees:
+def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int] | None, active: Sequence[bool] | None,
+               budget: int, tau: float, plan: SegmentPlan | None = None, unit: Tensor | None = None) -> Trees:
     """TSTM's trees in every ``active`` segment at once (segments of ≥ 2 frames with a contextual budget).
 
     ``kappa`` (F, N) bool: False for ADTS tokens (they neither join nor anchor a tree); ``lengths``: segment
-    lengths (summing to F; zeros allowed); ``budget``: B, so a segment's lower bound is ``B·F_s``; ``tau``: the
-    temporal threshold, compared in the input dtype as the reference does; ``plan``: ``segment_plan`` of the
-    same arguments, if already built; ``unit``: ``embeds`` normalised in its dtype, if already computed. Runs in
-    the input dtype (the reference's similarities are bf16 for bf16 input, so the same ties and thresholds).
+    lengths (summing to F; zeros allowed) and ``active``, or instead ``plan`` (``segment_plan`` /
+    ``plan_from_ids``); ``budget``: B, so a segment's lower bound is ``B·F_s``; ``tau``: the temporal threshold,
+    compared in the input dtype as the reference does; ``unit``: ``embeds`` normalised in its dtype, if already
+    computed. Runs in the input dtype (the reference's similarities are bf16 for bf16 input, so the same ties
+    and thresholds). No device->host wait; the number of operations depends on the shape alone.
     """
     F, N, _ = embeds.shape
     if budget >= N:
@@ -119,7 +125,7 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Se
     device = embeds.device
     if plan is None:
         plan = segment_plan(lengths, active, budget, N, device)
-    seg, usable, n_seg = plan.seg, plan.usable, len(lengths)
+    seg, usable = plan.seg, plan.usable
 
     sigma = torch.full((F, N), -1.0, dtype=embeds.dtype, device=device)
     parent = torch.arange(F * N, device=device).view(F, N)
@@ -136,10 +142,11 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Se
 
     # soft threshold: the kth largest sigma of each segment, if merging above tau leaves fewer roots than B·F_s
     merged_above_tau = (sig32 > tau_d).sum(dim=1)
-    per_seg = torch.zeros(n_seg, dtype=torch.int64, device=device).index_add_(0, seg, merged_above_tau)
+    per_seg = torch.zeros_like(plan.tokens).index_add_(0, seg, merged_above_tau)
     soft = (plan.tokens - per_seg < plan.lower) & plan.active
     order = torch.sort(sigma.view(-1), descending=True, stable=True).indices  # then grouped by segment, stably
-    order = order.index_select(0, torch.sort(seg.repeat_interleave(N).index_select(0, order), stable=True).indices)
+    seg_of_token = seg[:, None].expand(F, N).reshape(-1)  # (no repeat_interleave: it may read the device)
+    order = order.index_select(0, torch.sort(seg_of_token.index_select(0, order), stable=True).indices)
     kth_value = sigma.view(-1).index_select(0, order.index_select(0, plan.kpos)).float().clamp_min_(-1.0 + 1e-6)
     threshold = torch.where(soft, kth_value, tau_d)
     merge = (sig32 > threshold.index_select(0, seg)[:, None]) & usable[:, None]
@@ -149,33 +156,22 @@ def tstm_links(embeds: Tensor, kappa: Tensor, lengths: Sequence[int], active: Se
     parent = parent.reshape(-1)
     children = torch.zeros(F * N, dtype=torch.int64, device=device).index_add_(0, parent, merge.view(-1).long())
     root = parent
-    longest = max((L for L, a in zip(lengths, active) if a), default=1)
-    for _ in range(max(longest - 2, 0).bit_length()):  # pointer jumping: chains have at most F_s − 1 links
+    for _ in range(max(F - 2, 0).bit_length()):  # pointer jumping: chains have at most F − 1 links (fixed count)
         root = root.index_select(0, root)
     return Trees(sigma, merge, root, children, soft)
 
 
-def tree_values(embeds: Tensor, trees: Trees, cand: Tensor, n_cand: int, n_merged: int) -> tuple[Tensor, Tensor]:
-    """Values of the candidate tokens (``cand`` (F, N) bool, ``n_cand`` of them) after TSTM:
-    ``subtree sum / (1 + direct children)`` (float32 sums, rounded once to the input dtype).
-
-    Returns ``(slots (n_cand,) int64 ascending, values (n_cand, D) input dtype)``. ``n_merged`` is the number
-    of True entries of ``trees.merge``; every merged token's root must be a candidate.
-    """
+def root_values(embeds: Tensor, trees: Trees) -> Tensor:
+    """(F, N, D) -> (F·N, D) in the input dtype: every tree root's ``subtree sum / (1 + direct children)``
+    (float32 sums, rounded once to the input dtype); rows of merged tokens are meaningless. Fixed shapes, no
+    device->host wait: every token adds into its root's row (a root into its own), so a row's additions are
+    its tree's tokens in slot order, the root first, and the longest serial run on CUDA is the largest tree."""
     F, N, D = embeds.shape
-    flat = embeds.reshape(F * N, D)
-    cand_flat = cand.view(-1)
-    slots = _true_positions(cand_flat, n_cand)
-    if n_cand == F * N:  # nothing merged (every token a candidate): the tokens themselves
-        return slots, flat
-    values = flat.index_select(0, slots).float()
-    if n_merged:
-        merged = _true_positions(trees.merge.view(-1), n_merged)
-        rank = torch.cumsum(cand_flat, dim=0) - 1  # position of each candidate in `slots`
-        roots = rank.index_select(0, trees.root.index_select(0, merged))
-        _add_rows(values, roots, flat.index_select(0, merged).float())
-        values.div_((trees.children.index_select(0, slots) + 1).float()[:, None])
-    return slots, values.to(embeds.dtype)
+    # -0.0 + x == x for every x (0.0 + −0.0 would not be): the sums equal the root's row plus its merged tokens
+    values = torch.full((F * N, D), -0.0, dtype=torch.float32, device=embeds.device)
+    _add_rows(values, trees.root, embeds.reshape(F * N, D).float())
+    # divided in float32 and rounded on the store (as div then .to(), without a float32 result in between)
+    return torch.div(values, (trees.children + 1).float()[:, None], out=torch.empty_like(embeds).view(F * N, D))
 
 
 def tstm(segment: Tensor, kappa: Tensor, lower_bound: int, tau: float) -> list[tuple[Tensor, Tensor]]:
@@ -190,23 +186,5 @@ def tstm(segment: Tensor, kappa: Tensor, lower_bound: int, tau: float) -> list[t
         raise ValueError(f"lower_bound {lower_bound} is not B·F_s for {F} frames")
     trees = tstm_links(segment, kappa, [F], [True], lower_bound // F, tau)
     cand = ~trees.merge & kappa
-    counts = cand.sum(dim=1).tolist()
-    slots, values = tree_values(segment, trees, cand, sum(counts), int(trees.merge.sum()))
-    out, start = [], 0
-    for n in counts:
-        out.append((values[start:start + n], slots[start:start + n] % N))
-        start += n
-    return out
-
-
-def _upload(device: torch.device, ints: list[int], floats: list[float] | Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Host ints (and float32 numbers) -> (int64 tensor, float32 tensor) on ``device`` in one copy."""
-    f32 = floats if isinstance(floats, Tensor) else torch.tensor(floats or [], dtype=torch.float32)
-    data = array("q", ints).tobytes() + f32.to(torch.float32).contiguous().numpy().tobytes()
-    host = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
-    if device.type == "cuda":
-        host = host.pin_memory().to(device, non_blocking=True)
-    else:
-        host = host.to(device)
-    a, b = host.split([8 * len(ints), host.numel() - 8 * len(ints)])
-    return a.view(torch.int64), b.view(torch.float32)
+    values = root_values(segment, trees).view(F, N, -1)
+    return [(values[t][cand[t]], cand[t].nonzero().view(-1)) for t in range(F)]

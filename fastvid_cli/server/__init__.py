@@ -35,6 +35,7 @@ log = logging.getLogger("fastvid.serve")
 class ServeConfig:
     model: str = "llava-ov-7b"
     device: str = "auto"
+    decoder: str = "auto"  # --decoder: cpu | gpu | auto (video_gpu.resolve_decoder)
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     saliency_model: str | None = None
@@ -110,7 +111,7 @@ class ServerState:
         cfg = self.config
         set_threads(cfg.threads)
         engine = Engine.load(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
-                             saliency_model=cfg.saliency_model)
+                             saliency_model=cfg.saliency_model, decoder=cfg.decoder)
         if not engine.cuda:
             if cfg.threads is None and not os.environ.get("OMP_NUM_THREADS"):
                 # The model's threads would spin against the HTTP side for the same cores: one core fewer than the

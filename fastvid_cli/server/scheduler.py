@@ -6,10 +6,12 @@
   request with another pruning setting only prunes again. The on-disk feature cache of `ask` is used as well
   (not for uploads, whose files live only as long as the server).
 * **Batching**: greedy requests about the same session that wait at the same time are decoded together
-  (VideoSession.answer_many, decoding.decode_batch): one decode step serves all of them, each streams its own
-  tokens and stops on its own; the answers are those of answering one by one. After taking a batchable request
-  the worker waits a few ms (`batch_window_s`) for companions, but only while requests have recently been
-  arriving concurrently, so a lone client never pays it.
+  (VideoSession.answer_many: the fused B-row step on CUDA): one decode step serves all of them, each streams its own
+  tokens and stops on its own; the answers are those of answering one by one. Greedy requests with the same
+  generation settings about different videos are decoded together as well (session.answer_across: each prefilled
+  on its own session's prefix, then one batched decode), when no request about the first one's video waits with
+  it. After taking a batchable request the worker waits a few ms (`batch_window_s`) for companions, but only while
+  requests have recently been arriving concurrently, so a lone client never pays it.
 * **Cancellation**: a client that goes away sets its work's `halt`: a waiting work is dropped, a running one stops
   after its current token (a batched one leaves its batch, the others go on).
 * **Isolation**: a failure is the failing request's; a batch that fails as a whole is answered again one by one,
@@ -96,6 +98,15 @@ class Work:
                 or "inner" in s.params):
             return None
         return (self.session_key, self.gen.max_new_tokens, self.gen.margins)
+
+    @property
+    def rows_key(self) -> tuple | None:
+        """Works with equal keys can be decoded together as rows about different videos (each prefilled on its own
+        session's prefix): the batchable ones with the same generation settings (None: not batchable)."""
+        if self.batch_key is None:
+            return None
+        g = self.gen
+        return (g.max_new_tokens, g.margins, g.compile, g.top_p, g.seed)
 
 
 class StopText:
@@ -243,31 +254,33 @@ class Scheduler:
         group = [work] + self._mates(work) if work.batch_key is not None else [work]
         if len(group) == 1:
             self._answer_one(work, sess, source)
-        else:
+        elif all(w.batch_key == work.batch_key for w in group):
             self._answer_group(group, sess, source)
+        else:
+            self._answer_across(group, sess, source)
         return group
 
     def _mates(self, first: Work) -> list[Work]:
         """Waiting works that can be decoded with `first`; waits up to batch_window_s for more while requests
-        have recently been arriving concurrently."""
-        key = first.batch_key
+        have recently been arriving concurrently. Those about first's session (one shared prefill) when there are
+        any, else those with its generation settings about any video (the others wait, in their order)."""
+        key, rows_key = first.batch_key, first.rows_key
         now = time.perf_counter()
         deadline = now + self.batch_window_s if now - self.last_concurrent < 2.0 else now
-        mates: list[Work] = []
         with self.cv:
             while True:
-                for w in list(self.waiting):
-                    if len(mates) + 1 >= self.max_batch:
-                        break
-                    if w.kind == "chat" and w.batch_key == key and not w.cancelled:
-                        self.waiting.remove(w)
-                        w.t_started = time.perf_counter()
-                        mates.append(w)
-                        self.running += 1
+                fits = [w for w in self.waiting if w.kind == "chat" and not w.cancelled and w.rows_key == rows_key]
+                same = [w for w in fits if w.batch_key == key]
+                mates = (same or fits)[:self.max_batch - 1]
                 left = deadline - time.perf_counter()
                 if len(mates) + 1 >= self.max_batch or left <= 0 or self.closing:
-                    return mates
+                    break
                 self.cv.wait(left)
+            for w in mates:
+                self.waiting.remove(w)
+                w.t_started = time.perf_counter()
+                self.running += 1
+            return mates
 
     # ------------------------------------------------------------------ sessions
     def _session(self, work: Work):
@@ -392,6 +405,42 @@ class Scheduler:
         for w, r, t in zip(group, reports, texts):
             self._deliver(w, r, source, t)
 
+    def _answer_across(self, group: list[Work], sess, source: str) -> None:
+        """Works about different videos decoded together (session.answer_across); a work whose video or prefill
+        fails gets its error alone."""
+        from fastvid_cli.session import Ask, answer_across
+
+        rows: list[tuple[Work, Any, str]] = [(group[0], sess, source)]
+        for w in group[1:]:
+            try:
+                rows.append((w, *self._session(w)))
+            except Exception as e:  # noqa: BLE001 - this request's video
+                self._fail(w, self._api_error(e, w))
+        if len(rows) == 1:
+            self._answer_one(*rows[0])
+            return
+        texts = [StopText(w.stop_strings) for w, _, _ in rows]
+        now = time.perf_counter()
+        asks = [Ask(s, w.question, history=w.history, lead_ms=(now - w.t_enqueued) * 1e3,
+                    on_text=self._text_sink(w, t), stop=w.halt) for (w, s, _), t in zip(rows, texts)]
+        try:
+            results = answer_across(asks, group[0].gen, max_rows=self.max_batch)
+        except Exception as e:  # noqa: BLE001 - the batched decode: one by one, as for a group about one video
+            log.warning("a batched decode failed (%s: %s); answering its requests one by one", type(e).__name__, e)
+            for w, s, src in rows:
+                if w.streamed:
+                    self._fail(w, self._api_error(e, w))
+                else:
+                    self._answer_one(w, s, src)
+            return
+        decoded = sum(not isinstance(r, Exception) for r in results)
+        self.metrics.batch_size(decoded)
+        for (w, _, src), r, t in zip(rows, results, texts):
+            if isinstance(r, Exception):
+                self._fail(w, self._api_error(r, w))
+            else:
+                self._deliver(w, r, src, t)
+
     def _deliver(self, work: Work, report, source: str, text: StopText) -> None:
         rest = text.flush()
         if rest and not work.cancelled:
@@ -449,7 +498,7 @@ class Scheduler:
             return e
         if isinstance(e, FastVidError):
             return from_fastvid(e, work.video.rewrite)
-        log.error("internal error while answering %s:\n%s", work.id, traceback.format_exc())
+        log.error("internal error while answering %s:\n%s", work.id, "".join(traceback.format_exception(e)))
         return internal()
 
     def _fail(self, work: Work, err: ApiError) -> None:
