@@ -36,8 +36,8 @@ for kw in (dict(), dict(allow_software_fallback=False), dict(is_hw_owned=True, a
         print(kw, "FAILED", type(e).__name__, e)
 PY
 } > "$O/nvdec_diag.log" 2>&1; cat "$O/nvdec_diag.log"
-step serve 150 python3 benchmarks/bench_serve.py --device cuda --model 7b-shaped --repeat 5 --rounds 2 --parts client,concurrency --out "$O/serve.json"
-[ -f benchmarks/bench_select.py ] && step select 60 python3 benchmarks/bench_select.py --repeat 3 --out "$O/select.json"
+step serve 140 python3 benchmarks/bench_serve.py --device cuda --model 7b-shaped --repeat 5 --rounds 2 --parts client,concurrency --out "$O/serve.json"
+[ -f benchmarks/bench_select.py ] && step select 140 python3 benchmarks/bench_select.py --repeat 3 --out "$O/select.json"
 for f in "$O"/*.log "$O"/*.json; do echo "######## $f"; cat "$f"; done > /tmp/all_session5b.txt 2>&1
 rm -f "$O"/*.log "$O"/*.json; mv /tmp/all_session5b.txt "$O/all.txt"
 grep -E "^== |goal|overhead|fast --json|fast panel|clients:|clients give| graph |FAILED|passed|failed|ttft|select" "$O/all.txt" | cut -c1-240 | tail -n 70
