@@ -48,6 +48,34 @@ def _sessions() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else _DEFAULT_SESSIONS
 
 
+_BLOCKING_SYNC = 0x4  # CU_CTX_SCHED_BLOCKING_SYNC: the flags FFmpeg's CUDA device context wants on the primary context
+
+
+def share_primary_context(device_index: int = 0) -> str:
+    """Let FFmpeg's NVDEC contexts share the device's primary CUDA context with torch. FFmpeg (PyAV 18) opens its
+    CUDA device on the primary context with CU_CTX_SCHED_BLOCKING_SYNC and refuses with ENOTSUP ("Operation not
+    supported") when that context is already active with other flags, as torch leaves it (measured on an H100:
+    every open failed once torch had touched the GPU, and worked after this). So before CUDA is first used in the
+    process, set those flags; torch then runs on the same context (its synchronisations block instead of spin).
+    Returns "set", "already" (active with the right flags), "late" (active with other flags: NVDEC cannot open
+    here), or "no driver"."""
+    import ctypes
+
+    try:
+        cu = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no driver"
+    dev, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+    if cu.cuInit(0) != 0 or cu.cuDeviceGet(ctypes.byref(dev), int(device_index)) != 0:
+        return "no driver"
+    if cu.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active)) != 0:
+        return "no driver"
+    if active.value:
+        return "already" if flags.value & 0x7 == _BLOCKING_SYNC else "late"
+    set_flags = getattr(cu, "cuDevicePrimaryCtxSetFlags_v2", None) or cu.cuDevicePrimaryCtxSetFlags
+    return "set" if set_flags(dev, _BLOCKING_SYNC) == 0 else "no driver"
+
+
 @functools.lru_cache(maxsize=8)
 def nvdec_status(device_index: int = 0) -> dict[str, Any]:
     """Whether NVDEC decoding through PyAV works here: {"available": bool, "reason": why not (or ""), "codecs":
@@ -66,11 +94,14 @@ def nvdec_status(device_index: int = 0) -> dict[str, Any]:
         return {"available": False, "reason": "no CUDA device", "codecs": codecs}
     if not codecs:
         return {"available": False, "reason": "no decoder of this FFmpeg build has an NVDEC hwaccel", "codecs": []}
+    shared = share_primary_context(device_index)
     try:
         HWAccel("cuda", device=str(device_index), allow_software_fallback=False, is_hw_owned=True).create(
             av.codec.Codec(codecs[0], "r"))
     except Exception as e:  # noqa: BLE001 - any failure means: no NVDEC here
-        return {"available": False, "reason": f"cannot create a CUDA decoding context ({_reason(e)})",
+        late = (" — CUDA was already in use with other context flags: NVDEC must be set up before the model "
+                "is loaded on the GPU") if shared == "late" else ""
+        return {"available": False, "reason": f"cannot create a CUDA decoding context ({_reason(e)}){late}",
                 "codecs": codecs}
     return {"available": True, "reason": "", "codecs": codecs}
 
