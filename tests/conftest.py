@@ -67,3 +67,33 @@ def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
         pytest.skip(f"real test clips not found: {SHARED_VIDEOS} is absent")
     return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="session")
+def qwen_checkpoints(tmp_path_factory):
+    """kind ("qwen2_vl", "qwen2_5_vl", "qwen3_vl") -> a tiny random checkpoint folder, built on first use."""
+    from fastvid_cli.tiny import save_qwen_checkpoint
+
+    root, made = tmp_path_factory.mktemp("qwen"), {}
+
+    def get(kind: str):
+        if kind not in made:
+            made[kind] = save_qwen_checkpoint(root / kind, kind)
+        return made[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def qwen_engines(qwen_checkpoints):
+    """kind -> an Engine on that tiny checkpoint (CPU, float32), loaded on first use in the module."""
+    from fastvid_cli.engine import Engine
+
+    made = {}
+
+    def get(kind: str):
+        if kind not in made:
+            made[kind] = Engine.load(str(qwen_checkpoints(kind)), device="cpu", dtype="float32")
+        return made[kind]
+
+    return get

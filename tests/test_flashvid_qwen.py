@@ -1,4 +1,4 @@
-"""FlashVID on Qwen2-VL / Qwen2.5-VL / Qwen3-VL (tiny random checkpoints): the layer-by-layer prefill on M-RoPE
+"""FlashVID on Qwen2-VL / Qwen2.5-VL / Qwen3-VL (tiny random qwen_checkpoints): the layer-by-layer prefill on M-RoPE
 rows (and Qwen3-VL's DeepStack) equals the stock forward when it keeps everything, the inner stage drops video
 tokens from layer K on, the vision attention each merged token receives equals a naive eager recomputation, and
 ask runs it end to end."""
@@ -12,7 +12,7 @@ import torch
 
 from fastvid_cli import pruning
 from fastvid_cli.decoding import Sampling, decode, new_cache
-from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.llm_stage import _deepstack_kept, prefill_with_stage
 from fastvid_cli.models import qwen_vl as Q
 from fastvid_cli.prefill import StagePrefill
@@ -21,32 +21,6 @@ from fastvid_cli.pruning.flashvid_inner import InnerPrune, inner_keep_count
 from fastvid_cli.video import sample_frames
 
 KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    from fastvid_cli.tiny import save_qwen_checkpoint
-
-    root, made = tmp_path_factory.mktemp("qwen"), {}
-
-    def get(kind: str):
-        if kind not in made:
-            made[kind] = save_qwen_checkpoint(root / kind, kind)
-        return made[kind]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def engines(checkpoints):
-    made = {}
-
-    def get(kind: str) -> Engine:
-        if kind not in made:
-            made[kind] = Engine.load(str(checkpoints(kind)), device="cpu", dtype="float32")
-        return made[kind]
-
-    return get
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +34,10 @@ def opts(ratio: float, **given) -> PruneOptions:
 
 # ------------------------------------------------------------------------------------------ the prefill
 @pytest.mark.parametrize("kind", KINDS)
-def test_stage_prefill_keeping_everything_is_the_stock_forward(engines, clip, kind):
+def test_stage_prefill_keeping_everything_is_the_stock_forward(qwen_engines, clip, kind):
     """A stage at layer 1 that keeps every video token (r_llm 1.0) runs the reduce path on the M-RoPE rows (and
     DeepStack) and gives the stock forward's logits; decoding after it gives stock generate's tokens."""
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     a, model = eng.adapter, eng.model
     pixels = a.preprocess_clip(clip)
     feats = a.encode(pixels)
@@ -84,10 +58,10 @@ def test_stage_prefill_keeping_everything_is_the_stock_forward(engines, clip, ki
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_inner_stage_drops_video_tokens_from_layer_k(engines, clip, index_video, kind):
+def test_inner_stage_drops_video_tokens_from_layer_k(qwen_engines, clip, index_video, kind):
     """K=1, r_llm 0.3 on the 2-layer LLM: layer 1's cache is shorter by exactly the dropped video tokens (Qwen3-VL:
     its timestamps and frame separators stay), the note says both counts, and runs repeat exactly."""
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     sess = eng.session(str(index_video), clip=clip, sample_ms=1.0, prune=opts(0.25, inner="1,0.3"))
     assert isinstance(sess.inner, InnerPrune) and sess.inner.tail == 0 and not sess.result.compact
     r = sess.answer("What happens?", GenerationOptions(max_new_tokens=4))
@@ -113,8 +87,8 @@ def test_deepstack_inputs_follow_the_kept_positions():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_ratio_one_is_stock_generate(engines, clip, index_video, kind):
-    eng = engines(kind)
+def test_ratio_one_is_stock_generate(qwen_engines, clip, index_video, kind):
+    eng = qwen_engines(kind)
     a = eng.adapter
     pixels = a.preprocess_clip(clip)
     feats = a.encode(pixels)
@@ -130,13 +104,13 @@ def test_ratio_one_is_stock_generate(engines, clip, index_video, kind):
 
 # ------------------------------------------------------------------------------------------ vision attention
 @pytest.mark.parametrize("kind", KINDS)
-def test_attention_received_is_the_eager_attention_of_the_last_block(engines, kind, monkeypatch):
+def test_attention_received_is_the_eager_attention_of_the_last_block(qwen_engines, kind, monkeypatch):
     """attn_received (T, N) equals the eager attention probabilities of the last vision block (recorded from the
     stock forward), averaged over heads and each group's queries, then over each merged token's 2x2 patches, in
     raster order; and it is only computed when read."""
     import importlib
 
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     a = eng.adapter
     torch.manual_seed(0)
     pixels = a.preprocess(torch.randint(0, 256, (16, 48, 64, 3), dtype=torch.uint8))
@@ -213,12 +187,12 @@ def test_the_qwen_entry_runs_the_inner_stage_with_the_reference_settings():
     assert pruning.llm_stage("flashvid", "qwen", {"inner": (1, 0.3)}, ratio=1.0) is None
 
 
-def test_cli_ask_runs_flashvid_with_its_inner_stage(checkpoints, index_video):
+def test_cli_ask_runs_flashvid_with_its_inner_stage(qwen_checkpoints, index_video):
     from typer.testing import CliRunner
 
     from fastvid_cli.cli import app
 
-    args = ["ask", str(index_video), "What?", "--model", str(checkpoints("qwen2_5_vl")), "--device", "cpu",
+    args = ["ask", str(index_video), "What?", "--model", str(qwen_checkpoints("qwen2_5_vl")), "--device", "cpu",
             "--frames", "16", "--max-new-tokens", "3", "--no-cache", "--method", "flashvid", "--ratio", "0.25",
             "--flashvid-inner", "1,0.3"]
     res = CliRunner().invoke(app, [*args, "--json"])

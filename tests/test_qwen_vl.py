@@ -11,7 +11,7 @@ import torch
 
 from fastvid_cli import fast_decode
 from fastvid_cli.decoding import Sampling, StaticDecoder, decode, new_cache, prefill
-from fastvid_cli.engine import Engine, GenerationOptions, PruneOptions
+from fastvid_cli.engine import GenerationOptions, PruneOptions
 from fastvid_cli.fast_decode import FusedDecoder
 from fastvid_cli.errors import InvalidOptionError, VideoDecodeError
 from fastvid_cli.models import qwen_vl as Q
@@ -19,33 +19,6 @@ from fastvid_cli.pruning.fastvid_qwen import duplicate_runs, fastvid_qwen, segme
 from fastvid_cli.video import sample_frames
 
 KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """kind -> tiny checkpoint folder, built on first use."""
-    from fastvid_cli.tiny import save_qwen_checkpoint
-
-    root, made = tmp_path_factory.mktemp("qwen"), {}
-
-    def get(kind: str):
-        if kind not in made:
-            made[kind] = save_qwen_checkpoint(root / kind, kind)
-        return made[kind]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def engines(checkpoints):
-    made = {}
-
-    def get(kind: str) -> Engine:
-        if kind not in made:
-            made[kind] = Engine.load(str(checkpoints(kind)), device="cpu", dtype="float32")
-        return made[kind]
-
-    return get
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +143,13 @@ def test_fused_normalisation_is_the_processor_formula():
     assert torch.allclose(out, (x / 255 - mean) / std, atol=1e-5)
 
 
-def test_preprocess_shapes_and_temporal_meta(engines, clip):
-    a = engines("qwen2_5_vl").adapter
+def test_preprocess_shapes_and_temporal_meta(qwen_engines, clip):
+    a = qwen_engines("qwen2_5_vl").adapter
     px = a.preprocess_clip(clip)
     assert px.grid == (8, 8, 10) and px.values.shape == (8 * 8 * 10, 3 * 2 * 14 * 14)
     assert px.meta["sample_fps"] == pytest.approx(16 / 48 * 24)  # qwen-vl-utils' sample_fps
     assert px.meta["second_per_grid_ts"] == pytest.approx(2 / 8)
-    a3 = engines("qwen3_vl").adapter
+    a3 = qwen_engines("qwen3_vl").adapter
     px3 = a3.preprocess_clip(clip)
     assert px3.values.shape[1] == 3 * 2 * 16 * 16 and px3.grid[1] % 2 == 0
     idx = clip.indices
@@ -190,10 +163,10 @@ def test_grid_timestamps_pad_like_the_processor():
 
 
 @pytest.mark.parametrize("kind", KINDS + ("qwen3_vl_moe",))
-def test_warm_up_runs_every_stage(engines, kind, monkeypatch):
+def test_warm_up_runs_every_stage(qwen_engines, kind, monkeypatch):
     """Engine.warmup (run at load on CUDA) passes through resize, vision, the family's default pruning, prefill
     and decoding, so the first real question pays no one-time kernel loading."""
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     seen = []
     real = eng.prune
     monkeypatch.setattr(eng, "prune", lambda *a, **k: seen.append(a[1].method) or real(*a, **k))
@@ -203,8 +176,8 @@ def test_warm_up_runs_every_stage(engines, kind, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ stock equivalence
 @pytest.mark.parametrize("kind", KINDS + ("qwen3_vl_moe",))
-def test_ratio_one_reproduces_stock_generate_token_for_token(engines, clip, index_video, kind):
-    eng = engines(kind)
+def test_ratio_one_reproduces_stock_generate_token_for_token(qwen_engines, clip, index_video, kind):
+    eng = qwen_engines(kind)
     a = eng.adapter
     pixels, feats = encoded(eng, clip)
     prompt = a.build_prompt("What happens in this video?")
@@ -224,9 +197,9 @@ def test_ratio_one_reproduces_stock_generate_token_for_token(engines, clip, inde
     assert report.video_tokens_total == report.video_tokens_kept == 8 * 20
 
 
-def test_qwen3_prompt_is_the_processors_timestamp_layout(engines, clip):
-    a = engines("qwen3_vl").adapter
-    _, feats = encoded(engines("qwen3_vl"), clip)
+def test_qwen3_prompt_is_the_processors_timestamp_layout(qwen_engines, clip):
+    a = qwen_engines("qwen3_vl").adapter
+    _, feats = encoded(qwen_engines("qwen3_vl"), clip)
     prompt = a.build_prompt("Q?")
     text = a.tokenizer.decode(a.full_input_ids(prompt, feats)[0])
     stamps = feats.meta["timestamps"]
@@ -246,8 +219,8 @@ def _positions_seen(model):
 
 
 @pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
-def test_pruned_run_keeps_original_3d_positions(engines, clip, kind):
-    eng = engines(kind)
+def test_pruned_run_keeps_original_3d_positions(qwen_engines, clip, kind):
+    eng = qwen_engines(kind)
     a = eng.adapter
     _, feats = encoded(eng, clip)
     result = fastvid_qwen(feats.embeds, feats.saliency, feats.frame_features, 0.27, c=4)
@@ -281,14 +254,14 @@ def test_pruned_run_keeps_original_3d_positions(engines, clip, kind):
     assert our_tokens(eng, asm, 5, fused=True) == ours  # so does the fused step (rotary from the M-RoPE column)
 
 
-def test_qwen3_deepstack_is_pruned_with_the_same_indices(engines, clip):
+def test_qwen3_deepstack_is_pruned_with_the_same_indices(qwen_engines, clip):
     """The kept tokens' DeepStack features reach the LLM at exactly their rows; the result equals transformers'
     own hook for pre-computed encoder outputs (mm_encoder_outputs, >= 5.18) with the same pruned features."""
     import inspect
 
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    eng = engines("qwen3_vl")
+    eng = qwen_engines("qwen3_vl")
     a = eng.adapter
     _, feats = encoded(eng, clip)
     assert len(feats.side_embeds) == 2 and feats.side_embeds[0].shape == feats.embeds.shape
@@ -327,8 +300,8 @@ def test_qwen3_deepstack_is_pruned_with_the_same_indices(engines, clip):
     assert out[0, int(keep.sum()):].tolist() == ours
 
 
-def test_shared_prefix_session_answers_like_separate_asks(engines, clip, index_video):
-    eng = engines("qwen3_vl")
+def test_shared_prefix_session_answers_like_separate_asks(qwen_engines, clip, index_video):
+    eng = qwen_engines("qwen3_vl")
     prune = PruneOptions(method="fastvid", ratio=0.27, params=dict(c=4))
     gen = GenerationOptions(max_new_tokens=6)
     sess = eng.session(str(index_video), clip=clip, sample_ms=0.0, prune=prune)
@@ -341,10 +314,10 @@ def test_shared_prefix_session_answers_like_separate_asks(engines, clip, index_v
 
 # ------------------------------------------------------------------------------------------ FastVID inputs
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
-def test_saliency_uses_the_last_blocks_own_queries_and_keys(engines, kind):
+def test_saliency_uses_the_last_blocks_own_queries_and_keys(qwen_engines, kind):
     """Our q/k of the last vision block (input caught by a pre-hook, rotary applied by us) reproduce that block's
     attention output; the saliency is a distribution over each patch's tokens; features are the stock ones."""
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     a = eng.adapter
     torch.manual_seed(0)  # noise frames: every merged token differs, so rows can be matched below
     pixels = a.preprocess(torch.randint(0, 256, (16, 48, 64, 3), dtype=torch.uint8))
@@ -388,7 +361,7 @@ def test_saliency_uses_the_last_blocks_own_queries_and_keys(engines, kind):
         assert not torch.equal(where, torch.arange(where.numel()))  # the windowed order really differs
 
 
-def test_window_order_is_qwen2_5s(engines):
+def test_window_order_is_qwen2_5s(qwen_engines):
     from transformers.vision_utils import get_vision_window_index
 
     for t, gh, gw in [(1, 8, 10), (3, 4, 6), (2, 10, 4)]:
@@ -438,8 +411,8 @@ def test_fastvid_qwen_keeps_budgeted_tokens_and_collapses_duplicates():
     assert any("kept" in n for n in r.notes)
 
 
-def test_engine_uses_the_qwen_variant_and_reports_actual_retention(engines, clip, index_video):
-    eng = engines("qwen2_5_vl")
+def test_engine_uses_the_qwen_variant_and_reports_actual_retention(qwen_engines, clip, index_video):
+    eng = qwen_engines("qwen2_5_vl")
     report = eng.ask(str(index_video), "What?", clip=clip, sample_ms=1.0,
                      prune=PruneOptions(method="fastvid", ratio=0.27, params=dict(c=4, ignore=0.95)),
                      gen=GenerationOptions(max_new_tokens=3))
@@ -448,10 +421,10 @@ def test_engine_uses_the_qwen_variant_and_reports_actual_retention(engines, clip
     assert eng.defaults["tau"] == 0.84 and eng.defaults["ignore"] == 0.95 and eng.defaults["ratio"] == 0.27
 
 
-def test_feature_cache_keeps_deepstack_and_timing(engines, index_video, tmp_path):
+def test_feature_cache_keeps_deepstack_and_timing(qwen_engines, index_video, tmp_path):
     from fastvid_cli.feature_cache import FeatureCache
 
-    eng = engines("qwen3_vl")
+    eng = qwen_engines("qwen3_vl")
     cache = FeatureCache(tmp_path / "fc")
     prune = PruneOptions(method="none", ratio=1.0)
     first = eng.session(str(index_video), prune=prune, feature_cache=cache)
@@ -471,10 +444,10 @@ def runner():
     return CliRunner()
 
 
-def test_cli_ask_fps_and_frames(runner, checkpoints, index_video):
+def test_cli_ask_fps_and_frames(runner, qwen_checkpoints, index_video):
     from fastvid_cli.cli import app
 
-    args = ["--model", str(checkpoints("qwen2_5_vl")), "--device", "cpu", "--max-new-tokens", "4", "--no-cache"]
+    args = ["--model", str(qwen_checkpoints("qwen2_5_vl")), "--device", "cpu", "--max-new-tokens", "4", "--no-cache"]
     res = runner.invoke(app, ["ask", str(index_video), "What?", *args, "--json", "--fps", "4"])
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
@@ -497,10 +470,10 @@ def test_cli_fps_and_ignore_are_qwen_only(runner, tiny_llava, index_video):
     assert res.exit_code == 2 and "--fps" in res.stderr
 
 
-def test_cli_compare_and_batch(runner, checkpoints, index_video, tmp_path):
+def test_cli_compare_and_batch(runner, qwen_checkpoints, index_video, tmp_path):
     from fastvid_cli.cli import app
 
-    model = str(checkpoints("qwen3_vl"))
+    model = str(qwen_checkpoints("qwen3_vl"))
     res = runner.invoke(app, ["compare", str(index_video), "What?", "--model", model, "--device", "cpu",
                               "--frames", "8", "--ratio", "0.5", "--ratio", "0.27", "--repeat", "1",
                               "--max-new-tokens", "3", "--no-cache", "--json"])
@@ -520,10 +493,10 @@ def test_cli_compare_and_batch(runner, checkpoints, index_video, tmp_path):
     assert recs["c"]["frames"] == 6 and "fps" not in recs["c"]["settings"]
 
 
-def test_eval_samples_by_rate_and_keeps_the_qwen_params(engines, index_video, tmp_path):
+def test_eval_samples_by_rate_and_keeps_the_qwen_params(qwen_engines, index_video, tmp_path):
     from fastvid_cli import evaluate as E
 
-    eng = engines("qwen2_5_vl")
+    eng = qwen_engines("qwen2_5_vl")
     bench = tmp_path / "bench.jsonl"
     rows = [{"id": f"q{i}", "video": str(index_video), "question": "Which colour?", "options": ["red", "green"],
              "answer": "A"} for i in range(2)]
@@ -537,11 +510,11 @@ def test_eval_samples_by_rate_and_keeps_the_qwen_params(engines, index_video, tm
     assert {r["params"]["ignore"] for r in recs} == {0.95}
 
 
-def test_holitom_orig_runs_on_m_rope_models_and_holitom_says_why_not(engines, clip, index_video):
+def test_holitom_orig_runs_on_m_rope_models_and_holitom_says_why_not(qwen_engines, clip, index_video):
     """Re-indexed HoliTom needs 1-D positions (one-line error on Qwen); holitom-orig keeps original M-RoPE columns."""
     from fastvid_cli.errors import InvalidOptionError
 
-    eng = engines("qwen2_5_vl")
+    eng = qwen_engines("qwen2_5_vl")
     gen = GenerationOptions(max_new_tokens=3)
     r = eng.ask(str(index_video), "What happens?", clip=clip, sample_ms=0.0,
                 prune=PruneOptions(method="holitom-orig", ratio=0.25), gen=gen)
@@ -552,10 +525,10 @@ def test_holitom_orig_runs_on_m_rope_models_and_holitom_says_why_not(engines, cl
 
 
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
-def test_batched_answers_equal_one_by_one_on_m_rope_models(engines, clip, index_video, kind):
+def test_batched_answers_equal_one_by_one_on_m_rope_models(qwen_engines, clip, index_video, kind):
     """`batch` decodes a video's questions together on Qwen too (M-RoPE rows, Qwen3-VL's DeepStack in the shared
     prefix): the same answers as one at a time."""
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     prune = PruneOptions(method="fastvid", ratio=0.27, params=dict(c=4))
     gen = GenerationOptions(max_new_tokens=6)
     questions = ["What happens?", "Which colour is the last shape that appears on the left?", "Count them."]
@@ -567,12 +540,12 @@ def test_batched_answers_equal_one_by_one_on_m_rope_models(engines, clip, index_
 
 
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
-def test_answers_about_different_videos_decode_together_on_m_rope_models(engines, clip, index_video, kind):
+def test_answers_about_different_videos_decode_together_on_m_rope_models(qwen_engines, clip, index_video, kind):
     """Questions about different sessions (other pruning, so other prompt lengths and M-RoPE columns) decode as the
     left-padded rows of one batch (session.answer_across): the same answers as one at a time."""
     from fastvid_cli.session import Ask, answer_across
 
-    eng = engines(kind)
+    eng = qwen_engines(kind)
     gen = GenerationOptions(max_new_tokens=6)
     sessions = [eng.session(str(index_video), clip=clip, sample_ms=0.0,
                             prune=PruneOptions(method="fastvid", ratio=r, params=dict(c=4))) for r in (0.27, 0.6)]

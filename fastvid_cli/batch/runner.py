@@ -270,24 +270,39 @@ def _answer_group(engine, group: Group, plan: Plan, gen, write: Callable, stop: 
             except Exception as e:  # noqa: BLE001 - answered one by one below, where each row's error is its own
                 if on_exception is not None:
                     on_exception(e)
-        try:
-            report = batched.pop(i, None) or session.answer(row.question, gen, reuse_prefix=True,
-                                                            lead_ms=lead_ms if i == 0 else 0.0)
-        except ServerError:
-            raise
-        except FastVidError as e:
-            write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
-            continue
-        except Exception as e:
-            write(row, error_record(row, item_error(e, on_exception), s, fp, model=plan.model_name))
-            continue
-        if report.stop_reason == "interrupted":  # a second Ctrl-C mid-answer: a partial answer is not recorded
-            raise KeyboardInterrupt
-        data = report.to_dict()
-        data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
-        if prefetched is not None:  # sampled in the background: only this wait held the answers up
-            data["timings_ms"]["sample_wait"] = round(prefetched.wait_ms, 3)
-        write(row, ok_record(row, data, s, fp))
+
+        def answer(i=i, row=row):
+            return batched.pop(i, None) or session.answer(row.question, gen, reuse_prefix=True,
+                                                          lead_ms=lead_ms if i == 0 else 0.0)
+
+        def finish(report, data):
+            if prefetched is not None:  # sampled in the background: only this wait held the answers up
+                data["timings_ms"]["sample_wait"] = round(prefetched.wait_ms, 3)
+
+        _answer_row(engine, plan, row, write, on_exception, answer, finish)
+
+
+def _answer_row(engine, plan: Plan, row, write: Callable, on_exception, answer: Callable, finish: Callable) -> None:
+    """Run `answer()` for one row and write its record: an error record when it raises (a server error stops the
+    run), else the report's record after `finish(report, data)` adjusted it. A second Ctrl-C mid-answer leaves a
+    partial answer unrecorded and stops."""
+    s, fp = plan.settings[row.row], plan.fps[row.row]
+    try:
+        report = answer()
+    except ServerError:
+        raise
+    except FastVidError as e:
+        write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
+        return
+    except Exception as e:
+        write(row, error_record(row, item_error(e, on_exception), s, fp, model=plan.model_name))
+        return
+    if report.stop_reason == "interrupted":
+        raise KeyboardInterrupt
+    data = report.to_dict()
+    data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
+    finish(report, data)
+    write(row, ok_record(row, data, s, fp))
 
 
 def _answer_group_selected(engine, scorer, group: Group, plan: Plan, cfg: BatchConfig, gen, write: Callable,
@@ -312,24 +327,13 @@ def _answer_group_selected(engine, scorer, group: Group, plan: Plan, cfg: BatchC
         if cands is None:
             write(row, error_record(row, cands_error or "failed", s, fp, model=plan.model_name))
             continue
-        try:
+        def answer(row=row):
             t0 = time.perf_counter()
             clip, info = choose(cands, row.question, cfg.select)
             session = engine.session(group.path, prune=prune, system=gen.system, clip=clip,
                                      sample_ms=cands.sample_ms + cands.embed_ms)
-            report = session.answer(row.question, gen, reuse_prefix=False,
-                                    lead_ms=(time.perf_counter() - t0) * 1e3)
-        except ServerError:
-            raise
-        except FastVidError as e:
-            write(row, error_record(row, e.one_line(), s, fp, model=plan.model_name))
-            continue
-        except Exception as e:
-            write(row, error_record(row, item_error(e, on_exception), s, fp, model=plan.model_name))
-            continue
-        if report.stop_reason == "interrupted":
-            raise KeyboardInterrupt
-        report.selection = info
-        data = report.to_dict()
-        data["timings_ms"]["load"] = round(engine.load_ms or 0.0, 3)
-        write(row, ok_record(row, data, s, fp))
+            report = session.answer(row.question, gen, reuse_prefix=False, lead_ms=(time.perf_counter() - t0) * 1e3)
+            report.selection = info
+            return report
+
+        _answer_row(engine, plan, row, write, on_exception, answer, lambda report, data: None)
