@@ -208,6 +208,10 @@ def local_params(s: ChatSettings, defaults: dict[str, Any]) -> dict[str, Any]:
 def remote_ext(s: ChatSettings) -> dict[str, Any]:
     """The request's `fastvid` object for these settings (what is left out: the server's defaults)."""
     ext: dict[str, Any] = {"method": s.method, "ratio": s.ratio, "frames": s.frames, "fps": s.fps}
+    if s.select is not None:  # as a local chat: the chosen frames, not /frames (the server keeps the opening's)
+        from fastvid_cli.remote import select_ext
+
+        ext.update(frames=None, fps=None, **select_ext(s.select))
     ext.update({k: list(v) if isinstance(v, tuple) else v for k, v in own_params(s).items()})
     if s.gen.get("compile") is not None:
         ext["compile"] = s.gen["compile"]

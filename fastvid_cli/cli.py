@@ -152,23 +152,24 @@ def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, me
     """`ask --server`: the options the user set go with the request (the method options by parameter name, which
     the server resolves as a local `ask` does, on its model's family; --model, which the server refuses when it
     serves another); the rest are the server's defaults (which, for a server started without pruning/generation
-    flags, are those of a local `ask`). cli_ask_server.py runs the same for a plain command line without typer."""
-    if select is not None:
-        raise InvalidOptionError("ask --server with --select is not supported yet", "run it locally")
-    from fastvid_cli.remote import ask_remote
+    flags, are those of a local `ask`). With `select` the server chooses the frames with its own selector, which
+    --selector must name if given. cli_ask_server.py runs the same for a plain command line without typer."""
+    from fastvid_cli.remote import ask_remote, check_selector
 
     p = _given_cli_options("model", "frames", "fps", "method", "ratio", "max_new_tokens", "temperature", "top_p",
                            "seed", "system", "compile_decode", "baseline", "no_cache", "as_json", "quiet", "margins")
     method = p.get("method")
     as_json, quiet = bool(p.get("as_json")), bool(p.get("quiet"))
     client = server_client(url, api_key, not (as_json or quiet), except_options=("model",))
+    if select is not None:
+        check_selector(client, select.selector)
     params = method_options_by_name(method_options)
     gen = {k: p.get(k) for k in ("max_new_tokens", "temperature", "top_p", "seed", "system")}
     return ask_remote(client, str(video), question, model=p.get("model"), frames=p.get("frames"), fps=p.get("fps"),
                       method=method, ratio=p.get("ratio"), params=params, gen=gen,
                       baseline=bool(p.get("baseline")), margins=bool(p.get("margins")),
                       compile_decode=p.get("compile_decode"), cache=not p.get("no_cache"), as_json=as_json,
-                      quiet=quiet)
+                      quiet=quiet, select=select)
 
 
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
@@ -320,21 +321,25 @@ def compare(
         if not question.strip():
             raise InvalidOptionError("the question is empty")
         if server_url(server):
-            if sel is not None:
-                raise InvalidOptionError("compare --server with --select is not supported yet", "run it locally")
-            from fastvid_cli.remote import compare_remote
+            from fastvid_cli.remote import check_selector, compare_remote
             from fastvid_cli.ui import print_compare
 
             client = server_client(server_url(server), api_key, not as_json)
+            if sel is not None:
+                check_selector(client, sel.selector)
             result = compare_remote(client, str(video), question, methods=methods, ratios=ratios,
                                     params=method_options_by_name(method_options), frames=frames, fps=fps,
                                     repeat=repeat,
                                     baseline=not no_baseline, max_new_tokens=max_new_tokens, system=system,
-                                    compile_decode=compile_decode, cache=not no_cache, model=None)
+                                    compile_decode=compile_decode, cache=not no_cache, model=None, select=sel)
             if as_json:
                 sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
             else:
                 print_compare(result, full=full)
+                if result.get("selection"):
+                    from fastvid_cli.ui import selection_line
+
+                    selection_line(result["selection"])
             return 0
         _check_cheaply(video, model, device, dtype, attn_implementation)
         from fastvid_cli import hub

@@ -7,6 +7,8 @@ one-line errors and exit codes (cli_common.run_body).
 
 It takes only what it can read exactly as the typer command does: the two arguments and the options in `OPTIONS`
 (values in the plain forms of `_INT` and `_FLOAT`), the method options of the pruning registry, `--opt=value`.
+`--select K [--candidates M]` are read here (settings.select_options checks them, imported only then); `--selector`
+is left to the typer command, which checks it against the server's selector.
 Anything else (--help, a server-side option such as --device, a value out of its range or in an unusual form, a
 check that fails before the request, no --server / FASTVID_SERVER) returns None before anything is printed, and
 the caller runs the typer command, which says what is wrong in its own words. tests/test_ask_server_fast.py holds
@@ -48,6 +50,8 @@ OPTIONS: dict[str, tuple[str, str, float | None, float | None]] = {
     "--quiet": ("quiet", "flag", None, None),
     "-q": ("quiet", "flag", None, None),
     "--margins": ("margins", "flag", None, None),
+    "--select": ("select", "int", None, None),  # checked with settings.select_options (run)
+    "--candidates": ("candidates", "int", None, None),
     "--server": ("server", "str", None, None),
     "--api-key": ("api_key", "str", None, None),
     "--debug": ("debug", "flag", None, None),
@@ -222,6 +226,11 @@ def run(argv: list[str]) -> int | None:
             check_options([method], None, args.method_options)
         if not args.question.strip():
             return None
+        select = None
+        if "select" in g or "candidates" in g:  # --selector is the typer command's: it asks the server for its own
+            from fastvid_cli.settings import select_options
+
+            select = select_options(g.get("select"), g.get("candidates"), None, g.get("frames"), g.get("fps"))
         video = _as_path(args.video)  # as typer's Path argument gives it (the --json "video")
         check_local_video(video)
         from fastvid_cli.cli_common import say_waiting
@@ -232,10 +241,10 @@ def run(argv: list[str]) -> int | None:
         return None
     from fastvid_cli.cli_common import run_body
 
-    return run_body(bool(g.get("debug")), lambda: _ask(client, video, args), loggers=False)
+    return run_body(bool(g.get("debug")), lambda: _ask(client, video, args, select), loggers=False)
 
 
-def _ask(client, video: str, args: AskArgs) -> int:
+def _ask(client, video: str, args: AskArgs, select=None) -> int:
     from fastvid_cli.remote import ask_remote
 
     g = args.given
@@ -249,4 +258,4 @@ def _ask(client, video: str, args: AskArgs) -> int:
                       method=g.get("method"), ratio=g.get("ratio"), params=params, gen=gen,
                       baseline=bool(g.get("baseline")), margins=bool(g.get("margins")),
                       compile_decode=g.get("compile_decode"), cache=not g.get("no_cache"),
-                      as_json=bool(g.get("as_json")), quiet=bool(g.get("quiet")))
+                      as_json=bool(g.get("as_json")), quiet=bool(g.get("quiet")), select=select)

@@ -108,10 +108,6 @@ def eval_(
                          retry_errors=retry_errors, form=form.strip().lower(),
                          cache_dir=feature_cache_dir(cache_dir, no_cache), select=sel)
         engine = None
-        if server_url(server) and sel is not None:
-            from fastvid_cli.errors import InvalidOptionError
-
-            raise InvalidOptionError("eval --server with --select is not supported yet", "run it locally")
         if server_url(server):  # every answer is a request to the server; records and resume as a local run
             from fastvid_cli.remote import remote_engine
 

@@ -203,12 +203,14 @@ def chat(
         GenerationOptions(**gen).validate()
         settings = ChatSettings(video=str(video), method=method, ratio=ratio, frames=frames, fps=fps, params=params,
                                 gen=gen, cache=not no_cache, select=sel)
-        if url and sel is not None:
-            raise InvalidOptionError("chat --server with --select is not supported yet", "run it locally")
         if url:
             from fastvid_cli.chat import RemoteBackend
 
             client = server_client(url, api_key, not as_json)
+            if sel is not None:  # the server chooses the frames, with its own selector
+                from fastvid_cli.remote import check_selector
+
+                check_selector(client, sel.selector)
             # options the user did not set are the server's defaults, as for `ask --server`
             given = given_options("method", "ratio", "frames", "fps", "max_new_tokens", "temperature", "top_p", "seed",
                            "system")

@@ -84,6 +84,8 @@ def small_cpu_work(device: torch.device):
 class Engine:
     """A loaded model family adapter plus the pipeline that answers questions with it."""
 
+    remote = False  # remote.RemoteEngine stands in for it with --server (batch, eval)
+
     def __init__(self, adapter: FamilyAdapter, *, model_name: str, device: str, dtype: torch.dtype,
                  attn_implementation: str):
         self.adapter = adapter

@@ -52,6 +52,39 @@ def check_server_options(client: Client, given: dict[str, Any], warn: Callable[[
             warn(f"{IGNORED[key]} does not apply with --server (the server's own setting is used)")
 
 
+def check_selector(client: Client, selector: str | None) -> None:
+    """--selector with --server: the server scores frames with its own selector (a request cannot name one, it is a
+    path on the server), so --selector must be that one (the same hub id or folder, or "demo" for the demo's)."""
+    if selector is None:
+        return
+    served = (client.card().get("fastvid") or {}).get("selector")
+    wanted = selector.strip()
+    if served is not None and _same_selector(wanted, served):
+        return
+    raise InvalidOptionError(f"--selector {wanted}: the server at {client.url} selects frames with "
+                             f"{served or 'a selector it does not name'}",
+                             "leave --selector out to use the server's, or start `fastvid serve --selector "
+                             f"{wanted}`")
+
+
+def _same_selector(wanted: str, served: str) -> bool:
+    if wanted == served:
+        return True
+    from fastvid_cli.models import DEMO_DIR
+
+    if wanted == "demo":  # frame_scorer.DEMO_SELECTOR (that module imports torch)
+        wanted = str(DEMO_DIR)
+    return os.path.isdir(wanted) and os.path.realpath(wanted) == os.path.realpath(served)
+
+
+def select_ext(select) -> dict[str, Any]:
+    """A request's `fastvid` keys for --select (settings.SelectOptions, or None): K and M; the server's selector
+    scores them (check_selector)."""
+    if select is None:
+        return {}
+    return {"select": select.k, "candidates": select.candidates}
+
+
 def _fastvid_ext(method: str | None, ratio: float | None, frames: int | None, fps: float | None,
                  params: dict[str, Any], **switches: Any) -> dict[str, Any]:
     """The request's `fastvid` object; None values are left out (the server's defaults apply). `params`: the
@@ -65,8 +98,11 @@ def _fastvid_ext(method: str | None, ratio: float | None, frames: int | None, fp
 def ask_remote(client: Client, video: str, question: str, *, model: str | None, frames: int | None,
                fps: float | None, method: str | None, ratio: float | None, params: dict[str, Any],
                gen: dict[str, Any], baseline: bool, margins: bool, compile_decode: bool | None, cache: bool,
-               as_json: bool, quiet: bool) -> int:
+               as_json: bool, quiet: bool, select=None) -> int:
     """`fastvid ask --server`: the answer streamed to stdout, then the panel (or one JSON object).
+
+    `select`: --select K [--candidates M] (settings.SelectOptions), chosen on the server with its selector (the
+    caller has checked --selector against it); the answer's `selection` record comes back with the report.
 
     `model`: the --model the user gave (None: the server's). It goes with the request and the server refuses a model
     it does not serve: one round trip, not a GET /v1/models before it. Only then is the model card fetched, for the
@@ -89,7 +125,8 @@ def ask_remote(client: Client, video: str, question: str, *, model: str | None, 
         client.check_model(model)
         model = None
     ext = _fastvid_ext(method, ratio, frames, fps, params, baseline=baseline or None,
-                       margins=margins or None, compile=compile_decode, cache=None if cache else False)
+                       margins=margins or None, compile=compile_decode, cache=None if cache else False,
+                       **select_ext(select))
     waiting = None if (as_json or quiet) else _Waiting(client.url)
 
     def on_text(piece: str) -> None:
@@ -173,15 +210,16 @@ class _Waiting:
 def compare_remote(client: Client, video: str, question: str, *, methods: list[str], ratios: list[float],
                    params: dict[str, Any], frames: int | None, fps: float | None, repeat: int,
                    baseline: bool, max_new_tokens: int, system: str | None, compile_decode: bool | None,
-                   cache: bool, model: str | None) -> dict[str, Any]:
-    """`fastvid compare --server`: the same table, measured on the server (POST /v1/fastvid/compare)."""
+                   cache: bool, model: str | None, select=None) -> dict[str, Any]:
+    """`fastvid compare --server`: the same table, measured on the server (POST /v1/fastvid/compare). `select`:
+    --select (settings.SelectOptions), chosen on the server with its selector; the result has its `selection`."""
     from fastvid_cli.client import check_local_video
 
     check_local_video(video)
     payload: dict[str, Any] = {"question": question, "methods": methods, "ratios": ratios, "params": params,
                                "frames": frames, "fps": fps, "repeat": repeat, "baseline": baseline,
                                "max_new_tokens": max_new_tokens, "system": system, "compile": compile_decode,
-                               "cache": cache}
+                               "cache": cache, **{k: v for k, v in select_ext(select).items() if v is not None}}
     if model is not None:
         payload["model"] = model
 
@@ -197,10 +235,11 @@ class RemoteEngine:
     remote = True
     cuda = False
 
-    def __init__(self, client: Client):
+    def __init__(self, client: Client, select=None):
         card = client.card()
         meta = card.get("fastvid") or {}
         self.client = client
+        self.select = select  # --select (settings.SelectOptions): every request has the server choose K frames
         from fastvid_cli.models import ModelRef
 
         self.model_name = card.get("id")
@@ -256,6 +295,8 @@ class RemoteSession:
                 raise InvalidOptionError(f"{k}={v} cannot be set over --server")
         ext: dict[str, Any] = {"method": method, "ratio": p.ratio if p is not None else None,
                                "frames": self.frames, "fps": self.fps, **params}
+        if self.engine.select is not None:  # the server chooses K frames per question (the plan's frames are K)
+            ext.update(frames=None, fps=None, **select_ext(self.engine.select))
         if baseline:
             ext["baseline"] = True
         if gen.margins:
@@ -301,8 +342,11 @@ def remote_engine(client: Client, cfg) -> RemoteEngine:
     """`batch --server` / `eval --server`: the engine facade, and `cfg` (BatchConfig or EvalConfig) made to
     describe the server's model, so that settings fingerprints are those a local run with this model gets: the
     model as the server names it, its saliency setting unless given, no local feature cache, and for batch as many
-    concurrent answers as the server decodes together (--answer-batch auto)."""
-    engine = RemoteEngine(client)
+    concurrent answers as the server decodes together (--answer-batch auto). With --select the server chooses
+    each question's frames: its selector must be the one asked for (check_selector)."""
+    if cfg.select is not None:
+        check_selector(client, cfg.select.selector)
+    engine = RemoteEngine(client, cfg.select)
     meta = client.card().get("fastvid") or {}
     cfg.model = engine.alias or engine.model_source
     if cfg.saliency_model is None:

@@ -322,3 +322,134 @@ def test_the_fast_path_exits_with_os_exit_after_its_output(url, folder):
     res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", "http://127.0.0.1:9"],
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 9 and res.stderr.startswith("error: cannot reach the fastvid server at http://127.0.0.1:9")
+
+
+# ---------------------------------------------------------------------------------------------- --select
+# The demo model ships its own selector: a local run and the server (started without --selector) both score with it.
+SELECT = ["--select", "8", "--max-new-tokens", "4"]
+
+
+def chosen(record: dict) -> tuple:
+    """What a selection decided: K of M, the selector, the chosen times and their scores."""
+    sel = record["selection"]
+    return sel["k"], sel["candidates"], sel["selector"], sel["timestamps"], sel["scores"]
+
+
+def test_ask_server_selects_the_frames_a_local_ask_selects(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    local = run(runner, ["ask", clip, QUESTION, *LOCAL, *SELECT, "--json"])
+    remote = run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT, "--json"])
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+    assert rj["answer"] == lj["answer"] and rj["frames"] == lj["frames"] == 8
+    assert chosen(rj) == chosen(lj) and rj["frame_timestamps"] == lj["frame_timestamps"]
+    assert {k: v for k, v in rj.items() if k not in RUN_FIELDS | {"selection"}} == \
+           {k: v for k, v in lj.items() if k not in RUN_FIELDS | {"selection"}}
+    # the panel has the same rows, the chosen frames among them
+    plain_local = run(runner, ["ask", clip, QUESTION, *LOCAL, *SELECT])
+    plain_remote = run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT])
+    assert plain_remote.stdout == plain_local.stdout
+    row = lambda text: next(line for line in text.splitlines() if "t (score)" in line)
+    assert row(plain_remote.stderr) == row(plain_local.stderr)
+    # --candidates goes too; --select with --frames is refused before any request, as locally
+    more = run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT, "--candidates", "16", "--json"])
+    assert more.exit_code == 0 and json.loads(more.stdout)["selection"]["candidates"] == 16, more.stderr
+    both = run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT, "--frames", "8"])
+    assert both.exit_code == 2 and "excludes --frames" in both.stderr
+
+
+def test_selector_with_server_must_be_the_servers(runner, url, folder):
+    """The server scores with its own selector (a path on the server): another --selector is a usage error, its
+    own is accepted."""
+    clip = str(folder / "demo.mp4")
+    wrong = run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT, "--selector", "google/siglip-base"])
+    assert wrong.exit_code == 2 and "Traceback" not in wrong.stderr
+    served = json.loads(run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT, "--json"]).stdout)
+    (line,) = [ln for ln in wrong.stderr.splitlines() if ln.startswith("error")]
+    assert line.startswith(f"error: --selector google/siglip-base: the server at {url} selects frames with "
+                           f"{served['selection']['selector']} (leave --selector out")
+    same = run(runner, ["ask", clip, QUESTION, "--server", url, *SELECT, "--selector", "demo", "--json"])
+    assert same.exit_code == 0, same.stderr
+    for command in (["chat", clip], ["compare", clip, QUESTION, "--repeat", "1"]):
+        res = run(runner, [*command, "--server", url, "--select", "4", "--selector", "google/siglip-base"],
+                  input="What?\n")
+        assert res.exit_code == 2 and "--selector google/siglip-base" in res.stderr, command
+
+
+def test_the_fast_path_sends_select_as_the_typer_command_does(url, folder):
+    clip = str(folder / "demo.mp4")
+    args = ["ask", clip, QUESTION, "--server", url, *SELECT, "--candidates", "12", "--json"]  # demo.mp4: 16 frames
+    (fc, fmods, fout, ferr), (tc, _, tout, terr) = run_client(args), run_client(args, "cli", "_invoke")
+    assert fc == tc == 0 and ferr == terr == ""
+    fast, typed = json.loads(fout), json.loads(tout)
+    assert chosen(fast) == chosen(typed) and fast["answer"] == typed["answer"] and fast["selection"]["candidates"] == 12
+    assert not fmods & (HEAVY | {"typer", "click", "pydantic", "rich"}), sorted(fmods)
+    # values it cannot take are the typer command's to refuse, in the same words
+    for bad in (["--select", "0"], ["--candidates", "4"], ["--select", "8", "--candidates", "4"],
+                ["--select", "8", "--fps", "1"]):
+        args = ["ask", clip, QUESTION, "--server", url, *bad]
+        (fc, _, fout, ferr), (tc, _, tout, terr) = run_client(args), run_client(args, "cli", "_invoke")
+        assert (fc, fout, ferr) == (tc, tout, terr) and fc == 2 and ferr.startswith("error: "), bad
+
+
+@pytest.mark.xfail(reason="eval scores frames against the bare question, the server against the request's whole "
+                          "multiple-choice prompt: the request needs the text to select for", strict=True)
+def test_eval_server_select_records_the_frames_of_a_local_run(runner, url, folder, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the diamond?",
+                                 "options": ["blue", "red", "green", "yellow"], "answer": "B"}) + "\n")
+    args = ["eval", str(bench), "-r", "0.25", "--select", "8", "--no-reference", "--json"]
+    local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
+    remote = run(runner, [*args, "--server", url, "-o", str(tmp_path / "r.jsonl")])
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]
+    (lrec,), (rrec,) = read(tmp_path / "l.jsonl"), read(tmp_path / "r.jsonl")
+    for key in ("answer", "fingerprint", "settings", "frames_used", "status"):
+        assert lrec[key] == rrec[key], key
+    assert rrec["settings"]["select"]["k"] == 8 and chosen(rrec) == chosen(lrec)
+    assert set(rrec["selection"]) == set(lrec["selection"])
+    again = run(runner, [*args, "--server", url, "-o", str(tmp_path / "l.jsonl")])  # resume across local/remote
+    assert json.loads(again.stdout)["run"]["skipped"] == 1
+
+
+def test_batch_server_select_writes_the_records_of_a_local_run(runner, url, folder, tmp_path):
+    csv = tmp_path / "q.csv"
+    csv.write_text(f"id,video,question\na,{folder / 'demo.mp4'},{QUESTION}\n"
+                   f"b,{folder / 'demo.mp4'},What shape is red? Answer the question using a single word or phrase.\n")
+    args = ["batch", str(csv), "--select", "4", "--max-new-tokens", "4"]
+    local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
+    remote = run(runner, [*args, "--server", url, "-o", str(tmp_path / "r.jsonl")])
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]
+    same = ("id", "status", "answer", "fingerprint", "frames", "frame_timestamps", "settings")
+    lrec, rrec = read(tmp_path / "l.jsonl"), read(tmp_path / "r.jsonl")
+    assert [{k: r.get(k) for k in same} for r in lrec] == [{k: r.get(k) for k in same} for r in rrec]
+    assert [chosen(r) for r in lrec] == [chosen(r) for r in rrec] and rrec[0]["settings"]["select"]["k"] == 4
+
+
+def test_chat_select_through_stdin_with_a_server(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    lines = f"{QUESTION}\nWhat shape is red? Answer the question using a single word or phrase.\n"
+    local = run(runner, ["chat", clip, *LOCAL, "--select", "4", "--max-new-tokens", "4", "--json"], input=lines)
+    remote = run(runner, ["chat", clip, "--server", url, "--select", "4", "--max-new-tokens", "4", "--json"],
+                 input=lines)
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    la, ra = ([json.loads(x) for x in res.stdout.splitlines()] for res in (local, remote))
+    assert len(ra) == len(la) == 2 and [a["answer"] for a in ra] == [a["answer"] for a in la]
+    assert [chosen(a) for a in ra] == [chosen(a) for a in la]
+    assert chosen(ra[0]) == chosen(ra[1])  # a follow-up keeps the opening question's frames
+
+
+def test_compare_server_select_chooses_the_frames_of_a_local_run(runner, url, folder):
+    clip = str(folder / "demo.mp4")
+    args = ["compare", clip, QUESTION, "-r", "0.5", "--repeat", "1", "--no-baseline", "--select", "8",
+            "--max-new-tokens", "4"]
+    local = run(runner, [*args, *LOCAL, "--json"])
+    remote = run(runner, [*args, "--server", url, "--json"])
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+    assert chosen(rj) == chosen(lj)
+    assert [(r["method"], r["ratio"], r["video_tokens_kept"], r["answer"]) for r in rj["rows"]] == \
+           [(r["method"], r["ratio"], r["video_tokens_kept"], r["answer"]) for r in lj["rows"]]
+    table = run(runner, [*args, "--server", url])
+    assert table.exit_code == 0 and "frames chosen for the question: 8 of 16" in table.stderr, table.stderr

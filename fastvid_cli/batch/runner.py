@@ -192,7 +192,7 @@ def _answer_share(cfg: BatchConfig, plan: Plan, share: list[Group], write: RowWr
         progress.answering()
         gen = cfg.generation()
         scorer = None
-        if cfg.select is not None:
+        if cfg.select is not None and not engine.remote:  # --server: the server chooses each row's frames
             from fastvid_cli.frame_scorer import load_scorer, selector_source
             from fastvid_cli.models import resolve_model
 

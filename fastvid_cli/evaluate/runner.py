@@ -77,7 +77,8 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
                         from fastvid_cli.feature_cache import FeatureCache
 
                         fcache = FeatureCache(cfg.cache_dir)
-                    scorer = _scorer(cfg, engine) if cfg.select is not None else None
+                    # --server: the server chooses each question's frames (the records carry its selection)
+                    scorer = _scorer(cfg, engine) if cfg.select is not None and not engine.remote else None
                     progress.answering()
                     for group in _groups(answerable, plan):
                         if stop.is_set():
@@ -163,8 +164,17 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
             if report.stop_reason == "interrupted":  # Ctrl-C mid-answer: a partial answer is not recorded
                 raise KeyboardInterrupt
             read = normalize_short(report.answer) if short else parse(report.answer, q.options)
-            write(ok_record(plan, q, s, report, read))
+            rec = ok_record(plan, q, s, report, read)
+            if report.selection is not None:  # --select over --server: the frames the server chose
+                rec["selection"] = selection_record(report.selection)
+            write(rec)
         del sess  # frees this setting's prefix KV cache before the next one is built
+
+
+def selection_record(info: dict[str, Any]) -> dict[str, Any]:
+    """What an eval record keeps of a selection's record (frame_choice.choose): the chosen frames, not every
+    candidate's score."""
+    return {k: info[k] for k in ("k", "candidates", "selector", "power", "timestamps", "scores", "timings_ms")}
 
 
 def _scorer(cfg: EvalConfig, engine):
@@ -230,7 +240,6 @@ def _answer_group_selected(engine, scorer, group: _Group, plan: EvalPlan, cfg: E
                 raise KeyboardInterrupt
             read = normalize_short(report.answer) if short else parse(report.answer, q.options)
             rec = ok_record(plan, q, s, report, read)
-            rec["selection"] = {k: info[k] for k in ("k", "candidates", "selector", "power", "timestamps",
-                                                     "scores", "timings_ms")}
+            rec["selection"] = selection_record(info)
             write(rec)
             del sess

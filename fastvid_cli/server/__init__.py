@@ -144,6 +144,7 @@ class ServerState:
 
     def model_card(self) -> dict[str, Any]:
         from fastvid_cli.engine import versions
+        from fastvid_cli.frame_scorer import selector_source
         from fastvid_cli.models.loading import dtype_name
         from fastvid_cli.pruning import REGISTRY
 
@@ -160,6 +161,8 @@ class ServerState:
                              "max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p,
                              "seed": d.seed, "system": d.system, "compile": d.compile},
                 "methods": {m: method_params(m, eng.defaults) for m in REGISTRY},
+                # what scores the frames of a request that selects (--selector, resolved): clients cannot name one
+                "selector": selector_source(d.selector, eng.adapter.ref),
                 "warnings": list(eng.adapter.warnings), "feature_cache": not self.config.no_cache,
                 "max_upload_mb": self.config.max_upload_mb, "max_queue": self.config.max_queue,
                 "max_batch": self.config.max_batch, "version": __version__, "versions": versions(),

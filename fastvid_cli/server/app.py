@@ -23,7 +23,7 @@ from fastvid_cli.server.errors import ApiError, bad_request
 from fastvid_cli.server.media import UPLOAD_SCHEME, BodyScanner
 from fastvid_cli.server.protocol import parse_chat, parse_compare
 from fastvid_cli.server.scheduler import Work
-from fastvid_cli.server.settings import generation, param_value, resolve, resolve_method_params
+from fastvid_cli.server.settings import generation, param_value, resolve, resolve_method_params, select_of
 
 log = logging.getLogger("fastvid.serve")
 
@@ -328,6 +328,9 @@ def create_app(state) -> FastAPI:
         check_model(body.get("model"))
         check_placeholders(body, uploads, "video")
         _resolve_compare(req, eng.defaults)
+        # as a chat request's: K frames chosen for the question by the server's selector (the request's frames, if
+        # any, then conflict: 400); the server's --select applies to chat requests only
+        req.select = select_of(req.select, state.defaults, req.frames, req.fps) if req.select else None
         ref = state.policy.resolve(req.video_url, "video")
         plan = state.frame_plan(req.frames, req.fps)
         work, events = new_work(asyncio.get_running_loop(), video=ref, kind="compare", compare=req, plan=plan)

@@ -230,13 +230,14 @@ class CompareRequest:
     system: str | None
     compile: bool | None
     cache: bool
+    select: Any = None  # --select: the request's {"select": K, "candidates": M}, resolved by the app (SelectOptions)
 
 
 def parse_compare(body: Any) -> CompareRequest:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     known = {"model", "video", "question", "methods", "ratios", "params", "inner", "frames", "fps", "repeat",
-             "baseline", "max_new_tokens", "system", "compile", "cache"}
+             "baseline", "max_new_tokens", "system", "compile", "cache", "select", "candidates"}
     for key in body:
         if key not in known:
             raise bad_request(f"Unrecognized request argument supplied: {key}", key, "unknown_parameter")
@@ -270,4 +271,5 @@ def parse_compare(body: Any) -> CompareRequest:
         repeat=int(number(body.get("repeat", 3), "repeat", low=1, high=100, integer=True)),
         baseline=bool(body.get("baseline", True)),
         max_new_tokens=int(number(body.get("max_new_tokens", 128), "max_new_tokens", low=1, integer=True)),
-        system=system, compile=comp, cache=bool(body.get("cache", True)))
+        system=system, compile=comp, cache=bool(body.get("cache", True)),
+        select={k: body[k] for k in ("select", "candidates") if k in body})

@@ -310,7 +310,7 @@ class Scheduler:
             sess.cache_status, source = "hit", "memory"
             work.selection = self.selections.get(work.plan_key)
         elif s.select is not None:  # K frames chosen for the conversation's opening question
-            clip, work.selection = self._chosen(work)
+            clip, work.selection = self._chosen(work.video, s.select, work.opening)
             sess = eng.session(video.path, prune=prune, system=work.gen.system, clip=clip,
                                sample_ms=work.selection["timings_ms"]["sample_candidates"])
             source = sess.cache_status
@@ -341,22 +341,21 @@ class Scheduler:
                 self.sessions.popitem(last=False)
         return sess, source
 
-    def _chosen(self, work: Work):
-        """--select: (the K-frame clip chosen for the work's opening question, the selection's record). The
-        scorer loads at the first such request; a video's candidates are decoded and embedded once (the latest
-        video's are kept)."""
+    def _chosen(self, video, sel, question: str):
+        """--select: (the K-frame clip of `video` chosen for `question` (a conversation's opening one), the
+        selection's record). The scorer loads at the first such request; a video's candidates are decoded and
+        embedded once (the latest video's are kept)."""
         from fastvid_cli.frame_choice import choose, sample_candidates
 
-        sel = work.settings.select
         if self.scorer is None:
             from fastvid_cli.frame_scorer import load_scorer, selector_source
 
             self.scorer = load_scorer(selector_source(sel.selector, self.engine.adapter.ref),
                                       self.engine.adapter.vision_device)
-        ckey = (work.video.identity, json.dumps(sel.key(), sort_keys=True))
+        ckey = (video.identity, json.dumps(sel.key(), sort_keys=True))
         if ckey not in self.candidates:
-            self.candidates = {ckey: sample_candidates(work.video.path, sel, self.scorer)}
-        return choose(self.candidates[ckey], work.opening, sel)
+            self.candidates = {ckey: sample_candidates(video.path, sel, self.scorer)}
+        return choose(self.candidates[ckey], question, sel)
 
     # ------------------------------------------------------------------ answering
     def _text_sink(self, work: Work, text: StopText):
@@ -478,7 +477,12 @@ class Scheduler:
         c, eng = work.compare, self.engine
         try:
             self.policy.recheck(work.video)
-            clip, sample_ms = eng.sample(work.video.path, work.plan)
+            selection = None
+            if c.select is not None:  # K frames chosen for the question, as `compare --select` does locally
+                clip, selection = self._chosen(work.video, c.select, c.question)
+                sample_ms = selection["timings_ms"]["sample_candidates"]
+            else:
+                clip, sample_ms = eng.sample(work.video.path, work.plan)
             disk = self.feature_cache if c.cache and work.video.upload is None else None
             gen = GenerationOptions(max_new_tokens=c.max_new_tokens, system=c.system, compile=c.compile)
             result = run_compare(eng, work.video.path, c.question, methods=c.methods, ratios=c.ratios,
@@ -488,6 +492,8 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001
             self._fail(work, self._api_error(e, work))
             return
+        if selection is not None:
+            result["selection"] = selection
         result["video"] = work.video.shown
         result = json.loads(work.video.rewrite(json.dumps(result)))
         work.emit("done", {"result": result})

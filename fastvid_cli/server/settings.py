@@ -134,7 +134,7 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
         fps = float(number(fps, "fastvid.fps", low=0, low_open=True))
     if frames is not None and fps is not None:
         raise bad_request("'fastvid.frames' and 'fastvid.fps' exclude each other", "fastvid.fps", "invalid_value")
-    select = _select(ext, defaults, frames, fps)
+    select = select_of(ext, defaults, frames, fps)
     if select is not None:
         frames, fps = None, None
     elif frames is None and fps is None:
@@ -159,7 +159,7 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
     return out
 
 
-def _select(ext: dict[str, Any], defaults: Defaults, frames: int | None, fps: float | None):
+def select_of(ext: dict[str, Any], defaults: Defaults, frames: int | None, fps: float | None):
     """A request's frame selection: `fastvid.select` K (null or 0: none) with `fastvid.candidates` M, scored by the
     server's selector; else the server's --select, unless the request asks for frames or a rate."""
     from fastvid_cli.settings import MAX_CANDIDATES, MAX_SELECT, SelectOptions
