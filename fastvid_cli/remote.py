@@ -278,6 +278,9 @@ class RemoteSession:
         self.timings: dict[str, float] = {}
         self.cache_status = "off"
         self.inner = None
+        # with the engine's --select: the text the server chooses frames for, when not the asked prompt (eval sets
+        # the bare question, which a local eval scores, while it asks the whole multiple-choice prompt)
+        self.select_for: str | None = None
 
     def _ext(self, gen, baseline: bool) -> dict[str, Any]:
         from fastvid_cli.pruning import DEFAULT_METHOD, spec_of
@@ -297,6 +300,8 @@ class RemoteSession:
                                "frames": self.frames, "fps": self.fps, **params}
         if self.engine.select is not None:  # the server chooses K frames per question (the plan's frames are K)
             ext.update(frames=None, fps=None, **select_ext(self.engine.select))
+            if self.select_for is not None:
+                ext["select_for"] = self.select_for
         if baseline:
             ext["baseline"] = True
         if gen.margins:

@@ -392,8 +392,6 @@ def test_the_fast_path_sends_select_as_the_typer_command_does(url, folder):
         assert (fc, fout, ferr) == (tc, tout, terr) and fc == 2 and ferr.startswith("error: "), bad
 
 
-@pytest.mark.xfail(reason="eval scores frames against the bare question, the server against the request's whole "
-                          "multiple-choice prompt: the request needs the text to select for", strict=True)
 def test_eval_server_select_records_the_frames_of_a_local_run(runner, url, folder, tmp_path):
     bench = tmp_path / "bench.jsonl"
     bench.write_text(json.dumps({"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the diamond?",

@@ -169,7 +169,15 @@ def test_server_selects_per_request_and_checks_the_values(needle, tmp_path):
         assert r.status_code == 200, r.text
         fv = r.json()["fastvid"]
         assert fv["frames"] == 6 and fv["selection"]["candidates"] == 24 and len(fv["selection"]["timestamps"]) == 6
-        for bad in ({"select": 0.5}, {"select": 4, "frames": 8}, {"candidates": 8}, {"select": 8, "candidates": 4}):
+        # select_for: the frames are chosen for that text, whatever the message asks (eval --server sends the bare
+        # question with its multiple-choice prompt): the same text gives the same frames under another prompt
+        other = body({"select": 6, "candidates": 24, "select_for": rec["question"]})
+        other["messages"][0]["content"][1]["text"] = "Describe the clip in one word."
+        r = httpx.post(f"{svc.url}/v1/chat/completions", json=other, timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["fastvid"]["selection"]["timestamps"] == fv["selection"]["timestamps"]
+        for bad in ({"select": 0.5}, {"select": 4, "frames": 8}, {"candidates": 8}, {"select": 8, "candidates": 4},
+                    {"select_for": "a red square"}, {"select": 4, "select_for": " "}, {"select": 4, "select_for": 5}):
             r = httpx.post(f"{svc.url}/v1/chat/completions", json=body(bad), timeout=60)
             assert r.status_code == 400, (bad, r.text)
     finally:

@@ -154,6 +154,8 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
             try:
                 # The first question of a session also pays pruning (and, inside answer, the prefix prefill).
                 prompt = short_prompt(q.question) if short else mc_prompt(q.question, q.options)
+                if engine.remote:  # --select over --server: frames chosen for the bare question, as locally
+                    sess.select_for = q.question
                 report = sess.answer(prompt, gen, reuse_prefix=True,
                                      lead_ms=sess.timings.get("prune", 0.0) if i == 0 else 0.0)
             except ServerError:  # --server: the server is gone or failing; stop (what was written stays)

@@ -75,7 +75,10 @@ class Work:
 
     @property
     def opening(self) -> str:
-        """The conversation's first question: what --select chooses the frames for (follow-ups keep them)."""
+        """What --select chooses the frames for (follow-ups keep them): `fastvid.select_for` when the request
+        names it, else the conversation's first question."""
+        if self.settings is not None and self.settings.select_for:
+            return self.settings.select_for
         return self.history[0][0] if self.history else self.question
 
     @property

@@ -19,7 +19,7 @@ from fastvid_cli.server.errors import ApiError, bad_request
 from fastvid_cli.server.protocol import MAX_FRAMES, ChatRequest, number
 
 SWITCHES = ("baseline", "margins", "compile", "cache")
-SAMPLING = ("method", "ratio", "frames", "fps", "select", "candidates")
+SAMPLING = ("method", "ratio", "frames", "fps", "select", "candidates", "select_for")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Resolved:
     compile: bool | None = None
     cache: bool = True
     select: Any = None  # settings.SelectOptions: K frames chosen for the conversation's opening question
+    select_for: str | None = None  # the text the frames are chosen for, when not that question (eval: the bare one)
 
 
 def _params_of(method: str, family: str | None) -> list[pruning.Param]:
@@ -149,7 +150,7 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
         raise bad_request(e.one_line(), "fastvid", "invalid_value") from None
     out = Resolved(frames=frames, fps=fps, method=method,
                    ratio=1.0 if method == "none" else (ratio or defaults.ratio or float(family["ratio"])),
-                   params=params, compile=defaults.compile, select=select)
+                   params=params, compile=defaults.compile, select=select, select_for=select_text(ext, select))
     for key in SWITCHES:
         if key in ext:
             v = ext[key]
@@ -157,6 +158,25 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
                 raise bad_request(f"'fastvid.{key}' must be true or false", f"fastvid.{key}", "invalid_value")
             setattr(out, key, v)
     return out
+
+
+MAX_SELECT_TEXT = 4000
+
+
+def select_text(ext: dict[str, Any], select) -> str | None:
+    """`fastvid.select_for`: the text the K frames are chosen for instead of the conversation's opening question
+    (`fastvid eval --server` sends the bare question, as a local eval scores it, while the message holds the whole
+    multiple-choice prompt). Only with a selection; a non-empty string."""
+    text = ext.get("select_for")
+    if text is None:
+        return None
+    if select is None:
+        raise bad_request("'fastvid.select_for' goes with a frame selection ('fastvid.select')", "fastvid.select_for",
+                          "invalid_value")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_SELECT_TEXT:
+        raise bad_request(f"'fastvid.select_for' must be a non-empty string of at most {MAX_SELECT_TEXT} characters",
+                          "fastvid.select_for", "invalid_value")
+    return text
 
 
 def select_of(ext: dict[str, Any], defaults: Defaults, frames: int | None, fps: float | None):
