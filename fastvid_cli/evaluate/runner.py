@@ -154,7 +154,7 @@ def _answer_group(engine, group: _Group, plan: EvalPlan, cfg: EvalConfig, write:
             try:
                 # The first question of a session also pays pruning (and, inside answer, the prefix prefill).
                 prompt = short_prompt(q.question) if short else mc_prompt(q.question, q.options)
-                if engine.remote:  # --select over --server: frames chosen for the bare question, as locally
+                if getattr(engine, "remote", False):  # --select over --server: frames for the bare question
                     sess.select_for = q.question
                 report = sess.answer(prompt, gen, reuse_prefix=True,
                                      lead_ms=sess.timings.get("prune", 0.0) if i == 0 else 0.0)
