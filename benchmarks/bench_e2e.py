@@ -222,6 +222,11 @@ def main() -> None:
     device = "cpu" if tiny else "cuda"
     if not tiny and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --tiny for the CPU check")
+    if not tiny and args.decoder != "cpu":  # before the model takes the GPU, as Engine.load does (video_gpu)
+        from fastvid_cli.video_gpu import share_primary_context
+
+        log_share = share_primary_context(0)
+        print(f"NVDEC context sharing: {log_share}", flush=True)
     frames = args.frames or (8 if tiny else 32)
     decode_tokens = args.decode_tokens or (16 if tiny else 128)
     size = (320, 176) if tiny else (1280, 720)
