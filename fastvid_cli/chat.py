@@ -26,7 +26,8 @@ from fastvid_cli.errors import FastVidError, InvalidOptionError
 HELP = """commands:
   /ratio R        retention ratio in (0, 1] for the next answers
   /method M       pruning method (one of the registry's: """ + ", ".join(pruning.method_names()) + """)
-  /frames N       frames to sample (the video is sampled and encoded again)
+  /frames N       N uniformly spaced frames (the video is sampled and encoded again; ends /select)
+  /select K|off   K frames chosen for the next question (query-aware selection), or uniform frames again
   /video PATH     talk about another video (starts a new conversation)
   /system TEXT    system prompt (empty: none); /reset to start over with it
   /reset          forget the conversation so far (the video's features stay)
@@ -225,6 +226,7 @@ class Chat:
                  out=None, err=None):
         self.backend = backend
         self.s = settings
+        self.select_default = settings.select  # --select as given: /select K keeps its candidates and selector
         self.history: list[tuple[str, str]] = []
         self.as_json = as_json
         self.quiet = quiet
@@ -298,7 +300,11 @@ class Chat:
             if not arg.isdigit() or not 1 <= int(arg) <= 4096:
                 raise InvalidOptionError(f"/frames takes a whole number from 1 to 4096 (got '{arg}')")
             self.s.frames, self.s.fps = int(arg), None
-            self.note(f"{arg} frames from the next answer on")
+            ended = " (frame selection off)" if self.s.select is not None else ""
+            self.s.select = None
+            self.note(f"{arg} frames from the next answer on{ended}")
+        elif name == "select":
+            self.set_select(arg)
         elif name == "video":
             if not arg:
                 raise InvalidOptionError("/video takes a path")
@@ -314,12 +320,40 @@ class Chat:
         elif name == "settings":
             s = self.s
             self.note(f"video {s.video} · method {s.method or 'default'} · ratio {s.ratio if s.ratio is not None else 'default'}"
-                      f" · frames {s.frames or (f'{s.fps:g} fps' if s.fps else 'default')} · max new tokens "
+                      f" · frames {self._frames_setting()} · max new tokens "
                       f"{s.gen.get('max_new_tokens')} · temperature {s.gen.get('temperature')} · system "
                       f"{s.gen.get('system')!r} · {len(self.history)} earlier turn(s)")
         else:
             raise InvalidOptionError(f"unknown command /{name} (/help lists them)")
         return True
+
+    def _frames_setting(self) -> str:
+        s = self.s
+        if s.select is not None:
+            return f"{s.select.k} chosen for the question ({s.select.candidates or 'default'} candidates)"
+        return str(s.frames) if s.frames else (f"{s.fps:g} fps" if s.fps else "default")
+
+    def set_select(self, arg: str) -> None:
+        """/select K: the next question (and its follow-ups) get K frames chosen for it, with the candidates and
+        selector of --select if it was given; /select off: uniform frames again."""
+        from dataclasses import replace
+
+        from fastvid_cli.settings import SelectOptions
+
+        if arg.lower() == "off":
+            self.s.select = None
+            self.note("uniform frames from the next answer on (frame selection off)")
+            return
+        if not arg.isdigit():
+            raise InvalidOptionError(f"/select takes a whole number of frames, or off (got '{arg}')")
+        k = int(arg)
+        base = self.s.select or self.select_default
+        sel = replace(base, k=k, candidates=None) if base is not None else SelectOptions(k=k)
+        if base is not None and base.candidates is not None and base.candidates >= k:
+            sel = replace(sel, candidates=base.candidates)
+        sel.validate()
+        self.s.select, self.history = sel, []
+        self.note(f"{k} frames chosen for the next question from the next answer on (new conversation)")
 
     # ------------------------------------------------------------------ one question
     def ask(self, question: str, *, stream: bool) -> None:

@@ -192,3 +192,18 @@ def test_chat_select_keeps_the_opening_questions_frames(runner, needle):
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(answers) == 2 and all(a["frames"] == 4 for a in answers)
     assert answers[0]["selection"]["timestamps"] == answers[1]["selection"]["timestamps"]  # follow-up: same frames
+
+
+def test_chat_frames_ends_selection_and_select_starts_it_again(runner, needle):
+    video, rec = needle
+    script = "\n".join([rec["question"], "/frames 6", "And its shape?", "/select x", "/select 5", rec["question"],
+                        "/settings", "/select off", "What colour?", "/quit"]) + "\n"
+    result = runner.invoke(app, ["chat", str(video), "--model", "demo", "--select", "4", "--max-new-tokens", "3",
+                                 "--no-cache", "--json"], input=script)
+    assert result.exit_code == 2, result.stderr  # piped chat ends with its first error's code (/select x); it went on
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [a["frames"] for a in answers] == [4, 6, 5, 6]
+    assert [a.get("selection") is not None for a in answers] == [True, False, True, False]
+    assert len(answers[2]["selection"]["timestamps"]) == 5
+    assert "/select takes a whole number of frames, or off (got 'x')" in result.stderr
+    assert "5 chosen for the question" in result.stderr  # /settings
