@@ -56,7 +56,7 @@ def stats_line(r: dict[str, Any], where: str | None = None) -> str:
     """One line about an answer: what was kept, how fast, where it ran."""
     t = r.get("timings_ms") or {}
     total, kept = r.get("video_tokens_total") or 0, r.get("video_tokens_kept") or 0
-    method = r["method"] if r.get("method") == "none" else f"{r.get('method')} r={r.get('ratio'):g}"
+    method = pruning.method_label(r.get("method"), r.get("ratio"))
     parts = [f"{kept}/{total} video tokens ({method})", f"prompt {r.get('prompt_tokens_kept')} tokens"]
     if t.get("ttft") is not None:
         parts.append(f"TTFT {_ms(t['ttft'])}")
@@ -181,7 +181,9 @@ class RemoteBackend:
 
 
 def resolve_ratio(s: ChatSettings, defaults: dict[str, Any]) -> float:
-    return 1.0 if s.method == "none" else float(s.ratio or defaults["ratio"])
+    from fastvid_cli.pruning import ratio_for
+
+    return ratio_for(s.method or pruning.DEFAULT_METHOD, s.ratio or None, defaults["ratio"])
 
 
 def own_params(s: ChatSettings) -> dict[str, Any]:
@@ -288,8 +290,8 @@ class Chat:
             if not 0 < r <= 1:
                 raise InvalidOptionError(f"/ratio takes a number in (0, 1] (got '{arg}')")
             self.s.ratio = r
-            if self.s.method == "none":
-                self.s.method = "fastvid"
+            if self.s.method is not None and pruning.spec_of(self.s.method).keeps_all:  # a ratio means pruning
+                self.s.method = pruning.DEFAULT_METHOD
             self.note(f"ratio {r:g} ({self.s.method or 'the default method'}) from the next answer on")
         elif name == "method":
             if arg not in method_names():

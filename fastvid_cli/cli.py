@@ -94,7 +94,7 @@ def ask(
         _check_method(method)
         if not question.strip():
             raise InvalidOptionError("the question is empty")
-        from fastvid_cli.pruning import check_options, given_options, resolve_params
+        from fastvid_cli.pruning import check_options, given_options, ratio_for, resolve_params
 
         sel = select()
         given = given_options(method_options)
@@ -120,7 +120,7 @@ def ask(
             decoder=decoder, notes=sample_notes, select=sel, question=question, chosen=chosen)
         family = engine.defaults["method_family"]
         check_options([method], family, given)
-        prune = PruneOptions(method=method, ratio=1.0 if method == "none" else (ratio or engine.defaults["ratio"]),
+        prune = PruneOptions(method=method, ratio=ratio_for(method, ratio or None, engine.defaults["ratio"]),
                              params=resolve_params(method, family, given))
         from fastvid_cli.feature_cache import FeatureCache
 

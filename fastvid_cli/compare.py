@@ -43,9 +43,11 @@ class CompareRow:
 
 def settings(methods: list[str], ratios: list[float], baseline: bool) -> list[tuple[str, float]]:
     """(method, ratio) pairs in table order: the unpruned baseline first, then methods x ratios (high to low)."""
+    from fastvid_cli.pruning import spec_of
+
     out: list[tuple[str, float]] = [("none", 1.0)] if baseline else []
     for m in methods:
-        if m == "none":
+        if spec_of(m).keeps_all:
             if ("none", 1.0) not in out:
                 out.append(("none", 1.0))
             continue
@@ -64,7 +66,7 @@ def run_compare(engine: Engine, video: str, question: str, *, methods: list[str]
                 on_row: Callable[[CompareRow], None] | None = None) -> dict[str, Any]:
     """`params`: the method options given (by flag, or by parameter name); each row's method takes those that are
     its own, the family's defaults for the rest (pruning.resolve_params)."""
-    from fastvid_cli.pruning import resolve_params
+    from fastvid_cli.pruning import resolve_params, spec_of
 
     family = engine.defaults["method_family"]
     first = engine.session(video, frames=frames, prune=PruneOptions(method="none", ratio=1.0), clip=clip,
@@ -94,7 +96,8 @@ def run_compare(engine: Engine, video: str, question: str, *, methods: list[str]
                          segments=len(last.segments), prune_ms=statistics.median(prune_ms),
                          prefill_ms=0.0, ttft_ms=statistics.median(ttft_ms),
                          decode_tokens_per_s=statistics.median(tps) if tps else None, new_tokens=last.new_tokens,
-                         answer=last.answer, is_baseline=(method == "none" and ratio >= 1.0), runs=len(reports),
+                         answer=last.answer, runs=len(reports),
+                         is_baseline=spec_of(method).keeps_all and ratio >= 1.0,
                          notes=[n for n in last.notes if n not in engine.adapter.warnings])
         rows.append(row)
     for row, times in zip(rows, engine.timed_prefills(prompts, repeat)):

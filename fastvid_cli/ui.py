@@ -18,6 +18,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from fastvid_cli.pruning import method_label
+
 STAGE_LABELS = {
     "load": "load model",
     "sample": "sample frames",
@@ -285,7 +287,7 @@ def summary_panel(r: dict[str, Any], load_ms: float | None = None, server: str |
                                                                                   sel["scores"])]]))
     total, kept = r["video_tokens_total"], r["video_tokens_kept"]
     pct = 100.0 * kept / total if total else 0.0
-    method = r["method"] if r["method"] == "none" else f"{r['method']} r={r['ratio']:g}"
+    method = method_label(r["method"], r["ratio"])
     grid.add_row("video tokens", Flow([[f"{total} → [bold]{kept}[/]", f"({pct:.1f}% kept,", f"{method})"]]))
     segs = r.get("segments") or []
     if segs:  # the method's temporal segments (FastVID's DySeg), or windows (HoliTom's), as its entry calls them

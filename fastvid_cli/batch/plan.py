@@ -16,7 +16,7 @@ from fastvid_cli.batch.rows import Row, read_questions
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.journal import fingerprint
 from fastvid_cli.models import ModelRef
-from fastvid_cli.pruning import DEFAULT_METHOD
+from fastvid_cli.pruning import DEFAULT_METHOD, spec_of
 from fastvid_cli.runs import ModelOptions
 
 
@@ -90,7 +90,7 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str,
     paths, family defaults filled in). Rows then override frames and ratio. `source`: the model's resolved
     source when already known (a server's model, which may be a folder only the server has)."""
     from fastvid_cli.models import resolve_model
-    from fastvid_cli.pruning import check_options, resolve_params, spec_of
+    from fastvid_cli.pruning import check_options, ratio_for, resolve_params
     from fastvid_cli.settings import sampling_settings
 
     family = defaults.get("method_family")  # None: the registry's default family
@@ -104,8 +104,7 @@ def base_settings(cfg: BatchConfig, defaults: dict[str, Any], dtype_name: str,
         "model": source or resolve_model(cfg.model).source,
         "dtype": dtype_name,
         "method": cfg.method,
-        # every method but "none" prunes at the given ratio
-        "ratio": float(cfg.ratio if cfg.ratio is not None else defaults["ratio"]) if cfg.method != "none" else 1.0,
+        "ratio": ratio_for(cfg.method, cfg.ratio, defaults["ratio"]),
         "frames": frames,  # None: sampled by rate
         "params": {k: params[k] for k in sorted(params)},
         "saliency_model": _saliency_setting(cfg.saliency_model) if spec_of(cfg.method).uses_saliency else None,
@@ -136,7 +135,7 @@ def row_settings(row: Row, base: dict[str, Any]) -> dict[str, Any]:
         s["frames"] = row.frames
     elif row.raw_frames is not None:
         s["frames"] = row.raw_frames
-    if base["method"] != "none":  # every method but "none" prunes at the row's ratio
+    if not spec_of(base["method"]).keeps_all:  # a row's ratio applies to every method that prunes
         if row.ratio is not None:
             s["ratio"] = float(row.ratio)
         elif row.raw_ratio is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastvid_cli.batch.plan import model_settings
-from fastvid_cli.pruning import DEFAULT_METHOD
+from fastvid_cli.pruning import DEFAULT_METHOD, spec_of
 from fastvid_cli.batch.rows import MAX_FRAMES
 from fastvid_cli.errors import InvalidOptionError
 from fastvid_cli.evaluate.bench import BENCH_ERROR, BenchQuestion, read_bench
@@ -76,7 +76,7 @@ class Setting:
 
     @property
     def is_reference(self) -> bool:
-        return self.method == "none"
+        return spec_of(self.method).keeps_all
 
     def param_dict(self) -> dict[str, Any]:
         return dict(self.params)
@@ -92,7 +92,7 @@ def validate_config(cfg: EvalConfig) -> None:
     for m in cfg.methods:
         if m not in known:
             raise InvalidOptionError(f"--method must be one of {', '.join(known)} (got '{m}')")
-    if not cfg.ratios and any(m != "none" for m in cfg.methods):
+    if not cfg.ratios and not all(spec_of(m).keeps_all for m in cfg.methods):
         raise InvalidOptionError("give at least one --ratio")
     for r in cfg.ratios:
         if not isinstance(r, (int, float)) or math.isnan(r) or not 0 < r <= 1:
@@ -160,7 +160,7 @@ def check_short_answers(questions: list[BenchQuestion], name: str) -> None:
 def make_plan(cfg: EvalConfig, engine=None) -> EvalPlan:
     """Everything that can fail on a bad option or a bad benchmark file fails here, before any write or load.
     `engine` (already loaded) supplies the defaults and dtype; otherwise they come from the checkpoint config."""
-    from fastvid_cli.pruning import check_options, spec_of
+    from fastvid_cli.pruning import check_options
     from fastvid_cli.settings import sampling_settings
 
     validate_config(cfg)

@@ -96,6 +96,7 @@ class MethodSpec:
     segments: tuple[str, str] | None = None  # the panel's (label, by what) of PruneResult.segments
     llm_stage: str | None = None  # "module:function" (stage params..., option) -> LLMStage, when one is set
     variants: dict[str, Variant] = field(default_factory=dict)  # method family -> how it runs there
+    keeps_all: bool = False  # prunes nothing whatever the ratio (the unpruned reference): it always runs at 1.0
 
     @functools.cached_property
     def function(self) -> PruneMethod:
@@ -203,7 +204,7 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
             Param("ignore", "--dyseg-ignore", "FastVID on Qwen-VL: in a segment, temporal patches this similar to "
                   "the next (>=) are near-duplicates and only the last of a run keeps tokens", float, "SIM",
                   min=0.0, max=1.0),))}),
-    MethodSpec("none", "result:keep_all", dict(ratio=1.0), summary="every token"),
+    MethodSpec("none", "result:keep_all", dict(ratio=1.0), summary="every token", keeps_all=True),
     # baseline: average pooling to FastVID's per-frame budget
     MethodSpec("uniform", "uniform:uniform", dict(ratio=0.1), summary="per-frame average pooling to the same budget"),
     # baseline: seeded random tokens at FastVID's per-frame budget
@@ -252,6 +253,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in REG
 def method_names() -> list[str]:
     """Names of the registered pruning methods, in registry order."""
     return list(REGISTRY)
+
+
+def ratio_for(method: str, ratio: float | None, default: float | str) -> float:
+    """The ratio `method` runs at: 1.0 for an entry that keeps every token, else `ratio`, else `default` (the
+    family's or the command's)."""
+    return 1.0 if spec_of(method).keeps_all else float(ratio if ratio is not None else default)
+
+
+def method_label(method: str | None, ratio: float | None) -> str:
+    """How an answer names its setting: "none" for an entry that keeps everything, else "fastvid r=0.25"."""
+    spec = REGISTRY.get(method or "")
+    return str(method) if spec is not None and spec.keeps_all else f"{method} r={ratio:g}"
 
 
 def spec_of(name: str) -> MethodSpec:

@@ -149,7 +149,7 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
     except InvalidOptionError as e:
         raise bad_request(e.one_line(), "fastvid", "invalid_value") from None
     out = Resolved(frames=frames, fps=fps, method=method,
-                   ratio=1.0 if method == "none" else (ratio or defaults.ratio or float(family["ratio"])),
+                   ratio=pruning.ratio_for(method, ratio or defaults.ratio or None, family["ratio"]),
                    params=params, compile=defaults.compile, select=select, select_for=select_text(ext, select))
     for key in SWITCHES:
         if key in ext:
