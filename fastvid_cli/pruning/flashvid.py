@@ -80,7 +80,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -90,7 +89,7 @@ from .density import bmm_fp32
 from . import graphed
 from .flashvid_dpc import (_CDIST_EXACT_MAX, _context_plan, _context_step, _drawn_stream, _seeded_stream, dpc_batch,
                            dpc_centres, dpc_peaks, seeded_draws, uniform_noise)
-from .flashvid_tstm import (SegmentPlan, Trees, _normalize, in_dtype, plan_from_ids, root_values,
+from .flashvid_tstm import (SegmentPlan, Trees, _normalize, _Setup, in_dtype, plan_from_ids, root_values,
                             segment_plan, tstm, tstm_links)
 from .result import PruneResult, check_embeds, check_number, check_ratio, keep_all, positive_int, share
 
@@ -282,29 +281,6 @@ def _scores(attn: Tensor | None, saliency: Tensor | None, F: int, N: int, notes:
 # lists are (F, N) masks, DPC runs on every frame's N token positions with the non-candidates masked). So the
 # whole chain is one CUDA graph on a GPU (``graphed.py``); the host reads everything it needs (segment
 # lengths, kept count, notes) in ONE copy at the end.
-
-
-@dataclass(frozen=True)
-class _Setup:
-    """What the host knows before touching the data: shapes, budgets and the checked parameters."""
-
-    F: int
-    N: int
-    D: int
-    B: int
-    A: int
-    S: int
-    selection: str
-    tau: float
-    theta: float  # in the embeddings' dtype, as the reference compares it
-    min_segments: int
-    complementary: bool
-    segmented: bool  # DySeg runs (F > 1 and do_segment)
-    exact_dpc: bool | None  # DPC distances: differences (True), Gram (False), decided on the device (None)
-
-    @property
-    def n_segments(self) -> int:  # a bound on segment ids: F − 1 cuts, and as many complementary repeats
-        return max(2 * self.F - 1, 1)
 
 
 def _setup(F: int, N: int, D: int, dtype: torch.dtype, p: dict) -> _Setup:

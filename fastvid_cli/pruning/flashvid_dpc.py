@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .density import pairwise_sq_distances
-from .flashvid_tstm import SegmentPlan, Trees, _add_rows
-
-if TYPE_CHECKING:
-    from .flashvid import _Setup
+from .flashvid_tstm import SegmentPlan, Trees, _add_rows, _Setup
 
 __all__ = [
     "DPC_MAX_NEIGHBOURS",

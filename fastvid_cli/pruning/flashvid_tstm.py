@@ -188,3 +188,27 @@ def tstm(segment: Tensor, kappa: Tensor, lower_bound: int, tau: float) -> list[t
     cand = ~trees.merge & kappa
     values = root_values(segment, trees).view(F, N, -1)
     return [(values[t][cand[t]], cand[t].nonzero().view(-1)) for t in range(F)]
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the host knows before touching the data: shapes, budgets and the checked parameters (made by
+    ``flashvid._setup``; read by every step of the pipeline, the DPC steps of ``flashvid_dpc`` included)."""
+
+    F: int
+    N: int
+    D: int
+    B: int
+    A: int
+    S: int
+    selection: str
+    tau: float
+    theta: float  # in the embeddings' dtype, as the reference compares it
+    min_segments: int
+    complementary: bool
+    segmented: bool  # DySeg runs (F > 1 and do_segment)
+    exact_dpc: bool | None  # DPC distances: differences (True), Gram (False), decided on the device (None)
+
+    @property
+    def n_segments(self) -> int:  # a bound on segment ids: F − 1 cuts, and as many complementary repeats
+        return max(2 * self.F - 1, 1)
