@@ -1,18 +1,23 @@
 """What `--select` costs on the GPU, against the TTFT of a 7B answer (issue 16's goal: <= 25 % of the 7B TTFT).
 
-    python benchmarks/bench_select.py [--candidates 128] [--select 32] [--repeat 5] [--out results.json]
+    python benchmarks/bench_select.py [--candidates 128] [--select 32] [--repeat 5] [--decoder cpu,gpu]
+                                      [--selectors so400m-384,so400m-224,base-224] [--out results.json]
 
-Random weights, full-size shapes, no download: a SigLIP-so400m text-image model (both towers, 27 layers each, 384 px,
-the default selector's shape) in fp16 and a LLaVA-OneVision-7B-shaped model in bf16 (bench_ask.build_7b_shaped).
-Clip: the synthetic 60 s 1280x720 30 fps H.264 clip of bench_ask. Measured, medians of --repeat (min-max):
+Random weights, full-size shapes, no download: SigLIP text-image models (both towers) in fp16 and a
+LLaVA-OneVision-7B-shaped model in bf16 (bench_ask.build_7b_shaped). Selector shapes:
+  so400m-384  google/siglip-so400m-patch14-384 (the default selector): 27 layers x 1152, 729 patches a frame
+  so400m-224  google/siglip-so400m-patch14-224: the same tower at 224 px, 256 patches a frame
+  base-224    google/siglip-base-patch16-224: 12 layers x 768, 196 patches a frame
+Clip: the synthetic 60 s 1280x720 30 fps H.264 clip of bench_ask. For each decoder (the engine's and the
+candidates'), medians of --repeat (min-max):
 
-  sample_candidates  decode M candidate frames (PyAV, sparse seeks)          frame_choice.sample_candidates
-  embed_frames       SigLIP vision tower on the M frames, batched on the GPU  (part of the same call)
-  score_and_select   text tower on the question + cosine + BOLT + the clip   frame_choice.choose
-  ttft_uniform       `ask` on K uniform frames: sample + encode + FastVID r=0.1 + prefill to the first token
-  ttft_selected      `ask` on the K chosen frames (they reuse the decoded candidates: no sampling) + the three
-                     selection stages above
-Overhead = ttft_selected - ttft_uniform, also as a share of ttft_uniform.
+  ttft_uniform        `ask` on K uniform frames: sample + encode (overlapped) + FastVID r=0.1 + prefill to the first
+                      token; ttft_uniform_r1: the same at r=1.0 (no pruning), the other denominator
+  sample_candidates   decoding the M candidates (wall time; the selector embeds them meanwhile, in groups)
+  embed_after_decode  what embedding had left once the last candidate was decoded
+  score_and_select    cosine + BOLT + cutting the clip (the question was embedded while the frames decoded)
+  ttft_selected       the three above + `ask` on the K chosen frames (they reuse the decoded candidates)
+Overhead = ttft_selected - ttft_uniform, also as a share of ttft_uniform (and of ttft_uniform_r1).
 """
 
 from __future__ import annotations
@@ -46,20 +51,26 @@ class _Ids:
         return {"input_ids": torch.randint(0, 32000, (len(texts), 64))}
 
 
-def build_so400m(device: str, dtype: torch.dtype, tiny: bool = False) -> SiglipScorer:
-    """SigLIP so400m's shape with random weights (`tiny`: a 2-layer, 64-wide stand-in, for a CPU smoke run)."""
+SELECTOR_SHAPES = {  # name: (hidden, mlp, layers, heads, image size, patch)
+    "so400m-384": (1152, 4304, 27, 16, 384, 14),
+    "so400m-224": (1152, 4304, 27, 16, 224, 14),
+    "base-224": (768, 3072, 12, 12, 224, 16),
+    "tiny": (64, 128, 2, 2, 56, 14),
+}
+
+
+def build_selector(shape: str, device: str, dtype: torch.dtype) -> SiglipScorer:
+    """A SigLIP text-image model of `shape` (SELECTOR_SHAPES) with random weights."""
     from transformers import SiglipConfig, SiglipModel
 
-    if tiny:
-        tower, size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2), 56
-    else:
-        tower, size = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16), 384
+    hidden, mlp, layers, heads, size, patch = SELECTOR_SHAPES[shape]
+    tower = dict(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
     cfg = SiglipConfig(text_config=dict(tower, vocab_size=32000, max_position_embeddings=64, bos_token_id=1,
-                                        eos_token_id=2, pad_token_id=1, projection_size=tower["hidden_size"]),
-                       vision_config=dict(tower, image_size=size, patch_size=14))
+                                        eos_token_id=2, pad_token_id=1, projection_size=hidden),
+                       vision_config=dict(tower, image_size=size, patch_size=patch))
     (model,) = random_modules(device, dtype, lambda: SiglipModel(cfg))
-    return SiglipScorer(model, _Ids(), "siglip-so400m-shaped (random)" if not tiny else "tiny siglip (random)",
-                        size, [0.5] * 3, [0.5] * 3, torch.device(device), dtype)
+    return SiglipScorer(model.eval(), _Ids(), f"siglip {shape} (random)", size, [0.5] * 3, [0.5] * 3,
+                        torch.device(device), dtype)
 
 
 def build_tiny_engine():
@@ -71,6 +82,35 @@ def build_tiny_engine():
     return Engine.load(str(folder), device="cpu", dtype="float32", saliency_model="fallback")
 
 
+def measure(engine, video: str, scorer, opts: SelectOptions, decoder: str, repeat: int, sync) -> dict:
+    """Medians of the rows above for one decoder and one selector."""
+    gen = GenerationOptions(max_new_tokens=1)
+    engine.set_decoder(decoder)
+    sample_candidates(video, opts, scorer, decoder=decoder, texts=[QUESTION])  # untimed: first batch, kernels
+    engine.ask(video, QUESTION, frames=opts.k, prune=PruneOptions(ratio=0.1), gen=gen)
+    rows: dict[str, list[float]] = {k: [] for k in ("ttft_uniform", "ttft_uniform_r1", "sample_candidates",
+                                                    "embed_after_decode", "score_and_select", "selection",
+                                                    "ttft_selected")}
+    for _ in range(repeat):
+        sync()
+        for key, ratio in (("ttft_uniform", 0.1), ("ttft_uniform_r1", 1.0)):
+            rows[key].append(engine.ask(video, QUESTION, frames=opts.k, prune=PruneOptions(ratio=ratio),
+                                        gen=gen).timings_ms["ttft"])
+        sync()
+        t0 = time.perf_counter()
+        cands = sample_candidates(video, opts, scorer, decoder=decoder, texts=[QUESTION])
+        clip, info = choose(cands, QUESTION, opts)
+        sync()
+        sel_ms = (time.perf_counter() - t0) * 1e3
+        r2 = engine.ask(video, QUESTION, prune=PruneOptions(ratio=0.1), gen=gen, clip=clip, sample_ms=0.0)
+        rows["sample_candidates"].append(info["timings_ms"]["sample_candidates"])
+        rows["embed_after_decode"].append(info["timings_ms"]["embed_frames"])
+        rows["score_and_select"].append(info["timings_ms"]["score_and_select"])
+        rows["selection"].append(sel_ms)
+        rows["ttft_selected"].append(sel_ms + r2.timings_ms["ttft"])
+    return {"decoder": engine.decoder, "rows": rows, "medians": {k: med(v) for k, v in rows.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--candidates", type=int, default=128)
@@ -79,62 +119,52 @@ def main() -> None:
     ap.add_argument("--video", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run with tiny random models and a 4 s clip")
-    ap.add_argument("--decoder", choices=("cpu", "gpu"), default="cpu",
-                    help="how the candidates are decoded: cpu (PyAV) or gpu (NVDEC, frames stay on the GPU)")
+    ap.add_argument("--decoder", default="cpu", help="comma-separated: cpu (PyAV) and/or gpu (NVDEC, frames stay "
+                    "on the GPU) - both the engine's and the candidates' decoder")
+    ap.add_argument("--selectors", default="so400m-384", help="comma-separated shapes: " + ", ".join(SELECTOR_SHAPES))
     args = ap.parse_args()
+    decoders = [d.strip() for d in args.decoder.split(",") if d.strip()]
+    shapes = [s.strip() for s in args.selectors.split(",") if s.strip()]
     if args.tiny:
-        device = "cpu"
+        device, dtype, shapes, decoders = "cpu", torch.float32, ["tiny"], ["cpu"]
         video = args.video or write_clip(str(Path(tempfile.mkdtemp()) / "clip.mp4"), seconds=4, size=(320, 180))
         engine = build_tiny_engine()
-        scorer = build_so400m(device, torch.float32, tiny=True)
     else:
         from fastvid_cli.video_gpu import share_primary_context
 
-        share_primary_context(0)  # before the models take the GPU, as Engine.load does: NVDEC may decode candidates
-        device = "cuda"
+        share_primary_context(0)  # before the models take the GPU, as Engine.load does: NVDEC needs it
+        device, dtype = "cuda", torch.float16
         video = args.video or cached_clip(60)  # the 60 s 720p clip the other benchmarks share (written once)
         engine = build_7b_shaped(device, torch.bfloat16)
         engine.warmup()
-        scorer = build_so400m(device, torch.float16)
     opts = SelectOptions(k=args.select, candidates=args.candidates)
-    gen = GenerationOptions(max_new_tokens=1)
-    # one untimed round of each path: kernels, allocator, the scorer's first batch
-    sample_candidates(video, opts, scorer, decoder=args.decoder)
-    engine.ask(video, QUESTION, frames=args.select, prune=PruneOptions(ratio=0.1), gen=gen)
-    rows: dict[str, list[float]] = {k: [] for k in ("sample_candidates", "embed_frames", "score_and_select",
-                                                    "selection", "ttft_uniform", "ttft_selected")}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(args.repeat):
-        sync()
-        r = engine.ask(video, QUESTION, frames=args.select, prune=PruneOptions(ratio=0.1), gen=gen)
-        rows["ttft_uniform"].append(r.timings_ms["ttft"])
-        t0 = time.perf_counter()
-        cands = sample_candidates(video, opts, scorer, decoder=args.decoder)
-        clip, info = choose(cands, QUESTION, opts)
-        sync()
-        sel_ms = (time.perf_counter() - t0) * 1e3
-        r2 = engine.ask(video, QUESTION, prune=PruneOptions(ratio=0.1), gen=gen, clip=clip, sample_ms=0.0)
-        for k in ("sample_candidates", "embed_frames", "score_and_select"):
-            rows[k].append(info["timings_ms"][k])
-        rows["selection"].append(sel_ms)
-        rows["ttft_selected"].append(sel_ms + r2.timings_ms["ttft"])
     env = environment(device)
-    m = {k: med(v) for k, v in rows.items()}
-    over = m["ttft_selected"][0] - m["ttft_uniform"][0]
-    share = over / m["ttft_uniform"][0]
     what = ("TINY SMOKE RUN (tiny random models, 4 s 320x180 clip, CPU): times mean nothing" if args.tiny else
-            "60 s 1280x720 clip; selector so400m-shaped fp16, answer LLaVA-OV-7B-shaped bf16, FastVID r=0.1")
-    print(f"# bench_select: {args.candidates} candidates -> {args.select} frames; {what} | {env}")
-    print("| stage | ms (median) | min-max |")
-    print("|---|---|---|")
-    for k, (mid, lo, hi) in m.items():
-        print(f"| {k} | {mid:.1f} | {lo:.1f}-{hi:.1f} |")
-    print(f"selection overhead on TTFT: {over:.1f} ms = {100 * share:.1f} % of the uniform TTFT "
-          f"({'within' if share <= 0.25 else 'OVER'} the 25 % goal)")
+            "60 s 1280x720 clip; selector fp16, answer LLaVA-OV-7B-shaped bf16, FastVID r=0.1")
+    print(f"# bench_select: {args.candidates} candidates -> {args.select} frames; {what} | {env}", flush=True)
+    results = []
+    for shape in shapes:
+        scorer = build_selector(shape, device, dtype)
+        for decoder in decoders:
+            got = measure(engine, video, scorer, opts, decoder, args.repeat, sync)
+            m = got["medians"]
+            over = m["ttft_selected"][0] - m["ttft_uniform"][0]
+            got.update(selector=shape, overhead_ms=over, overhead_share=over / m["ttft_uniform"][0],
+                       overhead_share_r1=over / m["ttft_uniform_r1"][0])
+            results.append(got)
+            print(f"\n## selector {shape}, decoder {got['decoder']}\n| stage | ms (median) | min-max |\n|---|---|---|")
+            for k, (mid, lo, hi) in m.items():
+                print(f"| {k} | {mid:.1f} | {lo:.1f}-{hi:.1f} |")
+            print(f"selection overhead on TTFT: {over:.1f} ms = {100 * got['overhead_share']:.1f} % of the uniform "
+                  f"TTFT at r=0.1 ({'within' if got['overhead_share'] <= 0.25 else 'OVER'} the 25 % goal), "
+                  f"{100 * got['overhead_share_r1']:.1f} % of it at r=1.0", flush=True)
+        del scorer
+        if device == "cuda":
+            torch.cuda.empty_cache()
     if args.out:
         Path(args.out).write_text(json.dumps(dict(env=env, candidates=args.candidates, select=args.select,
-                                                  medians={k: v[0] for k, v in m.items()}, rows=rows,
-                                                  overhead_ms=over, overhead_share=share), indent=2))
+                                                  results=results), indent=2))
 
 
 if __name__ == "__main__":

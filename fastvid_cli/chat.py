@@ -101,7 +101,8 @@ class LocalBackend:
                                       self.engine.adapter.vision_device)
         ckey = (os.path.realpath(s.video), json.dumps(s.select.key(), sort_keys=True))
         if ckey not in self.candidates:
-            self.candidates = {ckey: sample_candidates(s.video, s.select, self.scorer)}
+            self.candidates = {ckey: sample_candidates(s.video, s.select, self.scorer, decoder=self.engine.decoder,
+                                                          texts=[opening])}
         return choose(self.candidates[ckey], opening, s.select)
 
     def _session(self, s: ChatSettings, opening: str = ""):

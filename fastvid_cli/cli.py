@@ -251,7 +251,7 @@ def _select_frames(video: Path, question: str, select, model: str, device: str, 
     from fastvid_cli.models import resolve_model
 
     scorer = load_scorer(selector_source(select.selector, resolve_model(model)), device)
-    cands = sample_candidates(str(video), select, scorer, decoder=decoder, notes=notes)
+    cands = sample_candidates(str(video), select, scorer, decoder=decoder, notes=notes, texts=[question])
     clip, info = choose(cands, question, select)
     if chosen is not None:
         chosen.update(info)

@@ -89,7 +89,7 @@ def find(
         from fastvid_cli.frame_scorer import load_scorer, selector_source
         from fastvid_cli.models.loading import resolve_device
         from fastvid_cli.selection import find_moments
-        from fastvid_cli.video import sample_frames
+        from fastvid_cli.frame_choice import sample_candidates
 
         set_threads(threads)
         progress = FindProgress(enabled=not as_json, total=len(videos))
@@ -101,18 +101,15 @@ def find(
             moments: list[dict[str, Any]] = []
             per_video: list[dict[str, Any]] = []
             for v in videos:
-                t0 = time.perf_counter()
-                clip = sample_frames(str(v), _Plan(candidates))
-                t1 = time.perf_counter()
-                scores = scorer.embed_frames(clip.frames) @ query
-                t2 = time.perf_counter()
+                cands = sample_candidates(str(v), _Plan(candidates), scorer)  # embedded while decoding
+                clip, scores = cands.clip, cands.embeds @ query
                 found = find_moments(scores, clip.timestamps, clip.duration)
                 moments += [{"video": str(v), "start": round(m.start, 3), "end": round(m.end, 3),
                              "peak": round(m.peak, 3), "score": round(m.score, 4)} for m in found]
                 per_video.append({"video": str(v), "candidates": len(clip.indices),
                                   "duration_s": round(clip.duration, 3), "moments": len(found),
-                                  "timings_ms": {"sample": round((t1 - t0) * 1e3, 3),
-                                                 "score": round((t2 - t1) * 1e3, 3)}})
+                                  "timings_ms": {"sample": round(cands.sample_ms, 3),
+                                                 "score": round(cands.embed_ms, 3)}})
                 progress.advance(str(v))
         finally:
             progress.stop()

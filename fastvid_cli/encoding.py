@@ -52,8 +52,7 @@ class PipelinedEncoder:
             raise box["error"]
         clip: Clip = box["clip"]
         on_stage("encode", "start")
-        handed = [(s, a) for slots, arrays, _ in parts for s, a in zip(slots, arrays)]
-        if len(handed) == len(clip.indices) and all(_same_memory(clip.frames[s], a) for s, a in handed):
+        if handed_whole(clip, [(s, a) for slots, arrays, _ in parts for s, a in zip(slots, arrays)]):
             with torch.inference_mode(), oom_guard():
                 feats = merge_frame_chunks([(slots, f) for slots, _, f in parts], len(clip.indices))
             t_end = self.clock.now()
@@ -70,42 +69,17 @@ class PipelinedEncoder:
     def _sample_in_groups(self, video: str, frames, chunk: int, sampler) -> tuple[dict[str, Any], list, list]:
         """Sample on a "fastvid-sample" thread and encode what it hands over. Returns (box: the clip, or the error
         the sampler raised, and "t" when it ended; the groups: (slots, frames, features); their timing marks)."""
-        ready: queue.SimpleQueue = queue.SimpleQueue()
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["clip"] = sampler(video, frames, on_frame=lambda slot, a: ready.put((slot, a)))
-            except BaseException as e:  # noqa: BLE001 - raised on the calling thread
-                box["error"] = e
-            finally:
-                box["t"] = time.perf_counter()
-                ready.put(None)
-
-        worker = threading.Thread(target=work, daemon=True, name="fastvid-sample")
-        worker.start()
         parts: list[tuple[list[int], list, VideoFeatures]] = []
         spans: list[tuple] = []  # per group: (start, uploaded/preprocessed, encoded) as CUDA events or host times
-        try:
-            with torch.inference_mode(), oom_guard():
-                pending: list = []
-                done = False
-                while not done:
-                    item = ready.get()
-                    while item is not None:  # take everything decoded by now
-                        pending.append(item)
-                        try:
-                            item = ready.get_nowait()
-                        except queue.Empty:
-                            break
-                    done = item is None
-                    while pending and (done or len(pending) >= chunk):
-                        group, feats, span = self._encode_group(pending, chunk)
-                        pending = pending[len(group):]
-                        spans.append(span)
-                        parts.append(([s for s, _ in group], [a for _, a in group], feats))
-        finally:
-            worker.join()
+
+        def take(pending: list) -> int:
+            group, feats, span = self._encode_group(pending, chunk)
+            spans.append(span)
+            parts.append(([s for s, _ in group], [a for _, a in group], feats))
+            return len(group)
+
+        with torch.inference_mode(), oom_guard():
+            box = decode_in_groups(lambda on_frame: sampler(video, frames, on_frame=on_frame), chunk, take)
         return box, parts, spans
 
     def _graphed_encoder(self, chunk: int, frame_shape: tuple[int, ...]):
@@ -134,7 +108,7 @@ class PipelinedEncoder:
         or all of them eagerly. Returns (the pairs taken, their features, timing marks)."""
         graphed = self._graphed_encoder(chunk, pending[0][1].shape)
         group = pending[:graphed.n] if graphed is not None else pending
-        frames_u8 = _stack([a for _, a in group])
+        frames_u8 = stack_frames([a for _, a in group])
         m0 = self._mark()
         if graphed is not None:  # upload only; resizing runs inside the graph (counted as vision)
             k = graphed.load(frames_u8)
@@ -155,7 +129,53 @@ class PipelinedEncoder:
         return ev
 
 
-def _same_memory(a, b) -> bool:
+def decode_in_groups(sample: Callable[[Callable[[int, Any], None]], Clip], chunk: int,
+                     take: Callable[[list], int]) -> dict[str, Any]:
+    """Run `sample(on_frame)` (a sampler handing each decoded frame over as `on_frame(slot, frame)`) on a
+    "fastvid-sample" thread, and on this thread call `take(pending)` with the (slot, frame) pairs handed over and not
+    yet taken whenever there are `chunk` of them (with what is left once sampling ended); `take` returns how many
+    of the first pairs it used. Returns {"clip": the sampler's clip} or {"error": what it raised}, and "t": when
+    sampling ended (perf_counter). An exception of `take` propagates once the sampler has finished."""
+    ready: queue.SimpleQueue = queue.SimpleQueue()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["clip"] = sample(lambda slot, a: ready.put((slot, a)))
+        except BaseException as e:  # noqa: BLE001 - raised on the calling thread
+            box["error"] = e
+        finally:
+            box["t"] = time.perf_counter()
+            ready.put(None)
+
+    worker = threading.Thread(target=work, daemon=True, name="fastvid-sample")
+    worker.start()
+    try:
+        pending: list = []
+        done = False
+        while not done:
+            item = ready.get()
+            while item is not None:  # take everything decoded by now
+                pending.append(item)
+                try:
+                    item = ready.get_nowait()
+                except queue.Empty:
+                    break
+            done = item is None
+            while pending and (done or len(pending) >= chunk):
+                pending = pending[max(1, take(pending)):]
+    finally:
+        worker.join()
+    return box
+
+
+def handed_whole(clip: Clip, handed: list[tuple[int, Any]]) -> bool:
+    """Whether the frames handed over while sampling ((slot, frame) pairs) are exactly the clip's final frames
+    (not so after a sequential fallback or a rotation, which make new arrays)."""
+    return len(handed) == len(clip.indices) and all(same_memory(clip.frames[s], a) for s, a in handed)
+
+
+def same_memory(a, b) -> bool:
     """Whether two frames (numpy arrays, or torch tensors of the GPU decoder) are the same memory."""
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return np.shares_memory(a, b)
@@ -164,6 +184,6 @@ def _same_memory(a, b) -> bool:
     return False
 
 
-def _stack(frames: list):
+def stack_frames(frames: list):
     """uint8 (H, W, 3) frames -> (k, H, W, 3), numpy or torch as they come."""
     return torch.stack(frames) if isinstance(frames[0], torch.Tensor) else np.stack(frames)

@@ -52,7 +52,7 @@ def selector_source(selector: str | None, model_ref: ModelRef | None = None) -> 
 
 
 class FrameScorer:
-    """Embeds frames and texts into one space; `scores` is their cosine."""
+    """Embeds frames and texts into one space; a frame's score for a text is the cosine of the two."""
 
     source: str
     device: torch.device
@@ -65,10 +65,6 @@ class FrameScorer:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """texts -> float32 (Q,D) unit vectors (on the CPU)."""
         raise NotImplementedError
-
-    def scores(self, frame_embeds: torch.Tensor, text: str) -> torch.Tensor:
-        """(T,D) frame embeddings, a text -> (T,) cosine similarities."""
-        return frame_embeds @ self.embed_texts([text])[0]
 
 
 class DemoScorer(FrameScorer):

@@ -315,7 +315,7 @@ def _answer_group_selected(engine, scorer, group: Group, plan: Plan, cfg: BatchC
 
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(plan.base["params"]))
     try:
-        cands, cands_error = sample_candidates(group.path, cfg.select, scorer), None
+        cands, cands_error = sample_candidates(group.path, cfg.select, scorer, decoder=engine.decoder), None
     except FastVidError as e:
         cands, cands_error = None, e.one_line()
     except Exception as e:

@@ -200,7 +200,7 @@ def _answer_group_selected(engine, scorer, group: _Group, plan: EvalPlan, cfg: E
     short = plan.form == "short"
     parse = None if short else choice_parser()
     try:
-        cands = sample_candidates(group.path, cfg.select, scorer)
+        cands = sample_candidates(group.path, cfg.select, scorer, decoder=engine.decoder)
     except Exception as e:
         message = item_error(e, on_exception)
         for s, qs in group.items.items():

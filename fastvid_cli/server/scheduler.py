@@ -357,7 +357,8 @@ class Scheduler:
                                       self.engine.adapter.vision_device)
         ckey = (video.identity, json.dumps(sel.key(), sort_keys=True))
         if ckey not in self.candidates:
-            self.candidates = {ckey: sample_candidates(video.path, sel, self.scorer)}
+            self.candidates = {ckey: sample_candidates(video.path, sel, self.scorer, decoder=self.engine.decoder,
+                                                          texts=[question])}
         return choose(self.candidates[ckey], question, sel)
 
     # ------------------------------------------------------------------ answering

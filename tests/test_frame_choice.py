@@ -1,0 +1,78 @@
+"""Candidates are embedded in groups while they decode (frame_choice.sample_candidates): the streamed embeddings
+must be exactly the embeddings of the final frames, slot by slot, whatever order the decoder threads hand frames
+over in; a rotated clip (whose final frames are new arrays) is embedded again; the question is embedded once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastvid_cli.frame_choice import choose, sample_candidates
+from fastvid_cli.frame_scorer import FRAME_CHUNK, FrameScorer
+from fastvid_cli.settings import SelectOptions
+from tests.videogen import write_video
+
+
+class PixelScorer(FrameScorer):
+    """Embeds a frame as its mean colour in each quarter (12 numbers, exact in float64), a text as a fixed vector;
+    records the batch sizes and texts it was given."""
+
+    source = "pixel-test"
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.texts: list[str] = []
+
+    def embed_frames(self, frames):
+        x = torch.as_tensor(np.asarray(frames), dtype=torch.float64)
+        self.batches.append(len(x))
+        h, w = x.shape[1] // 2, x.shape[2] // 2
+        quarters = [x[:, :h, :w], x[:, :h, w:], x[:, h:, :w], x[:, h:, w:]]
+        return torch.cat([q.mean(dim=(1, 2)) for q in quarters], dim=1)
+
+    def embed_texts(self, texts):
+        self.texts += list(texts)
+        g = torch.Generator().manual_seed(len(texts[0]))
+        return torch.rand(len(texts), 12, generator=g, dtype=torch.float64)
+
+
+def _clip(path, n=150, rotation=None):
+    """A 64x48 clip whose frames all differ (each quarter its own ramp) with 25-frame GOPs, so several decoder
+    threads hand over frames out of order."""
+    t = np.arange(n, dtype=np.int64)[:, None, None]
+    frames = np.zeros((n, 48, 64, 3), np.uint8)
+    frames[:, :24, :32, 0] = (t * 1) % 256
+    frames[:, :24, 32:, 1] = (t * 3) % 256
+    frames[:, 24:, :32, 2] = (255 - t) % 256
+    frames[:, 24:, 32:, :] = ((t * 7) % 256)[..., None]
+    return str(write_video(path, frames, fps=25, gop=25, rotation=rotation))
+
+
+@pytest.mark.parametrize("rotation", [None, 90])
+def test_streamed_embeddings_are_those_of_the_final_frames(tmp_path, rotation):
+    video = _clip(tmp_path / "c.mp4", rotation=rotation)
+    opts = SelectOptions(k=8, candidates=4 * FRAME_CHUNK // 2 + 3)  # more than a group, not a multiple of one
+    scorer = PixelScorer()
+    cands = sample_candidates(video, opts, scorer, texts=["what colour is the square?"])
+    m = len(cands.clip.indices)
+    assert m == opts.candidates and cands.embeds.shape == (m, 12)
+    assert torch.equal(cands.embeds, scorer.embed_frames(cands.clip.frames))
+    if rotation:  # the final frames are rotated copies: embedded again after decoding, not in groups
+        assert cands.clip.rotation == rotation and scorer.batches[-2] == m
+    # the question was embedded once, while decoding, and choosing for it does not embed it again
+    _, info = choose(cands, "what colour is the square?", opts)
+    assert scorer.texts == ["what colour is the square?"]
+    assert info["k"] == 8 and info["candidates"] == m
+    want = (cands.embeds @ cands.texts["what colour is the square?"]).tolist()
+    assert info["candidate_scores"] == [round(s, 4) for s in want]
+
+
+def test_a_decoding_error_reaches_the_caller_as_the_videos_error(tmp_path):
+    from fastvid_cli.errors import FastVidError
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 4096)
+    with pytest.raises(FastVidError):
+        sample_candidates(str(bad), SelectOptions(k=4, candidates=16), PixelScorer())
