@@ -114,17 +114,17 @@ def ask(
         display = StageDisplay(enabled=not (as_json or quiet), answer=answer)
         chosen: dict[str, Any] = {}
         sample_notes: list[str] = []
+        from fastvid_cli.feature_cache import FeatureCache
+
+        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         engine, clip, sample_ms, wait_ms = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not (as_json or quiet), fps=fps,
-            decoder=decoder, notes=sample_notes, select=sel, question=question, chosen=chosen)
+            decoder=decoder, notes=sample_notes, select=sel, question=question, chosen=chosen, cache=fcache)
         family = engine.defaults["method_family"]
         check_options([method], family, given)
         prune = PruneOptions(method=method, ratio=ratio_for(method, ratio or None, engine.defaults["ratio"]),
                              params=resolve_params(method, family, given))
-        from fastvid_cli.feature_cache import FeatureCache
-
-        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         report = engine.ask(str(video), question, prune=prune, gen=gen, baseline=baseline, clip=clip,
                             sample_ms=sample_ms, sample_wait_ms=wait_ms,
                             feature_cache=fcache, on_stage=display,
@@ -175,7 +175,7 @@ def _ask_on_server(url: str, api_key: str | None, video: Path, question: str, me
 def _load_and_sample(video: Path, frames: int | None, display, *, model: str, device: str, dtype: str,
                      attn_implementation: str, saliency_model: str | None, offline: bool, show_warnings: bool,
                      fps: float | None = None, decoder: str = "auto", notes: list[str] | None = None,
-                     select=None, question: str = "", chosen: dict | None = None):
+                     select=None, question: str = "", chosen: dict | None = None, cache=None):
     """Load the model on a worker thread while this thread samples the frames (after `_check_cheaply`).
 
     The two overlap. Returns (engine, clip, sample_ms, wait_ms): sample_ms is the sampler's own time (not the wait
@@ -184,7 +184,7 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
     a GPU decoder's fallback to the CPU adds a line to `notes`.
     With `select` (settings.SelectOptions), this thread samples the candidates (with the same decoder), scores them
     against `question` and keeps K (frame_choice); sample_ms then covers all of that, and `chosen` receives the
-    selection's record."""
+    selection's record; `cache` (the feature cache, or None) keeps the candidates' embeddings."""
     from fastvid_cli import hub
     from fastvid_cli.settings import frame_request
 
@@ -220,7 +220,8 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
         if select is None:
             clip = sample_clip(str(video), request, decoder=decoder, device=target, notes=notes)
         else:
-            clip = _select_frames(video, question, select, model, target, chosen, decoder=decoder, notes=notes)
+            clip = _select_frames(video, question, select, model, target, chosen, decoder=decoder, notes=notes,
+                                  cache=cache)
         if clip.decoder == "gpu":
             import torch
 
@@ -242,7 +243,7 @@ def _load_and_sample(video: Path, frames: int | None, display, *, model: str, de
 
 
 def _select_frames(video: Path, question: str, select, model: str, device: str, chosen: dict | None, *,
-                   decoder: str = "cpu", notes: list[str] | None = None):
+                   decoder: str = "cpu", notes: list[str] | None = None, cache=None):
     """--select on this machine: the scorer (--selector, else the model's own, else SigLIP so400m) loads on
     `device` (the model's), scores the candidates (decoded by `decoder`) against the question, and K of them are
     kept; returns that clip."""
@@ -251,7 +252,8 @@ def _select_frames(video: Path, question: str, select, model: str, device: str, 
     from fastvid_cli.models import resolve_model
 
     scorer = load_scorer(selector_source(select.selector, resolve_model(model)), device)
-    cands = sample_candidates(str(video), select, scorer, decoder=decoder, notes=notes, texts=[question])
+    cands = sample_candidates(str(video), select, scorer, decoder=decoder, notes=notes, texts=[question],
+                              cache=cache)
     clip, info = choose(cands, question, select)
     if chosen is not None:
         chosen.update(info)
@@ -353,11 +355,11 @@ def compare(
         display = StageDisplay(enabled=not as_json)
         chosen: dict[str, Any] = {}
         sample_notes: list[str] = []
+        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         engine, clip, sample_ms, _ = _load_and_sample(
             video, frames, display, model=model, device=device, dtype=dtype, attn_implementation=attn_implementation,
             saliency_model=saliency_model, offline=offline, show_warnings=not as_json, fps=fps, decoder=decoder,
-            notes=sample_notes, select=sel, question=question, chosen=chosen)
-        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
+            notes=sample_notes, select=sel, question=question, chosen=chosen, cache=fcache)
         display("compare", "start")
         check_options(methods, engine.defaults["method_family"], given)
         result = run_compare(engine, str(video), question, methods=methods, ratios=ratios, params=given,

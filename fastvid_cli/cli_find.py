@@ -44,6 +44,12 @@ class _Plan:
 
         return np.linspace(0, total - 1, find_candidates(total, video_fps, self.given), dtype=int).tolist()
 
+    def plan_key(self) -> dict:
+        """What decides the candidate frames (for the candidate cache)."""
+        if self.given:
+            return {"plan": "find-linspace", "count": self.given}
+        return {"plan": "find-linspace", "rate": FIND_RATE, "min": FIND_MIN_CANDIDATES, "max": FIND_MAX_CANDIDATES}
+
 
 def find(
     videos: list[Path] = typer.Argument(..., metavar="VIDEO...", help="One or more video files.",
@@ -60,6 +66,8 @@ def find(
                                                 "SigLIP checkpoint, or 'demo' (default: "
                                                 "google/siglip-so400m-patch14-384).", rich_help_panel="Model"),
     device: str = O.DEVICE,
+    cache_dir: Optional[Path] = O.CACHE_DIR,
+    no_cache: bool = O.NO_CACHE,
     offline: bool = O.OFFLINE,
     threads: Optional[int] = O.THREADS,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the moments and each video's "
@@ -91,7 +99,10 @@ def find(
         from fastvid_cli.selection import find_moments
         from fastvid_cli.frame_choice import sample_candidates
 
+        from fastvid_cli.feature_cache import FeatureCache
+
         set_threads(threads)
+        fcache = None if no_cache else FeatureCache(cache_dir or hub.fastvid_cache_dir() / "features")
         progress = FindProgress(enabled=not as_json, total=len(videos))
         try:
             t0 = time.perf_counter()
@@ -101,12 +112,12 @@ def find(
             moments: list[dict[str, Any]] = []
             per_video: list[dict[str, Any]] = []
             for v in videos:
-                cands = sample_candidates(str(v), _Plan(candidates), scorer)  # embedded while decoding
+                cands = sample_candidates(str(v), _Plan(candidates), scorer, cache=fcache)
                 clip, scores = cands.clip, cands.embeds @ query
                 found = find_moments(scores, clip.timestamps, clip.duration)
                 moments += [{"video": str(v), "start": round(m.start, 3), "end": round(m.end, 3),
                              "peak": round(m.peak, 3), "score": round(m.score, 4)} for m in found]
-                per_video.append({"video": str(v), "candidates": len(clip.indices),
+                per_video.append({"video": str(v), "candidates": len(clip.indices), "cached": cands.cached,
                                   "duration_s": round(clip.duration, 3), "moments": len(found),
                                   "timings_ms": {"sample": round(cands.sample_ms, 3),
                                                  "score": round(cands.embed_ms, 3)}})

@@ -52,7 +52,8 @@ class FeatureCache:
         """Whether an entry exists under `key` (it may still turn out unreadable: `load` then misses)."""
         return self._path(key).is_file()
 
-    def load(self, key: str, device) -> tuple[Clip, VideoFeatures] | None:
+    def load_tensors(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(tensors on the CPU, metadata) of the entry under `key`, or None when there is none or it is unreadable."""
         from safetensors import safe_open
 
         path = self._path(key)
@@ -60,15 +61,34 @@ class FeatureCache:
             return None
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = json.loads(f.metadata()["fastvid"])
-                t = {k: f.get_tensor(k) for k in ("embeds", "saliency", "frame_features", "extra_embeds")}
-                attn = f.get_tensor("attn_received") if "attn_received" in f.keys() else None
-                side = [f.get_tensor(f"side_{i}") for i in range(int(meta.get("side_embeds", 0)))]
-            c = meta["clip"]
-            clip = Clip(frames=np.empty((len(c["indices"]), 0, 0, 3), np.uint8), indices=c["indices"],
-                        timestamps=c["timestamps"], fps=c["fps"], duration=c["duration"],
-                        total_frames=c["total_frames"], requested=c["requested"], path=c["path"], width=c["width"],
-                        height=c["height"], rotation=c["rotation"], codec=c["codec"])
+                return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["fastvid"])
+        except Exception:  # corrupt, truncated, or from another format: a miss, rewritten later
+            return None
+
+    def store_tensors(self, key: str, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Write an entry atomically (temp file + rename); a failure to write (a full disk) is ignored: the cache is
+        an optimisation."""
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata={"fastvid": json.dumps(meta, default=float)})
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def load(self, key: str, device) -> tuple[Clip, VideoFeatures] | None:
+        got = self.load_tensors(key)
+        if got is None:
+            return None
+        t, meta = got
+        try:
+            side = [t[f"side_{i}"] for i in range(int(meta.get("side_embeds", 0)))]
+            attn = t.get("attn_received")
+            clip = clip_from_meta(meta["clip"])
             feats = VideoFeatures(embeds=t["embeds"].to(device), saliency=t["saliency"].to(device),
                                   frame_features=t["frame_features"].to(device),
                                   extra_embeds=t["extra_embeds"].to(device), grid=tuple(meta["grid"]),
@@ -80,17 +100,11 @@ class FeatureCache:
             if feats.attn_received is not None and feats.attn_received.shape != feats.saliency.shape:
                 return None
             return clip, feats
-        except Exception:  # corrupt, truncated, or from another format: a miss, rewritten later
+        except Exception:  # written by another format: a miss, rewritten later
             return None
 
     def store(self, key: str, clip: Clip, feats: VideoFeatures) -> None:
-        from safetensors.torch import save_file
-
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"clip": {k: getattr(clip, k) for k in ("indices", "timestamps", "fps", "duration", "total_frames",
-                                                        "requested", "path", "width", "height", "rotation", "codec")},
-                "grid": list(feats.grid), "saliency_source": feats.saliency_source,
+        meta = {"clip": clip_meta(clip), "grid": list(feats.grid), "saliency_source": feats.saliency_source,
                 "side_embeds": len(feats.side_embeds), "meta": feats.meta}
         tensors = {"embeds": feats.embeds, "saliency": feats.saliency, "frame_features": feats.frame_features,
                    "extra_embeds": feats.extra_embeds}
@@ -98,10 +112,18 @@ class FeatureCache:
             tensors["attn_received"] = feats.attn_received
         for i, x in enumerate(feats.side_embeds):  # Qwen3-VL DeepStack features
             tensors[f"side_{i}"] = x
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                      metadata={"fastvid": json.dumps(meta, default=float)})
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a full disk must not fail the answer: the cache is an optimisation
+        self.store_tensors(key, tensors, meta)
+
+
+_CLIP_FIELDS = ("indices", "timestamps", "fps", "duration", "total_frames", "requested", "path", "width", "height",
+                "rotation", "codec")
+
+
+def clip_meta(clip: Clip) -> dict[str, Any]:
+    """A clip's description without its frames (JSON)."""
+    return {k: getattr(clip, k) for k in _CLIP_FIELDS}
+
+
+def clip_from_meta(c: dict[str, Any]) -> Clip:
+    """The clip `clip_meta` described, with no frames (an empty (T, 0, 0, 3) array)."""
+    return Clip(frames=np.empty((len(c["indices"]), 0, 0, 3), np.uint8), **{k: c[k] for k in _CLIP_FIELDS})

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from fastvid_cli.encoding import decode_in_groups, handed_whole, stack_frames
+from fastvid_cli.feature_cache import FeatureCache, cache_key, clip_from_meta, clip_meta
 from fastvid_cli.frame_scorer import FRAME_CHUNK, FrameScorer
 from fastvid_cli.selection import select_frames
 from fastvid_cli.settings import SelectOptions
@@ -35,6 +36,12 @@ class Candidates:
     sample_ms: float
     embed_ms: float
     texts: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Read from the candidate cache: `clip` describes the candidates but holds no frames; `choose` decodes the K
+    # chosen ones (with `decoder`, from `video`).
+    cached: bool = False
+    video: str = ""
+    decoder: str = "cpu"
+    notes: list[str] | None = None
 
     def scores(self, text: str) -> torch.Tensor:
         """(M,) cosine similarity of each candidate to `text`."""
@@ -44,23 +51,32 @@ class Candidates:
 
 
 def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, decoder: str = "cpu",
-                      notes: list[str] | None = None, texts: Sequence[str] = ()) -> Candidates:
-    """Decode the candidates of `video` (SelectOptions.count of them, uniformly) and embed them, in groups as the
-    decoders hand them over (the scorer works while the rest is decoded; `texts`, e.g. the question, are embedded
-    first, while the first frames decode). `decoder`: "cpu" (numpy frames) or what `--decoder` resolved to
-    (video_gpu.sample_clip: NVDEC frames stay on the GPU, where the scorer takes them; a fallback to the CPU adds a
-    line to `notes`).
+                      notes: list[str] | None = None, texts: Sequence[str] = (),
+                      cache: FeatureCache | None = None) -> Candidates:
+    """Decode the candidates of `video` (the frame plan `opts`: SelectOptions.count of them, uniformly) and embed
+    them, in groups as the decoders hand them over (the scorer works while the rest is decoded; `texts`, e.g. the
+    question, are embedded first, while the first frames decode). `decoder`: "cpu" (numpy frames) or what
+    `--decoder` resolved to (video_gpu.sample_clip: NVDEC frames stay on the GPU, where the scorer takes them; a
+    fallback to the CPU adds a line to `notes`).
+
+    With `cache` (the feature cache's folder), the embeddings are read from / written to it, keyed by the file's
+    identity, the plan (`opts.plan_key()`) and the scorer (`scorer.identity()`): a video asked about again is
+    neither decoded nor embedded; only its K chosen frames are decoded, by `choose`.
 
     sample_ms is the decoding wall time; embed_ms what embedding added after the last frame was decoded (the rest
     ran meanwhile)."""
+    key = None
+    if cache is not None:
+        key = cache_key(video, kind="candidates", plan=opts.plan_key(), selector=scorer.identity())
+        got = _cached(cache, key, scorer, video, decoder, notes, texts)
+        if got is not None:
+            return got
     if decoder == "cpu":
         def sample(on_frame):
             return sample_frames(video, opts, on_frame=on_frame)
     else:
-        from fastvid_cli.video_gpu import sample_clip
-
         def sample(on_frame):
-            return sample_clip(video, opts, decoder=decoder, device=scorer.device, notes=notes, on_frame=on_frame)
+            return _sample_clip(video, opts, decoder, scorer, notes, on_frame)
     parts: list[tuple[list[int], list, torch.Tensor]] = []
     text_embeds: dict[str, torch.Tensor] = {}
 
@@ -86,7 +102,36 @@ def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, d
     if texts and not text_embeds:
         text_embeds.update(zip(texts, scorer.embed_texts(list(texts))))
     t1 = time.perf_counter()
-    return Candidates(clip, embeds, scorer, (box["t"] - t0) * 1e3, (t1 - box["t"]) * 1e3, text_embeds)
+    if key is not None:
+        cache.store_tensors(key, {"embeds": embeds}, {"clip": clip_meta(clip)})
+    return Candidates(clip, embeds, scorer, (box["t"] - t0) * 1e3, (t1 - box["t"]) * 1e3, text_embeds,
+                      video=video, decoder=decoder, notes=notes)
+
+
+def _sample_clip(video: str, plan, decoder: str, scorer: FrameScorer, notes, on_frame=None) -> Clip:
+    if decoder == "cpu":
+        return sample_frames(video, plan, on_frame=on_frame)
+    from fastvid_cli.video_gpu import sample_clip
+
+    return sample_clip(video, plan, decoder=decoder, device=scorer.device, notes=notes, on_frame=on_frame)
+
+
+def _cached(cache: FeatureCache, key: str, scorer: FrameScorer, video: str, decoder: str, notes,
+            texts: Sequence[str]) -> Candidates | None:
+    """The candidates stored under `key` (their description and embeddings, no frames), or None."""
+    t0 = time.perf_counter()
+    got = cache.load_tensors(key)
+    if got is None:
+        return None
+    try:
+        clip, embeds = clip_from_meta(got[1]["clip"]), got[0]["embeds"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if embeds.dim() != 2 or embeds.shape[0] != len(clip.indices):
+        return None
+    text_embeds = dict(zip(texts, scorer.embed_texts(list(texts)))) if texts else {}
+    return Candidates(clip, embeds, scorer, (time.perf_counter() - t0) * 1e3, 0.0, text_embeds, cached=True,
+                      video=video, decoder=decoder, notes=notes)
 
 
 def choose(cands: Candidates, question: str, opts: SelectOptions) -> tuple[Clip, dict[str, Any]]:
@@ -100,16 +145,34 @@ def choose(cands: Candidates, question: str, opts: SelectOptions) -> tuple[Clip,
     t1 = time.perf_counter()
     pos = sel.indices.tolist()
     c = cands.clip
-    clip = dataclasses.replace(c, frames=c.frames[pos], indices=[c.indices[i] for i in pos],
-                               timestamps=[c.timestamps[i] for i in pos], requested=opts.k, chosen_from=m)
+    sample_ms = cands.sample_ms
+    if cands.cached:  # the candidates' frames were not kept: decode the chosen ones (as sampling K frames would)
+        t2 = time.perf_counter()
+        got = _sample_clip(cands.video, _Indices([c.indices[i] for i in pos]), cands.decoder, cands.scorer,
+                           cands.notes)
+        clip = dataclasses.replace(got, requested=opts.k, chosen_from=m)
+        sample_ms += (time.perf_counter() - t2) * 1e3
+    else:
+        clip = dataclasses.replace(c, frames=c.frames[pos], indices=[c.indices[i] for i in pos],
+                                   timestamps=[c.timestamps[i] for i in pos], requested=opts.k, chosen_from=m)
     info = {
         "k": len(pos), "candidates": m, "selector": cands.scorer.source, "rule": "bolt-its",
-        "power": opts.power,
+        "power": opts.power, "cached": cands.cached,
         "timestamps": [round(c.timestamps[i], 3) for i in pos],
         "scores": [round(float(scores[i]), 4) for i in pos],
         "candidate_timestamps": [round(t, 3) for t in c.timestamps],
         "candidate_scores": [round(float(s), 4) for s in scores],
-        "timings_ms": {"sample_candidates": round(cands.sample_ms, 3), "embed_frames": round(cands.embed_ms, 3),
+        "timings_ms": {"sample_candidates": round(sample_ms, 3), "embed_frames": round(cands.embed_ms, 3),
                        "score_and_select": round((t1 - t0) * 1e3, 3)},
     }
     return clip, info
+
+
+class _Indices:
+    """A frame plan (video.IndexPlan) of given frame indices."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __call__(self, total: int, video_fps: float | None) -> list[int]:
+        return list(self.indices)

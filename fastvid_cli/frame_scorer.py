@@ -57,6 +57,10 @@ class FrameScorer:
     source: str
     device: torch.device
 
+    def identity(self) -> dict:
+        """What makes this scorer's embeddings what they are (for the candidate cache)."""
+        raise NotImplementedError
+
     def embed_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (T,H,W,3), numpy or a tensor (NVDEC frames on the GPU) -> float32 (T,D) unit vectors (on the
         CPU)."""
@@ -77,6 +81,10 @@ class DemoScorer(FrameScorer):
         self.tower = text_tower.load_tower(folder).to(device)
         self.heads = text_tower.load(folder / OWN_SELECTOR_FILE).to(device)
 
+    def identity(self) -> dict:
+        return {"kind": "demo", "source": self.source, "weights": _file_ids(Path(self.source), (
+            OWN_SELECTOR_FILE, "model.safetensors"))}
+
     @torch.inference_mode()
     def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
         out = []
@@ -92,10 +100,15 @@ class DemoScorer(FrameScorer):
 
 class SiglipScorer(FrameScorer):
     def __init__(self, model, tokenizer, source: str, image_size: int, mean, std, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, weights: str = ""):
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.image_size, self.mean, self.std = image_size, mean, std
         self.device, self.dtype = device, dtype
+        self.weights = weights  # the weight file's identity (size, mtime); "" for random weights (benchmarks)
+
+    def identity(self) -> dict:
+        return {"kind": "siglip", "source": self.source, "weights": self.weights, "size": self.image_size,
+                "mean": list(self.mean), "std": list(self.std), "dtype": str(self.dtype).removeprefix("torch.")}
 
     @torch.inference_mode()
     def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
@@ -115,6 +128,15 @@ class SiglipScorer(FrameScorer):
                              return_tensors="pt")["input_ids"].to(self.device)
         pooled = self.model.text_model(input_ids=ids).pooler_output
         return F.normalize(pooled.float(), dim=-1).cpu()
+
+
+def _file_ids(folder: Path, names: tuple[str, ...]) -> str:
+    """Size and mtime of each file (a changed weight file changes a scorer's identity)."""
+    out = []
+    for name in names:
+        st = (folder / name).resolve().stat()
+        out.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(out)
 
 
 def _tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -170,7 +192,8 @@ def _load_siglip(source: str, device: torch.device, dtype: torch.dtype) -> Sigli
     cfg = json.loads(pre.read_text()) if pre.is_file() else {}
     size = cfg.get("size", {}).get("height") or int(model.config.vision_config.image_size)
     mean, std = cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3)
-    return SiglipScorer(model.to(device).eval(), tokenizer, source, int(size), mean, std, device, dtype)
+    return SiglipScorer(model.to(device).eval(), tokenizer, source, int(size), mean, std, device, dtype,
+                        _file_ids(Path(folder), ("model.safetensors",)))
 
 
 def import_classes() -> None:

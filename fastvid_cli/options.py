@@ -151,8 +151,9 @@ FPS = typer.Option(None, "--fps", min=0.0, metavar="FPS",
                    help="Qwen-VL models: frames per second to sample (default 2), at least 4 and at most 768 frames, "
                         "an even count; exclusive with --frames.", rich_help_panel="Video")
 CACHE_DIR = typer.Option(None, metavar="DIR",
-                         help="Where sampled-and-encoded video features are cached (default: "
-                              "~/.cache/fastvid/features, or $FASTVID_CACHE/features).", rich_help_panel="Video")
+                         help="Where sampled-and-encoded video features, and the frame scores of --select and "
+                              "find, are cached (default: ~/.cache/fastvid/features, or $FASTVID_CACHE/features).",
+                         rich_help_panel="Video")
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.", rich_help_panel="Video")
 DECODER = typer.Option("auto", "--decoder", metavar="DECODER",
                        help="cpu | gpu | auto: decode the frames with FFmpeg on the CPU, or with NVDEC on the GPU "

@@ -156,6 +156,13 @@ class SelectOptions:
 
         return np.linspace(0, total - 1, self.count(total, video_fps), dtype=int).tolist()
 
+    def plan_key(self) -> dict[str, Any]:
+        """What decides the candidate frames (for the candidate cache): --candidates, else K and the default rule."""
+        if self.candidates:
+            return {"plan": "select-uniform", "count": self.candidates}
+        return {"plan": "select-uniform", "k": self.k, "per_frame": CANDIDATES_PER_FRAME, "fps": CANDIDATE_FPS,
+                "cap": DEFAULT_CANDIDATE_CAP}
+
     def key(self) -> dict[str, Any]:
         """What the selection is, for fingerprints and records (the selector as given: None is the default)."""
         return {"k": self.k, "candidates": self.candidates, "selector": self.selector, "power": self.power,

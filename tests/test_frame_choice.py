@@ -32,6 +32,9 @@ class PixelScorer(FrameScorer):
         quarters = [x[:, :h, :w], x[:, :h, w:], x[:, h:, :w], x[:, h:, w:]]
         return torch.cat([q.mean(dim=(1, 2)) for q in quarters], dim=1)
 
+    def identity(self):
+        return {"kind": "pixel-test"}
+
     def embed_texts(self, texts):
         self.texts += list(texts)
         g = torch.Generator().manual_seed(len(texts[0]))
@@ -76,3 +79,45 @@ def test_a_decoding_error_reaches_the_caller_as_the_videos_error(tmp_path):
     bad.write_bytes(b"\x00" * 4096)
     with pytest.raises(FastVidError):
         sample_candidates(str(bad), SelectOptions(k=4, candidates=16), PixelScorer())
+
+
+def test_cached_candidates_skip_decoding_and_give_the_same_frames(tmp_path):
+    """A video asked about again reads its candidates' embeddings from the cache: nothing is embedded, and only the
+    K chosen frames are decoded; the chosen clip equals the one cut from freshly decoded candidates."""
+    from fastvid_cli.feature_cache import FeatureCache
+
+    video = _clip(tmp_path / "c.mp4")
+    cache = FeatureCache(tmp_path / "cache")
+    opts = SelectOptions(k=6, candidates=40)
+    q = "where is the bright square?"
+    fresh = sample_candidates(video, opts, PixelScorer(), cache=cache)
+    assert not fresh.cached
+    want, want_info = choose(fresh, q, opts)
+
+    scorer = PixelScorer()
+    again = sample_candidates(video, opts, scorer, cache=cache, texts=[q])
+    assert again.cached and scorer.batches == [] and again.clip.frames.size == 0
+    assert torch.equal(again.embeds, fresh.embeds) and again.clip.timestamps == fresh.clip.timestamps
+    got, info = choose(again, q, opts)
+    assert info["cached"] and not want_info["cached"]
+    assert got.indices == want.indices and np.array_equal(np.asarray(got.frames), np.asarray(want.frames))
+    assert info["timestamps"] == want_info["timestamps"] and info["candidate_scores"] == want_info["candidate_scores"]
+    assert got.requested == 6 and got.chosen_from == 40
+
+    # another plan, or the file changed, is another entry
+    assert not sample_candidates(video, SelectOptions(k=6, candidates=41), PixelScorer(), cache=cache).cached
+    video = _clip(tmp_path / "c.mp4", n=151)
+    assert not sample_candidates(video, opts, PixelScorer(), cache=cache).cached
+
+
+def test_an_unreadable_cache_entry_is_a_miss_and_is_rewritten(tmp_path):
+    from fastvid_cli.feature_cache import FeatureCache
+
+    video = _clip(tmp_path / "c.mp4", n=60)
+    cache = FeatureCache(tmp_path / "cache")
+    opts = SelectOptions(k=4, candidates=20)
+    sample_candidates(video, opts, PixelScorer(), cache=cache)
+    (entry,) = (tmp_path / "cache").rglob("*.safetensors")
+    entry.write_bytes(b"not a safetensors file")
+    assert not sample_candidates(video, opts, PixelScorer(), cache=cache).cached
+    assert sample_candidates(video, opts, PixelScorer(), cache=cache).cached

@@ -84,6 +84,21 @@ def test_find_returns_the_needle_moment_in_the_top_5(runner, needle):
     assert any(m["start"] < end + 0.5 and m["end"] > start - 0.5 for m in moments), (rec["needle"], moments)
 
 
+def test_find_again_reads_the_frame_scores_from_the_cache(runner, needle, tmp_path):
+    """A second search of the same video (another text) decodes and embeds nothing: the candidates' embeddings come
+    from --cache-dir, and the moments are those a fresh search finds; --no-cache neither reads nor writes."""
+    video, _ = needle
+    runs = []
+    for text, extra in (("a red circle", []), ("a blue diamond", []), ("a blue diamond", ["--no-cache"])):
+        result = runner.invoke(app, ["find", str(video), text, "--selector", "demo", "--json",
+                                     "--cache-dir", str(tmp_path / "c"), *extra])
+        assert result.exit_code == 0, result.stderr
+        runs.append(json.loads(result.stdout))
+    assert [r["videos"][0]["cached"] for r in runs] == [False, True, False]
+    assert runs[1]["moments"] == runs[2]["moments"] and runs[1]["moments"]
+    assert len(list((tmp_path / "c").rglob("*.safetensors"))) == 1
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--select", "0"], "--select"),
     (["--select", "300"], "--select must be"),

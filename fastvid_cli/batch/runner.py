@@ -202,7 +202,7 @@ def _answer_share(cfg: BatchConfig, plan: Plan, share: list[Group], write: RowWr
             if stop.is_set():
                 break
             if scorer is not None:
-                _answer_group_selected(engine, scorer, group, plan, cfg, gen, write, stop, on_exception)
+                _answer_group_selected(engine, scorer, group, plan, cfg, gen, write, stop, on_exception, fcache)
                 continue
             _answer_group(engine, group, plan, gen, write, stop, on_exception,
                           frames_ahead.take(k) if frames_ahead is not None else None,
@@ -306,16 +306,18 @@ def _answer_row(engine, plan: Plan, row, write: Callable, on_exception, answer: 
 
 
 def _answer_group_selected(engine, scorer, group: Group, plan: Plan, cfg: BatchConfig, gen, write: Callable,
-                           stop: threading.Event, on_exception) -> None:
-    """--select: the video's candidates are decoded and embedded once; each row then gets the K frames chosen for
-    its question (frame_choice.choose), its own session (features belong to one question: no feature cache, no
-    shared prefix) and its answer; the record carries `selection`."""
+                           stop: threading.Event, on_exception, fcache=None) -> None:
+    """--select: the video's candidates are decoded and embedded once (their embeddings kept in `fcache`, the
+    feature cache, when there is one); each row then gets the K frames chosen for its question
+    (frame_choice.choose), its own session (features belong to one question: no feature cache, no shared prefix)
+    and its answer; the record carries `selection`."""
     from fastvid_cli.frame_choice import choose, sample_candidates
     from fastvid_cli.settings import PruneOptions
 
     prune = PruneOptions(method=group.method, ratio=group.ratio, params=dict(plan.base["params"]))
     try:
-        cands, cands_error = sample_candidates(group.path, cfg.select, scorer, decoder=engine.decoder), None
+        cands, cands_error = sample_candidates(group.path, cfg.select, scorer, decoder=engine.decoder,
+                                               cache=fcache), None
     except FastVidError as e:
         cands, cands_error = None, e.one_line()
     except Exception as e:

@@ -84,7 +84,7 @@ def run_eval(cfg: EvalConfig, *, engine=None, progress: Progress | None = None,
                         if stop.is_set():
                             break
                         if scorer is not None:
-                            _answer_group_selected(engine, scorer, group, plan, cfg, write, stop, on_exception)
+                            _answer_group_selected(engine, scorer, group, plan, cfg, write, stop, on_exception, fcache)
                         else:
                             _answer_group(engine, group, plan, cfg, write, stop, on_exception, fcache)
             finally:
@@ -189,7 +189,7 @@ def _scorer(cfg: EvalConfig, engine):
 
 
 def _answer_group_selected(engine, scorer, group: _Group, plan: EvalPlan, cfg: EvalConfig, write: Callable,
-                           stop: threading.Event, on_exception=None) -> None:
+                           stop: threading.Event, on_exception=None, fcache=None) -> None:
     """--select: the video's candidates are sampled and embedded once; each question then gets its own K frames
     (frame_choice.choose), encoded once and pruned by every setting. No feature cache: the features belong to one
     question."""
@@ -200,7 +200,7 @@ def _answer_group_selected(engine, scorer, group: _Group, plan: EvalPlan, cfg: E
     short = plan.form == "short"
     parse = None if short else choice_parser()
     try:
-        cands = sample_candidates(group.path, cfg.select, scorer, decoder=engine.decoder)
+        cands = sample_candidates(group.path, cfg.select, scorer, decoder=engine.decoder, cache=fcache)
     except Exception as e:
         message = item_error(e, on_exception)
         for s, qs in group.items.items():

@@ -313,7 +313,7 @@ class Scheduler:
             sess.cache_status, source = "hit", "memory"
             work.selection = self.selections.get(work.plan_key)
         elif s.select is not None:  # K frames chosen for the conversation's opening question
-            clip, work.selection = self._chosen(work.video, s.select, work.opening)
+            clip, work.selection = self._chosen(work.video, s.select, work.opening, s.cache)
             sess = eng.session(video.path, prune=prune, system=work.gen.system, clip=clip,
                                sample_ms=work.selection["timings_ms"]["sample_candidates"])
             source = sess.cache_status
@@ -344,10 +344,10 @@ class Scheduler:
                 self.sessions.popitem(last=False)
         return sess, source
 
-    def _chosen(self, video, sel, question: str):
+    def _chosen(self, video, sel, question: str, cache: bool = True):
         """--select: (the K-frame clip of `video` chosen for `question` (a conversation's opening one), the
         selection's record). The scorer loads at the first such request; a video's candidates are decoded and
-        embedded once (the latest video's are kept)."""
+        embedded once (the latest video's are kept; with `cache`, their embeddings also go to the disk cache)."""
         from fastvid_cli.frame_choice import choose, sample_candidates
 
         if self.scorer is None:
@@ -357,8 +357,9 @@ class Scheduler:
                                       self.engine.adapter.vision_device)
         ckey = (video.identity, json.dumps(sel.key(), sort_keys=True))
         if ckey not in self.candidates:
+            disk = self.feature_cache if cache and video.upload is None else None
             self.candidates = {ckey: sample_candidates(video.path, sel, self.scorer, decoder=self.engine.decoder,
-                                                          texts=[question])}
+                                                          texts=[question], cache=disk)}
         return choose(self.candidates[ckey], question, sel)
 
     # ------------------------------------------------------------------ answering
@@ -483,7 +484,7 @@ class Scheduler:
             self.policy.recheck(work.video)
             selection = None
             if c.select is not None:  # K frames chosen for the question, as `compare --select` does locally
-                clip, selection = self._chosen(work.video, c.select, c.question)
+                clip, selection = self._chosen(work.video, c.select, c.question, c.cache)
                 sample_ms = selection["timings_ms"]["sample_candidates"]
             else:
                 clip, sample_ms = eng.sample(work.video.path, work.plan)
