@@ -71,12 +71,9 @@ def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, d
         got = _cached(cache, key, scorer, video, decoder, notes, texts)
         if got is not None:
             return got
-    if decoder == "cpu":
-        def sample(on_frame):
-            return sample_frames(video, opts, on_frame=on_frame)
-    else:
-        def sample(on_frame):
-            return _sample_clip(video, opts, decoder, scorer, notes, on_frame)
+    def sample(on_frame):
+        return _sample_clip(video, opts, decoder, scorer, notes, on_frame)
+
     parts: list[tuple[list[int], list, torch.Tensor]] = []
     text_embeds: dict[str, torch.Tensor] = {}
 
