@@ -13,7 +13,7 @@ step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS left=$((END - SECOND
   [ "$limit" -gt "$left" ] && limit=$left
   timeout "$limit" "$@" > "$O/$name.log" 2>&1; echo "== $name rc=$? $((SECONDS - t0)) s"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc
-step select 170 python3 benchmarks/bench_select.py --decoder cpu,gpu --selectors so400m-384,so400m-224,base-224 --repeat 2 --out "$O/select.json"
+step select 170 python3 benchmarks/bench_select.py --decoder cpu,gpu --selectors ${SELECTORS:-so400m-384,so400m-224,base-224} --repeat 2 --out "$O/select.json"
 step e2e_720 170 python3 benchmarks/bench_e2e.py --decoder both --skip-sampling --repeat 3 --prune-repeat 10 --out "$O/e2e_720.json"
 step gpu_decode 120 python3 benchmarks/bench_gpu_decode.py --quick --repeat 3 --out "$O/gpu_decode.json"
 step e2e_1080 150 python3 benchmarks/bench_e2e.py --decoder both --skip-sampling --repeat 2 --ratios 1.0,0.1 --decode-tokens 16 --prune-repeat 5 --clip 60:1920x1080 --out "$O/e2e_1080.json"
