@@ -466,7 +466,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.", ric
         t.add_row("fused decode", info["fused_decode"])
         t.add_row("PyAV decoders", ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in info["decoders"].items()))
         nv = info["nvdec"]
-        t.add_row("GPU decoding (NVDEC)", ("available: " + ", ".join(nv["codecs"]) + " (--decoder auto uses it)")
+        t.add_row("GPU decoding (NVDEC)", ("available: " + ", ".join(nv["codecs"]) + " (with --decoder gpu)")
                   if nv["available"] else f"not available: {nv['reason']} (frames decode on the CPU)")
         Console().print(t)
         return 0

@@ -144,7 +144,7 @@ class Engine:
         torch_dtype = resolve_dtype(dtype, dev)
         device_map = _auto_device_map(ref, torch_dtype) if (want_auto and dev.startswith("cuda")) else None
         check_attn_implementation(attn_implementation)
-        if dev.startswith("cuda") and (decoder or "auto").strip().lower() != "cpu":
+        if dev.startswith("cuda") and (decoder or "auto").strip().lower() == "gpu":
             # before the model touches the GPU: NVDEC's contexts can then share torch's (see the function)
             from fastvid_cli.video_gpu import share_primary_context
 
