@@ -25,6 +25,9 @@ from fastvid_cli.settings import SelectOptions
 from fastvid_cli.video import Clip, sample_frames
 
 
+CPU_GROUP = 1 << 30  # frames per embedding group with CPU decoding: all at once (see sample_candidates)
+
+
 @dataclass
 class Candidates:
     """A video's M candidate frames (uniform, `clip`) and their embeddings (M,D) by `scorer`; `texts` keeps the
@@ -54,10 +57,10 @@ def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, d
                       notes: list[str] | None = None, texts: Sequence[str] = (),
                       cache: FeatureCache | None = None) -> Candidates:
     """Decode the candidates of `video` (the frame plan `opts`: SelectOptions.count of them, uniformly) and embed
-    them, in groups as the decoders hand them over (the scorer works while the rest is decoded; `texts`, e.g. the
-    question, are embedded first, while the first frames decode). `decoder`: "cpu" (numpy frames) or what
-    `--decoder` resolved to (video_gpu.sample_clip: NVDEC frames stay on the GPU, where the scorer takes them; a
-    fallback to the CPU adds a line to `notes`).
+    them (with NVDEC, in groups as the decoders hand them over: the scorer works while the rest is decoded) and
+    `texts` (e.g. the question). `decoder`: "cpu" (numpy frames) or what `--decoder` resolved to
+    (video_gpu.sample_clip: NVDEC frames stay on the GPU, where the scorer takes them; a fallback to the CPU adds a
+    line to `notes`).
 
     With `cache` (the feature cache's folder), the embeddings are read from / written to it, keyed by the file's
     identity, the plan (`opts.plan_key()`) and the scorer (`scorer.identity()`): a video asked about again is
@@ -84,9 +87,14 @@ def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, d
                       scorer.embed_frames(stack_frames([a for _, a in pending]))))
         return len(pending)
 
+    # Embedding while the CPU decoders run was measured to help neither (H100 host, 16 decoder threads, so400m: the
+    # embedding's eager launches starve for the GIL, 396 ms of it were left after decoding, and decoding took 342 ms
+    # instead of ~220): with CPU decoding the frames are embedded once all are decoded. NVDEC leaves the CPU free:
+    # there groups are embedded as they arrive (83 ms left after decoding).
+    chunk = FRAME_CHUNK if decoder != "cpu" else CPU_GROUP
     t0 = time.perf_counter()
     with torch.inference_mode():
-        box = decode_in_groups(sample, FRAME_CHUNK, take)
+        box = decode_in_groups(sample, chunk, take)
     if "error" in box:
         raise box["error"]
     clip: Clip = box["clip"]

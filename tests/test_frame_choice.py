@@ -54,7 +54,14 @@ def _clip(path, n=150, rotation=None):
 
 
 @pytest.mark.parametrize("rotation", [None, 90])
-def test_streamed_embeddings_are_those_of_the_final_frames(tmp_path, rotation):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_streamed_embeddings_are_those_of_the_final_frames(tmp_path, monkeypatch, rotation, grouped):
+    """With CPU decoding the candidates are embedded once decoded; in groups as they are handed over (NVDEC's way,
+    forced here on the CPU decoders) the result must be the same, slot by slot."""
+    from fastvid_cli import frame_choice
+
+    if grouped:
+        monkeypatch.setattr(frame_choice, "CPU_GROUP", FRAME_CHUNK)
     video = _clip(tmp_path / "c.mp4", rotation=rotation)
     opts = SelectOptions(k=8, candidates=4 * FRAME_CHUNK // 2 + 3)  # more than a group, not a multiple of one
     scorer = PixelScorer()
@@ -62,6 +69,8 @@ def test_streamed_embeddings_are_those_of_the_final_frames(tmp_path, rotation):
     m = len(cands.clip.indices)
     assert m == opts.candidates and cands.embeds.shape == (m, 12)
     assert torch.equal(cands.embeds, scorer.embed_frames(cands.clip.frames))
+    if grouped and not rotation:
+        assert len(scorer.batches) > 2 and max(scorer.batches[:-1]) < m  # several groups, then the check's batch
     if rotation:  # the final frames are rotated copies: embedded again after decoding, not in groups
         assert cands.clip.rotation == rotation and scorer.batches[-2] == m
     # the question was embedded once, while decoding, and choosing for it does not embed it again
