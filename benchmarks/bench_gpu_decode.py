@@ -142,6 +142,11 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device")
+    # Before torch uses the GPU (as Engine.load does for --decoder gpu): without it every NVDEC open fails with
+    # ENOTSUP and each clip falls back (what the 2026-12-07 session-6 run of this script measured: CPU vs CPU).
+    from fastvid_cli.video_gpu import share_primary_context
+
+    print(f"NVDEC context sharing: {share_primary_context(0)}", flush=True)
     status = nvdec_status(0)
     print(f"NVDEC: {status}", flush=True)
     if not status["available"]:
