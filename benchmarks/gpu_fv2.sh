@@ -2,11 +2,7 @@
 # Branch fv2 (FlashVID's serial index_put_ runs removed): the FlashVID benchmark (scenes, 32x196 and 60x264, graph,
 # eager and per-phase) and the GPU equivalence test, in one device call of about a minute; logs and JSON under $OUT.
 set -u
-cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-O=${OUT:-/tmp/out}; mkdir -p "$O"
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$O/$name.log" 2>&1; echo "== $name rc=$? $((SECONDS - t0)) s"; tail -n 60 "$O/$name.log"; }
+source "$(dirname "$0")/_device.sh"
 nvidia-smi --query-gpu=name --format=csv,noheader
 step prune_flashvid 32 python3 benchmarks/bench_prune_flashvid.py --device cuda --repeat 20 --warmup 5 \
   --scenarios scenes --json "$O/prune_flashvid.json"

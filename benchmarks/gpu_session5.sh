@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # One device call that runs this session's GPU measurements, each under its own time limit, logs under $OUT.
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-O=${OUT:-/tmp/out}; mkdir -p "$O"
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$O/$name.log" 2>&1; echo "== $name rc=$? $((SECONDS - t0)) s"; }
+source "$(dirname "$0")/_device.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 step batched_decode 100 python3 benchmarks/bench_batched_decode.py --device cuda --repeat 2 --tokens 64 --out "$O/batched_decode.json"
 step prune_flashvid 70 python3 benchmarks/bench_prune_flashvid.py --device cuda --repeat 20 --warmup 5 --scenarios scenes --json "$O/prune_flashvid.json"

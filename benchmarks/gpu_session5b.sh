@@ -2,12 +2,7 @@
 # The session's second device call: NVDEC diagnosis, FlashVID prune after the fix, FlashVID's stage vs FastVID at
 # equal layer-average retention, the client overhead and concurrency of `fastvid serve`, and `--select`'s cost.
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-O=${OUT:-/tmp/out}; mkdir -p "$O"
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$O/$name.log" 2>&1; echo "== $name rc=$? $((SECONDS - t0)) s"; }
+source "$(dirname "$0")/_device.sh"
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   echo "NVIDIA_DRIVER_CAPABILITIES=${NVIDIA_DRIVER_CAPABILITIES:-unset}"
   ldconfig -p | grep -iE "nvcuvid|nvidia-encode|libcuda\.so" || echo "no libnvcuvid in ldconfig"

@@ -3,15 +3,8 @@
 # cached candidates (issue #16), NVDEC vs CPU TTFT against stock on the 1-minute 720p clip (issue #17), NVDEC
 # sampling on the test clips, then the 1080p TTFT. Each step gets what is left of the deadline at most.
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-O=${OUT:-/tmp/out}; mkdir -p "$O"
-END=$((SECONDS + ${DEADLINE:-560}))
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS left=$((END - SECONDS))
-  [ "$left" -lt 20 ] && { echo "== $name skipped (deadline)"; return; }
-  [ "$limit" -gt "$left" ] && limit=$left
-  timeout "$limit" "$@" > "$O/$name.log" 2>&1; echo "== $name rc=$? $((SECONDS - t0)) s"; }
+DEADLINE=${DEADLINE:-560}
+source "$(dirname "$0")/_device.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc
 step select 170 python3 benchmarks/bench_select.py --decoder cpu,gpu --selectors ${SELECTORS:-so400m-384,so400m-224,base-224} --repeat 2 --out "$O/select.json"
 step e2e_720 170 python3 benchmarks/bench_e2e.py --decoder both --skip-sampling --repeat 3 --prune-repeat 10 --out "$O/e2e_720.json"

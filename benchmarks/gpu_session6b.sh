@@ -2,12 +2,7 @@
 # Session 6, second device call (issue #17): NVDEC sampling vs CPU on every test clip (bench_gpu_decode, with the
 # 1080p and 10-minute clips and the codec checks), and TTFT with NVDEC vs stock on a 1080p and a 10-minute clip.
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-O=${OUT:-/tmp/out}; mkdir -p "$O"
-step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$O/$name.log" 2>&1; echo "== $name rc=$? $((SECONDS - t0)) s"; }
+source "$(dirname "$0")/_device.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc
 step gpu_decode 220 python3 benchmarks/bench_gpu_decode.py --repeat 3 --out "$O/gpu_decode.json"
 step e2e_1080 140 python3 benchmarks/bench_e2e.py --decoder both --skip-sampling --repeat 3 --ratios 1.0,0.1 --decode-tokens 16 --prune-repeat 5 --clip 60:1920x1080 --out "$O/e2e_1080.json"

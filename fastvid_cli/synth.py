@@ -70,6 +70,7 @@ import numpy as np
 from .errors import InvalidOptionError
 from .synth_check import check, question_text
 from .synth_scene import (  # re-exported: callers use synth.<name>
+    ANY_DIRECTION,
     BACKGROUNDS,
     COLOURS,
     COUNT_OPTIONS,
@@ -175,7 +176,7 @@ def _build(pick: random.Random, rng: random.Random, qtype: str, T: int, H: int, 
         g, m = _gap(T), _min_len(T)
         starts = _spaced(rng, n, 0, T - m, g)
         for i, a in enumerate(starts):
-            b.add(shapes[i], colours[i], span=(a, rng.randint(a + m, T)), direction="random")
+            b.add(shapes[i], colours[i], span=(a, rng.randint(a + m, T)), direction=ANY_DIRECTION)
         order = sorted(b.plans, key=lambda p: p.appear)
         target = order[0] if qtype == "first_appears" else order[-1]
         near = [p for p in b.plans if p is not target]

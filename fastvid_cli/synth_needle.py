@@ -60,7 +60,7 @@ def _build(pick: random.Random, rng: random.Random, qtype: str, T: int, size: in
     for i in range(1, n_distract + 1):
         n = rng.randint((3 * T) // 4, T)
         a = rng.randint(0, T - n)
-        b.add(shapes[i], colours[i], span=(a, a + n), direction="random")
+        b.add(shapes[i], colours[i], span=(a, a + n), direction=synth.ANY_DIRECTION)
     near = [p for p in b.plans if p is not target]
     if qtype == "colour_of_shape":
         qa = synth._make_qa(rng, qtype, {"shape": target.shape}, target.colour, [p.colour for p in near],

@@ -290,14 +290,18 @@ class _Retry(Exception):
     """A required object found no place: the builder starts over (the RNG goes on, so this stays deterministic)."""
 
 
+ANY_DIRECTION = "any"  # _Builder.add: static half the time, else one of DIRECTIONS at random
+
+
 class _Builder:
     def __init__(self, rng: random.Random, T: int, H: int, W: int):
         self.rng, self.T, self.H, self.W = rng, T, H, W
         self.plans: list[_Plan] = []
 
-    def add(self, shape: str, colour: str, *, span=None, direction="random", required=True, **kw) -> _Plan | None:
+    def add(self, shape: str, colour: str, *, span=None, direction=ANY_DIRECTION, required=True,
+            **kw) -> _Plan | None:
         rng, T = self.rng, self.T
-        if direction == "random":
+        if direction is ANY_DIRECTION:
             direction = None if rng.random() < 0.5 else rng.choice(DIRECTIONS)
         elif isinstance(direction, tuple):  # any direction but these
             direction = rng.choice([None] + [d for d in DIRECTIONS if d not in direction])

@@ -18,6 +18,7 @@ from fastvid_cli.pruning import REGISTRY
 from fastvid_cli.server.errors import ApiError, bad_request
 from fastvid_cli.server.protocol import MAX_FRAMES, ChatRequest, number
 
+EXTENSION = "fastvid"  # the request's own object of fastvid settings (beside the OpenAI fields); errors name it
 SWITCHES = ("baseline", "margins", "compile", "cache")
 SAMPLING = ("method", "ratio", "frames", "fps", "select", "candidates", "select_for")
 
@@ -143,11 +144,11 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
     # as `ask`: the request's parameters, else the server's flags, else the family's defaults (resolve_params)
     given = {k: v for k, v in defaults.params.items() if k in own}
     given.update({k: param_value(k, ext[k], f"fastvid.{k}", [method], fam) for k in own if k in ext})
-    resolve_method_params([method], fam, given, "fastvid")
+    resolve_method_params([method], fam, given, EXTENSION)
     try:
         params = pruning.resolve_params(method, fam, given)
     except InvalidOptionError as e:
-        raise bad_request(e.one_line(), "fastvid", "invalid_value") from None
+        raise bad_request(e.one_line(), EXTENSION, "invalid_value") from None
     out = Resolved(frames=frames, fps=fps, method=method,
                    ratio=pruning.ratio_for(method, ratio or defaults.ratio or None, family["ratio"]),
                    params=params, compile=defaults.compile, select=select, select_for=select_text(ext, select))
