@@ -14,12 +14,14 @@ Two phases (issue #18: a single joint phase left shape, motion and order questio
   1. vision (the first --vision-share of the budget): the tower alone, on every frame of the batch, with dense
      per-patch targets: the shape and the colour of the object covering most of the patch (an edge patch is labelled
      with the object whose edge it shows), and the saliency head's colour presence. A step costs only the tower, so
-     this phase gives the tower many large-batch updates before the LLM sees it.
+     this phase gives the tower many large-batch updates before the LLM sees it. The tower's layers start as the
+     identity (`zero_residual`), which learnt per-patch shapes faster than the default init.
   2. joint: tower (at --vision-lr-scale of the LR, its dense targets kept), projector and LLM. The LLM runs the
      chat prefix + video ONCE per clip and the clip's k question rows on top of that key/value cache (the video
      part of k rows is identical under causal attention), so a clip costs one video pass + k short suffixes.
      Dense causal targets on every video token at the LLM's middle layer (read from the clip description; all of
      them can be known from the frames up to the token's own, so causal attention can compute them):
+       the token's own place (column, row) on its frame's grid;
        shape and colour of the object covering the cell;
        motion so far: static, or the direction of its displacement since it first appeared;
        appearance rank: 1 for the object that appears first, 2 for the next, ... (the order questions);
@@ -373,6 +375,7 @@ def fit(args) -> Trained:
         torch.backends.cudnn.allow_tf32 = True
     text = dict(demo.TEXT, num_hidden_layers=args.text_layers)
     model, tok, head, head_cfg = demo.build(args.seed, text=text)
+    zero_residual(model.model.vision_tower)
     model.to(dev).train()
     head.to(dev).train()
     core = model.model
