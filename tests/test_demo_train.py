@@ -1,36 +1,91 @@
 """The demo trainer's data side (fastvid_cli/demo/train.py): targets read from the clip description agree with the
-pixels, and the question rows teach exactly the answer tokens after the prompt the adapter builds."""
+pixels and with the questions' answers, and the question rows teach exactly the answer tokens after the prompt the
+adapter builds; the shared-video LLM pass equals running every row whole."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
+import torch
 
 from fastvid_cli import synth
 from fastvid_cli.demo import train
 
 
-def test_presence_from_the_description_equals_the_pixel_measure():
+def test_presence_and_patch_labels_agree_with_the_pixels():
     palette = train._palette()
+    rgb = np.array(list(synth.COLOURS.values()))
     for seed in range(40):
         spec, _ = synth.generate(seed)
-        presence, patch, motion = train.clip_targets(spec, 16, 8)
-        assert np.array_equal(presence, train.colour_presence(synth.render(spec), palette)), seed
-        # a patch labelled with a colour shows that colour at its centre pixel (clip pixels 8i+3..8i+4)
-        pixels = synth.render(spec)[:, 3::8, 3::8].astype(int)
-        rgb = np.array(list(synth.COLOURS.values()))
-        t, i, j = np.nonzero(patch[:, 1])
-        near = np.abs(pixels[t, i, j] - rgb[patch[:, 1][t, i, j] - 1]).sum(-1) == 0
-        assert near.mean() > 0.85, (seed, near.mean())  # edges: the label samples between pixels 3 and 4
-        assert (patch[:, 0] > 0).sum() > 0 and ((patch[:, 0] > 0) == (patch[:, 1] > 0)).all()
-        assert motion.max() < len(train.MOTIONS)
+        pixels = synth.render(spec)
+        presence, patch, cell = train.clip_targets(spec, 16, 8)
+        assert np.array_equal(presence, train.colour_presence(pixels, palette)), seed
+        # objects have distinct colours on a frame, so a patch's colour counts are its objects' pixel counts
+        for grid, labels in ((16, patch[:, 1]), (8, cell[:, 1])):
+            s = spec.height // grid
+            same = (pixels[..., None, :].astype(int) == rgb).all(-1)  # (T, H, W, K)
+            counts = same.reshape(spec.frames, grid, s, grid, s, len(rgb)).sum((2, 4))
+            want = np.where(counts.max(-1) >= train.MIN_SHARE * s * s, counts.argmax(-1) + 1, 0)
+            assert np.array_equal(labels, want), (seed, grid)
+        assert ((patch[:, 0] > 0) == (patch[:, 1] > 0)).all() and (patch[:, 0] > 0).any()
+        assert ((cell[:, 0] > 0)[:, None] == (cell > 0)).all()  # every target is set exactly on object cells
+        assert cell[:, 2].max() < len(train.MOTIONS) and cell[:, 3].max() <= train.MAX_RANK
 
 
-def test_motion_target_is_the_direction_asked_about():
-    for seed in range(3, 200, 8):  # primary type direction
+def _cells_of(spec, cell, qa_subject_colour: str, t: int) -> np.ndarray:
+    """The cell-target vectors (n, 5) of frame t's cells covered by the object of that colour."""
+    c = list(synth.COLOURS).index(qa_subject_colour) + 1
+    return cell[t].transpose(1, 2, 0)[cell[t, 1] == c]
+
+
+def test_motion_so_far_ends_at_the_direction_asked_about():
+    for seed in range(3, 400, 8):  # primary type direction
         spec, qas = synth.generate(seed)
-        obj = next(o for o in spec.objects if o.shape == qas[0].subject["shape"]
-                   and o.states[o.visible()[0]].colour == qas[0].subject["colour"])
-        assert train._motion(obj) == qas[0].short_answer
+        qa = qas[0]
+        obj = next(o for o in spec.objects if o.shape == qa.subject["shape"]
+                   and o.states[o.visible()[0]].colour == qa.subject["colour"])
+        _, _, cell = train.clip_targets(spec, 16, 8)
+        first, last = obj.visible()[0], obj.visible()[-1]
+        assert (_cells_of(spec, cell, qa.subject["colour"], first)[:, 2] == train.MOTIONS.index("static")).all()
+        end = _cells_of(spec, cell, qa.subject["colour"], last)[:, 2]
+        assert len(end) and (end == train.MOTIONS.index(qa.short_answer)).all(), seed
+
+
+def test_rank_and_newest_answer_the_order_questions():
+    for seed in list(range(4, 400, 8)) + list(range(5, 400, 8)):  # first_appears, last_appears primaries
+        spec, qas = synth.generate(seed)
+        qa = qas[0]
+        states = train.object_states(spec)
+        key = (lambda o: o.shape) if qa.subject["by"] == "shape" else (lambda o: o.states[o.visible()[0]].colour)
+        i = next(i for i, o in enumerate(spec.objects) if key(o) == qa.short_answer)
+        vis = spec.objects[i].visible()
+        if qa.type == "first_appears":
+            assert (states[i + 1, vis, 3] == 1).all() and (np.delete(states[:, :, 3], i + 1, 0) != 1).all()
+        else:
+            assert states[i + 1, vis, 3].max() == states[:, :, 3].max()
+            assert (states[i + 1, vis, 4] == 2).all(), seed  # nothing appears after the last one
+        # every target of a frame is decided by the frames up to it: an object appearing later changes none
+        for j, o in enumerate(spec.objects):
+            later = [p for p in spec.objects if p.visible()[0] > o.visible()[0]]
+            if later:
+                t = min(p.visible()[0] for p in later) - 1
+                if o.states[t] is not None:
+                    assert states[j + 1, t, 4] == 2
+
+
+def test_order_questions_pass_the_benchmark_checker():
+    made = 0
+    for seed in range(300):
+        spec, qas = synth.generate(seed)
+        asked = {(q.type, tuple(sorted(q.subject.items()))) for q in qas}
+        for qa in train.order_questions(random.Random(seed), spec, asked):
+            made += 1
+            assert synth.check(spec, qa) and (qa.type, tuple(sorted(qa.subject.items()))) not in asked
+            order = sorted(spec.objects, key=lambda o: o.visible()[0], reverse=qa.type == "last_appears")
+            want = order[0].shape if qa.subject["by"] == "shape" else order[0].states[order[0].visible()[0]].colour
+            assert qa.short_answer == want
+    assert made > 300  # about 1.5 a clip
 
 
 def test_rows_label_the_answer_after_the_prompt():
@@ -44,3 +99,26 @@ def test_rows_label_the_answer_after_the_prompt():
     # the first answer token is predicted from the last prompt token (the generation prompt's newline)
     first = int(batch["first"][0].nonzero())
     assert suffix[first] == ids.row("x", "y")[0][-3] and labels[first] == taught[0]
+    assert batch["cell"].shape == (1, 16, 5, 8, 8) and batch["patch"].shape == (1, 16, 2, 16, 16)
+
+
+def test_shared_video_rows_equal_whole_rows_and_their_gradients():
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    lm = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=2, vocab_size=16)).eval()
+    B, k, L, S, D = 2, 3, 12, 5, 32
+    emb = torch.randn(B, L, D, requires_grad=True)
+    pos = torch.cat([torch.arange(4), 4 + torch.tensor([0, 2, 3, 7, 8, 9, 12, 15])]).expand(B, -1)  # a drop
+    suffix, spos = torch.randn(B * k, S, D), (30 + torch.arange(S)).expand(B * k, -1)
+    mid, rows = train.shared_video_rows(lm, emb, pos, suffix, spos, k, 2)
+    emb2 = emb.detach().clone().requires_grad_(True)
+    whole = lm(inputs_embeds=torch.cat([emb2.repeat_interleave(k, 0), suffix], 1),
+               position_ids=torch.cat([pos.repeat_interleave(k, 0), spos], 1), output_hidden_states=True)
+    torch.testing.assert_close(rows, whole.last_hidden_state[:, L:])
+    torch.testing.assert_close(mid, whole.hidden_states[2][::k, :L])
+    w = torch.randn(rows.shape)
+    g1 = torch.autograd.grad((rows * w).sum(), emb)[0]
+    g2 = torch.autograd.grad((whole.last_hidden_state[:, L:] * w).sum(), emb2)[0]
+    torch.testing.assert_close(g1, g2)

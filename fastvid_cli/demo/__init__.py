@@ -20,8 +20,9 @@ TEXT = dict(model_type="qwen2", hidden_size=256, intermediate_size=1024, num_hid
 FRAMES = 16
 
 
-def build(seed: int = 0):
-    """(model, tokenizer, saliency_head, vision_config_dict) with random weights, ready to train."""
+def build(seed: int = 0, text: dict | None = None):
+    """(model, tokenizer, saliency_head, vision_config_dict) with random weights, ready to train. `text`: the LLM's
+    config (default TEXT)."""
     import torch
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
 
@@ -30,7 +31,7 @@ def build(seed: int = 0):
 
     tok = byte_tokenizer()
     torch.manual_seed(seed)
-    text = dict(TEXT, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+    text = dict(TEXT if text is None else text, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id)
     cfg = LlavaOnevisionConfig(vision_config=dict(VISION), text_config=text,
                                image_token_index=tok.convert_tokens_to_ids("<image>"),

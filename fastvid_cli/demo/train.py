@@ -1,31 +1,46 @@
 """Train the demo model on the synthetic shapes benchmark (GPU; a fixed seed; logs loss and accuracy).
 
-    python -m fastvid_cli.demo.train --out fastvid_cli/demo/weights --minutes 12
+    python -m fastvid_cli.demo.train --out fastvid_cli/demo/weights --minutes 8
 
 What is trained, end to end: SigLIP-style tower, projector, Qwen2 LLM (answer cross-entropy on the benchmark's
 multiple-choice and short-answer prompts, exactly the prompts `fastvid eval` uses), plus the attention-pooling
 saliency head with an auxiliary task: from each frame's pooled vector, predict which palette colours are visible in
 that frame. To answer it the probe must attend to the shapes, which is what makes FastVID's saliency meaningful for
-this model. Half the batches drop a random share of the video tokens (original positions kept), so the model has
-seen reduced token sets; no pruning method is used in training, so none is favoured.
+this model. Late in training some batches keep only part of the video tokens (original positions kept, cells with an
+object kept first, as a saliency-based pruner would), so the model has seen reduced token sets; no pruning method is
+used in training, so none is favoured.
 
-Two dense auxiliary targets, read from the generator's clip description (training clips only), give the small model
-a signal per token instead of one per question (without them a 7-minute run left shape and motion questions at
-chance):
-  - per tower patch (16x16 grid, before pooling): which shape and which colour covers the patch's centre;
-  - per video token at the LLM's last layer (8x8 pooled grid): how the object covering the cell moves over the
-    clip (none / static / left / right / up / down), which needs the other frames, so it teaches the LLM to relate
-    frames, not the per-frame tower.
-Each clip is rendered once and asked several of its questions (the tower runs once per clip, the LLM once per
-question), chosen to balance the question types.
+Two phases (issue #18: a single joint phase left shape, motion and order questions at chance):
+  1. vision (the first --vision-share of the budget): the tower alone, on every frame of the batch, with dense
+     per-patch targets: the shape and the colour of the object covering most of the patch (an edge patch is labelled
+     with the object whose edge it shows), and the saliency head's colour presence. A step costs only the tower, so
+     this phase gives the tower many large-batch updates before the LLM sees it. The tower's layers start as the
+     identity (`zero_residual`), which learnt per-patch shapes faster than the default init.
+  2. joint: tower (at --vision-lr-scale of the LR, its dense targets kept), projector and LLM. The LLM runs the
+     chat prefix + video ONCE per clip and the clip's k question rows on top of that key/value cache (the video
+     part of k rows is identical under causal attention), so a clip costs one video pass + k short suffixes.
+     Dense causal targets on every video token at the LLM's middle layer (read from the clip description; all of
+     them can be known from the frames up to the token's own, so causal attention can compute them):
+       the token's own place (column, row) on its frame's grid;
+       shape and colour of the object covering the cell;
+       motion so far: static, or the direction of its displacement since it first appeared;
+       appearance rank: 1 for the object that appears first, 2 for the next, ... (the order questions);
+       newest: whether no object has appeared after it yet (the last-to-appear question).
+     The answer loss weighs the first answer token (the one that decides the answer) fully and the rest of the
+     answer by --rest-weight.
+
+Each clip is rendered once and asked k of its questions, chosen by TYPE_WEIGHT; besides the generator's questions,
+training clips also get the order questions (first / last appears, by shape and by colour) whenever the benchmark's
+own checker (`synth.check`) accepts them on that clip.
 
 Training clips come from seeds 0 .. SEED_END-1 (the test split uses 1_000_000 on and the example search 2_000_000
-on, never seen here). Labels are the generator's own; the test split is not touched.
+on, never seen here). Labels are the generator's own (or accepted by its checker); the test split is not touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import random
@@ -42,13 +57,18 @@ from fastvid_cli.models.siglip_head import OWN_HEAD_FILE, write_head
 
 MEAN = STD = 0.5
 SEED_END = 800_000  # training seeds stay below this (benchmarks/diag_demo_margins.py relies on it)
-MOTIONS = ("none", "static", "left", "right", "up", "down")
-# How often a clip's extra (non-primary) questions are drawn by type: count is learnt first and alone, the shape and
-# motion questions are the ones a short run leaves at chance.
-EXTRA_WEIGHT = {"count": 0.2, "after_cut": 0.5, "colour_of_shape": 1.0, "shape_of_colour": 1.5, "direction": 2.0}
-# Share of clips skipped by their primary type (seed % 8) before anything is rendered: counting is learnt early
-# (98 % after 7 minutes) and is asked again as an extra question; the order questions exist only as primaries.
+MOTIONS = ("none", "static", "left", "right", "up", "down")  # "none": no object on the cell
+MOVED_PX = 6  # clip pixels from where it appeared before an object counts as moving (it moves >= 2.5 px a frame)
+MAX_RANK = 4
+MIN_SHARE = 0.125  # an object labels a patch / cell when it covers at least this share of its pixels
+# How often a clip's non-primary questions are drawn, by type: counting is learnt first and easily; shape, motion and
+# order questions are the ones a short run leaves at chance.
+TYPE_WEIGHT = {"count": 0.25, "after_cut": 0.5, "colour_change": 1.0, "colour_of_shape": 1.0, "shape_of_colour": 2.0,
+               "direction": 2.0, "first_appears": 2.0, "last_appears": 2.0}
+# Share of clips skipped by their primary type (seed % 8) before anything is rendered: counting is asked again as an
+# extra question of almost every clip.
 PRIMARY_SKIP = {"count": 0.5}
+CELL_TARGETS = ("shape", "colour", "motion", "rank", "newest")
 
 
 def _palette() -> np.ndarray:
@@ -65,57 +85,128 @@ def colour_presence(frames: np.ndarray, palette: np.ndarray, min_pixels: int = 2
     return ((diff < 60).sum((1, 2)) >= min_pixels).astype(np.float32)
 
 
-def _motion(track) -> str:
-    """static / left / right / up / down of an object track (the generator moves objects in straight lines)."""
-    pts = [(s.x, s.y) for s in track.states if s is not None]
-    dx, dy = pts[-1][0] - pts[0][0], pts[-1][1] - pts[0][1]
-    if dx == 0 and dy == 0:
-        return "static"
-    if abs(dx) >= abs(dy):
-        return "right" if dx > 0 else "left"
-    return "down" if dy > 0 else "up"
+def owner_map(spec) -> np.ndarray:
+    """(T, H, W) int8: index + 1 of the object drawn on each pixel (0: background), as `synth.render` draws them."""
+    from fastvid_cli import synth_scene
+
+    T, H, W = spec.frames, spec.height, spec.width
+    out = np.zeros((T, H, W), np.int8)
+    for i, obj in enumerate(spec.objects):
+        e = int(math.ceil(synth_scene.EXTENT * obj.radius)) + 1
+        yy, xx = np.mgrid[-e:e + 1, -e:e + 1]
+        stencil = synth_scene._shape_mask(obj.shape, xx, yy, obj.radius)
+        for t, s in enumerate(obj.states):
+            if s is None:
+                continue
+            y0, y1, x0, x1 = max(s.y - e, 0), min(s.y + e + 1, H), max(s.x - e, 0), min(s.x + e + 1, W)
+            mask = stencil[y0 - (s.y - e):y1 - (s.y - e), x0 - (s.x - e):x1 - (s.x - e)]
+            out[t, y0:y1, x0:x1][mask] = i + 1
+    return out
+
+
+def _cover(owner: np.ndarray, n: int, grid: int) -> np.ndarray:
+    """(T, grid, grid) index + 1 of the object covering the largest share (>= MIN_SHARE) of each cell, else 0."""
+    T, H, _ = owner.shape
+    if not n:
+        return np.zeros((T, grid, grid), np.int64)
+    s = H // grid
+    blocks = owner.reshape(T, grid, s, grid, s)
+    counts = np.stack([(blocks == i + 1).sum((2, 4)) for i in range(n)], -1)
+    best = counts.argmax(-1)
+    return np.where(counts.max(-1) >= MIN_SHARE * s * s, best + 1, 0).astype(np.int64)
+
+
+def object_states(spec) -> np.ndarray:
+    """(n_objects + 1, T, 5) int64 per object and frame: shape + 1, colour + 1, motion so far (index in MOTIONS),
+    appearance rank (1 = appears first, capped at MAX_RANK), newest (2: no object appeared after it by frame t,
+    1: one did); 0 everywhere while the object is not visible, and for row 0 (the background)."""
+    from fastvid_cli import synth
+
+    T, n = spec.frames, len(spec.objects)
+    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
+    out = np.zeros((n + 1, T, 5), np.int64)
+    appear = [o.visible()[0] for o in spec.objects]
+    order = sorted(set(appear))
+    for i, obj in enumerate(spec.objects):
+        first = obj.states[appear[i]]
+        rank = min(order.index(appear[i]) + 1, MAX_RANK)
+        for t, s in enumerate(obj.states):
+            if s is None:
+                continue
+            dx, dy = s.x - first.x, s.y - first.y
+            if max(abs(dx), abs(dy)) < MOVED_PX:
+                motion = "static"
+            elif abs(dx) >= abs(dy):
+                motion = "right" if dx > 0 else "left"
+            else:
+                motion = "down" if dy > 0 else "up"
+            newest = 2 if all(a <= appear[i] for a in appear if a <= t) else 1
+            out[i + 1, t] = (shapes.index(obj.shape) + 1, colours.index(s.colour) + 1, MOTIONS.index(motion), rank,
+                             newest)
+    return out
 
 
 def clip_targets(spec, grid: int, pooled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense training targets of a clip from its description (exact: shapes never overlap and stay inside).
 
     presence (T, K) float: palette colour k is on frame t (what `colour_presence` measures on pixels);
-    patch (T, 2, grid, grid) int64: shape index + 1 and colour index + 1 of the object covering each patch centre
-    (0: background); motion (T, pooled, pooled) int64: index in MOTIONS of the object covering each pooled cell's
-    centre."""
+    patch (T, 2, grid, grid) int64: shape index + 1 and colour index + 1 of the object covering most of each tower
+    patch (at least MIN_SHARE of it; 0: background);
+    cell (T, 5, pooled, pooled) int64: per pooled cell (the video tokens) the object's CELL_TARGETS of
+    `object_states` (0: no object covers MIN_SHARE of the cell)."""
     from fastvid_cli import synth
 
-    T, H = spec.frames, spec.height
-    colours, shapes = list(synth.COLOURS), list(synth.SHAPES)
-    presence = np.zeros((T, len(colours)), np.float32)
-    patch = np.zeros((T, 2, grid, grid), np.int64)
-    motion = np.zeros((T, pooled, pooled), np.int64)
-    cp = (np.arange(grid) + 0.5) * H / grid - 0.5  # patch centres in clip pixels
-    cq = (np.arange(pooled) + 0.5) * H / pooled - 0.5
+    T = spec.frames
+    presence = np.zeros((T, len(synth.COLOURS)), np.float32)
+    colours = list(synth.COLOURS)
     for obj in spec.objects:
-        m = MOTIONS.index(_motion(obj))
         for t, s in enumerate(obj.states):
-            if s is None:
+            if s is not None:
+                presence[t, colours.index(s.colour)] = 1.0
+    owner = owner_map(spec)
+    states = object_states(spec)  # (n+1, T, 5)
+    t_idx = np.arange(T)[:, None, None]
+    patch_obj = _cover(owner, len(spec.objects), grid)
+    patch = states[patch_obj, t_idx][..., :2].transpose(0, 3, 1, 2)
+    cell = states[_cover(owner, len(spec.objects), pooled), t_idx].transpose(0, 3, 1, 2)
+    return presence, np.ascontiguousarray(patch), np.ascontiguousarray(cell)
+
+
+def order_questions(rng: random.Random, spec, skip: set) -> list:
+    """The first / last appears questions (by shape and by colour) that the benchmark's checker accepts on this
+    clip, except those whose (type, subject) is in `skip`."""
+    from fastvid_cli import synth
+
+    objs = list(spec.objects)
+    if len(objs) < 2:
+        return []
+    out = []
+    for qtype in ("first_appears", "last_appears"):
+        order = sorted(objs, key=lambda o: o.visible()[0], reverse=qtype == "last_appears")
+        target, others = order[0], order[1:]
+        for by in ("shape", "colour"):
+            if (qtype, (("by", by),)) in skip:
                 continue
-            c = colours.index(s.colour)
-            presence[t, c] = 1.0
-            inside = synth._shape_mask(obj.shape, cp[None, :] - s.x, cp[:, None] - s.y, obj.radius)
-            patch[t, 0][inside] = shapes.index(obj.shape) + 1
-            patch[t, 1][inside] = c + 1
-            inside = synth._shape_mask(obj.shape, cq[None, :] - s.x, cq[:, None] - s.y, obj.radius)
-            motion[t][inside] = m
-    return presence, patch, motion
+            if by == "shape":
+                qa = synth._make_qa(rng, qtype, {"by": by}, target.shape, [o.shape for o in others], synth.SHAPES)
+            else:
+                colour = lambda o: o.states[o.visible()[0]].colour  # noqa: E731
+                qa = synth._make_qa(rng, qtype, {"by": by}, colour(target), [colour(o) for o in others],
+                                    synth.COLOURS)
+            if synth.check(spec, qa):
+                out.append(qa)
+    return out
 
 
 def pick_questions(rng: random.Random, qas: list, k: int) -> list:
-    """k of a clip's questions: its primary one (types balanced over seeds), then extras drawn by EXTRA_WEIGHT
+    """k of a clip's questions: its primary one (types balanced over seeds), then others drawn by TYPE_WEIGHT
     without replacement (with replacement once they run out)."""
     out, rest = [qas[0]], list(qas[1:])
     while len(out) < k:
         if not rest:
             out.append(rng.choice(qas))
             continue
-        q = rng.choices(rest, weights=[EXTRA_WEIGHT.get(q.type, 1.0) for q in rest])[0]
+        q = rng.choices(rest, weights=[TYPE_WEIGHT.get(q.type, 1.0) for q in rest])[0]
         rest.remove(q)
         out.append(q)
     return out
@@ -153,11 +244,11 @@ class Clips(torch.utils.data.IterableDataset):
     """Endless batches: each worker renders seeds wid, wid+W, ... (< SEED_END) and yields whole collated batches
     (pixels, dense targets, and k question rows per clip, padded), so the training process only moves tensors."""
 
-    def __init__(self, batch: int, frames: int, questions: int, short_share: float, mc_target: str, seed: int):
+    def __init__(self, batch: int, frames: int, questions: int, short_share: float, mc_target: str, seed: int,
+                 grid: int):
         self.batch, self.frames, self.questions = batch, frames, questions
         self.short_share, self.mc_target, self.seed = short_share, mc_target, seed
-        self.grid = demo.VISION["image_size"] // demo.VISION["patch_size"]
-        self.pooled = math.ceil(self.grid / 2)
+        self.grid, self.pooled = grid, math.ceil(grid / 2)
 
     def __iter__(self):
         from fastvid_cli import synth
@@ -174,6 +265,8 @@ class Clips(torch.utils.data.IterableDataset):
                 if rng.random() < PRIMARY_SKIP.get(synth.TYPES[this % len(synth.TYPES)], 0.0):
                     continue
                 spec, qas = synth.generate(this, frames=self.frames)
+                asked = {(q.type, tuple(sorted(q.subject.items()))) for q in qas}
+                qas = qas + order_questions(rng, spec, asked)
                 rows = []
                 for qa in pick_questions(rng, qas, self.questions):
                     short = rng.random() < self.short_share
@@ -185,7 +278,7 @@ class Clips(torch.utils.data.IterableDataset):
 
 
 def collate(clips: list, pad: int) -> dict[str, torch.Tensor]:
-    """Stack a batch of (pixels, presence, patch, motion, rows) clips. Question rows are clip-major (k per clip);
+    """Stack a batch of (pixels, presence, patch, cell, rows) clips. Question rows are clip-major (k per clip);
     `labels[r, j]` is the token that position j of row r's suffix must predict (-100: none), `first` marks the
     position that predicts the first answer token."""
     rows = [r for c in clips for r in c[4]]
@@ -201,9 +294,8 @@ def collate(clips: list, pad: int) -> dict[str, torch.Tensor]:
     return dict(frames=torch.from_numpy(np.stack([c[0] for c in clips])),
                 presence=torch.from_numpy(np.stack([c[1] for c in clips])),
                 patch=torch.from_numpy(np.stack([c[2] for c in clips])),
-                motion=torch.from_numpy(np.stack([c[3] for c in clips])),
-                suffix=suffix, suffix_len=torch.tensor([len(r[0]) for r in rows]), labels=labels, first=first,
-                qtype=torch.tensor([r[2] for r in rows]))
+                cell=torch.from_numpy(np.stack([c[3] for c in clips])),
+                suffix=suffix, labels=labels, first=first, qtype=torch.tensor([r[2] for r in rows]))
 
 
 @dataclass
@@ -224,6 +316,55 @@ class Trained:
         return dict(tower=core.vision_tower, projector=core.multi_modal_projector, head=self.head)
 
 
+def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, bg_weight: float) -> torch.Tensor:
+    """Cross-entropy over the last dim of logits (..., C) with class 0 (background / no object) down-weighted."""
+    w = torch.ones(logits.shape[-1], device=logits.device)
+    w[0] = bg_weight
+    return F.cross_entropy(logits.float().flatten(0, -2), target.flatten(), weight=w)
+
+
+def _fg_acc(logits: torch.Tensor, target: torch.Tensor, lo: int = 1) -> torch.Tensor:
+    """Accuracy on the elements whose target is >= lo (NaN when there are none; no host sync)."""
+    m = target >= lo
+    return ((logits.argmax(-1) == target) & m).sum() / m.sum()
+
+
+def _object_first_keep(cell: torch.Tensor, keep: int, bias: float) -> torch.Tensor:
+    """(B, T, N) cell targets' object id > 0 -> (B, T, keep) kept token indices per frame, increasing: cells with an
+    object rank before the others by `bias` (plus uniform noise), as a saliency-based pruner keeps them."""
+    score = torch.rand(cell.shape, device=cell.device) + bias * (cell > 0).float()
+    return score.topk(keep, -1).indices.sort(-1).values
+
+
+def zero_residual(tower: torch.nn.Module) -> None:
+    """Start every encoder layer of a SigLIP tower as the identity: its attention output projection and its MLP's
+    second linear at zero (the weights still train from the first step). Each patch then starts as its own little
+    MLP on its pixels, which learns local evidence (a shape's edge in the patch) quickly, and attention is mixed in
+    as it helps; from the default init the tower learnt per-patch shapes far slower than a per-patch MLP
+    (benchmarks/diag_demo_probe.py)."""
+    for layer in tower.encoder.layers if hasattr(tower, "encoder") else tower.vision_model.encoder.layers:
+        for lin in (layer.self_attn.out_proj, layer.mlp.fc2):
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+
+
+def shared_video_rows(lm, emb: torch.Tensor, pos: torch.Tensor, suffix: torch.Tensor, spos: torch.Tensor, k: int,
+                      layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLM on k question rows per clip that share the clip's prefix + video: (hidden state `layer` of the shared
+    part (B, L, D), last hidden state of the rows (B*k, S, D)), equal to running each full row (the shared part
+    once, its key/value cache repeated for the k rows; gradients flow through the cache).
+
+    emb, pos: (B, L, D), (B, L) the shared part; suffix, spos: (B*k, S, D), (B*k, S) the rows, clip-major,
+    right-padded (no mask needed: causal attention never lets a real token see the padding after it)."""
+    out = lm(inputs_embeds=emb, position_ids=pos, use_cache=True, output_hidden_states=True)
+    # transformers >= 5.2x names it `cache` (and warns on the old name); older 5.x only know `past_key_values`
+    name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    cache = out[name]
+    cache.batch_repeat_interleave(k)
+    rows = lm(inputs_embeds=suffix, position_ids=spos, use_cache=True, **{name: cache}).last_hidden_state
+    return out.hidden_states[layer], rows
+
+
 def fit(args) -> Trained:
     """Train from scratch for args.minutes (or args.max_steps) and return the trained modules (fp32, eval mode)."""
     torch.manual_seed(args.seed)
@@ -232,48 +373,73 @@ def fit(args) -> Trained:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model, tok, head, head_cfg = demo.build(args.seed)
+    text = dict(demo.TEXT, num_hidden_layers=args.text_layers)
+    model, tok, head, head_cfg = demo.build(args.seed, text=text)
+    zero_residual(model.model.vision_tower)
     model.to(dev).train()
     head.to(dev).train()
     core = model.model
+    lm = core.language_model
     palette = _palette()
     grid = demo.VISION["image_size"] // demo.VISION["patch_size"]
     npf = math.ceil(grid / 2) ** 2
     T, k = args.frames, args.questions
     n_video = T * npf + 1  # + the newline token
     vdim, tdim = demo.VISION["hidden_size"], model.config.text_config.hidden_size
+    aux_layer = args.aux_layer or max(1, args.text_layers // 2)  # hidden_states[i]: the output of layer i
     from fastvid_cli import synth
 
-    aux = torch.nn.ModuleDict(dict(
+    n_shape, n_colour = len(synth.SHAPES) + 1, len(synth.COLOURS) + 1
+    vision_aux = torch.nn.ModuleDict(dict(
         presence=torch.nn.Linear(head_cfg["hidden_size"], len(palette)),
-        shape=torch.nn.Linear(vdim, len(synth.SHAPES) + 1),
-        colour=torch.nn.Linear(vdim, len(synth.COLOURS) + 1),
-        motion=torch.nn.Linear(tdim, len(MOTIONS)))).to(dev)
+        shape=torch.nn.Linear(vdim, n_shape), colour=torch.nn.Linear(vdim, n_colour))).to(dev)
+    pooled_grid = math.ceil(grid / 2)
+    cell_classes = dict(shape=n_shape, colour=n_colour, motion=len(MOTIONS), rank=MAX_RANK + 1, newest=3,
+                        x=pooled_grid, y=pooled_grid)
+    llm_aux = torch.nn.ModuleDict({n: torch.nn.Linear(tdim, c) for n, c in cell_classes.items()}).to(dev)
     ids = PromptIds()
     prefix = torch.tensor(ids.prefix, device=dev)
     P = len(ids.prefix)
     loader = torch.utils.data.DataLoader(
-        Clips(args.batch, T, k, args.short_share, args.mc_target, args.seed), batch_size=None,
+        Clips(args.batch, T, k, args.short_share, args.mc_target, args.seed, grid), batch_size=None,
         num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=args.workers > 0, pin_memory=dev.type == "cuda")
-    params = list(model.parameters()) + list(head.parameters()) + list(aux.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    vision_params = [*core.vision_tower.parameters(), *head.parameters(), *vision_aux.parameters()]
+    llm_params = [*core.multi_modal_projector.parameters(), core.image_newline, *lm.parameters(),
+                  *llm_aux.parameters()]
+    params = vision_params + llm_params
+    every = [*model.parameters(), *head.parameters(), *vision_aux.parameters(), *llm_aux.parameters()]
+    assert len(params) == len({id(p) for p in params}) and {id(p) for p in params} == {id(p) for p in every}, \
+        "every parameter in exactly one group (lm_head is tied to the input embeddings)"
+    opt = torch.optim.AdamW([dict(params=vision_params), dict(params=llm_params)], lr=args.lr, weight_decay=0.01,
+                            betas=(0.9, 0.98))
     emb_layer = model.get_input_embeddings()
+    cast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" or args.cpu_bf16)
     log, step, budget = [], 0, args.minutes * 60
     hist: dict[str, list] = {}
     type_hits = np.zeros((len(synth.TYPES), 2))
-    wait = 0.0
+    wait, joint_from, phase_steps = 0.0, None, {"vision": 0, "joint": 0}
     it = iter(loader)
     t0 = time.perf_counter()
+
+    def schedule(frac: float, start: float, steps: int) -> float:
+        """Warm-up over args.warmup steps, then cosine from 1 to args.lr_floor over [start, 1] of the budget."""
+        f = min(1.0, max(0.0, (frac - start) / max(1e-9, 1 - start)))
+        return min(1.0, (steps + 1) / args.warmup) * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (
+            1 + math.cos(math.pi * f)))
+
     while True:
         elapsed = time.perf_counter() - t0
         if elapsed > budget or step >= args.max_steps:
             break
         frac = min(1.0, max(elapsed / budget, step / args.max_steps))
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (
-            1 + math.cos(math.pi * frac)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        joint = frac >= args.vision_share
+        if joint and joint_from is None:
+            joint_from = frac
+        phase = "joint" if joint else "vision"
+        lr_v = args.lr * schedule(frac, 0.0, step) * (args.vision_lr_scale if joint else 1.0)
+        lr_t = args.lr * schedule(frac, joint_from, phase_steps["joint"]) if joint else 0.0
+        opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = lr_v, lr_t
         tw = time.perf_counter()
         b = {name: v.to(dev, non_blocking=True) for name, v in next(it).items()}
         wait += time.perf_counter() - tw
@@ -283,73 +449,100 @@ def fit(args) -> Trained:
         x = x + torch.randn_like(x) * 2.0  # compression-like noise: test clips go through H.264
         x = F.interpolate(x, size=(demo.VISION["image_size"],) * 2, mode="bicubic", align_corners=False)
         x = (x.clamp(0, 255) / 255.0 - MEAN) / STD
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        logs = {}
+        with cast:
             hs = core.vision_tower(x, output_hidden_states=True).hidden_states[-1]  # (B*T, grid*grid, C)
-            vfeat = core.apply_pooling(core.multi_modal_projector(hs)).reshape(B, T * npf, -1)
             _, pooled = head(hs)
-            presence_loss = F.binary_cross_entropy_with_logits(aux["presence"](pooled).float(),
+            presence_loss = F.binary_cross_entropy_with_logits(vision_aux["presence"](pooled).float(),
                                                                b["presence"].flatten(0, 1))
             patch = b["patch"].flatten(0, 1).flatten(-2)  # (B*T, 2, grid*grid)
-            patch_loss = (F.cross_entropy(aux["shape"](hs).float().transpose(1, 2), patch[:, 0])
-                          + F.cross_entropy(aux["colour"](hs).float().transpose(1, 2), patch[:, 1]))
-            video = torch.cat([vfeat, core.image_newline.to(vfeat.dtype).expand(B, 1, -1)], 1)
-            video = video.repeat_interleave(k, 0)  # (R, n_video, D): k questions per clip
-            vpos = torch.arange(n_video, device=dev).expand(R, -1)
-            motion = b["motion"].flatten(1).repeat_interleave(k, 0)  # (R, T*npf)
-            drop = random.random() < args.drop_share
-            if drop:  # the same keep count for every row (one tensor), a different random set per row and frame
-                keep = max(1, int(npf * random.choice([0.1, 0.15, 0.25, 0.5])))
-                sel = torch.rand(R, T, npf, device=dev).argsort(-1)[..., :keep].sort(-1).values
-                sel = (sel + torch.arange(T, device=dev)[:, None] * npf).flatten(1)
-                motion = motion.gather(1, sel)
-                vpos = torch.cat([sel, torch.full((R, 1), n_video - 1, device=dev)], 1)
-                video = video.gather(1, vpos[..., None].expand(-1, -1, video.shape[-1]))
-            V = video.shape[1]
-            S = b["suffix"].shape[1]
-            emb = torch.cat([emb_layer(prefix).expand(R, -1, -1).to(video.dtype), video,
-                             emb_layer(b["suffix"]).to(video.dtype)], 1)
-            pos = torch.cat([torch.arange(P, device=dev).expand(R, -1), P + vpos,
-                             P + n_video + torch.arange(S, device=dev).expand(R, -1)], 1)
-            am = torch.cat([torch.ones(R, P + V, device=dev, dtype=torch.long),
-                            (torch.arange(S, device=dev)[None] < b["suffix_len"][:, None]).long()], 1)
-            h = core.language_model(inputs_embeds=emb, attention_mask=am, position_ids=pos).last_hidden_state
-            motion_loss = F.cross_entropy(aux["motion"](h[:, P:P + V - 1]).float().transpose(1, 2), motion)
-            hs_q = h[:, P + V:]
-            sel = b["labels"] != -100
-            qa_loss = F.cross_entropy(model.lm_head(hs_q[sel]).float(), b["labels"][sel])
-            loss = (qa_loss + args.aux_weight * presence_loss + args.patch_weight * patch_loss
-                    + args.motion_weight * motion_loss)
+            shape_logits = vision_aux["shape"](hs)
+            patch_loss = (_weighted_ce(shape_logits, patch[:, 0], args.bg_weight)
+                          + _weighted_ce(vision_aux["colour"](hs), patch[:, 1], args.bg_weight))
+            loss = args.patch_weight * patch_loss + args.presence_weight * presence_loss
+            logs.update(patch_loss=patch_loss, presence_loss=presence_loss,
+                        patch_shape_acc=_fg_acc(shape_logits, patch[:, 0]))
+            if joint:
+                vfeat = core.apply_pooling(core.multi_modal_projector(hs)).reshape(B, T * npf, -1)
+                video = torch.cat([vfeat, core.image_newline.to(vfeat.dtype).expand(B, 1, -1)], 1)
+                vpos = torch.arange(n_video, device=dev).expand(B, -1)
+                cell = b["cell"].permute(0, 1, 3, 4, 2).flatten(1, 3)  # (B, T*npf, 5)
+                if frac >= args.drop_from and random.random() < args.drop_share:
+                    # the same keep count for every clip (one tensor), a different set per clip and frame
+                    keep = max(1, int(npf * random.choice([0.1, 0.25, 0.5])))
+                    sel = _object_first_keep(cell[..., 0].reshape(B, T, npf), keep, args.drop_bias)
+                    sel = (sel + torch.arange(T, device=dev)[:, None] * npf).flatten(1)
+                    cell = cell.gather(1, sel[..., None].expand(-1, -1, cell.shape[-1]))
+                    vpos = torch.cat([sel, torch.full((B, 1), n_video - 1, device=dev)], 1)
+                    video = video.gather(1, vpos[..., None].expand(-1, -1, video.shape[-1]))
+                V = video.shape[1]
+                # the prefix + video once per clip; its key/value cache then serves the clip's k question rows
+                emb = torch.cat([emb_layer(prefix).expand(B, -1, -1).to(video.dtype), video], 1)
+                pos = torch.cat([torch.arange(P, device=dev).expand(B, -1), P + vpos], 1)
+                S = b["suffix"].shape[1]
+                spos = (P + n_video + torch.arange(S, device=dev)).expand(R, -1)
+                mid, hs_q = shared_video_rows(lm, emb, pos, emb_layer(b["suffix"]).to(video.dtype), spos, k,
+                                              aux_layer)
+                mid = mid[:, P:P + V - 1]  # the grid tokens (not the newline)
+                # where each token sits on its frame's grid (all tokens): direction questions compare the places
+                # of an object's tokens across frames, so they need a position that the answer can read
+                cell_pos = vpos[:, :-1] % npf
+                cell_loss, xy_hit = 0.0, True
+                for name, want in (("x", cell_pos % pooled_grid), ("y", cell_pos // pooled_grid)):
+                    logits = llm_aux[name](mid).float()
+                    cell_loss = cell_loss + F.cross_entropy(logits.flatten(0, 1), want.flatten())
+                    xy_hit = xy_hit & (logits.argmax(-1) == want)
+                logs["cell_xy_acc"] = xy_hit.float().mean()
+                for j, name in enumerate(CELL_TARGETS):
+                    logits = llm_aux[name](mid)
+                    cell_loss = cell_loss + _weighted_ce(logits, cell[..., j], args.bg_weight)
+                    if name in ("shape", "rank"):
+                        logs[f"cell_{name}_acc"] = _fg_acc(logits, cell[..., j])
+                    elif name == "motion":
+                        logs["cell_moving_acc"] = _fg_acc(logits, cell[..., j], lo=MOTIONS.index("left"))
+                # every position through the head (no boolean indexing: no host sync); unlabelled ones weigh 0
+                ce = F.cross_entropy(model.lm_head(hs_q).float().flatten(0, 1), b["labels"].flatten(),
+                                     reduction="none", ignore_index=-100)
+                w = torch.where(b["first"], 1.0, args.rest_weight) * (b["labels"] != -100)
+                qa_loss = (ce * w.flatten()).sum() / w.sum()
+                loss = loss + qa_loss + args.cell_weight * cell_loss
+                logs.update(qa_loss=qa_loss, cell_loss=cell_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        # first-answer-token accuracy per question type (the letter or the first byte of the answer word)
-        with torch.no_grad():
-            hit = (model.lm_head(hs_q[b["first"]]).argmax(-1) == b["labels"][b["first"]]).float()
-        for name, v in (("qa_loss", qa_loss), ("presence_loss", presence_loss), ("patch_loss", patch_loss),
-                        ("motion_loss", motion_loss), ("first_token_acc", hit.mean())):
-            hist.setdefault(name, []).append(v.detach())
-        np.add.at(type_hits, (b["qtype"].cpu().numpy(), 0), hit.cpu().numpy())
-        np.add.at(type_hits, (b["qtype"].cpu().numpy(), 1), 1)
+        phase_steps[phase] += 1
+        if joint:  # first-answer-token accuracy per question type (the letter or the first byte of the answer word)
+            with torch.no_grad():
+                hit = (model.lm_head(hs_q[b["first"]]).argmax(-1) == b["labels"][b["first"]]).float()
+            logs["first_token_acc"] = hit.mean()
+            np.add.at(type_hits, (b["qtype"].cpu().numpy(), 0), hit.cpu().numpy())
+            np.add.at(type_hits, (b["qtype"].cpu().numpy(), 1), 1)
+        for name, v in logs.items():
+            hist.setdefault(name, []).append(v.detach().float())
         if step % args.log_every == 0:
             now = time.perf_counter() - t0
-            row = dict(step=step, minutes=round(now / 60, 2), lr=round(lr, 6),
-                       **{n: round(torch.stack(v).float().mean().item(), 4) for n, v in hist.items()},
-                       steps_per_s=round(args.log_every / max(1e-9, now - (log[-1]["minutes"] * 60 if log else 0)),
-                                         2),
-                       data_wait_share=round(wait / max(1e-9, now - (log[-1]["minutes"] * 60 if log else 0)), 3),
-                       by_type={t: round(type_hits[i, 0] / max(1, type_hits[i, 1]), 3)
-                                for i, t in enumerate(synth.TYPES)})
+            since = now - (log[-1]["minutes"] * 60 if log else 0)
+            row = dict(step=step, phase=phase, minutes=round(now / 60, 2), lr=round(lr_t if joint else lr_v, 6),
+                       **{n: round(torch.stack(v).nanmean().item(), 4) for n, v in hist.items()},
+                       steps_per_s=round(args.log_every / max(1e-9, since), 2),
+                       data_wait_share=round(wait / max(1e-9, since), 3))
+            if type_hits[:, 1].sum():
+                row["by_type"] = {t: round(type_hits[i, 0] / max(1, type_hits[i, 1]), 3)
+                                  for i, t in enumerate(synth.TYPES)}
             log.append(row)
             print(json.dumps(row), flush=True)
             hist, wait = {}, 0.0
             type_hits[:] = 0
     model.eval()
     head.eval()
-    summary = dict(seed=args.seed, steps=step, batch=args.batch, questions_per_clip=k, frames=T, lr=args.lr,
-                   short_share=args.short_share, mc_target=args.mc_target, weights=dict(
-                       presence=args.aux_weight, patch=args.patch_weight, motion=args.motion_weight),
+    summary = dict(seed=args.seed, steps=step, phase_steps=phase_steps, batch=args.batch, questions_per_clip=k,
+                   frames=T, text_layers=args.text_layers, lr=args.lr, vision_share=args.vision_share,
+                   vision_lr_scale=args.vision_lr_scale, short_share=args.short_share, mc_target=args.mc_target,
+                   weights=dict(presence=args.presence_weight, patch=args.patch_weight, cell=args.cell_weight,
+                                rest=args.rest_weight, background=args.bg_weight),
+                   drop=dict(share=args.drop_share, start=args.drop_from, bias=args.drop_bias),
                    minutes=round((time.perf_counter() - t0) / 60, 2), log=log,
                    device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__)
     return Trained(model, tok, head, head_cfg, summary)
@@ -379,19 +572,34 @@ def train(args) -> dict:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(demo.WEIGHTS))
-    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--max-steps", type=int, default=1_000_000,
-                    help="stop after this many steps (the LR schedule then runs over whichever ends first)")
+                    help="stop after this many steps (phases and LR schedules then run over whichever ends first)")
     ap.add_argument("--batch", type=int, default=32, help="clips per step")
-    ap.add_argument("--questions", type=int, default=2, help="questions asked of each clip per step (LLM rows)")
+    ap.add_argument("--questions", type=int, default=4, help="questions asked of each clip per step (LLM rows)")
     ap.add_argument("--frames", type=int, default=demo.FRAMES)
+    ap.add_argument("--text-layers", type=int, default=6,
+                    help="LLM layers (demo.TEXT has 4: 6 leave room to relate frames after the middle layer that the "
+                         "video-token targets train)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-floor", type=float, default=0.05, help="final LR as a share of --lr (cosine)")
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--aux-weight", type=float, default=0.5, help="colour presence (trains the saliency head)")
-    ap.add_argument("--patch-weight", type=float, default=0.3, help="shape and colour of each tower patch")
-    ap.add_argument("--motion-weight", type=float, default=0.3, help="motion of each video token (LLM side)")
-    ap.add_argument("--drop-share", type=float, default=0.5, help="share of steps with random video-token drop")
+    ap.add_argument("--warmup", type=int, default=200, help="warm-up steps of each phase's new parameters")
+    ap.add_argument("--vision-share", type=float, default=0.2,
+                    help="share of the budget for the tower-only phase (dense per-patch targets)")
+    ap.add_argument("--vision-lr-scale", type=float, default=0.5, help="the tower's LR in the joint phase, x --lr")
+    ap.add_argument("--presence-weight", type=float, default=0.3, help="colour presence (trains the saliency head)")
+    ap.add_argument("--patch-weight", type=float, default=1.0, help="shape and colour of each tower patch")
+    ap.add_argument("--cell-weight", type=float, default=0.3,
+                    help="shape, colour, motion so far, appearance rank, newest of each video token (LLM middle)")
+    ap.add_argument("--aux-layer", type=int, default=0,
+                    help="LLM hidden state the video-token targets read (0: half the layers)")
+    ap.add_argument("--bg-weight", type=float, default=0.1, help="weight of the background class in dense targets")
+    ap.add_argument("--rest-weight", type=float, default=0.25,
+                    help="weight of the answer tokens after the first (and of eos) in the answer loss")
+    ap.add_argument("--drop-share", type=float, default=0.3, help="share of late steps with video tokens dropped")
+    ap.add_argument("--drop-from", type=float, default=0.6, help="budget share after which token drop starts")
+    ap.add_argument("--drop-bias", type=float, default=0.7,
+                    help="how strongly cells with an object are kept first when tokens are dropped")
     ap.add_argument("--short-share", type=float, default=0.5,
                     help="share of short-answer (not multiple-choice) prompts")
     ap.add_argument("--mc-target", choices=["word", "letter"], default="word",
@@ -402,6 +610,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cpu-bf16", action="store_true", help="autocast to bfloat16 on CPU too (default: float32)")
     ap.add_argument("--text-tower", action="store_true",
                     help="then train the demo's frame selector on the saved tower (demo/text_tower.py; CPU, minutes)")
     return ap
