@@ -254,7 +254,7 @@ def _select_frames(video: Path, question: str, select, model: str, device: str, 
     scorer = load_scorer(selector_source(select.selector, resolve_model(model)), device)
     cands = sample_candidates(str(video), select, scorer, decoder=decoder, notes=notes, texts=[question],
                               cache=cache)
-    clip, info = choose(cands, question, select)
+    clip, info = choose(cands, question, select, decode_now=True)  # while the model loads
     if chosen is not None:
         chosen.update(info)
     return clip

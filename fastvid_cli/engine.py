@@ -14,6 +14,7 @@ VideoSession, set_threads, versions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from fastvid_cli.prefill import prefill_for
 from fastvid_cli.report import Clock, Report, Stage, versions
 from fastvid_cli.session import VideoSession
 from fastvid_cli.settings import GenerationOptions, PruneOptions
-from fastvid_cli.video import Clip
+from fastvid_cli.video import ChosenFrames, Clip
 from fastvid_cli.video_gpu import resolve_decoder, sample_clip
 
 __all__ = ["Engine", "GenerationOptions", "PruneOptions", "Report", "Stage", "VideoSession", "set_threads",
@@ -330,7 +331,8 @@ class Engine:
         """Sample, encode and prune `video` once; the session then answers any number of questions about it.
 
         `clip` may be given when frames were sampled elsewhere (e.g. on the main thread while the model loaded),
-        with `sample_ms` the time that took. With a `feature_cache` (fastvid_cli.feature_cache.FeatureCache),
+        with `sample_ms` the time that took; a `pending` clip (`--select`'s choice out of cached candidates) is
+        decoded here, like a frame count, at its indices (sample_ms: what choosing took). With a `feature_cache` (fastvid_cli.feature_cache.FeatureCache),
         sampled-and-encoded features are looked up first and stored after a miss. `fps`: the sampling rate of
         families that sample by rate (Qwen-VL; exclusive with `frames`)."""
         on_stage = on_stage or (lambda *_: None)
@@ -349,19 +351,26 @@ class Engine:
             clip, feats = hit
             timings.update(sample=0.0, preprocess=0.0, vision=0.0)
         else:
-            if clip is None and self._pipelined():
+            chosen = clip if clip is not None and clip.pending else None  # --select's choice, still to decode
+            plan = ChosenFrames(chosen.indices) if chosen is not None else frames
+            if (clip is None or chosen is not None) and self._pipelined():
                 clip, feats = self.encoder.sample_and_encode(
-                    video, frames, timings, on_stage, chunk=self.PIPELINE_CHUNK, encode_clip=self.features,
+                    video, plan, timings, on_stage, chunk=self.PIPELINE_CHUNK, encode_clip=self.features,
                     sampler=lambda v, f, on_frame: self.sample_clip(v, f, on_frame=on_frame, notes=notes))
+                if chosen is not None:  # what choosing them took before (e.g. reading the cached candidates)
+                    timings["sample"] += sample_ms or 0.0
             else:
-                if clip is None:
+                if clip is None or chosen is not None:
                     on_stage("sample", "start")
-                    clip, sample_ms = self.sample(video, frames, notes)
+                    clip, took = self.sample(video, plan, notes)
+                    sample_ms = took + ((sample_ms or 0.0) if chosen is not None else 0.0)
                     on_stage("sample", "done")
                 timings["sample"] = sample_ms or 0.0
                 on_stage("encode", "start")
                 feats = self.features(clip, timings)
                 on_stage("encode", "done")
+            if chosen is not None:
+                clip = dataclasses.replace(clip, requested=chosen.requested, chosen_from=chosen.chosen_from)
             if feature_cache is not None:
                 feature_cache.store(key, clip, feats)
         sess = self.session_from_features(video, clip, feats, prune, timings, system=system, on_stage=on_stage)

@@ -22,7 +22,7 @@ from fastvid_cli.feature_cache import FeatureCache, cache_key, clip_from_meta, c
 from fastvid_cli.frame_scorer import FRAME_CHUNK, FrameScorer
 from fastvid_cli.selection import select_frames
 from fastvid_cli.settings import SelectOptions
-from fastvid_cli.video import Clip, sample_frames
+from fastvid_cli.video import ChosenFrames, Clip, sample_frames
 
 
 CPU_GROUP = 1 << 30  # frames per embedding group with CPU decoding: all at once (see sample_candidates)
@@ -87,11 +87,12 @@ def sample_candidates(video: str, opts: SelectOptions, scorer: FrameScorer, *, d
                       scorer.embed_frames(stack_frames([a for _, a in pending]))))
         return len(pending)
 
-    # Embedding while the CPU decoders run was measured to help neither (H100 host, 16 decoder threads, so400m: the
-    # embedding's eager launches starve for the GIL, 396 ms of it were left after decoding, and decoding took 342 ms
-    # instead of ~220): with CPU decoding the frames are embedded once all are decoded. NVDEC leaves the CPU free:
-    # there groups are embedded as they arrive (83 ms left after decoding).
-    chunk = FRAME_CHUNK if decoder != "cpu" else CPU_GROUP
+    # Embedding eagerly while the CPU decoders run was measured to help neither (H100 host, 16 decoder threads,
+    # so400m: the embedding's ~700 launches a group starve for the GIL, 396 ms of it were left after decoding, and
+    # decoding took 342 ms instead of ~220): an eager scorer embeds CPU-decoded frames once all are decoded. A
+    # scorer whose groups are one graph replay (`scorer.group()`) embeds them as they arrive, as does any scorer
+    # with NVDEC, which leaves the CPU free (83 ms left after decoding).
+    chunk = scorer.group() or (FRAME_CHUNK if decoder != "cpu" else CPU_GROUP)
     t0 = time.perf_counter()
     with torch.inference_mode():
         box = decode_in_groups(sample, chunk, take)
@@ -139,10 +140,16 @@ def _cached(cache: FeatureCache, key: str, scorer: FrameScorer, video: str, deco
                       video=video, decoder=decoder, notes=notes)
 
 
-def choose(cands: Candidates, question: str, opts: SelectOptions) -> tuple[Clip, dict[str, Any]]:
+def choose(cands: Candidates, question: str, opts: SelectOptions, *,
+           decode_now: bool = False) -> tuple[Clip, dict[str, Any]]:
     """The K frames of `cands` for `question` (all of them when there are K or fewer) as a Clip whose frames are
     copied out of the decoded candidates, and the selection's record: chosen timestamps and scores, every
-    candidate's time and score, the rule and its parameters, and the times it took."""
+    candidate's time and score, the rule and its parameters, and the times it took.
+
+    Candidates read from the cache hold no frames: the clip then comes back `pending` (its indices chosen, its
+    frames not decoded), and `Engine.session` decodes those frames through its pipelined sampler, encoding them
+    while they decode, as it samples uniform frames. `decode_now` decodes them here instead (`ask` does, while the
+    model is still loading)."""
     t0 = time.perf_counter()
     scores = cands.scores(question)
     m = scores.numel()
@@ -151,14 +158,14 @@ def choose(cands: Candidates, question: str, opts: SelectOptions) -> tuple[Clip,
     pos = sel.indices.tolist()
     c = cands.clip
     sample_ms = cands.sample_ms
-    if cands.cached:  # the candidates' frames were not kept: decode the chosen ones (as sampling K frames would)
+    chosen = [c.indices[i] for i in pos]
+    if cands.cached and decode_now:
         t2 = time.perf_counter()
-        got = _sample_clip(cands.video, _Indices([c.indices[i] for i in pos]), cands.decoder, cands.scorer,
-                           cands.notes)
+        got = _sample_clip(cands.video, ChosenFrames(chosen), cands.decoder, cands.scorer, cands.notes)
         clip = dataclasses.replace(got, requested=opts.k, chosen_from=m)
         sample_ms += (time.perf_counter() - t2) * 1e3
-    else:
-        clip = dataclasses.replace(c, frames=c.frames[pos], indices=[c.indices[i] for i in pos],
+    else:  # cut out of the decoded candidates, or pending (cached candidates: frames=None)
+        clip = dataclasses.replace(c, frames=None if cands.cached else c.frames[pos], indices=chosen,
                                    timestamps=[c.timestamps[i] for i in pos], requested=opts.k, chosen_from=m)
     info = {
         "k": len(pos), "candidates": m, "selector": cands.scorer.source, "rule": "bolt-its",
@@ -171,13 +178,3 @@ def choose(cands: Candidates, question: str, opts: SelectOptions) -> tuple[Clip,
                        "score_and_select": round((t1 - t0) * 1e3, 3)},
     }
     return clip, info
-
-
-class _Indices:
-    """A frame plan (video.IndexPlan) of given frame indices."""
-
-    def __init__(self, indices: list[int]):
-        self.indices = indices
-
-    def __call__(self, total: int, video_fps: float | None) -> list[int]:
-        return list(self.indices)

@@ -36,6 +36,9 @@ SIGLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", 
                 "spiece.model", "special_tokens_map.json")
 TEXT_LENGTH = 64  # SigLIP's text towers were trained on texts padded to 64 tokens
 FRAME_CHUNK = 32
+# Frames per replay of the SigLIP tower's CUDA graph: small enough that the last group, embedded after the last
+# candidate decoded, adds little (so400m at 384 px: ~12k tokens a replay).
+GRAPH_CHUNK = 16
 
 
 def selector_source(selector: str | None, model_ref: ModelRef | None = None) -> str:
@@ -69,6 +72,11 @@ class FrameScorer:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """texts -> float32 (Q,D) unit vectors (on the CPU)."""
         raise NotImplementedError
+
+    def group(self) -> int | None:
+        """Frames per `embed_frames` call that cost no Python-side launches (a CUDA-graph replay), so that embedding
+        groups while CPU decoder threads hold the GIL does not slow either down; None when this scorer has none."""
+        return None
 
 
 class DemoScorer(FrameScorer):
@@ -105,21 +113,56 @@ class SiglipScorer(FrameScorer):
         self.image_size, self.mean, self.std = image_size, mean, std
         self.device, self.dtype = device, dtype
         self.weights = weights  # the weight file's identity (size, mtime); "" for random weights (benchmarks)
+        # On CUDA the tower runs as a captured graph of GRAPH_CHUNK frames (vision_graph.FrameGraph, one per frame
+        # size, the last one kept): True, False (off), or why its capture failed (then it runs eagerly).
+        self.graphs: bool | str = device.type == "cuda"
+        self._graph = None  # ((height, width), FrameGraph)
 
     def identity(self) -> dict:
         return {"kind": "siglip", "source": self.source, "weights": self.weights, "size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std), "dtype": str(self.dtype).removeprefix("torch.")}
 
-    @torch.inference_mode()
-    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+    def group(self) -> int | None:
+        return GRAPH_CHUNK if self.graphs is True else None
+
+    def _tower(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (n,H,W,3) on the scorer's device -> float32 (n,D) unit vectors there."""
         from fastvid_cli.preprocess import normalize, resize_frames
 
+        x = normalize(resize_frames(frames.permute(0, 3, 1, 2), (self.image_size, self.image_size)), self.mean,
+                      self.std)
+        pooled = self.model.vision_model(pixel_values=x.to(self.dtype)).pooler_output
+        return F.normalize(pooled.float(), dim=-1)
+
+    def _graph_for(self, height: int, width: int):
+        """The captured tower for frames of this size, or None (not on CUDA, turned off, or its capture failed)."""
+        if self.graphs is not True:
+            return None
+        if self._graph is None or self._graph[0] != (height, width):
+            from fastvid_cli.vision_graph import FrameGraph
+
+            self._graph = None
+            try:
+                self._graph = ((height, width), FrameGraph(self._tower, GRAPH_CHUNK, height, width, self.device))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the eager tower still works
+                self.graphs = f"{type(e).__name__}: {str(e).strip()[:120]}"
+                return None
+        return self._graph[1]
+
+    @torch.inference_mode()
+    def embed_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        graph = self._graph_for(int(frames.shape[1]), int(frames.shape[2])) if len(frames) else None
+        step = graph.n if graph is not None else FRAME_CHUNK
         out = []
-        for i in range(0, len(frames), FRAME_CHUNK):
-            x = _tensor(frames[i:i + FRAME_CHUNK]).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
-            x = normalize(resize_frames(x, (self.image_size, self.image_size)), self.mean, self.std)
-            pooled = self.model.vision_model(pixel_values=x.to(self.dtype)).pooler_output
-            out.append(F.normalize(pooled.float(), dim=-1).cpu())
+        for i in range(0, len(frames), step):
+            part = frames[i:i + step]
+            if graph is not None:
+                k = graph.load(part)
+                out.append(graph.replay()[:k].cpu())
+            else:
+                out.append(self._tower(_tensor(part).to(self.device, non_blocking=True)).cpu())
         return torch.cat(out)
 
     @torch.inference_mode()

@@ -115,6 +115,26 @@ def save_saliency_checkpoint(folder: Path) -> Path:
     return folder
 
 
+def save_siglip_selector(folder: Path, *, hidden: int = 32, image_size: int = 56, seed: int = 2) -> Path:
+    """Write a tiny SigLIP text-image checkpoint folder (both towers, the byte tokenizer, a processor config): the
+    file layout of google/siglip-so400m-patch14-384, for `--selector PATH`."""
+    from transformers import SiglipConfig, SiglipModel
+
+    _quiet()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = byte_tokenizer()
+    tower = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2)
+    cfg = SiglipConfig(text_config=dict(tower, vocab_size=len(tok), max_position_embeddings=64,
+                                        pad_token_id=tok.pad_token_id, projection_size=hidden),
+                       vision_config=dict(tower, image_size=image_size, patch_size=14))
+    torch.manual_seed(seed)
+    SiglipModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": image_size, "width": image_size}}))
+    return folder
+
+
 # ------------------------------------------------------------------------------------------ Qwen-VL families
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]

@@ -48,7 +48,7 @@ class Clip:
     """Frames sampled from one video.
 
     frames: uint8 (T, H, W, 3) RGB, display rotation already applied (T = len(indices)): a numpy array, or a
-        torch tensor on the GPU when the frames were decoded there (video_gpu: NVDEC).
+        torch tensor on the GPU when the frames were decoded there (video_gpu: NVDEC); None while `pending`.
     indices: 0-based indices of the sampled frames in presentation order, increasing.
     timestamps: seconds from the stream start of each sampled frame.
     fps: average frame rate, or None when the container does not say.
@@ -80,6 +80,11 @@ class Clip:
     chosen_from: int | None = None
 
     @property
+    def pending(self) -> bool:
+        """The frames are chosen (indices, timestamps) but not decoded yet: `Engine.session` decodes them."""
+        return self.frames is None
+
+    @property
     def short(self) -> bool:
         """True when the video has fewer frames than requested (then every frame was returned)."""
         return self.total_frames < self.requested
@@ -100,6 +105,16 @@ def sample_indices(total: int, num_frames: int) -> list[int]:
 # A model family's own frame-picking rule (e.g. Qwen's fps sampling): (exact frame count, average fps or None)
 # -> increasing frame indices in [0, total). Given to sample_frames instead of a frame count.
 IndexPlan = Callable[[int, "float | None"], Sequence[int]]
+
+
+class ChosenFrames:
+    """An IndexPlan of frame indices chosen beforehand (`--select`'s choice out of cached candidates)."""
+
+    def __init__(self, indices: Sequence[int]):
+        self.indices = [int(i) for i in indices]
+
+    def __call__(self, total: int, video_fps: float | None) -> list[int]:
+        return list(self.indices)
 
 
 def _pick_indices(total: int, num_frames: "int | IndexPlan", fps: float | None) -> list[int]:

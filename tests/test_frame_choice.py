@@ -107,11 +107,15 @@ def test_cached_candidates_skip_decoding_and_give_the_same_frames(tmp_path):
     again = sample_candidates(video, opts, scorer, cache=cache, texts=[q])
     assert again.cached and scorer.batches == [] and again.clip.frames.size == 0
     assert torch.equal(again.embeds, fresh.embeds) and again.clip.timestamps == fresh.clip.timestamps
-    got, info = choose(again, q, opts)
+    got, info = choose(again, q, opts)  # pending: Engine.session decodes the chosen frames (see below)
     assert info["cached"] and not want_info["cached"]
-    assert got.indices == want.indices and np.array_equal(np.asarray(got.frames), np.asarray(want.frames))
+    assert got.pending and got.indices == want.indices and got.timestamps == want.timestamps
     assert info["timestamps"] == want_info["timestamps"] and info["candidate_scores"] == want_info["candidate_scores"]
     assert got.requested == 6 and got.chosen_from == 40
+    now, _ = choose(again, q, opts, decode_now=True)  # `ask` decodes them at once, while its model loads
+    assert not now.pending and now.indices == want.indices
+    assert np.array_equal(np.asarray(now.frames), np.asarray(want.frames))
+    assert now.requested == 6 and now.chosen_from == 40
 
     # another plan, or the file changed, is another entry
     assert not sample_candidates(video, SelectOptions(k=6, candidates=41), PixelScorer(), cache=cache).cached
@@ -130,3 +134,29 @@ def test_an_unreadable_cache_entry_is_a_miss_and_is_rewritten(tmp_path):
     entry.write_bytes(b"not a safetensors file")
     assert not sample_candidates(video, opts, PixelScorer(), cache=cache).cached
     assert sample_candidates(video, opts, PixelScorer(), cache=cache).cached
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_session_decodes_a_pending_choice_into_the_same_features(engine, tmp_path, monkeypatch, pipelined):
+    """The choice out of cached candidates reaches the engine undecoded; the session decodes exactly the chosen
+    frames (through the pipelined sampler where it runs) and its features, clip and record equal those of the same
+    choice cut from freshly decoded candidates."""
+    from fastvid_cli.engine import PruneOptions
+    from fastvid_cli.feature_cache import FeatureCache
+
+    monkeypatch.setattr(engine, "pipeline", pipelined)
+    video = _clip(tmp_path / "c.mp4", n=90)
+    cache = FeatureCache(tmp_path / "cache")
+    opts = SelectOptions(k=5, candidates=24)
+    q = "where is the bright square?"
+    want, _ = choose(sample_candidates(video, opts, PixelScorer(), cache=cache), q, opts)
+    got, _ = choose(sample_candidates(video, opts, PixelScorer(), cache=cache), q, opts)
+    assert got.pending and not want.pending
+    prune = PruneOptions(method="none", ratio=1.0)
+    a = engine.session(video, prune=prune, clip=want, sample_ms=0.0)
+    b = engine.session(video, prune=prune, clip=got, sample_ms=1.5)
+    assert not b.clip.pending and b.clip.indices == want.indices and b.clip.timestamps == want.timestamps
+    assert np.array_equal(np.asarray(b.clip.frames), np.asarray(want.frames))
+    assert (b.clip.requested, b.clip.chosen_from) == (5, 24)
+    assert torch.equal(a.feats.embeds, b.feats.embeds)
+    assert b.timings["sample"] >= 1.5  # the decode, plus what choosing took before
