@@ -13,12 +13,14 @@ candidates'), medians of --repeat (min-max):
 
   ttft_uniform        `ask` on K uniform frames: sample + encode (overlapped) + FastVID r=0.1 + prefill to the first
                       token; ttft_uniform_r1: the same at r=1.0 (no pruning), the other denominator
-  sample_candidates   decoding the M candidates (wall time; the selector embeds them meanwhile, in groups)
+  sample_candidates   decoding the M candidates (wall time; the selector embeds them meanwhile, in groups of 16
+                      through its captured CUDA graph)
   embed_after_decode  what embedding had left once the last candidate was decoded
   score_and_select    cosine + BOLT + cutting the clip (the question was embedded while the frames decoded)
   ttft_selected       the three above + `ask` on the K chosen frames (they reuse the decoded candidates)
   ttft_selected_cached  the video asked about again: the candidates' embeddings come from the feature cache, so
-                      only the question is embedded and the K chosen frames decoded (then `ask` on them)
+                      only the question is embedded; the choice reaches `ask` pending and the engine decodes the K
+                      chosen frames through its pipelined sampler (encoding them while they decode)
 Overhead = ttft_selected - ttft_uniform, also as a share of ttft_uniform (and of ttft_uniform_r1).
 """
 
