@@ -9,6 +9,9 @@
 #   weights.tgz.part-aa, -ab  the weights folder (fp16 model, saliency head, tokenizer, train_log.json), tar+gzip
 #                             cut in 15 MB pieces: cat weights.tgz.part-* | tar xzf -   gives weights/
 #   device.txt                GPU name and memory
+#   margins_bf16.log/.json    with SEARCH_SECONDS > 0 (default 40): the README-example search of
+#                             diag_demo_margins.py on the new weights in bf16 on the GPU (seeds 2000000.., stops
+#                             starting seeds after SEARCH_SECONDS), for the goal's bf16-on-GPU margins
 # Nothing is evaluated here: the test split is scored on the CPU afterwards (fastvid eval --model DIR/weights).
 # The text tower (selector) must then be retrained on the new vision tower: python -m fastvid_cli.demo.text_tower.
 set -uo pipefail
@@ -17,7 +20,9 @@ MINUTES=${2:-8}
 PY=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$DIR"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# PyAV (the margin search renders H.264 clips) from the carried wheels (.whl/, run with carry [".whl"])
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl >/dev/null 2>&1
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$DIR/device.txt" 2>&1
 WORKERS=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
 WEIGHTS=$(mktemp -d)/weights
@@ -53,3 +58,9 @@ if "by_type" in tail[-1]:
     types = tail[-1]["by_type"]
     print("by type: " + " ".join(f"{t} {sum(r['by_type'][t] for r in tail) / len(tail):.3f}" for t in types))
 EOF
+if [ "${SEARCH_SECONDS:-40}" != 0 ] && [ -d "$WEIGHTS" ]; then
+    timeout $(( ${SEARCH_SECONDS:-40} + 60 )) $PY benchmarks/diag_demo_margins.py --search 2000000 400 \
+        --seconds "${SEARCH_SECONDS:-40}" --model "$WEIGHTS" --device cuda --dtype bfloat16 \
+        --json "$DIR/margins_bf16.json" > "$DIR/margins_bf16.log" 2>&1
+    echo "margin search exit $?"; grep -E "candidate|best of|no candidate" "$DIR/margins_bf16.log" | tail -12
+fi

@@ -9,7 +9,8 @@
 
 A token's margin is its logit minus the best other token's (`fastvid_cli.decoding.logit_margin`), recorded at every
 generated step, eos included, by the eager greedy loop (`GenerationOptions(margins=True)`, what `ask --margins`
-uses). The table shows each setting's answer and the smallest margin over its steps. A margin near 0 is a coin
+uses). The table shows each setting's answer and the smallest margin over its steps. --device/--dtype run it
+elsewhere (the goal also asks for bf16 on a GPU: --device cuda --dtype bfloat16). A margin near 0 is a coin
 that rounding decides: another CPU's float32 kernels flipped the old example (seed 2_000_015) from `red` to
 `yellow` at fastvid 0.1, where its first token won by 0.07. Each answer runs the `ask` path (one prefill of the
 whole prompt, no shared prefix) on the demo model, CPU float32, frames sampled from the H.264 file. The question
@@ -154,9 +155,11 @@ def print_table(cells: list[dict], title: str) -> None:
 
 
 def search(engine: Engine, start: int, count: int, least: float, jitter: int, eps: float,
-           near: list | None = None) -> list[dict]:
+           near: list | None = None, seconds: float | None = None) -> list[dict]:
     """Candidates (every setting right, margins >= least, both prompt forms), in seed order. `near` (a list)
-    collects (min margin, seed, qa, answer) of questions answered right everywhere but below `least`."""
+    collects (min margin, seed, qa, answer) of questions answered right everywhere but below `least`. With
+    `seconds`, no new seed is started after that long."""
+    t_end = time.perf_counter() + seconds if seconds else None
     def good(cells):
         ok = all(c["correct"] and c["ended"] for c in cells) and min(c["min_margin"] for c in cells) >= least
         return ok and (not jitter or all(c["jitter_flips"] == 0 for c in cells))
@@ -167,6 +170,9 @@ def search(engine: Engine, start: int, count: int, least: float, jitter: int, ep
         for seed in range(start, start + count):
             if seed in test_seeds or seed < 1_000_000:
                 continue
+            if t_end is not None and time.perf_counter() > t_end:
+                print(f"--seconds {seconds:g} spent: stopped before seed {seed}", flush=True)
+                break
             _, qas = synth.generate(seed)
             probe = Probe(engine, str(render_seed(seed, Path(tmp))))
             for i, qa in enumerate(qas):
@@ -214,16 +220,19 @@ def main() -> None:
     ap.add_argument("--model", default="demo", help="model to probe (default: the shipped demo; a weights folder "
                                                     "such as a retrain's --out)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--device", default="cpu", help="where the model runs (default cpu; e.g. cuda)")
+    ap.add_argument("--dtype", default="float32", help="the model's dtype (default float32; e.g. bfloat16 on cuda)")
+    ap.add_argument("--seconds", type=float, help="--search: start no new seed after this many seconds")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    engine = Engine.load(args.model, device="cpu")
-    env = environment("cpu") | {"threads": torch.get_num_threads()}
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    env = environment(args.device) | {"threads": torch.get_num_threads(), "dtype": args.dtype}
     print(" · ".join(f"{k} {env[k]}" for k in ("date", "cpu", "threads", "torch", "transformers", "git")))
     if args.search:
         near: list = []
-        found = search(engine, *args.search, args.min, args.jitter, args.eps, near)
+        found = search(engine, *args.search, args.min, args.jitter, args.eps, near, args.seconds)
         found.sort(key=lambda f: -f["min_margin"])
         for f in found[:5]:
             print()
