@@ -555,3 +555,39 @@ def test_answers_about_different_videos_decode_together_on_m_rope_models(qwen_en
     got = answer_across([Ask(s, q) for s, q in zip(sessions, questions)], gen)
     assert [r.answer for r in got] == [r.answer for r in single]
     assert {r.decode_mode for r in got} == {"batched x2"}
+
+
+def test_chosen_frames_get_their_own_times_as_qwen2_5_temporal_ids(qwen_engines, clip):
+    """--select's frames are not evenly spaced: on Qwen2.5-VL each temporal patch's M-RoPE temporal id is its own
+    start time x tokens_per_second (the stock ids, int(t x second_per_grid_ts x tokens_per_second), are that time
+    for evenly spaced frames); the spatial rows and the text around the video keep the model's own ids."""
+    import dataclasses
+
+    eng = qwen_engines("qwen2_5_vl")
+    a = eng.adapter
+    prompt = a.build_prompt("Where?")
+    tps = float(eng.model.config.vision_config.tokens_per_second)
+
+    def positions(c):
+        _, feats = encoded(eng, c)
+        ids = a.full_input_ids(prompt, feats)
+        return ids, a.full_positions(ids, feats), feats
+
+    even = dataclasses.replace(clip, indices=list(range(0, 48, 3)))  # 16 frames every 3rd: the stock spacing exactly
+    ids, stock, f0 = positions(even)
+    assert "temporal_ids" not in f0.meta
+    _, same, f1 = positions(dataclasses.replace(even, chosen_from=48))
+    assert len(f1.meta["temporal_ids"]) == 8 and torch.equal(same, stock)
+
+    idx = [0, 1, 2, 3, 4, 5, 6, 7, 30, 31, 32, 33, 40, 41, 46, 47]  # a chosen cluster early, then a few late
+    _, got, _ = positions(dataclasses.replace(clip, indices=idx, chosen_from=48))
+    video = (ids[0] == a.video_token_id).nonzero().flatten()
+    per = video.numel() // 8
+    start = int(stock[0, 0, video[0]])
+    want = [start + int(idx[2 * t] / 24 * tps) for t in range(8)]
+    assert got[0, 0, video].view(8, per)[:, 0].tolist() == want
+    assert torch.equal(got[0, 0, video].view(8, per), got[0, 0, video].view(8, per)[:, :1].expand(8, per))
+    assert want != stock[0, 0, video].view(8, per)[:, 0].tolist()  # the case really differs from even spacing
+    rest = torch.ones(ids.shape[1], dtype=torch.bool)
+    rest[video] = False
+    assert torch.equal(got[1:], stock[1:]) and torch.equal(got[0, 0, rest], stock[0, 0, rest])

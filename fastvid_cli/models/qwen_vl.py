@@ -408,12 +408,13 @@ class QwenVLAdapter(FamilyAdapter):
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, frames: np.ndarray | torch.Tensor, *, indices: list[int] | None = None,
                    video_fps: float | None = None, total_frames: int | None = None,
-                   device: str | torch.device | None = None) -> QwenPixels:
+                   device: str | torch.device | None = None, chosen: bool = False) -> QwenPixels:
         """uint8 (T,H,W,3) frames -> QwenPixels (patchified pixel values on the vision device, grid, meta).
 
         `indices`, `video_fps`, `total_frames` (where the frames came from) give the temporal spacing that the
         M-RoPE ids (Qwen2.5-VL) or the timestamps (Qwen3-VL) need; without them the frames count as sampled at
-        the budget's fps."""
+        the budget's fps. `chosen`: the frames were chosen (`--select`), not evenly spaced: Qwen2.5-VL's temporal
+        ids then follow each temporal patch's own time (`temporal_ids`), not a common spacing."""
         x = torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames
         T, H, W, _ = x.shape
         x = x.permute(0, 3, 1, 2)
@@ -423,23 +424,29 @@ class QwenVLAdapter(FamilyAdapter):
         x = normalize_fused(resize_frames(x.to(device, non_blocking=True), size), self.mean, self.std)
         values, grid = patchify(x, self.patch, self.merge, self.temporal)
         values = values.to(device=self.vision_device, dtype=self.dtype).contiguous()
-        return QwenPixels(values, grid, self._time_meta(T, indices, video_fps, total_frames))
+        return QwenPixels(values, grid, self._time_meta(T, indices, video_fps, total_frames, chosen))
 
     def preprocess_clip(self, clip) -> QwenPixels:
         """A video.Clip -> QwenPixels, with the clip's frame indices and rate for the temporal positions."""
         return self.preprocess(clip.frames, indices=list(clip.indices), video_fps=clip.fps,
-                               total_frames=clip.total_frames)
+                               total_frames=clip.total_frames, chosen=bool(clip.chosen_from))
 
-    def _time_meta(self, n: int, indices, video_fps, total_frames) -> dict[str, Any]:
+    def _time_meta(self, n: int, indices, video_fps, total_frames, chosen: bool = False) -> dict[str, Any]:
         """The sampled rate (qwen-vl-utils: n / total * video fps) and what the prompt derives from it."""
         if indices is None or not video_fps or not total_frames:
             rate = self.budget.fps
-            indices, video_fps = [i * 1.0 for i in range(n)], rate
+            indices, video_fps, chosen = [i * 1.0 for i in range(n)], rate, False
         else:
             rate = n / total_frames * video_fps
         meta: dict[str, Any] = {"sample_fps": rate}
         if self.time_scaled:
             meta["second_per_grid_ts"] = self.temporal / rate
+            if chosen:
+                # the stock ids are int(t * second_per_grid_ts * tokens_per_second): patch t's start time, when the
+                # frames are evenly spaced; chosen frames are not, so each patch gets its own start's time
+                tps = float(self.model.config.vision_config.tokens_per_second)
+                meta["temporal_ids"] = [int((indices[t] - indices[0]) / video_fps * tps + 1e-6)
+                                        for t in range(0, n, self.temporal)]
         if self.timestamps:
             meta["timestamps"] = grid_timestamps(list(indices), video_fps, self.temporal)
         return meta
@@ -555,9 +562,18 @@ class QwenVLAdapter(FamilyAdapter):
         return (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
 
     def full_positions(self, ids: torch.Tensor, feats: VideoFeatures) -> torch.Tensor:
-        """(3, 1, L) M-RoPE ids of the full prompt from the model's own get_rope_index."""
+        """(3, 1, L) M-RoPE ids of the full prompt from the model's own get_rope_index; for chosen frames on
+        Qwen2.5-VL (`temporal_ids` in the features' meta) each temporal patch's id is its own time's."""
         pos, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=self.mm_token_type_ids(ids),
                                                  **self.rope_kwargs(feats))
+        times = feats.meta.get("temporal_ids")
+        if times is None:
+            return pos
+        # only the video tokens' temporal row changes: get_rope_index starts the text after a video at the video's
+        # start + its spatial extent (5.17 and 5.2x alike), whatever its temporal ids
+        video = (ids[0] == self.video_token_id).nonzero().flatten()
+        per = video.numel() // len(times)
+        pos[0, 0, video] = pos[0, 0, video[0]] + torch.tensor(times, dtype=pos.dtype).repeat_interleave(per)
         return pos
 
     # ------------------------------------------------------------------ splice
