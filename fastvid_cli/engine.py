@@ -332,8 +332,9 @@ class Engine:
 
         `clip` may be given when frames were sampled elsewhere (e.g. on the main thread while the model loaded),
         with `sample_ms` the time that took; a `pending` clip (`--select`'s choice out of cached candidates) is
-        decoded here, like a frame count, at its indices (sample_ms: what choosing took). With a `feature_cache` (fastvid_cli.feature_cache.FeatureCache),
-        sampled-and-encoded features are looked up first and stored after a miss. `fps`: the sampling rate of
+        decoded here, like a frame count, at its indices (sample_ms: what choosing took). With a `feature_cache`
+        (fastvid_cli.feature_cache.FeatureCache), sampled-and-encoded features are looked up first and stored
+        after a miss. `fps`: the sampling rate of
         families that sample by rate (Qwen-VL; exclusive with `frames`)."""
         on_stage = on_stage or (lambda *_: None)
         prune = prune or PruneOptions(ratio=self.defaults["ratio"])
