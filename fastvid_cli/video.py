@@ -36,6 +36,10 @@ _AV_ERRORS = (av.error.FFmpegError, OSError, EOFError)
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
 # Frames that decoding forward must be able to skip before a seek pays off (see _decode_sparse).
 _MIN_SKIP = 16
+# Codecs whose non-reference pictures no other picture refers to (H.264: nal_ref_idc 0), so that the decoder may
+# skip those that are not kept (AVDISCARD_NONREF) and still hand out the kept frames bit for bit. Not HEVC: its
+# sub-layer non-reference pictures can be referred to by pictures of a higher temporal layer.
+_SKIP_NONREF = frozenset({"h264"})
 # Most decoders that decode runs of frames in parallel (see _decode_frames); each holds a file handle and its
 # own reference-frame buffers, and beyond this many the runs of a 32-64 frame sample are too few to share.
 _MAX_DECODERS = 8
@@ -250,6 +254,9 @@ class FrameSink:
     sequential_fallback = True
     # Decode with the container that was opened to demux the stream when one decoder is enough.
     reuse_demuxer = True
+    # Let the decoder skip the non-reference frames it does not keep (codecs in _SKIP_NONREF): measured 2.7x
+    # faster decoding of an x264 clip with B-frames; frames it keeps are the same bit for bit.
+    skips_nonref = True
 
     def check(self, stream) -> None:
         """Raise DecoderDeclined early (before demuxing) when this sink cannot decode ``stream``."""
@@ -522,6 +529,12 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
     pos = 0  # index in pts of the next frame the decoder should hand out; it only moves forward
     fresh = False  # just seeked: frames before the keyframe (open-GOP leading pictures) may come out first
     n_pts = len(pts)
+    # the targets' pts when the decoder may skip the non-reference frames between them: the frames it hands out
+    # may then jump ahead in pts, but only over frames whose packets it was allowed to skip (`skippable`), never
+    # past the target, so a frame the index lists but no packet brings is still noticed
+    wanted = ({pts[i] for i in indices} if sink.skips_nonref and stream.codec_context.name in _SKIP_NONREF
+              else None)
+    skippable: set[int] = set()
     for j, i in enumerate(indices):
         target = pts[i]
         key, k = _key_pos(pts, keys, target)
@@ -531,7 +544,7 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
         # slower than decoding everything (measured: 320x240, GOP 12, 300 of 600 frames).
         if it is None or k - pos > _MIN_SKIP:
             container.seek(key, stream=stream, backward=True, any_frame=False)
-            it = container.decode(stream)
+            it = container.decode(stream) if wanted is None else _decode_kept(container, stream, wanted, skippable)
             pos, fresh = k, True
         frame = None
         for f in it:
@@ -543,7 +556,12 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
             if pos >= n_pts or fp != pts[pos]:
                 if fresh and pos < n_pts and fp < pts[pos]:
                     continue
-                return None
+                if wanted is None or pos >= n_pts or not pts[pos] < fp <= target:
+                    return None
+                q = bisect.bisect_left(pts, fp)
+                if pts[q] != fp or not skippable.issuperset(pts[pos:q]):
+                    return None
+                pos = q  # after non-reference frames the decoder skipped
             fresh = False
             pos += 1
             if fp == target:
@@ -562,6 +580,19 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
         if on_frame is not None:
             on_frame(slot, row)
     return out, rotation
+
+
+def _decode_kept(container, stream, wanted: set[int], skippable: set[int]):
+    """Decode `stream` on from where `container` stands, letting the decoder skip the non-reference frames whose
+    pts are not in `wanted` (the setting is per packet: FFmpeg's frame threads take it as each packet is sent);
+    the pts of the packets it was allowed to skip are added to `skippable`."""
+    cc = stream.codec_context
+    for packet in container.demux(stream):
+        keep = packet.pts is None or packet.pts in wanted
+        if not keep:
+            skippable.add(packet.pts)
+        cc.skip_frame = "DEFAULT" if keep else "NONREF"
+        yield from packet.decode()
 
 
 def _rgb(frame, width: int, height: int) -> np.ndarray:

@@ -175,6 +175,7 @@ class NvdecSink(FrameSink):
     name = "gpu"
     sequential_fallback = False
     reuse_demuxer = False  # the demuxing container is a software one; decoders open with the hwaccel
+    skips_nonref = False  # not measured with NVDEC yet: every frame is decoded
 
     def __init__(self, device: Any = None, sessions: int | None = None):
         import torch

@@ -102,6 +102,23 @@ class CountingContainer:
             self.decoded += 1
             yield f
 
+    def demux(self, *a, **k):  # packets decoded one by one (H.264 skipping non-reference frames) count too
+        for packet in self._c.demux(*a, **k):
+            yield CountingPacket(packet, self)
+
+
+class CountingPacket:
+    def __init__(self, packet, owner: CountingContainer):
+        self._p, self._owner = packet, owner
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def decode(self):
+        frames = self._p.decode()
+        self._owner.decoded += len(frames)
+        return frames
+
 
 @pytest.fixture
 def counting(monkeypatch):
@@ -240,6 +257,23 @@ def test_runs_are_shared_out_to_parallel_decoders(no_fallback, counting, gop12, 
     assert sum(c.decoded for c in counting) <= 8 * 12
     single = sample_frames(gop12, 8, threads=1)
     assert np.array_equal(clip.frames, single.frames) and clip.indices == single.indices
+
+
+@pytest.mark.parametrize("fixture", ["mp4_bframes", "mkv_bframes"])
+@pytest.mark.parametrize("threads", [1, 4])
+def test_h264_nonreference_frames_between_targets_are_skipped(request, no_fallback, counting, monkeypatch,
+                                                               fixture, threads):
+    """H.264 non-reference frames that are not kept are skipped by the decoder (never referred to, so the kept
+    frames are bit for bit those of a full decode): fewer frames come out for the same clip."""
+    path = request.getfixturevalue(fixture)
+    clip = sample_frames(path, 10, threads=threads)
+    assert_exact(clip, path, 120, 10)
+    skipping = sum(c.decoded for c in counting)
+    counting.clear()
+    monkeypatch.setattr(video.FrameSink, "skips_nonref", False)
+    full = sample_frames(path, 10, threads=threads)
+    assert np.array_equal(full.frames, clip.frames) and full.indices == clip.indices
+    assert skipping < sum(c.decoded for c in counting) - 20  # ~50 of the 120 frames are non-reference B-frames
 
 
 def test_a_long_run_is_cut_at_keyframes_for_parallel_decoders(no_fallback, counting, gop12):
