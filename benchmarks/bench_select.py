@@ -167,11 +167,14 @@ def main() -> None:
             m = got["medians"]
             over = m["ttft_selected"][0] - m["ttft_uniform"][0]
             over_cached = m["ttft_selected_cached"][0] - m["ttft_uniform"][0]
+            got["selector_graph"] = scorer.graphs  # True: the captured tower ran; else why not
             got.update(overhead_cached_ms=over_cached, overhead_cached_share=over_cached / m["ttft_uniform"][0],
                        selector=shape, overhead_ms=over, overhead_share=over / m["ttft_uniform"][0],
                        overhead_share_r1=over / m["ttft_uniform_r1"][0])
             results.append(got)
-            print(f"\n## selector {shape}, decoder {got['decoder']}\n| stage | ms (median) | min-max |\n|---|---|---|")
+            graph = "CUDA graph" if scorer.graphs is True else f"eager ({scorer.graphs})"
+            print(f"\n## selector {shape} ({graph}), decoder {got['decoder']}\n| stage | ms (median) | min-max |\n"
+                  "|---|---|---|")
             for k, (mid, lo, hi) in m.items():
                 print(f"| {k} | {mid:.1f} | {lo:.1f}-{hi:.1f} |")
             print(f"selection overhead on TTFT: {over:.1f} ms = {100 * got['overhead_share']:.1f} % of the uniform "
