@@ -214,6 +214,8 @@ def main() -> None:
                     help="frame decoder of the fastvid rows (--decoder); both: every fastvid row with cpu and gpu")
     ap.add_argument("--clip", default=None, metavar="SECONDS:WxH",
                     help="the TTFT clip (default 60:1280x720, 10:320x176 with --tiny)")
+    ap.add_argument("--video", default=None, metavar="PATH", help="answer about this file instead of the synthetic "
+                    "x264-ultrafast clip (e.g. bench_skip_nonref.py's clip with B-frames)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     if args.repeat < 5:
@@ -240,7 +242,7 @@ def main() -> None:
     notes: list[str] = []
 
     log("clips…")
-    video = cached_clip(seconds, size=size)
+    video = args.video or cached_clip(seconds, size=size)
     long_video = None if args.skip_sampling else cached_clip(60 if tiny else 600, size=size)
 
     log("model…")
