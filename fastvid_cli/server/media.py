@@ -321,7 +321,9 @@ class BodyScanner:
         comma = self.head.find(b",")
         if self.head.startswith(b"data:") and comma > 0:
             mime, is_b64 = parse_data_header(self.head[5:comma].decode("ascii", "replace"), None)
-            if is_b64 and not self.escaped and b"\\" not in self.head[:comma]:
+            # an escape left open at the end of the head goes on into the upload (`carry` in _upload_bytes,
+            # `escaped` for finding the string's end): the upload starts whatever the head's last byte is
+            if is_b64 and b"\\" not in self.head[:comma]:
                 self.writer = self.store.writer(mime)
                 self.b64 = bytearray()
                 rest = bytes(self.head[comma + 1:])
