@@ -152,6 +152,18 @@ def test_body_scanner_takes_an_upload_whose_head_ends_inside_an_escape(store, ch
     assert open(store.ref(ref[len(UPLOAD_SCHEME):], None).path, "rb").read() == payload
 
 
+def test_body_scanner_streams_a_data_url_whose_every_slash_is_escaped(store):
+    """Some JSON encoders escape every "/", the media type's too ("data:video\\/mp4;base64,..."): still an upload."""
+    payload = random.Random(3).randbytes(20_000)
+    body = json.dumps({"u": "data:video/mp4;base64," + base64.b64encode(payload).decode()}).replace("/", "\\/")
+    scanner = BodyScanner(store)
+    scanner.feed(body.encode())
+    ref = json.loads(scanner.result())["u"]
+    assert ref.startswith(UPLOAD_SCHEME), ref[:40]
+    assert open(store.ref(ref[len(UPLOAD_SCHEME):], None).path, "rb").read() == payload
+    assert len(scanner.result()) < 200
+
+
 def test_body_scanner_caps_uploads(store):
     big = base64.b64encode(os.urandom((1 << 20) + 10)).decode()
     scanner = BodyScanner(store)

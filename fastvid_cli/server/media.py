@@ -320,10 +320,11 @@ class BodyScanner:
         i += len(piece)
         comma = self.head.find(b",")
         if self.head.startswith(b"data:") and comma > 0:
-            mime, is_b64 = parse_data_header(self.head[5:comma].decode("ascii", "replace"), None)
+            header = bytes(self.head[5:comma]).replace(b"\\/", b"/")  # encoders that escape every "/": video\/mp4
+            mime, is_b64 = parse_data_header(header.decode("ascii", "replace"), None)
             # an escape left open at the end of the head goes on into the upload (`carry` in _upload_bytes,
             # `escaped` for finding the string's end): the upload starts whatever the head's last byte is
-            if is_b64 and b"\\" not in self.head[:comma]:
+            if is_b64 and b"\\" not in header:
                 self.writer = self.store.writer(mime)
                 self.b64 = bytearray()
                 rest = bytes(self.head[comma + 1:])
