@@ -573,7 +573,8 @@ class QwenVLAdapter(FamilyAdapter):
         # start + its spatial extent (5.17 and 5.2x alike), whatever its temporal ids
         video = (ids[0] == self.video_token_id).nonzero().flatten()
         per = video.numel() // len(times)
-        pos[0, 0, video] = pos[0, 0, video[0]] + torch.tensor(times, dtype=pos.dtype).repeat_interleave(per)
+        own = torch.tensor(times, dtype=pos.dtype, device=pos.device).repeat_interleave(per)
+        pos[0, 0, video] = pos[0, 0, video[0]] + own
         return pos
 
     # ------------------------------------------------------------------ splice
