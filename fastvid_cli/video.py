@@ -27,6 +27,7 @@ import av.error
 import numpy as np
 
 from .errors import InvalidOptionError, VideoDecodeError, VideoNotFoundError
+from .gop_runs import MIN_SKIP, key_pos, plan_runs
 
 __all__ = ["Clip", "sample_frames", "sample_indices", "decoder_support", "FrameSink", "DecoderDeclined"]
 
@@ -34,8 +35,6 @@ __all__ = ["Clip", "sample_frames", "sample_indices", "decoder_support", "FrameS
 # EOFError, PermissionError, ...); OSError covers Python-level I/O failures while reading the file.
 _AV_ERRORS = (av.error.FFmpegError, OSError, EOFError)
 _ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
-# Frames that decoding forward must be able to skip before a seek pays off (see _decode_sparse).
-_MIN_SKIP = 16
 # Codecs whose non-reference pictures no other picture refers to (H.264: nal_ref_idc 0), so that the decoder may
 # skip those that are not kept (AVDISCARD_NONREF) and still hand out the kept frames bit for bit. Not HEVC: its
 # sub-layer non-reference pictures can be referred to by pictures of a higher temporal layer.
@@ -411,12 +410,6 @@ def _demux_index(container, stream) -> tuple[list[int], list[int], bool]:
     return pts, keys, len(set(pts)) == len(pts)
 
 
-def _key_pos(pts: list[int], keys: list[int], target: int) -> tuple[int, int]:
-    """(pts of the keyframe at or before the frame with pts ``target``, that keyframe's index in ``pts``)."""
-    key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
-    return key, bisect.bisect_left(pts, key)
-
-
 def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: list[int], indices: list[int],
                    threads: int, on_frame=None, sink: FrameSink = _SOFTWARE):
     """The frames at ``indices``, decoded sparsely on as many cores as ``threads`` allows (0: all).
@@ -429,7 +422,7 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     the single decoder on ``container`` (if the sink decodes with it). The sink says how many decoders and
     threads (FrameSink). Returns what _decode_sparse returns."""
     parts = sink.decoders(threads)
-    runs, work = _plan_runs(pts, keys, indices, parts=parts)
+    runs, work = plan_runs(pts, keys, indices, parts=parts)
     workers = min(parts, len(runs))
     if workers <= 1 and sink.reuse_demuxer:
         return _decode_sparse(container, stream, pts, keys, indices, on_frame=on_frame, sink=sink)
@@ -466,46 +459,6 @@ def _decode_frames(p: Path, name: str, container, stream, pts: list[int], keys: 
     return out, results[first][1]
 
 
-def _plan_runs(pts: list[int], keys: list[int], indices: list[int],
-               parts: int = 1) -> tuple[list[list[int]], list[int]]:
-    """Cut the targets into runs that start with a seek, by _decode_sparse's rule. Returns (positions in
-    ``indices`` of each run's targets, frames each run decodes).
-
-    With ``parts`` > 1 decoders to share the runs, a run longer than an equal share is also cut at a keyframe it
-    crosses (the one that balances its halves best): one decoder would rather decode on than seek there, but
-    a run is decoded by one decoder alone, so two GOPs in one run take twice as long as two decoders take for
-    them. Decoding from a keyframe gives the same frames either way; the cut also skips the frames between."""
-    key = [_key_pos(pts, keys, pts[i])[1] for i in indices]  # index in pts of each target's keyframe
-    runs: list[list[int]] = []
-    pos = None
-    for j, i in enumerate(indices):
-        if pos is None or key[j] - pos > _MIN_SKIP:
-            runs.append([j])
-        else:
-            runs[-1].append(j)
-        pos = i + 1
-
-    def work(run: list[int]) -> int:
-        return indices[run[-1]] - key[run[0]] + 1
-
-    if parts > 1:
-        done: set[int] = set()  # runs that cannot be cut
-        while True:
-            loads = [work(r) for r in runs]
-            r = max((x for x in range(len(runs)) if x not in done), key=lambda x: loads[x], default=None)
-            if r is None or loads[r] * parts <= sum(loads):
-                break
-            run = runs[r]
-            cuts = [c for c in range(1, len(run)) if key[run[c]] > indices[run[c - 1]]]
-            if not cuts:
-                done.add(r)
-                continue
-            c = min(cuts, key=lambda c: (max(work(run[:c]), work(run[c:])), c))
-            runs[r:r + 1] = [run[:c], run[c:]]
-            done = {x + (x > r) for x in done}
-    return runs, [work(r) for r in runs]
-
-
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -537,12 +490,12 @@ def _decode_sparse(container, stream, pts: list[int], keys: list[int], indices: 
     skippable: set[int] = set()
     for j, i in enumerate(indices):
         target = pts[i]
-        key, k = _key_pos(pts, keys, target)
-        # Seek only when forward decoding would pass more than _MIN_SKIP frames before the target's keyframe. A
+        key, k = key_pos(pts, keys, target)
+        # Seek only when forward decoding would pass more than MIN_SKIP frames before the target's keyframe. A
         # seek flushes the decoder (its frame-thread pipeline and B-frame delay) and costs about as much as
         # decoding several frames: seeking into every next GOP made dense sampling of short-GOP clips ~1.6x
         # slower than decoding everything (measured: 320x240, GOP 12, 300 of 600 frames).
-        if it is None or k - pos > _MIN_SKIP:
+        if it is None or k - pos > MIN_SKIP:
             container.seek(key, stream=stream, backward=True, any_frame=False)
             it = container.decode(stream) if wanted is None else _decode_kept(container, stream, wanted, skippable)
             pos, fresh = k, True

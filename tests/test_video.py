@@ -21,6 +21,7 @@ from videogen import (
 )
 
 import fastvid_cli.video as video
+from fastvid_cli import gop_runs
 from fastvid_cli.errors import InvalidOptionError, VideoDecodeError, VideoNotFoundError
 from fastvid_cli.video import Clip, decoder_support, sample_frames
 
@@ -242,7 +243,7 @@ def test_dense_sampling_decodes_at_most_one_pass(no_fallback, counting, gop12, n
     # Never more work than one sequential pass, over all parallel decoders together: no GOP is decoded twice, and
     # no seek into a GOP that forward decoding reaches within a few frames.
     assert sum(c.decoded for c in counting) <= 240
-    assert sum(c.seeks for c in counting) <= 1 + 240 // (12 + video._MIN_SKIP)
+    assert sum(c.seeks for c in counting) <= 1 + 240 // (12 + gop_runs.MIN_SKIP)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
@@ -286,7 +287,7 @@ def test_a_long_run_is_cut_at_keyframes_for_parallel_decoders(no_fallback, count
     assert len(decoders) == 4
     assert max(c.decoded for c in decoders) <= 240 // 4 + 12
     assert sum(c.decoded for c in counting) <= 240
-    assert video._plan_runs(list(range(240)), list(range(0, 240, 12)), clip.indices)[1] == [240]  # one run alone
+    assert gop_runs.plan_runs(list(range(240)), list(range(0, 240, 12)), clip.indices)[1] == [240]  # one run alone
 
 
 @pytest.mark.parametrize("threads", [1, 4])
