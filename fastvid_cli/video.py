@@ -254,7 +254,7 @@ class FrameSink:
     # Decode with the container that was opened to demux the stream when one decoder is enough.
     reuse_demuxer = True
     # Let the decoder skip the non-reference frames it does not keep (codecs in _SKIP_NONREF): 32 frames of a 60 s
-    # 720p x264-veryfast clip (B-frames) sampled 1.69x faster (RESULTS.md); the frames kept are the same bit for bit.
+    # 720p x264-veryfast clip (B-frames) sampled 1.6x faster (RESULTS.md); the frames kept are the same bit for bit.
     skips_nonref = True
 
     def check(self, stream) -> None:

@@ -122,10 +122,10 @@ def resolve(ext: dict[str, Any], defaults: Defaults, family: dict[str, Any]) -> 
         if key in SAMPLING or key in SWITCHES or key in own:
             continue
         if key in every:
-            raise bad_request(f"'fastvid.{key}' does not apply to method {method} on this model (its parameters: "
-                              f"{', '.join(own) or 'none'})", f"fastvid.{key}", "unknown_parameter")
-        raise bad_request(f"unknown key '{key}' in 'fastvid' (known: {', '.join(SAMPLING + SWITCHES)}, and the "
-                          f"methods' parameters {', '.join(every)})", f"fastvid.{key}", "unknown_parameter")
+            raise bad_request(f"'{EXTENSION}.{key}' does not apply to method {method} on this model (its "
+                              f"parameters: {', '.join(own) or 'none'})", f"{EXTENSION}.{key}", "unknown_parameter")
+        raise bad_request(f"unknown key '{key}' in '{EXTENSION}' (known: {', '.join(SAMPLING + SWITCHES)}, and the "
+                          f"methods' parameters {', '.join(every)})", f"{EXTENSION}.{key}", "unknown_parameter")
     ratio = ext.get("ratio")
     if ratio is not None:
         ratio = float(number(ratio, "fastvid.ratio", low=0, high=1, low_open=True))
