@@ -18,11 +18,10 @@ set -uo pipefail
 DIR=${1:?usage: demo_retrain_gpu.sh OUTDIR [MINUTES]}
 MINUTES=${2:-8}
 PY=${PYTHON:-python}
-cd "$(dirname "$0")/.."
+# the device calls' preamble: to the repo root, the carried wheels (.whl/, run with carry [".whl"]: PyAV, which the
+# margin search needs to render H.264 clips), PYTHONPATH and the offline environment
+source "$(dirname "$0")/_device.sh"
 mkdir -p "$DIR"
-# PyAV (the margin search renders H.264 clips) from the carried wheels (.whl/, run with carry [".whl"])
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$DIR/device.txt" 2>&1
 WORKERS=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
 WEIGHTS=$(mktemp -d)/weights
