@@ -12,6 +12,16 @@
 #   margins_bf16.log/.json    with SEARCH_SECONDS > 0 (default 40): the README-example search of
 #                             diag_demo_margins.py on the new weights in bf16 on the GPU (seeds 2000000.., stops
 #                             starting seeds after SEARCH_SECONDS), for the goal's bf16-on-GPU margins
+#
+# One run split over device calls (each ends after 10 minutes; the issue allows 20 minutes of training):
+#   CALL_MINUTES=8.5 bash benchmarks/demo_retrain_gpu.sh "$OUT" 17      # MINUTES is then the whole run's budget
+# stops after 8.5 minutes and also brings back the training state, state.pt.part-* (fp16 modules, bf16 optimizer
+# moments, ~50 MB in 4 pieces; then no margin search, the weights only once the run is finished). To go on, put those
+# pieces in .train_state/ of the work tree and repeat the command with carry [".train_state"] (the training needs no
+# carried wheel; .whl + the state would pass the 64 MiB carry limit): it resumes from them. The bf16 margin search
+# then needs a call of its own, carrying .whl and the weights folder (WEIGHTS below):
+#   source benchmarks/_device.sh; python3 benchmarks/diag_demo_margins.py --search 2000000 400 --seconds 40 \
+#       --model WEIGHTS --device cuda --dtype bfloat16 --json "$OUT/margins_bf16.json"
 # Nothing is evaluated here: the test split is scored on the CPU afterwards (fastvid eval --model DIR/weights).
 # The text tower (selector) must then be retrained on the new vision tower: python -m fastvid_cli.demo.text_tower.
 set -uo pipefail
@@ -25,8 +35,24 @@ mkdir -p "$DIR"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$DIR/device.txt" 2>&1
 WORKERS=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
 WEIGHTS=$(mktemp -d)/weights
-$PY -m fastvid_cli.demo.train --out "$WEIGHTS" --minutes "$MINUTES" --workers "$WORKERS" > "$DIR/train.log" 2>&1
-echo "train exit $?" | tee -a "$DIR/train.log"
+SPLIT=()
+if ls .train_state/state.pt.part-* >/dev/null 2>&1; then
+    cat .train_state/state.pt.part-* > /tmp/state_in.pt && SPLIT+=(--resume /tmp/state_in.pt)
+fi
+[ -n "${CALL_MINUTES:-}" ] && SPLIT+=(--call-minutes "$CALL_MINUTES" --state /tmp/state_out.pt)
+$PY -m fastvid_cli.demo.train --out "$WEIGHTS" --minutes "$MINUTES" --workers "$WORKERS" "${SPLIT[@]}" \
+    > "$DIR/train.log" 2>&1
+echo "train exit $? (${SPLIT[*]})" | tee -a "$DIR/train.log"
+FINISHED=$($PY -c "import json,sys; print(int(json.load(open(sys.argv[1]))['finished']))" \
+    "$WEIGHTS/train_log.json" 2>/dev/null || echo 0)
+if [ -f /tmp/state_out.pt ] && [ "$FINISHED" != 1 ]; then
+    # not finished: the state is what comes back, not the weights (the device brings back at most 8 files)
+    split -b 15000000 /tmp/state_out.pt "$DIR/state.pt.part-"
+    rm -rf "$WEIGHTS"
+fi
+if [ ! -d .whl ]; then
+    SEARCH_SECONDS=0  # the search renders H.264 clips: PyAV, a carried wheel
+fi
 if [ -d "$WEIGHTS" ]; then
     tar czf - -C "$(dirname "$WEIGHTS")" weights | split -b 15000000 - "$DIR/weights.tgz.part-"
     ls -l "$WEIGHTS" "$DIR"

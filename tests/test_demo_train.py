@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from fastvid_cli import synth
@@ -122,3 +123,40 @@ def test_shared_video_rows_equal_whole_rows_and_their_gradients():
     g1 = torch.autograd.grad((rows * w).sum(), emb)[0]
     g2 = torch.autograd.grad((whole.last_hidden_state[:, L:] * w).sum(), emb2)[0]
     torch.testing.assert_close(g1, g2)
+
+
+def _tiny_run(tmp_path, *extra):
+    return train.parser().parse_args([
+        "--out", str(tmp_path / "w"), "--max-steps", "4", "--batch", "2", "--questions", "2", "--frames", "8",
+        "--workers", "0", "--vision-share", "0.5", "--warmup", "1", "--log-every", "1", "--device", "cpu", *extra])
+
+
+def test_a_run_split_over_two_calls_goes_on_where_it_stopped(tmp_path):
+    """A device call lasts at most 10 minutes: --state / --resume split one run over calls. The second call goes on
+    with the first's optimizer (its step counts continue, they do not restart), phases, schedule and log, and ends
+    the run where an unsplit one would."""
+    first = train.fit(_tiny_run(tmp_path, "--call-steps", "2", "--state", str(tmp_path / "s1.pt")))
+    assert (first.summary["steps"], first.summary["finished"]) == (2, False)
+    assert first.summary["phase_steps"] == {"vision": 2, "joint": 0}
+    s1 = torch.load(tmp_path / "s1.pt", weights_only=True)
+    second = train.fit(_tiny_run(tmp_path, "--resume", str(tmp_path / "s1.pt"), "--state", str(tmp_path / "s2.pt")))
+    assert (second.summary["steps"], second.summary["finished"]) == (4, True)
+    assert second.summary["phase_steps"] == {"vision": 2, "joint": 2}
+    assert [row["step"] for row in second.summary["log"]] == [1, 2, 3, 4]
+    assert [row["phase"] for row in second.summary["log"]] == ["vision", "vision", "joint", "joint"]
+    s2 = torch.load(tmp_path / "s2.pt", weights_only=True)
+    tower = s2["opt"]["param_groups"][0]["params"][0]  # the tower's first parameter: trained in every step
+    llm = s2["opt"]["param_groups"][1]["params"][-1]  # an LLM-side head: trained in the joint steps only
+    assert int(s1["opt"]["state"][tower]["step"]) == 2
+    assert int(s2["opt"]["state"][tower]["step"]) == 4
+    assert int(s2["opt"]["state"][llm]["step"]) == 2
+    name = next(n for n in s1["model"] if "vision_tower" in n and n.endswith("weight"))
+    assert not torch.equal(s1["model"][name], s2["model"][name])  # the second call trained the tower further
+
+
+def test_a_resumed_call_must_repeat_the_recipe(tmp_path):
+    train.fit(_tiny_run(tmp_path, "--call-steps", "1", "--state", str(tmp_path / "s.pt")))
+    args = _tiny_run(tmp_path, "--resume", str(tmp_path / "s.pt"))
+    args.batch = 3
+    with pytest.raises(ValueError, match=r"--batch 3 does not match the resumed run's 2"):
+        train.fit(args)

@@ -69,6 +69,8 @@ TYPE_WEIGHT = {"count": 0.25, "after_cut": 0.5, "colour_change": 1.0, "colour_of
 # extra question of almost every clip.
 PRIMARY_SKIP = {"count": 0.5}
 CELL_TARGETS = ("shape", "colour", "motion", "rank", "newest")
+# arguments that shape the modules, the data or the schedule: a resumed call (--resume) must repeat them
+RECIPE_SHAPE = ("seed", "minutes", "max_steps", "batch", "questions", "frames", "text_layers", "lr", "vision_share")
 
 
 def _palette() -> np.ndarray:
@@ -245,19 +247,21 @@ class Clips(torch.utils.data.IterableDataset):
     (pixels, dense targets, and k question rows per clip, padded), so the training process only moves tensors."""
 
     def __init__(self, batch: int, frames: int, questions: int, short_share: float, mc_target: str, seed: int,
-                 grid: int):
+                 grid: int, start: int = 0):
         self.batch, self.frames, self.questions = batch, frames, questions
         self.short_share, self.mc_target, self.seed = short_share, mc_target, seed
         self.grid, self.pooled = grid, math.ceil(grid / 2)
+        self.start = start  # a resumed run goes on from about where the last one stopped in the seed order
 
     def __iter__(self):
         from fastvid_cli import synth
 
         info = torch.utils.data.get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = random.Random(f"{self.seed}/{wid}")
+        rng = random.Random(f"{self.seed}/{wid}" + (f"/{self.start}" if self.start else ""))
         ids = PromptIds()
-        seed = wid
+        seed = wid + self.start // workers * workers  # this worker's seeds are wid mod workers, as from 0
+        seed = seed if seed < SEED_END else wid
         while True:
             clips = []
             while len(clips) < self.batch:
@@ -366,16 +370,27 @@ def shared_video_rows(lm, emb: torch.Tensor, pos: torch.Tensor, suffix: torch.Te
 
 
 def fit(args) -> Trained:
-    """Train from scratch for args.minutes (or args.max_steps) and return the trained modules (fp32, eval mode)."""
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
+    """Train for args.minutes (or args.max_steps) and return the trained modules (fp32, eval mode).
+
+    From scratch, or with args.resume from a training state written by an earlier call (args.state): the budget,
+    phases and LR schedules are then those of the whole run, and this call stops after args.call_minutes (or when
+    the whole budget is spent), so one run can be split over several device calls of limited length."""
+    state = torch.load(args.resume, map_location="cpu", weights_only=True) if args.resume else None
+    if state is not None:
+        for name in RECIPE_SHAPE:
+            if state["args"][name] != getattr(args, name):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} does not match the resumed "
+                                 f"run's {state['args'][name]}")
+    torch.manual_seed(args.seed + (state["step"] if state else 0))
+    random.seed(args.seed + (state["step"] if state else 0))
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     text = dict(demo.TEXT, num_hidden_layers=args.text_layers)
     model, tok, head, head_cfg = demo.build(args.seed, text=text)
-    zero_residual(model.model.vision_tower)
+    if state is None:
+        zero_residual(model.model.vision_tower)
     model.to(dev).train()
     head.to(dev).train()
     core = model.model
@@ -401,7 +416,8 @@ def fit(args) -> Trained:
     prefix = torch.tensor(ids.prefix, device=dev)
     P = len(ids.prefix)
     loader = torch.utils.data.DataLoader(
-        Clips(args.batch, T, k, args.short_share, args.mc_target, args.seed, grid), batch_size=None,
+        Clips(args.batch, T, k, args.short_share, args.mc_target, args.seed, grid,
+              start=state["step"] * args.batch if state else 0), batch_size=None,
         num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         persistent_workers=args.workers > 0, pin_memory=dev.type == "cuda")
     vision_params = [*core.vision_tower.parameters(), *head.parameters(), *vision_aux.parameters()]
@@ -418,9 +434,18 @@ def fit(args) -> Trained:
     log, step, budget = [], 0, args.minutes * 60
     hist: dict[str, list] = {}
     type_hits = np.zeros((len(synth.TYPES), 2))
-    wait, joint_from, phase_steps = 0.0, None, {"vision": 0, "joint": 0}
+    wait, joint_from, phase_steps, done = 0.0, None, {"vision": 0, "joint": 0}, 0.0
+    modules = dict(model=model, head=head, vision_aux=vision_aux, llm_aux=llm_aux)
+    if state is not None:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+        opt.load_state_dict(state["opt"])  # moments come back in the parameters' dtype (fp32)
+        log, step, joint_from, phase_steps, done = (state[n] for n in (
+            "log", "step", "joint_from", "phase_steps", "seconds"))
     it = iter(loader)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - done  # elapsed time counts the earlier calls' training
+    call_end = time.perf_counter() + (args.call_minutes * 60 if args.call_minutes else math.inf)
+    call_last = step + args.call_steps if args.call_steps else math.inf
 
     def schedule(frac: float, start: float, steps: int) -> float:
         """Warm-up over args.warmup steps, then cosine from 1 to args.lr_floor over [start, 1] of the budget."""
@@ -430,7 +455,7 @@ def fit(args) -> Trained:
 
     while True:
         elapsed = time.perf_counter() - t0
-        if elapsed > budget or step >= args.max_steps:
+        if elapsed > budget or step >= args.max_steps or time.perf_counter() > call_end or step >= call_last:
             break
         frac = min(1.0, max(elapsed / budget, step / args.max_steps))
         joint = frac >= args.vision_share
@@ -529,12 +554,16 @@ def fit(args) -> Trained:
                        steps_per_s=round(args.log_every / max(1e-9, since), 2),
                        data_wait_share=round(wait / max(1e-9, since), 3))
             if type_hits[:, 1].sum():
-                row["by_type"] = {t: round(type_hits[i, 0] / max(1, type_hits[i, 1]), 3)
+                row["by_type"] = {t: round(float(type_hits[i, 0] / max(1, type_hits[i, 1])), 3)
                                   for i, t in enumerate(synth.TYPES)}
             log.append(row)
             print(json.dumps(row), flush=True)
             hist, wait = {}, 0.0
             type_hits[:] = 0
+    seconds = time.perf_counter() - t0
+    if args.state:
+        save_state(args, modules, opt, dict(log=log, step=step, joint_from=joint_from, phase_steps=phase_steps,
+                                             seconds=seconds))
     model.eval()
     head.eval()
     summary = dict(seed=args.seed, steps=step, phase_steps=phase_steps, batch=args.batch, questions_per_clip=k,
@@ -543,9 +572,28 @@ def fit(args) -> Trained:
                    weights=dict(presence=args.presence_weight, patch=args.patch_weight, cell=args.cell_weight,
                                 rest=args.rest_weight, background=args.bg_weight),
                    drop=dict(share=args.drop_share, start=args.drop_from, bias=args.drop_bias),
-                   minutes=round((time.perf_counter() - t0) / 60, 2), log=log,
+                   minutes=round(seconds / 60, 2), finished=seconds > budget or step >= args.max_steps,
+                   log=log,
                    device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__)
     return Trained(model, tok, head, head_cfg, summary)
+
+
+def save_state(args, modules: dict, opt: torch.optim.Optimizer, progress: dict) -> Path:
+    """Write what `fit` needs to go on (--resume): the modules in fp16 (as the shipped weights: the rounding is
+    smaller than one update) and the optimizer's moments in bf16 (~50 MB in all for the default recipe, which must
+    travel to and from the device in pieces), progress (step, phases, seconds trained, log) and the recipe's shape
+    arguments, which a resumed call must repeat."""
+    opt_state = opt.state_dict()  # its per-parameter dicts are the live ones: copied, not changed in place
+    opt_state["state"] = {i: {k: v.to(torch.bfloat16) if k != "step" and v.is_floating_point() else v.clone()
+                              for k, v in per_param.items()} for i, per_param in opt_state["state"].items()}
+    path = Path(args.state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict({n: {k: v.detach().half().cpu() if v.is_floating_point() else v.cpu()
+                         for k, v in m.state_dict().items()} for n, m in modules.items()},
+                    opt=opt_state, args={n: getattr(args, n) for n in RECIPE_SHAPE}, **progress), tmp)
+    tmp.replace(path)  # never a half-written state where a good one was
+    return path
 
 
 def save(trained: Trained, out: str | Path) -> Path:
@@ -606,6 +654,14 @@ def parser() -> argparse.ArgumentParser:
                     help="what a multiple-choice prompt is trained to answer: the option's word (default; the eval "
                          "scorer maps an answer naming exactly one option to its letter) or the letter itself (two "
                          "runs of a 6M model never learned the letter mapping: it stayed at chance)")
+    ap.add_argument("--state", default=None,
+                    help="also write the whole training state here at the end of this call (for --resume)")
+    ap.add_argument("--resume", default=None,
+                    help="go on from a state written by --state: the same recipe arguments, --minutes is the whole "
+                         "run's budget")
+    ap.add_argument("--call-minutes", type=float, default=0.0,
+                    help="stop this call after these minutes of training (0: run to the end of the budget)")
+    ap.add_argument("--call-steps", type=int, default=0, help="stop this call after these many steps (0: no limit)")
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -618,7 +674,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    summary = train(args)
+    try:
+        summary = train(args)
+    except ValueError as e:  # a resumed call whose recipe differs from its state's
+        raise SystemExit(f"error: {e}") from None
     print(f"trained {summary['steps']} steps in {summary['minutes']} min on {summary['device']}")
     if args.text_tower:  # the selector's heads sit on the vision tower just saved: retrain them with it
         from fastvid_cli.demo.text_tower import train_text
