@@ -152,6 +152,10 @@ def test_a_run_split_over_two_calls_goes_on_where_it_stopped(tmp_path):
     assert int(s2["opt"]["state"][llm]["step"]) == 2
     name = next(n for n in s1["model"] if "vision_tower" in n and n.endswith("weight"))
     assert not torch.equal(s1["model"][name], s2["model"][name])  # the second call trained the tower further
+    # a state's weights can be written without training on, to evaluate a run half-way
+    half = train.fit(_tiny_run(tmp_path, "--resume", str(tmp_path / "s1.pt"), "--export"))
+    assert half.summary["steps"] == 2
+    assert torch.equal(half.model.state_dict()[name].half(), s1["model"][name])
 
 
 def test_a_resumed_call_must_repeat_the_recipe(tmp_path):

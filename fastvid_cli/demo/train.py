@@ -375,6 +375,8 @@ def fit(args) -> Trained:
     From scratch, or with args.resume from a training state written by an earlier call (args.state): the budget,
     phases and LR schedules are then those of the whole run, and this call stops after args.call_minutes (or when
     the whole budget is spent), so one run can be split over several device calls of limited length."""
+    if args.export and not args.resume:
+        raise ValueError("--export writes the weights of a resumed state: give --resume STATE")
     state = torch.load(args.resume, map_location="cpu", weights_only=True) if args.resume else None
     if state is not None:
         for name in RECIPE_SHAPE:
@@ -445,7 +447,7 @@ def fit(args) -> Trained:
     it = iter(loader)
     t0 = time.perf_counter() - done  # elapsed time counts the earlier calls' training
     call_end = time.perf_counter() + (args.call_minutes * 60 if args.call_minutes else math.inf)
-    call_last = step + args.call_steps if args.call_steps else math.inf
+    call_last = step if args.export else step + args.call_steps if args.call_steps else math.inf
 
     def schedule(frac: float, start: float, steps: int) -> float:
         """Warm-up over args.warmup steps, then cosine from 1 to args.lr_floor over [start, 1] of the budget."""
@@ -662,6 +664,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--call-minutes", type=float, default=0.0,
                     help="stop this call after these minutes of training (0: run to the end of the budget)")
     ap.add_argument("--call-steps", type=int, default=0, help="stop this call after these many steps (0: no limit)")
+    ap.add_argument("--export", action="store_true",
+                    help="with --resume: no training, write the resumed state's weights to --out (to evaluate a run "
+                         "half-way)")
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
