@@ -69,8 +69,10 @@ TYPE_WEIGHT = {"count": 0.25, "after_cut": 0.5, "colour_change": 1.0, "colour_of
 # extra question of almost every clip.
 PRIMARY_SKIP = {"count": 0.5}
 CELL_TARGETS = ("shape", "colour", "motion", "rank", "newest")
-# arguments that shape the modules, the data or the schedule: a resumed call (--resume) must repeat them
-RECIPE_SHAPE = ("seed", "minutes", "max_steps", "batch", "questions", "frames", "text_layers", "lr", "vision_share")
+# arguments that shape the modules, the data or the schedule: a resumed call (--resume) must repeat them. Not
+# --minutes: a resumed run may get a new whole budget (the phases and schedules then go on from the share of the new
+# budget already spent: a shorter one moves the LR and the token-drop start forward at once).
+RECIPE_SHAPE = ("seed", "max_steps", "batch", "questions", "frames", "text_layers", "lr", "vision_share")
 
 
 def _palette() -> np.ndarray:
@@ -442,6 +444,10 @@ def fit(args) -> Trained:
         for name, module in modules.items():
             module.load_state_dict(state[name])
         opt.load_state_dict(state["opt"])  # moments come back in the parameters' dtype (fp32)
+        for group in opt.param_groups:
+            for param in group["params"]:
+                if opt.state[param]:  # a trained parameter: its first moment starts again from zero
+                    opt.state[param].setdefault("exp_avg", torch.zeros_like(param))
         log, step, joint_from, phase_steps, done = (state[n] for n in (
             "log", "step", "joint_from", "phase_steps", "seconds"))
     it = iter(loader)
@@ -582,12 +588,14 @@ def fit(args) -> Trained:
 
 def save_state(args, modules: dict, opt: torch.optim.Optimizer, progress: dict) -> Path:
     """Write what `fit` needs to go on (--resume): the modules in fp16 (as the shipped weights: the rounding is
-    smaller than one update) and the optimizer's moments in bf16 (~50 MB in all for the default recipe, which must
-    travel to and from the device in pieces), progress (step, phases, seconds trained, log) and the recipe's shape
-    arguments, which a resumed call must repeat."""
+    smaller than one update), the optimizer's second moments in bf16 (its first moments are left out: they rebuild
+    within ~10 steps at beta1 0.9, and the state must travel to the device beside the work tree, under 64 MiB: ~34 MB
+    for the default recipe), progress (step, phases, seconds trained, log) and the recipe's shape arguments, which
+    a resumed call must repeat."""
     opt_state = opt.state_dict()  # its per-parameter dicts are the live ones: copied, not changed in place
-    opt_state["state"] = {i: {k: v.to(torch.bfloat16) if k != "step" and v.is_floating_point() else v.clone()
-                              for k, v in per_param.items()} for i, per_param in opt_state["state"].items()}
+    opt_state["state"] = {i: {k: v.to("cpu", torch.bfloat16) if v.is_floating_point() and k != "step" else v.cpu()
+                              for k, v in per_param.items() if k != "exp_avg"}
+                          for i, per_param in opt_state["state"].items()}
     path = Path(args.state)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -659,8 +667,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--state", default=None,
                     help="also write the whole training state here at the end of this call (for --resume)")
     ap.add_argument("--resume", default=None,
-                    help="go on from a state written by --state: the same recipe arguments, --minutes is the whole "
-                         "run's budget")
+                    help="go on from a state written by --state: the same recipe arguments; --minutes is the whole "
+                         "run's budget (it may differ from the earlier calls')")
     ap.add_argument("--call-minutes", type=float, default=0.0,
                     help="stop this call after these minutes of training (0: run to the end of the budget)")
     ap.add_argument("--call-steps", type=int, default=0, help="stop this call after these many steps (0: no limit)")
