@@ -22,7 +22,7 @@ from fastvid_cli.cli import app  # noqa: E402
 from fastvid_cli.server import ServeConfig, Service  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-QUESTION = "What colour is the diamond? Answer the question using a single word or phrase."
+from demo_example import ANSWER, QUESTION  # noqa: E402 - the README example: its question and answer
 LOCAL = ["--model", "demo", "--device", "cpu", "--no-cache"]
 # fields of a Report that depend on the run, not on the answer
 RUN_FIELDS = {"timings_ms", "decode_tokens_per_s", "notes", "cache", "decode_mode"}
@@ -66,7 +66,7 @@ def test_ask_server_prints_what_ask_prints(runner, url, folder):
     assert set(local["timings_ms"]) - {"sample_wait"} <= set(remote["timings_ms"])
     local_plain = run(runner, ["ask", clip, QUESTION, *LOCAL])
     remote_plain = run(runner, ["ask", clip, QUESTION, "--server", url])
-    assert local_plain.stdout == remote_plain.stdout == "red\n"
+    assert local_plain.stdout == remote_plain.stdout == f"{ANSWER}\n"
     def rows(text: str) -> list[str]:  # the panel's row labels, without the run-dependent ones
         labels = [line[2:17].strip() for line in text.splitlines() if line.startswith("│ ") and line[2] != " "]
         return [x for x in labels if x not in ("feature cache", "note")]
@@ -77,7 +77,7 @@ def test_ask_server_prints_what_ask_prints(runner, url, folder):
     wrong = run(runner, ["ask", clip, QUESTION, "--server", url, "--model", "llava-ov-7b"])
     assert wrong.exit_code == 2 and "serves demo" in wrong.stderr
     assert run(runner, ["ask", clip, QUESTION, "--server", url, "--dtype", "float16"]).exit_code == 2
-    assert run(runner, ["ask", clip, QUESTION, "--server", url, "--model", "demo", "-q"]).stdout == "red\n"
+    assert run(runner, ["ask", clip, QUESTION, "--server", url, "--model", "demo", "-q"]).stdout == f"{ANSWER}\n"
     missing = run(runner, ["ask", str(folder / "nope.mp4"), QUESTION, "--server", url])
     assert missing.exit_code == 3 and "video not found: " in missing.stderr
     down = run(runner, ["ask", clip, QUESTION, "--server", "http://127.0.0.1:9"])
@@ -107,7 +107,7 @@ def test_a_video_outside_the_roots_is_uploaded(runner, url, tmp_path):
     res = run(runner, ["ask", str(clip), QUESTION, "--server", url, "--json"])
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["answer"] == "red" and data["video"] == str(clip)
+    assert data["answer"] == ANSWER and data["video"] == str(clip)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")
     res = run(runner, ["ask", str(broken), QUESTION, "--server", url])
@@ -146,11 +146,11 @@ def test_the_client_imports_neither_torch_nor_transformers(url, folder):
     (cli_ask_server.py), rich only for the panel."""
     ask = ["ask", str(folder / "demo.mp4"), QUESTION, "--server", url]
     code, mods, out, _ = run_client([*ask, "-q"], "cli", "_invoke")  # the typer command
-    assert (code, out) == (0, "red\n") and not mods & HEAVY
+    assert (code, out) == (0, f"{ANSWER}\n") and not mods & HEAVY
     light = HEAVY | {"typer", "click", "pydantic", "pydantic_core", "rich"}
     for extra in (["-q"], ["--json", "--model", "demo", "--dyseg-tau", "0.5"]):
         code, mods, out, err = run_client([*ask, *extra])
-        assert code == 0 and out.startswith(("red", '{"answer": "red"')), err
+        assert code == 0 and out.startswith((ANSWER, f'{{"answer": "{ANSWER}"')), err
         assert not mods & light, sorted(mods & light)
     code, mods, out, err = run_client(ask)
     assert code == 0 and "fastvid" in err and "rich" in mods and not mods & (light - {"rich"})
@@ -171,8 +171,9 @@ def test_the_fast_path_prints_what_the_typer_command_prints(url, folder, tmp_pat
     assert {k: v for k, v in fast.items() if k not in RUN_FIELDS} == \
            {k: v for k, v in typed.items() if k not in RUN_FIELDS}
     assert ferr == terr == ""
+    run_client(["ask", "--server", url, clip, QUESTION])  # so that both runs below find the answer in the cache
     (fc, _, fout, ferr), (tc, _, tout, terr) = both(["ask", "--server", url, clip, QUESTION])
-    assert fc == tc == 0 and fout == tout == "red\n"
+    assert fc == tc == 0 and fout == tout == f"{ANSWER}\n"
     strip = lambda text: [line for line in text.splitlines() if not any(c.isdigit() for c in line)]
     assert strip(ferr) == strip(terr) and len(ferr.splitlines()) == len(terr.splitlines())
     nope = str(tmp_path / "nope.mp4")
@@ -202,7 +203,7 @@ def test_ask_server_sends_one_request(url, folder, monkeypatch, capsys):
     monkeypatch.setattr(client_module.Client, "_open", recording_open)
     clip = str(folder / "demo.mp4")
     assert run(["ask", clip, QUESTION, "--server", url, "--model", "demo", "-q"]) == 0
-    assert capsys.readouterr().out == "red\n" and sent == [("POST", "/v1/chat/completions")]
+    assert capsys.readouterr().out == f"{ANSWER}\n" and sent == [("POST", "/v1/chat/completions")]
     sent.clear()
     assert run(["ask", clip, QUESTION, "--server", url, "--model", "llava-ov-7b", "-q"]) == 2
     assert "--model llava-ov-7b: the server at " in capsys.readouterr().err
@@ -212,7 +213,7 @@ def test_ask_server_sends_one_request(url, folder, monkeypatch, capsys):
 
     other_name = os.path.relpath(resolve_model("demo").source)  # the served folder, as this process names it
     assert run(["ask", clip, QUESTION, "--server", url, "--model", other_name, "-q"]) == 0
-    assert capsys.readouterr().out == "red\n"
+    assert capsys.readouterr().out == f"{ANSWER}\n"
     assert sent == [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")]
 
 
@@ -286,13 +287,13 @@ def test_chat_through_stdin_with_a_server(runner, url, folder):
     res = run(runner, ["chat", clip, "--server", url], input=lines)
     assert res.exit_code == 0, res.stderr
     answers = res.stdout.splitlines()
-    assert len(answers) == 2 and answers[0] == "red"
+    assert len(answers) == 2 and answers[0] == ANSWER
     assert "ratio 0.5" in res.stderr and f"on {url}" in res.stderr
     assert "(fastvid r=0.1)" in res.stderr and "(fastvid r=0.5)" in res.stderr  # one summary line per answer
     js = run(runner, ["chat", clip, "--server", url, "--json"], input=f"{QUESTION}\n/video nope.mp4\nAgain?\n")
     assert js.exit_code == 3  # the /video command failed (the conversation went on with the same video)
     records = [json.loads(line) for line in js.stdout.splitlines()]
-    assert records[0]["answer"] == "red" and records[0]["video"] == clip and len(records) == 2
+    assert records[0]["answer"] == ANSWER and records[0]["video"] == clip and len(records) == 2
     assert records[1]["prompt_tokens_kept"] > records[0]["prompt_tokens_kept"]  # a follow-up: the history is in
 
 
@@ -317,7 +318,7 @@ def test_the_fast_path_exits_with_os_exit_after_its_output(url, folder):
     for extra in (["-q"], ["--json"], []):
         res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", url, *extra],
                              capture_output=True, text=True, timeout=120, env=env)
-        assert res.returncode == 0 and res.stdout.startswith(("red\n", '{"answer": "red"')), res.stderr
+        assert res.returncode == 0 and res.stdout.startswith((f"{ANSWER}\n", f'{{"answer": "{ANSWER}"')), res.stderr
         assert res.stdout.endswith("\n") and (extra != [] or "fastvid" in res.stderr)
     res = subprocess.run([sys.executable, "-m", "fastvid_cli", "ask", clip, QUESTION, "--server", "http://127.0.0.1:9"],
                          capture_output=True, text=True, timeout=120, env=env)
