@@ -124,7 +124,41 @@ def measure(engine, video: str, scorer, opts: SelectOptions, decoder: str, repea
         assert info["cached"], "the candidate cache missed"
         r3 = engine.ask(video, QUESTION, prune=PruneOptions(ratio=0.1), gen=gen, clip=clip, sample_ms=0.0)
         rows["ttft_selected_cached"].append(sel_ms + r3.timings_ms["ttft"])
-    return {"decoder": engine.decoder, "rows": rows, "medians": {k: med(v) for k, v in rows.items()}}
+    return {"decoder": engine.decoder, "rows": rows, "medians": {k: med(v) for k, v in rows.items()},
+            "timeline": timeline(video, opts, scorer, decoder, sync)}
+
+
+def timeline(video: str, opts: SelectOptions, scorer, decoder: str, sync) -> dict:
+    """Where the embedding time goes, in one more run: when each group reached the selector and how long its
+    embedding took (ms from the start of sampling), when decoding ended, and the same candidates embedded again
+    alone (all decoded already: the selector's own throughput, with nothing to overlap)."""
+    groups = []
+    embed = scorer.embed_frames
+
+    def timed(frames):
+        a = time.perf_counter()
+        out = embed(frames)
+        groups.append((round((a - t0) * 1e3, 1), round((time.perf_counter() - t0) * 1e3, 1), len(frames)))
+        return out
+
+    scorer.embed_frames = timed
+    try:
+        sync()
+        t0 = time.perf_counter()
+        cands = sample_candidates(video, opts, scorer, decoder=decoder)
+        sync()
+    finally:
+        scorer.embed_frames = embed
+    frames = cands.clip.frames
+    alone = []
+    for _ in range(3):
+        sync()
+        a = time.perf_counter()
+        scorer.embed_frames(frames)
+        sync()
+        alone.append((time.perf_counter() - a) * 1e3)
+    return {"decoded_at_ms": round(cands.sample_ms, 1), "groups_ms": groups, "embed_alone_ms": med(alone)[0],
+            "frames": len(frames)}
 
 
 def main() -> None:
@@ -181,6 +215,10 @@ def main() -> None:
                   f"TTFT at r=0.1 ({'within' if got['overhead_share'] <= 0.25 else 'OVER'} the 25 % goal), "
                   f"{100 * got['overhead_share_r1']:.1f} % of it at r=1.0; asked again (cached candidates): "
                   f"{over_cached:.1f} ms = {100 * got['overhead_cached_share']:.1f} %", flush=True)
+            tl = got["timeline"]
+            print(f"timeline (one more run): decoding ended at {tl['decoded_at_ms']} ms; groups (start, end, frames) "
+                  f"{tl['groups_ms']}; the {tl['frames']} decoded candidates embedded again alone: "
+                  f"{tl['embed_alone_ms']:.1f} ms", flush=True)
         del scorer
         if device == "cuda":
             torch.cuda.empty_cache()
