@@ -164,3 +164,22 @@ def test_a_resumed_call_must_repeat_the_recipe(tmp_path):
     args.batch = 3
     with pytest.raises(ValueError, match=r"--batch 3 does not match the resumed run's 2"):
         train.fit(args)
+
+
+def test_kept_tokens_keep_their_positions_or_are_renumbered_like_the_compact_methods():
+    sel = torch.tensor([[0, 5, 9], [2, 3, 7]])
+    slots, pos, text_at = train.kept_layout(sel, 12, compact=False)
+    assert slots.tolist() == pos.tolist() == [[0, 5, 9, 11], [2, 3, 7, 11]] and text_at == 12
+    slots, pos, text_at = train.kept_layout(sel, 12, compact=True)
+    assert slots.tolist() == [[0, 5, 9, 11], [2, 3, 7, 11]]  # the features and targets still come from there
+    assert pos.tolist() == [[0, 1, 2, 3]] * 2 and text_at == 4  # as Assembled.reindexed lays them out
+
+
+def test_token_dropping_steps_train_with_either_layout(tmp_path):
+    """The drop branch runs from the first joint step with every kept set renumbered (and with none): the step
+    trains (finite losses) and the cell-position targets use each token's own place."""
+    for share in ("1.0", "0.0"):
+        run = train.fit(_tiny_run(tmp_path, "--drop-from", "0", "--drop-share", "1", "--compact-share", share))
+        joint = [row for row in run.summary["log"] if row["phase"] == "joint"]
+        assert joint and all(np.isfinite(row["qa_loss"]) and np.isfinite(row["cell_loss"]) for row in joint)
+        assert run.summary["drop"]["compact"] == float(share)

@@ -6,9 +6,11 @@ What is trained, end to end: SigLIP-style tower, projector, Qwen2 LLM (answer cr
 multiple-choice and short-answer prompts, exactly the prompts `fastvid eval` uses), plus the attention-pooling
 saliency head with an auxiliary task: from each frame's pooled vector, predict which palette colours are visible in
 that frame. To answer it the probe must attend to the shapes, which is what makes FastVID's saliency meaningful for
-this model. Late in training some batches keep only part of the video tokens (original positions kept, cells with an
-object kept first, as a saliency-based pruner would), so the model has seen reduced token sets; no pruning method is
-used in training, so none is favoured.
+this model. Late in training some batches keep only part of the video tokens (cells with an object kept first, as a
+saliency-based pruner would), half of them at their original positions (FastVID's layout), half renumbered
+contiguously (the layout HoliTom's, VidCom2's and FlashVID's reference code gives LLaVA: a model that never saw it
+answered 30-50 points lower with those methods, benchmarks/RESULTS.md), so the model has seen reduced token sets in
+both layouts; no pruning method is used in training, so none is favoured.
 
 Two phases (issue #18: a single joint phase left shape, motion and order questions at chance):
   1. vision (the first --vision-share of the budget): the tower alone, on every frame of the batch, with dense
@@ -342,6 +344,19 @@ def _object_first_keep(cell: torch.Tensor, keep: int, bias: float) -> torch.Tens
     return score.topk(keep, -1).indices.sort(-1).values
 
 
+def kept_layout(sel: torch.Tensor, n_video: int, compact: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Kept grid tokens `sel` (B, n) of a video of n_video slots (the last one the newline, always kept) ->
+    (slots (B, n+1): where each kept token comes from, positions (B, n+1): the position ids they get, where the text
+    after the video starts). Original layout: every token keeps its own position and the text its place after the
+    whole video (FastVID's layout); compact: the kept tokens are renumbered 0..n and the text follows them (how
+    HoliTom's and VidCom2's reference code lays out LLaVA-OneVision's tokens)."""
+    B, n = sel.shape
+    slots = torch.cat([sel, torch.full((B, 1), n_video - 1, device=sel.device, dtype=sel.dtype)], 1)
+    if not compact:
+        return slots, slots, n_video
+    return slots, torch.arange(n + 1, device=sel.device).expand(B, -1), n + 1
+
+
 def zero_residual(tower: torch.nn.Module) -> None:
     """Start every encoder layer of a SigLIP tower as the identity: its attention output projection and its MLP's
     second linear at zero (the weights still train from the first step). Each patch then starts as its own little
@@ -498,7 +513,8 @@ def fit(args) -> Trained:
             if joint:
                 vfeat = core.apply_pooling(core.multi_modal_projector(hs)).reshape(B, T * npf, -1)
                 video = torch.cat([vfeat, core.image_newline.to(vfeat.dtype).expand(B, 1, -1)], 1)
-                vpos = torch.arange(n_video, device=dev).expand(B, -1)
+                slots = vpos = torch.arange(n_video, device=dev).expand(B, -1)
+                text_at = n_video
                 cell = b["cell"].permute(0, 1, 3, 4, 2).flatten(1, 3)  # (B, T*npf, 5)
                 if frac >= args.drop_from and random.random() < args.drop_share:
                     # the same keep count for every clip (one tensor), a different set per clip and frame
@@ -506,20 +522,20 @@ def fit(args) -> Trained:
                     sel = _object_first_keep(cell[..., 0].reshape(B, T, npf), keep, args.drop_bias)
                     sel = (sel + torch.arange(T, device=dev)[:, None] * npf).flatten(1)
                     cell = cell.gather(1, sel[..., None].expand(-1, -1, cell.shape[-1]))
-                    vpos = torch.cat([sel, torch.full((B, 1), n_video - 1, device=dev)], 1)
-                    video = video.gather(1, vpos[..., None].expand(-1, -1, video.shape[-1]))
+                    slots, vpos, text_at = kept_layout(sel, n_video, random.random() < args.compact_share)
+                    video = video.gather(1, slots[..., None].expand(-1, -1, video.shape[-1]))
                 V = video.shape[1]
                 # the prefix + video once per clip; its key/value cache then serves the clip's k question rows
                 emb = torch.cat([emb_layer(prefix).expand(B, -1, -1).to(video.dtype), video], 1)
                 pos = torch.cat([torch.arange(P, device=dev).expand(B, -1), P + vpos], 1)
                 S = b["suffix"].shape[1]
-                spos = (P + n_video + torch.arange(S, device=dev)).expand(R, -1)
+                spos = (P + text_at + torch.arange(S, device=dev)).expand(R, -1)
                 mid, hs_q = shared_video_rows(lm, emb, pos, emb_layer(b["suffix"]).to(video.dtype), spos, k,
                                               aux_layer)
                 mid = mid[:, P:P + V - 1]  # the grid tokens (not the newline)
                 # where each token sits on its frame's grid (all tokens): direction questions compare the places
                 # of an object's tokens across frames, so they need a position that the answer can read
-                cell_pos = vpos[:, :-1] % npf
+                cell_pos = slots[:, :-1] % npf  # the token's own place, whatever position id it got
                 cell_loss, xy_hit = 0.0, True
                 for name, want in (("x", cell_pos % pooled_grid), ("y", cell_pos // pooled_grid)):
                     logits = llm_aux[name](mid).float()
@@ -579,7 +595,8 @@ def fit(args) -> Trained:
                    vision_lr_scale=args.vision_lr_scale, short_share=args.short_share, mc_target=args.mc_target,
                    weights=dict(presence=args.presence_weight, patch=args.patch_weight, cell=args.cell_weight,
                                 rest=args.rest_weight, background=args.bg_weight),
-                   drop=dict(share=args.drop_share, start=args.drop_from, bias=args.drop_bias),
+                   drop=dict(share=args.drop_share, start=args.drop_from, bias=args.drop_bias,
+                             compact=args.compact_share),
                    minutes=round(seconds / 60, 2), finished=seconds > budget or step >= args.max_steps,
                    log=log,
                    device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__)
@@ -658,6 +675,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--drop-from", type=float, default=0.6, help="budget share after which token drop starts")
     ap.add_argument("--drop-bias", type=float, default=0.7,
                     help="how strongly cells with an object are kept first when tokens are dropped")
+    ap.add_argument("--compact-share", type=float, default=0.5,
+                    help="share of the token-dropping steps whose kept tokens are renumbered contiguously (the layout "
+                         "of HoliTom's, VidCom2's and FlashVID's reference code for LLaVA) instead of keeping their "
+                         "own positions (FastVID's), so the model reads both layouts and neither kind of method is "
+                         "judged on a layout the model never saw")
     ap.add_argument("--short-share", type=float, default=0.5,
                     help="share of short-answer (not multiple-choice) prompts")
     ap.add_argument("--mc-target", choices=["word", "letter"], default="word",
