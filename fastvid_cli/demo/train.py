@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvid_cli import demo
+from fastvid_cli.demo import train_state
 from fastvid_cli.models.siglip_head import OWN_HEAD_FILE, write_head
 
 MEAN = STD = 0.5
@@ -71,10 +72,6 @@ TYPE_WEIGHT = {"count": 0.25, "after_cut": 0.5, "colour_change": 1.0, "colour_of
 # extra question of almost every clip.
 PRIMARY_SKIP = {"count": 0.5}
 CELL_TARGETS = ("shape", "colour", "motion", "rank", "newest")
-# arguments that shape the modules, the data or the schedule: a resumed call (--resume) must repeat them. Not
-# --minutes: a resumed run may get a new whole budget (the phases and schedules then go on from the share of the new
-# budget already spent: a shorter one moves the LR and the token-drop start forward at once).
-RECIPE_SHAPE = ("seed", "max_steps", "batch", "questions", "frames", "text_layers", "lr", "vision_share")
 
 
 def _palette() -> np.ndarray:
@@ -394,12 +391,7 @@ def fit(args) -> Trained:
     the whole budget is spent), so one run can be split over several device calls of limited length."""
     if args.export and not args.resume:
         raise ValueError("--export writes the weights of a resumed state: give --resume STATE")
-    state = torch.load(args.resume, map_location="cpu", weights_only=True) if args.resume else None
-    if state is not None:
-        for name in RECIPE_SHAPE:
-            if state["args"][name] != getattr(args, name):
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} does not match the resumed "
-                                 f"run's {state['args'][name]}")
+    state = train_state.load(args) if args.resume else None
     torch.manual_seed(args.seed + (state["step"] if state else 0))
     random.seed(args.seed + (state["step"] if state else 0))
     dev = torch.device(args.device)
@@ -456,15 +448,8 @@ def fit(args) -> Trained:
     wait, joint_from, phase_steps, done = 0.0, None, {"vision": 0, "joint": 0}, 0.0
     modules = dict(model=model, head=head, vision_aux=vision_aux, llm_aux=llm_aux)
     if state is not None:
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-        opt.load_state_dict(state["opt"])  # moments come back in the parameters' dtype (fp32)
-        for group in opt.param_groups:
-            for param in group["params"]:
-                if opt.state[param]:  # a trained parameter: its first moment starts again from zero
-                    opt.state[param].setdefault("exp_avg", torch.zeros_like(param))
-        log, step, joint_from, phase_steps, done = (state[n] for n in (
-            "log", "step", "joint_from", "phase_steps", "seconds"))
+        progress = train_state.restore(state, modules, opt)
+        log, step, joint_from, phase_steps, done = (progress[n] for n in train_state.PROGRESS)
     it = iter(loader)
     t0 = time.perf_counter() - done  # elapsed time counts the earlier calls' training
     call_end = time.perf_counter() + (args.call_minutes * 60 if args.call_minutes else math.inf)
@@ -586,8 +571,8 @@ def fit(args) -> Trained:
             type_hits[:] = 0
     seconds = time.perf_counter() - t0
     if args.state:
-        save_state(args, modules, opt, dict(log=log, step=step, joint_from=joint_from, phase_steps=phase_steps,
-                                             seconds=seconds))
+        train_state.save(args.state, args, modules, opt, dict(
+            log=log, step=step, joint_from=joint_from, phase_steps=phase_steps, seconds=seconds))
     model.eval()
     head.eval()
     summary = dict(seed=args.seed, steps=step, phase_steps=phase_steps, batch=args.batch, questions_per_clip=k,
@@ -601,26 +586,6 @@ def fit(args) -> Trained:
                    log=log,
                    device=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__)
     return Trained(model, tok, head, head_cfg, summary)
-
-
-def save_state(args, modules: dict, opt: torch.optim.Optimizer, progress: dict) -> Path:
-    """Write what `fit` needs to go on (--resume): the modules in fp16 (as the shipped weights: the rounding is
-    smaller than one update), the optimizer's second moments in bf16 (its first moments are left out: they rebuild
-    within ~10 steps at beta1 0.9, and the state must travel to the device beside the work tree, under 64 MiB: ~34 MB
-    for the default recipe), progress (step, phases, seconds trained, log) and the recipe's shape arguments, which
-    a resumed call must repeat."""
-    opt_state = opt.state_dict()  # its per-parameter dicts are the live ones: copied, not changed in place
-    opt_state["state"] = {i: {k: v.to("cpu", torch.bfloat16) if v.is_floating_point() and k != "step" else v.cpu()
-                              for k, v in per_param.items() if k != "exp_avg"}
-                          for i, per_param in opt_state["state"].items()}
-    path = Path(args.state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict({n: {k: v.detach().half().cpu() if v.is_floating_point() else v.cpu()
-                         for k, v in m.state_dict().items()} for n, m in modules.items()},
-                    opt=opt_state, args={n: getattr(args, n) for n in RECIPE_SHAPE}, **progress), tmp)
-    tmp.replace(path)  # never a half-written state where a good one was
-    return path
 
 
 def save(trained: Trained, out: str | Path) -> Path:

@@ -1,0 +1,60 @@
+"""A demo training run split over calls (a device call lasts at most 10 minutes): what `train.fit` writes at the
+end of a call with --state and reads back with --resume.
+
+The state: every trained module in fp16 (as the shipped weights; the rounding is smaller than one update), Adam's
+second moments in bf16 and not its first moments (they rebuild within ~10 steps at beta1 0.9) — so the default
+recipe's state is ~34 MB and travels to the device beside the work tree under its 64 MiB limit — the progress
+(step, phase steps, where the joint phase began, seconds trained, the log) and the recipe's shape arguments, which a
+resumed call must repeat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# arguments that shape the modules, the data or the schedule: a resumed call (--resume) must repeat them. Not
+# --minutes: a resumed run may get a new whole budget (the phases and schedules then go on from the share of the new
+# budget already spent: a shorter one moves the LR and the token-drop start forward at once).
+RECIPE_SHAPE = ("seed", "max_steps", "batch", "questions", "frames", "text_layers", "lr", "vision_share")
+PROGRESS = ("log", "step", "joint_from", "phase_steps", "seconds")
+
+
+def load(args) -> dict:
+    """The state at args.resume, checked against this call's recipe (ValueError naming the first argument that
+    differs)."""
+    state = torch.load(args.resume, map_location="cpu", weights_only=True)
+    for name in RECIPE_SHAPE:
+        if state["args"][name] != getattr(args, name):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} does not match the resumed run's "
+                             f"{state['args'][name]}")
+    return state
+
+
+def restore(state: dict, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> dict:
+    """Load the modules and the optimizer from `state`; returns its progress (PROGRESS keys)."""
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    opt.load_state_dict(state["opt"])  # the moments come back in the parameters' dtype (fp32)
+    for group in opt.param_groups:
+        for param in group["params"]:
+            if opt.state[param]:  # a trained parameter: its first moment starts again from zero
+                opt.state[param].setdefault("exp_avg", torch.zeros_like(param))
+    return {name: state[name] for name in PROGRESS}
+
+
+def save(path: str | Path, args, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+         progress: dict) -> Path:
+    """Write the state (atomically: never a half-written file where a good one was)."""
+    opt_state = opt.state_dict()  # its per-parameter dicts are the live ones: copied, not changed in place
+    opt_state["state"] = {i: {k: v.to("cpu", torch.bfloat16) if v.is_floating_point() and k != "step" else v.cpu()
+                              for k, v in per_param.items() if k != "exp_avg"}
+                          for i, per_param in opt_state["state"].items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict({n: {k: v.detach().half().cpu() if v.is_floating_point() else v.cpu()
+                         for k, v in m.state_dict().items()} for n, m in modules.items()},
+                    opt=opt_state, args={n: getattr(args, n) for n in RECIPE_SHAPE}, **progress), tmp)
+    tmp.replace(path)
+    return path
