@@ -34,6 +34,23 @@ def test_presence_and_patch_labels_agree_with_the_pixels():
         assert cell[:, 2].max() < len(train.MOTIONS) and cell[:, 3].max() <= train.MAX_RANK
 
 
+def test_background_labels_are_the_colour_most_pixels_have_on_each_frame():
+    """frame_backgrounds names each frame's background, also after a scene cut (the after_cut question's answer)."""
+    names, rgb = list(synth.BACKGROUNDS), np.array(list(synth.BACKGROUNDS.values()))
+    cuts = 0
+    for seed in range(40):
+        spec, qas = synth.generate(seed)
+        pixels = synth.render(spec).astype(int)
+        counts = (pixels[..., None, :] == rgb).all(-1).sum((1, 2))  # (T, backgrounds): shapes cover < half a frame
+        got = train.frame_backgrounds(spec)
+        assert np.array_equal(got, counts.argmax(-1)), seed
+        for qa in qas:
+            if qa.type == "after_cut" and qa.subject.get("what") == "background":
+                cuts += 1
+                assert names[got[-1]] == qa.short_answer and names[got[0]] != qa.short_answer
+    assert cuts >= 3
+
+
 def _cells_of(spec, cell, qa_subject_colour: str, t: int) -> np.ndarray:
     """The cell-target vectors (n, 5) of frame t's cells covered by the object of that colour."""
     c = list(synth.COLOURS).index(qa_subject_colour) + 1
@@ -93,7 +110,8 @@ def test_rows_label_the_answer_after_the_prompt():
     ids = train.PromptIds()
     spec, qas = synth.generate(5)
     suffix, n = ids.row(synth.short_prompt(qas[0]), qas[0].short_answer)
-    batch = train.collate([(synth.render(spec), *train.clip_targets(spec, 16, 8), [(suffix, n, 0)])], ids.pad)
+    batch = train.collate([(synth.render(spec), *train.clip_targets(spec, 16, 8), [(suffix, n, 0)],
+                            train.frame_backgrounds(spec))], ids.pad)
     labels = batch["labels"][0]
     taught = labels[labels != -100].tolist()
     assert ids.tok.decode(taught[:-1]) == qas[0].short_answer and taught[-1] == ids.eos
@@ -183,3 +201,31 @@ def test_token_dropping_steps_train_with_either_layout(tmp_path):
         joint = [row for row in run.summary["log"] if row["phase"] == "joint"]
         assert joint and all(np.isfinite(row["qa_loss"]) and np.isfinite(row["cell_loss"]) for row in joint)
         assert run.summary["drop"]["compact"] == float(share)
+
+
+def test_a_state_from_before_a_new_auxiliary_head_resumes_with_the_head_fresh(tmp_path):
+    """A recipe may add an auxiliary head (the background-colour target came after the first half of a run had been
+    trained): a state without it resumes, the head starting fresh; its optimizer entries line up again."""
+    train.fit(_tiny_run(tmp_path, "--call-steps", "2", "--state", str(tmp_path / "s.pt")))
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    head_keys = [k for k in state["vision_aux"] if k.startswith("background.")]
+    assert len(head_keys) == 2
+    for key in head_keys:  # as a state written before the head existed: no weights, no optimizer entries
+        del state["vision_aux"][key]
+    groups = state["opt"]["param_groups"]
+    gone = groups[0]["params"][-2:]  # the head's parameters are the last of the tower's group
+    groups[0]["params"] = groups[0]["params"][:-2]
+    for i in gone:
+        state["opt"]["state"].pop(i, None)
+    renumber = {old: old - 2 for old in groups[1]["params"]}
+    groups[1]["params"] = [renumber[i] for i in groups[1]["params"]]
+    state["opt"]["state"] = {renumber.get(i, i): v for i, v in state["opt"]["state"].items()}
+    torch.save(state, tmp_path / "old.pt")
+    run = train.fit(_tiny_run(tmp_path, "--resume", str(tmp_path / "old.pt"), "--state", str(tmp_path / "s2.pt")))
+    assert run.summary["steps"] == 4 and run.summary["finished"]
+    s2 = torch.load(tmp_path / "s2.pt", weights_only=True)
+    tower = s2["opt"]["param_groups"][0]["params"][0]
+    assert int(s2["opt"]["state"][tower]["step"]) == 4  # the old entries kept their place
+    head = s2["opt"]["param_groups"][0]["params"][-1]
+    assert int(s2["opt"]["state"][head]["step"]) == 2  # the new head trained in the resumed call only
+    assert all(np.isfinite(row["patch_background_acc"]) for row in run.summary["log"][2:])

@@ -31,16 +31,43 @@ def load(args) -> dict:
     return state
 
 
-def restore(state: dict, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> dict:
-    """Load the modules and the optimizer from `state`; returns its progress (PROGRESS keys)."""
+def restore(state: dict, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+            new_heads: tuple[str, ...] = ("vision_aux", "llm_aux")) -> dict:
+    """Load the modules and the optimizer from `state`; returns its progress (PROGRESS keys) and, under "new", the
+    parameters the state predates. Only auxiliary heads may be new (modules named in `new_heads`, added last in
+    their ModuleDict, so that their parameters come last in their optimizer group): they start from their fresh
+    initialisation and an empty optimizer state; anything else missing, or anything unexpected, is an error."""
+    new = []
     for name, module in modules.items():
-        module.load_state_dict(state[name])
-    opt.load_state_dict(state["opt"])  # the moments come back in the parameters' dtype (fp32)
+        got = module.load_state_dict(state[name], strict=name not in new_heads)
+        if got.unexpected_keys:
+            raise ValueError(f"the resumed state has {name} parameters this recipe lacks: {got.unexpected_keys}")
+        new += [f"{name}.{key}" for key in got.missing_keys]
+    opt.load_state_dict(_widened(state["opt"], opt))  # the moments come back in the parameters' dtype (fp32)
     for group in opt.param_groups:
         for param in group["params"]:
             if opt.state[param]:  # a trained parameter: its first moment starts again from zero
                 opt.state[param].setdefault("exp_avg", torch.zeros_like(param))
-    return {name: state[name] for name in PROGRESS}
+    return {**{name: state[name] for name in PROGRESS}, "new": new}
+
+
+def _widened(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """An optimizer state dict saved before new heads were added, renumbered for this optimizer: each group's
+    saved parameters first, the new ones (at the end of their group) with no state yet."""
+    if [len(g["params"]) for g in saved["param_groups"]] == [len(g["params"]) for g in opt.param_groups]:
+        return saved
+    state, groups, nid = {}, [], 0
+    for old, now in zip(saved["param_groups"], opt.param_groups, strict=True):
+        if len(old["params"]) > len(now["params"]):
+            raise ValueError("the resumed state has more parameters than this recipe")
+        ids = []
+        for j in range(len(now["params"])):
+            if j < len(old["params"]) and old["params"][j] in saved["state"]:
+                state[nid] = saved["state"][old["params"][j]]
+            ids.append(nid)
+            nid += 1
+        groups.append({**old, "params": ids})
+    return {"state": state, "param_groups": groups}
 
 
 def save(path: str | Path, args, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
