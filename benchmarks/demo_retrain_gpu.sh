@@ -15,8 +15,8 @@
 #
 # One run split over device calls (each ends after 10 minutes; the issue allows 20 minutes of training):
 #   CALL_MINUTES=8.5 bash benchmarks/demo_retrain_gpu.sh "$OUT" 17      # MINUTES is then the whole run's budget
-# stops after 8.5 minutes and also brings back the training state, state.pt.part-* (fp16 modules, bf16 optimizer
-# moments, ~50 MB in 4 pieces; then no margin search, the weights only once the run is finished). To go on, put those
+# stops after 8.5 minutes and also brings back the training state, state.pt.part-* (fastvid_cli/demo/train_state.py:
+# ~34 MB in 3 pieces; then no margin search, the weights only once the run is finished). To go on, put those
 # pieces in .train_state/ of the work tree and repeat the command with carry [".train_state"] (the training needs no
 # carried wheel; .whl + the state would pass the 64 MiB carry limit): it resumes from them. The bf16 margin search
 # then needs a call of its own, carrying .whl and the weights folder (WEIGHTS below):
