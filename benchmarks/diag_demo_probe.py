@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/diag_demo_probe.py --minutes 4
 
 Trains the demo's SigLIP-style tower (random init, demo.VISION sizes) with a linear head on the per-patch shape
-labels of train.clip_targets (shape of the object covering each patch centre, 0 = background) on single frames of
+labels of train_data.clip_targets (shape of the object covering each patch centre, 0 = background) on single frames of
 training clips, and reports on held-out frames (seeds 900_000 on, never trained on):
   fg_acc        shape accuracy over the patches whose centre lies on an object (chance ~25 %), split into
                 edge_acc (the patch also holds background pixels: its edge is visible to the patch itself) and
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvid_cli import demo, synth, synth_scene
-from fastvid_cli.demo import train
+from fastvid_cli.demo import train_data
 
 
 def cover_labels(spec, pix, t, grid, min_share):
@@ -53,8 +53,8 @@ def frames_batch(seeds, rng, grid, pooled, size, cover=0.0):
     for seed in seeds:
         spec, _ = synth.generate(int(seed))
         pix = synth.render(spec)
-        _, patch, motion = train.clip_targets(spec, grid, pooled)
-        _, cell, _ = train.clip_targets(spec, pooled, pooled)
+        _, patch, motion = train_data.clip_targets(spec, grid, pooled)
+        _, cell, _ = train_data.clip_targets(spec, pooled, pooled)
         ts = [t for t in range(spec.frames) if patch[t, 0].any()]
         t = rng.choice(ts)
         xs.append(pix[t])
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=demo.VISION["num_hidden_layers"])
     ap.add_argument("--cover", type=float, default=0.0,
                     help="train on coverage labels: a patch takes the shape covering >= this share of its pixels "
-                         "(0: the label at the patch centre, as train.clip_targets)")
+                         "(0: the label at the patch centre, as train_data.clip_targets)")
     ap.add_argument("--init", choices=["default", "pca", "zero-residual"], default="default",
                     help="pca: the patch embedding starts as the whitened principal components of training patches; "
                          "zero-residual: each layer's attention output and MLP output projections start at zero")

@@ -96,7 +96,7 @@ from .synth_scene import (  # re-exported: callers use synth.<name>
     _min_len,
     _Plan,
     _Retry,
-    _shape_mask,  # noqa: F401 - used by fastvid_cli.demo.train
+    _shape_mask,  # noqa: F401 - used by fastvid_cli.demo.train_data
     render,
 )
 

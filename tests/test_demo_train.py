@@ -1,6 +1,7 @@
-"""The demo trainer's data side (fastvid_cli/demo/train.py): targets read from the clip description agree with the
-pixels and with the questions' answers, and the question rows teach exactly the answer tokens after the prompt the
-adapter builds; the shared-video LLM pass equals running every row whole."""
+"""The demo trainer (fastvid_cli/demo/train.py) and its data side (train_data.py): targets read from the clip
+description agree with the pixels and with the questions' answers, the question rows teach exactly the answer tokens
+after the prompt the adapter builds, the shared-video LLM pass equals running every row whole; a run split over
+calls goes on where it stopped (train_state.py), and token-dropping steps train both position layouts."""
 
 from __future__ import annotations
 
@@ -11,27 +12,27 @@ import pytest
 import torch
 
 from fastvid_cli import synth
-from fastvid_cli.demo import train
+from fastvid_cli.demo import train, train_data
 
 
 def test_presence_and_patch_labels_agree_with_the_pixels():
-    palette = train._palette()
+    palette = train_data._palette()
     rgb = np.array(list(synth.COLOURS.values()))
     for seed in range(40):
         spec, _ = synth.generate(seed)
         pixels = synth.render(spec)
-        presence, patch, cell = train.clip_targets(spec, 16, 8)
-        assert np.array_equal(presence, train.colour_presence(pixels, palette)), seed
+        presence, patch, cell = train_data.clip_targets(spec, 16, 8)
+        assert np.array_equal(presence, train_data.colour_presence(pixels, palette)), seed
         # objects have distinct colours on a frame, so a patch's colour counts are its objects' pixel counts
         for grid, labels in ((16, patch[:, 1]), (8, cell[:, 1])):
             s = spec.height // grid
             same = (pixels[..., None, :].astype(int) == rgb).all(-1)  # (T, H, W, K)
             counts = same.reshape(spec.frames, grid, s, grid, s, len(rgb)).sum((2, 4))
-            want = np.where(counts.max(-1) >= train.MIN_SHARE * s * s, counts.argmax(-1) + 1, 0)
+            want = np.where(counts.max(-1) >= train_data.MIN_SHARE * s * s, counts.argmax(-1) + 1, 0)
             assert np.array_equal(labels, want), (seed, grid)
         assert ((patch[:, 0] > 0) == (patch[:, 1] > 0)).all() and (patch[:, 0] > 0).any()
         assert ((cell[:, 0] > 0)[:, None] == (cell > 0)).all()  # every target is set exactly on object cells
-        assert cell[:, 2].max() < len(train.MOTIONS) and cell[:, 3].max() <= train.MAX_RANK
+        assert cell[:, 2].max() < len(train_data.MOTIONS) and cell[:, 3].max() <= train_data.MAX_RANK
 
 
 def test_background_labels_are_the_colour_most_pixels_have_on_each_frame():
@@ -42,7 +43,7 @@ def test_background_labels_are_the_colour_most_pixels_have_on_each_frame():
         spec, qas = synth.generate(seed)
         pixels = synth.render(spec).astype(int)
         counts = (pixels[..., None, :] == rgb).all(-1).sum((1, 2))  # (T, backgrounds): shapes cover < half a frame
-        got = train.frame_backgrounds(spec)
+        got = train_data.frame_backgrounds(spec)
         assert np.array_equal(got, counts.argmax(-1)), seed
         for qa in qas:
             if qa.type == "after_cut" and qa.subject.get("what") == "background":
@@ -63,18 +64,18 @@ def test_motion_so_far_ends_at_the_direction_asked_about():
         qa = qas[0]
         obj = next(o for o in spec.objects if o.shape == qa.subject["shape"]
                    and o.states[o.visible()[0]].colour == qa.subject["colour"])
-        _, _, cell = train.clip_targets(spec, 16, 8)
+        _, _, cell = train_data.clip_targets(spec, 16, 8)
         first, last = obj.visible()[0], obj.visible()[-1]
-        assert (_cells_of(spec, cell, qa.subject["colour"], first)[:, 2] == train.MOTIONS.index("static")).all()
+        assert (_cells_of(spec, cell, qa.subject["colour"], first)[:, 2] == train_data.MOTIONS.index("static")).all()
         end = _cells_of(spec, cell, qa.subject["colour"], last)[:, 2]
-        assert len(end) and (end == train.MOTIONS.index(qa.short_answer)).all(), seed
+        assert len(end) and (end == train_data.MOTIONS.index(qa.short_answer)).all(), seed
 
 
 def test_rank_and_newest_answer_the_order_questions():
     for seed in list(range(4, 400, 8)) + list(range(5, 400, 8)):  # first_appears, last_appears primaries
         spec, qas = synth.generate(seed)
         qa = qas[0]
-        states = train.object_states(spec)
+        states = train_data.object_states(spec)
         key = (lambda o: o.shape) if qa.subject["by"] == "shape" else (lambda o: o.states[o.visible()[0]].colour)
         i = next(i for i, o in enumerate(spec.objects) if key(o) == qa.short_answer)
         vis = spec.objects[i].visible()
@@ -97,7 +98,7 @@ def test_order_questions_pass_the_benchmark_checker():
     for seed in range(300):
         spec, qas = synth.generate(seed)
         asked = {(q.type, tuple(sorted(q.subject.items()))) for q in qas}
-        for qa in train.order_questions(random.Random(seed), spec, asked):
+        for qa in train_data.order_questions(random.Random(seed), spec, asked):
             made += 1
             assert synth.check(spec, qa) and (qa.type, tuple(sorted(qa.subject.items()))) not in asked
             order = sorted(spec.objects, key=lambda o: o.visible()[0], reverse=qa.type == "last_appears")
@@ -107,11 +108,11 @@ def test_order_questions_pass_the_benchmark_checker():
 
 
 def test_rows_label_the_answer_after_the_prompt():
-    ids = train.PromptIds()
+    ids = train_data.PromptIds()
     spec, qas = synth.generate(5)
     suffix, n = ids.row(synth.short_prompt(qas[0]), qas[0].short_answer)
-    batch = train.collate([(synth.render(spec), *train.clip_targets(spec, 16, 8), [(suffix, n, 0)],
-                            train.frame_backgrounds(spec))], ids.pad)
+    batch = train_data.collate([(synth.render(spec), *train_data.clip_targets(spec, 16, 8), [(suffix, n, 0)],
+                            train_data.frame_backgrounds(spec))], ids.pad)
     labels = batch["labels"][0]
     taught = labels[labels != -100].tolist()
     assert ids.tok.decode(taught[:-1]) == qas[0].short_answer and taught[-1] == ids.eos
