@@ -2,8 +2,8 @@
 # Session 7, one device call under a deadline (default 540 s), most important first: the CUDA-only tests of the
 # graphed selector tower and the GPU decoder; `--select` overhead with the graphed selector embedding CPU-decoded
 # candidates while they decode, and with a cached choice decoded by the engine's pipelined sampler (issue #16);
-# CPU sampling of an H.264 clip with B-frames, skipping the non-reference frames or not; NVDEC vs CPU on every test clip with the codec checks and the 1/2/4/8-session sweep; TTFT on a 10-minute clip
-# (issue #17).
+# CPU sampling of an H.264 clip with B-frames, skipping the non-reference frames or not; NVDEC vs CPU on every
+# test clip with the codec checks and the 1/2/4/8-session sweep; TTFT on a 10-minute clip (issue #17).
 set -u
 DEADLINE=${DEADLINE:-540}
 source "$(dirname "$0")/_device.sh"

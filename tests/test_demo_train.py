@@ -230,3 +230,13 @@ def test_a_state_from_before_a_new_auxiliary_head_resumes_with_the_head_fresh(tm
     head = s2["opt"]["param_groups"][0]["params"][-1]
     assert int(s2["opt"]["state"][head]["step"]) == 2  # the new head trained in the resumed call only
     assert all(np.isfinite(row["patch_background_acc"]) for row in run.summary["log"][2:])
+
+
+def test_resume_from_a_missing_or_foreign_file_is_a_one_line_error(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    for path, why in ((tmp_path / "nope.pt", "cannot read a training state there"),
+                      (other, "not a training state written by --state")):
+        with pytest.raises(ValueError, match=why) as e:
+            train.fit(_tiny_run(tmp_path, "--resume", str(path)))
+        assert "\n" not in str(e.value)

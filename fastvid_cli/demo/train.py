@@ -2,6 +2,8 @@
 
     python -m fastvid_cli.demo.train --out fastvid_cli/demo/weights --minutes 8
 
+A bad --resume (unreadable, not a state, another recipe) is one line on stderr and exit status 1.
+
 What is trained, end to end: SigLIP-style tower, projector, Qwen2 LLM (answer cross-entropy on the benchmark's
 multiple-choice and short-answer prompts, exactly the prompts `fastvid eval` uses), plus the attention-pooling
 saliency head with an auxiliary task: from each frame's pooled vector, predict which palette colours are visible in
@@ -447,7 +449,7 @@ def main() -> None:
     args = parser().parse_args()
     try:
         summary = train(args)
-    except ValueError as e:  # a resumed call whose recipe differs from its state's
+    except ValueError as e:  # --resume: an unreadable state, or one whose recipe differs from this call's
         raise SystemExit(f"error: {e}") from None
     print(f"trained {summary['steps']} steps in {summary['minutes']} min on {summary['device']}")
     if args.text_tower:  # the selector's heads sit on the vision tower just saved: retrain them with it

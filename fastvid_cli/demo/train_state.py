@@ -9,6 +9,7 @@ resumed call must repeat."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -21,9 +22,15 @@ PROGRESS = ("log", "step", "joint_from", "phase_steps", "seconds")
 
 
 def load(args) -> dict:
-    """The state at args.resume, checked against this call's recipe (ValueError naming the first argument that
-    differs)."""
-    state = torch.load(args.resume, map_location="cpu", weights_only=True)
+    """The state at args.resume, checked against this call's recipe (ValueError, one line: an unreadable file, not a
+    state, or the first recipe argument that differs)."""
+    try:
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"--resume {args.resume}: cannot read a training state there "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    if not isinstance(state, dict) or not {"args", "opt", *PROGRESS} <= state.keys():
+        raise ValueError(f"--resume {args.resume}: not a training state written by --state")
     for name in RECIPE_SHAPE:
         if state["args"][name] != getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} does not match the resumed run's "
