@@ -391,18 +391,18 @@ def test_stop_sequences_cut_the_answer(tiny_service, media):
     from fastvid_cli import synth
 
     url = tiny_service.url
-    clips = [media["clip"]]
-    for seed in (2_000_126, 7, 11):  # more clips to try (the tiny model's answers depend on them)
-        clips.append(synth.write_clip(media["root"] / f"stop_{seed}.mp4", synth.render(synth.generate(seed)[0])))
+
+    def clips():  # the demo clip, then more to try (the tiny model's answers depend on them), rendered as needed
+        yield media["clip"]
+        for seed in (2_000_126, 7, 11):
+            yield synth.write_clip(media["root"] / f"stop_{seed}.mp4", synth.render(synth.generate(seed)[0]))
+
     at = None
-    for clip in clips:
-        for prompt in ("Say something.", "What happens?"):
-            body = {**chat_body(file_url(clip), prompt, max_tokens=40), "model": None}
-            full = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0][
-                "message"]["content"]
-            at = next((k for k in range(3, len(full) - 2) if full.find(full[k:k + 2]) == k), None)  # first seen
-            if at is not None:
-                break
+    for clip, prompt in ((c, q) for c in clips() for q in ("Say something.", "What happens?")):
+        body = {**chat_body(file_url(clip), prompt, max_tokens=40), "model": None}
+        full = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0]["message"][
+            "content"]
+        at = next((k for k in range(3, len(full) - 2) if full.find(full[k:k + 2]) == k), None)  # first seen at k
         if at is not None:
             break
     assert at is not None, "no clip and prompt gave an answer with a piece first seen inside it"
