@@ -12,6 +12,9 @@
 #   margins_bf16.log/.json    with SEARCH_SECONDS > 0 (default 40): the README-example search of
 #                             diag_demo_margins.py on the new weights in bf16 on the GPU (seeds 2000000.., stops
 #                             starting seeds after SEARCH_SECONDS), for the goal's bf16-on-GPU margins
+#   example_bf16_{readme,eval}.json   the current README example's table in bf16, in both prompt forms
+# Without .whl (PyAV) the search and the example take their frames from .train_state/decoded/ (made on the CPU by
+# diag_demo_margins.py --search 2000000 300 --decode-to .train_state/decoded; ~2 MB, it travels with the state).
 #
 # One run split over device calls (each ends after 10 minutes; the issue allows 20 minutes of training):
 #   CALL_MINUTES=8.5 bash benchmarks/demo_retrain_gpu.sh "$OUT" 17      # MINUTES is then the whole run's budget
@@ -50,8 +53,20 @@ if [ -f /tmp/state_out.pt ] && [ "$FINISHED" != 1 ]; then
     split -b 15000000 /tmp/state_out.pt "$DIR/state.pt.part-"
     rm -rf "$WEIGHTS"
 fi
+DECODED=()
 if [ ! -d .whl ]; then
-    SEARCH_SECONDS=0  # the search renders H.264 clips: PyAV, a carried wheel
+    if [ -d .train_state/decoded ]; then
+        # no PyAV here (its wheel cannot travel beside the state): the clips were sampled on the CPU beforehand
+        # (diag_demo_margins.py --decode-to .train_state/decoded); a stand-in module lets fastvid_cli import
+        DECODED=(--decoded .train_state/decoded)
+        mkdir -p /tmp/avstub/av
+        printf 'from . import error, stream\n__version__ = "absent (frames decoded beforehand)"\n' > /tmp/avstub/av/__init__.py
+        printf 'class FFmpegError(Exception):\n    pass\n' > /tmp/avstub/av/error.py
+        printf 'class Disposition:\n    attached_pic = 1024\n' > /tmp/avstub/av/stream.py
+        export PYTHONPATH="$PYTHONPATH:/tmp/avstub"
+    else
+        SEARCH_SECONDS=0  # the search renders H.264 clips: PyAV, a carried wheel
+    fi
 fi
 if [ -d "$WEIGHTS" ]; then
     tar czf - -C "$(dirname "$WEIGHTS")" weights | split -b 15000000 - "$DIR/weights.tgz.part-"
@@ -86,6 +101,12 @@ EOF
 if [ "${SEARCH_SECONDS:-40}" != 0 ] && [ -d "$WEIGHTS" ]; then
     timeout $(( ${SEARCH_SECONDS:-40} + 60 )) $PY benchmarks/diag_demo_margins.py --search 2000000 400 \
         --seconds "${SEARCH_SECONDS:-40}" --model "$WEIGHTS" --device cuda --dtype bfloat16 \
-        --json "$DIR/margins_bf16.json" > "$DIR/margins_bf16.log" 2>&1
+        "${DECODED[@]}" --json "$DIR/margins_bf16.json" > "$DIR/margins_bf16.log" 2>&1
     echo "margin search exit $?"; grep -E "candidate|best of|no candidate" "$DIR/margins_bf16.log" | tail -12
+    for form in readme eval; do  # the README example as it is now, in both prompt forms
+        NL=(); [ $form = eval ] && NL=(--newline)
+        timeout 60 $PY benchmarks/diag_demo_margins.py --model "$WEIGHTS" --device cuda --dtype bfloat16 \
+            "${DECODED[@]}" "${NL[@]}" --json "$DIR/example_bf16_$form.json" > "$DIR/example_bf16_$form.log" 2>&1
+        grep "min margin" "$DIR/example_bf16_$form.log"
+    done
 fi

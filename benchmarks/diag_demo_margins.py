@@ -27,12 +27,18 @@ forms (README and eval). It ends with the best candidate (largest smallest margi
 both forms) and the constants to put in tests/demo_example.py (SEED, QA, ANSWER, QUESTION); with none found, the
 nearest misses (right everywhere, the largest smallest margin below --min) so --min can be chosen.
 --model points it at another weights folder (a retrained demo) instead of the shipped one.
+
+--decode-to DIR samples the README example and the --search seeds here (PyAV) and keeps their frames (~8 kB a clip);
+--decoded DIR then takes them from there instead of decoding: how the bf16 search runs in the same device call as
+the demo's training (benchmarks/demo_retrain_gpu.sh), where PyAV's wheel cannot travel beside the training state.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import lzma
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -91,10 +97,11 @@ def jittered(feats, eps: float, seed: int):
 class Probe:
     """One clip, encoded once; answers its questions under any pruning setting with margins."""
 
-    def __init__(self, engine: Engine, video: str):
+    def __init__(self, engine: Engine, video: str, clip=None):
         self.engine = engine
         self.video = video
-        sess = engine.session(video, prune=PruneOptions(method="none", ratio=1.0))
+        sess = engine.session(video, prune=PruneOptions(method="none", ratio=1.0), clip=clip,
+                              sample_ms=None if clip is None else 0.0)
         self.clip, self.feats = sess.clip, sess.feats
 
     def ask(self, question: str, method: str, ratio: float, feats=None, max_new_tokens: int = 16):
@@ -122,6 +129,30 @@ def render_seed(seed: int, folder: Path) -> Path:
     """The seed's clip as `synth.write_clip` encodes it (how examples/demo.mp4 is made), in `folder`."""
     spec, _ = synth.generate(seed)
     return synth.write_clip(folder / f"synth_{seed}.mp4", synth.render(spec))
+
+
+def decoded_path(folder: Path, seed: int | None) -> Path:
+    """Where --decode-to puts a clip's sampled frames (the README example's: seed None)."""
+    return folder / ("demo.pkl.xz" if seed is None else f"seed_{seed}.pkl.xz")
+
+
+def decode_to(engine: Engine, folder: Path, seeds: list[int]) -> None:
+    """Sample the README example and each seed's H.264 clip here, as the engine samples them (PyAV), and keep the
+    frames in `folder`: --decoded then needs no decoder (the GPU machine has no PyAV, and carrying its wheel beside
+    the training state would pass the device's carry limit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in [None] + seeds:
+            video = str(DEMO_CLIP if seed is None else render_seed(seed, Path(tmp)))
+            clip, _ = engine.sample(video, engine.frame_plan())
+            decoded_path(folder, seed).write_bytes(lzma.compress(pickle.dumps(clip)))  # ~8 kB each
+    print(f"{len(seeds) + 1} clips sampled into {folder}")
+
+
+def load_decoded(folder: Path | None, seed: int | None):
+    """The clip --decode-to kept for `seed` (None: the README example), or None (no folder, or no such file)."""
+    path = None if folder is None else decoded_path(folder, seed)
+    return pickle.loads(lzma.decompress(path.read_bytes())) if path is not None and path.exists() else None
 
 
 def table(probe: Probe, question: str, gold: str | None, jitter: int, eps: float) -> list[dict]:
@@ -154,27 +185,35 @@ def print_table(cells: list[dict], title: str) -> None:
         print("wrong answers (!): " + ", ".join(wrong))
 
 
+def search_seeds(start: int, count: int) -> list[int]:
+    """The held-out seeds of START .. START+COUNT-1: not in the test split, not below the training range's end."""
+    test_seeds = {r["seed"] for r in synth.read_split(synth.shipped_split_path())}
+    return [s for s in range(start, start + count) if s not in test_seeds and s >= 1_000_000]
+
+
 def search(engine: Engine, start: int, count: int, least: float, jitter: int, eps: float,
-           near: list | None = None, seconds: float | None = None) -> list[dict]:
+           near: list | None = None, seconds: float | None = None, decoded: Path | None = None) -> list[dict]:
     """Candidates (every setting right, margins >= least, both prompt forms), in seed order. `near` (a list)
     collects (min margin, seed, qa, answer) of questions answered right everywhere but below `least`. With
-    `seconds`, no new seed is started after that long."""
+    `seconds`, no new seed is started after that long. With `decoded` (a --decode-to folder), only the seeds
+    whose frames it holds, from there."""
     t_end = time.perf_counter() + seconds if seconds else None
     def good(cells):
         ok = all(c["correct"] and c["ended"] for c in cells) and min(c["min_margin"] for c in cells) >= least
         return ok and (not jitter or all(c["jitter_flips"] == 0 for c in cells))
 
-    test_seeds = {r["seed"] for r in synth.read_split(synth.shipped_split_path())}
     found = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(start, start + count):
-            if seed in test_seeds or seed < 1_000_000:
+        for seed in search_seeds(start, count):
+            clip = load_decoded(decoded, seed)
+            if decoded is not None and clip is None:
                 continue
             if t_end is not None and time.perf_counter() > t_end:
                 print(f"--seconds {seconds:g} spent: stopped before seed {seed}", flush=True)
                 break
             _, qas = synth.generate(seed)
-            probe = Probe(engine, str(render_seed(seed, Path(tmp))))
+            video = f"synth_{seed}.mp4" if clip is not None else str(render_seed(seed, Path(tmp)))
+            probe = Probe(engine, video, clip)
             for i, qa in enumerate(qas):
                 question = prompt(qa)
                 ok = True
@@ -223,6 +262,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="where the model runs (default cpu; e.g. cuda)")
     ap.add_argument("--dtype", default="float32", help="the model's dtype (default float32; e.g. bfloat16 on cuda)")
     ap.add_argument("--seconds", type=float, help="--search: start no new seed after this many seconds")
+    ap.add_argument("--decode-to", type=Path, metavar="DIR", help="only sample the README example and the "
+                    "--search seeds into DIR (for --decoded on a machine without PyAV), then stop")
+    ap.add_argument("--decoded", type=Path, metavar="DIR", help="take the frames from a --decode-to folder instead "
+                    "of decoding (--search: only its seeds)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,9 +273,12 @@ def main() -> None:
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     env = environment(args.device) | {"threads": torch.get_num_threads(), "dtype": args.dtype}
     print(" · ".join(f"{k} {env[k]}" for k in ("date", "cpu", "threads", "torch", "transformers", "git")))
+    if args.decode_to:
+        decode_to(engine, args.decode_to, search_seeds(*args.search) if args.search else [])
+        return
     if args.search:
         near: list = []
-        found = search(engine, *args.search, args.min, args.jitter, args.eps, near, args.seconds)
+        found = search(engine, *args.search, args.min, args.jitter, args.eps, near, args.seconds, args.decoded)
         found.sort(key=lambda f: -f["min_margin"])
         for f in found[:5]:
             print()
@@ -258,14 +304,16 @@ def main() -> None:
             if args.seed is not None:
                 _, qas = synth.generate(args.seed)
                 qa = qas[args.qa]
-                video = str(render_seed(args.seed, Path(tmp)))
+                clip = load_decoded(args.decoded, args.seed)
+                video = f"synth_{args.seed}.mp4" if clip is not None else str(render_seed(args.seed, Path(tmp)))
                 question, gold = args.question or prompt(qa, args.newline), qa.short_answer
             else:
                 _, qas = synth.generate(DEMO_SEED)
                 video = args.video or str(DEMO_CLIP)
+                clip = None if args.video else load_decoded(args.decoded, None)
                 question = args.question or prompt(qas[DEMO_QA], args.newline)
                 gold = qas[DEMO_QA].short_answer if args.video is None and args.question is None else None
-            cells = table(Probe(engine, video), question, gold, args.jitter, args.eps)
+            cells = table(Probe(engine, video, clip), question, gold, args.jitter, args.eps)
         print_table(cells, f"{video if args.seed is None else f'seed {args.seed}'}: {question!r}"
                            + (f" -> {gold!r}" if gold else ""))
         result = dict(env=env, video=video, question=question, gold=gold, cells=cells)
