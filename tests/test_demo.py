@@ -69,3 +69,27 @@ def test_demo_clip_is_the_documented_synthetic_clip():
     clip = sample_frames(DEMO_CLIP, 16)
     diff = abs(clip.frames.astype(int) - synth.render(spec).astype(int))
     assert (diff < 24).mean() > 0.98  # the file is that clip, through H.264
+
+
+def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, monkeypatch):
+    """benchmarks/diag_demo_margins.py --decode-to / --decoded (how the bf16 search runs on the GPU machine, which has
+    no PyAV): frames kept from the CPU's sampling give the same answer and margins as decoding the file there, and
+    a seed with no kept frames is not searched."""
+    import sys
+    from pathlib import Path
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    diag = __import__("diag_demo_margins")
+    engine = Engine.load("demo", device="cpu")
+    diag.decode_to(engine, tmp_path, [])
+    kept = diag.load_decoded(tmp_path, None)
+    assert kept is not None and kept.frames.shape[0] == len(kept.indices) == 16
+    assert diag.load_decoded(tmp_path, SEED + 1) is None
+    direct = diag.Probe(engine, str(DEMO_CLIP)).cell(QUESTION, ANSWER, "fastvid", 0.1, 0, 0.0)
+    ahead = diag.Probe(engine, "demo.mp4", kept).cell(QUESTION, ANSWER, "fastvid", 0.1, 0, 0.0)
+    assert ahead["answer"] == direct["answer"] and ahead["correct"]
+    assert ahead["margins"] == pytest.approx(direct["margins"], abs=1e-4)
+    assert diag.search(engine, 2_000_000, 3, 2.0, 0, 0.0, decoded=tmp_path) == []  # no seed kept: none asked
+    sys.modules.pop("diag_demo_margins", None)
