@@ -9,10 +9,11 @@
 #   weights.tgz.part-aa, -ab  the weights folder (fp16 model, saliency head, tokenizer, train_log.json), tar+gzip
 #                             cut in 15 MB pieces: cat weights.tgz.part-* | tar xzf -   gives weights/
 #   device.txt                GPU name and memory
-#   margins_bf16.log/.json    with SEARCH_SECONDS > 0 (default 40): the README-example search of
+#   margins_bf16.json         with SEARCH_SECONDS > 0 (default 40): the README-example search of
 #                             diag_demo_margins.py on the new weights in bf16 on the GPU (seeds 2000000.., stops
 #                             starting seeds after SEARCH_SECONDS), for the goal's bf16-on-GPU margins
-#   example_bf16_{readme,eval}.json   the current README example's table in bf16, in both prompt forms
+#   example_bf16_{readme,eval}.json   the current README example's table in bf16, in both prompt forms (the
+#                             tables and the search's printout are appended to train.log: 8 files at most)
 # Without .whl (PyAV) the search and the example take their frames from .train_state/decoded/ (made on the CPU by
 # diag_demo_margins.py --search 2000000 300 --decode-to .train_state/decoded; ~2 MB, it travels with the state).
 #
@@ -99,14 +100,15 @@ if "by_type" in tail[-1]:
     print("by type: " + " ".join(f"{t} {sum(r['by_type'][t] for r in tail) / len(tail):.3f}" for t in types))
 EOF
 if [ "${SEARCH_SECONDS:-40}" != 0 ] && [ -d "$WEIGHTS" ]; then
-    timeout $(( ${SEARCH_SECONDS:-40} + 60 )) $PY benchmarks/diag_demo_margins.py --search 2000000 400 \
-        --seconds "${SEARCH_SECONDS:-40}" --model "$WEIGHTS" --device cuda --dtype bfloat16 \
-        "${DECODED[@]}" --json "$DIR/margins_bf16.json" > "$DIR/margins_bf16.log" 2>&1
-    echo "margin search exit $?"; grep -E "candidate|best of|no candidate" "$DIR/margins_bf16.log" | tail -12
-    for form in readme eval; do  # the README example as it is now, in both prompt forms
+    for form in readme eval; do  # the README example as it is now, in both prompt forms (first: short)
         NL=(); [ $form = eval ] && NL=(--newline)
         timeout 60 $PY benchmarks/diag_demo_margins.py --model "$WEIGHTS" --device cuda --dtype bfloat16 \
-            "${DECODED[@]}" "${NL[@]}" --json "$DIR/example_bf16_$form.json" > "$DIR/example_bf16_$form.log" 2>&1
-        grep "min margin" "$DIR/example_bf16_$form.log"
+            "${DECODED[@]}" "${NL[@]}" --json "$DIR/example_bf16_$form.json" 2>&1 | tee -a "$DIR/train.log" \
+            | grep "min margin"
     done
+    timeout $(( ${SEARCH_SECONDS:-40} + 60 )) $PY benchmarks/diag_demo_margins.py --search 2000000 400 \
+        --seconds "${SEARCH_SECONDS:-40}" --model "$WEIGHTS" --device cuda --dtype bfloat16 \
+        "${DECODED[@]}" --json "$DIR/margins_bf16.json" > /tmp/margins_bf16.log 2>&1
+    echo "margin search exit $?"; cat /tmp/margins_bf16.log >> "$DIR/train.log"
+    grep -E "candidate|best of|no candidate" /tmp/margins_bf16.log | tail -12
 fi
