@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # After benchmarks/demo_retrain_gpu.sh (issue #18), on the CPU: unpack the weights it brought back, score them on
-# all 512 test questions in both forms (none@1, fastvid@0.1, uniform@0.1 by default; the two forms side by side, one thread
-# each), retrain the demo's text tower on the new vision tower, and print the summary.
+# all 512 test questions in both forms (none@1, fastvid@0.1, uniform@0.1 by default; the two forms side by side, one
+# thread each), retrain the demo's text tower on the new vision tower, and print the summary.
 #
 #     bash benchmarks/demo_after_retrain.sh GPU_OUT_DIR [VIDEOS_ROOT]
 #
