@@ -22,10 +22,8 @@
 # stops after 8.5 minutes and also brings back the training state, state.pt.part-* (fastvid_cli/demo/train_state.py:
 # ~34 MB in 3 pieces; then no margin search, the weights only once the run is finished). To go on, put those
 # pieces in .train_state/ of the work tree and repeat the command with carry [".train_state"] (the training needs no
-# carried wheel; .whl + the state would pass the 64 MiB carry limit): it resumes from them. The bf16 margin search
-# then needs a call of its own, carrying .whl and the weights folder (WEIGHTS below):
-#   source benchmarks/_device.sh; python3 benchmarks/diag_demo_margins.py --search 2000000 400 --seconds 40 \
-#       --model WEIGHTS --device cuda --dtype bfloat16 --json "$OUT/margins_bf16.json"
+# carried wheel; .whl + the state would pass the 64 MiB carry limit): it resumes from them, and the call that
+# finishes the run measures the bf16 margins from .train_state/decoded/ (above) in the same call.
 # Nothing is evaluated here: the test split is scored on the CPU afterwards (fastvid eval --model DIR/weights).
 # The text tower (selector) must then be retrained on the new vision tower: python -m fastvid_cli.demo.text_tower.
 set -uo pipefail
