@@ -75,13 +75,13 @@ def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, monke
     """benchmarks/diag_demo_margins.py --decode-to / --decoded (how the bf16 search runs on the GPU machine, which has
     no PyAV): frames kept from the CPU's sampling give the same answer and margins as decoding the file there, and
     a seed with no kept frames is not searched."""
-    import sys
+    import importlib
     from pathlib import Path
 
     from fastvid_cli.engine import Engine
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    diag = __import__("diag_demo_margins")
+    diag = importlib.import_module("diag_demo_margins")
     engine = Engine.load("demo", device="cpu")
     diag.decode_to(engine, tmp_path, [])
     kept = diag.load_decoded(tmp_path, None)
@@ -92,4 +92,3 @@ def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, monke
     assert ahead["answer"] == direct["answer"] and ahead["correct"]
     assert ahead["margins"] == pytest.approx(direct["margins"], abs=1e-4)
     assert diag.search(engine, 2_000_000, 3, 2.0, 0, 0.0, decoded=tmp_path) == []  # no seed kept: none asked
-    sys.modules.pop("diag_demo_margins", None)
