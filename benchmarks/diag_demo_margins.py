@@ -192,11 +192,12 @@ def search_seeds(start: int, count: int) -> list[int]:
 
 
 def search(engine: Engine, start: int, count: int, least: float, jitter: int, eps: float,
-           near: list | None = None, seconds: float | None = None, decoded: Path | None = None) -> list[dict]:
+           near: list | None = None, seconds: float | None = None, decoded: Path | None = None,
+           match: str | None = None) -> list[dict]:
     """Candidates (every setting right, margins >= least, both prompt forms), in seed order. `near` (a list)
     collects (min margin, seed, qa, answer) of questions answered right everywhere but below `least`. With
     `seconds`, no new seed is started after that long. With `decoded` (a --decode-to folder), only the seeds
-    whose frames it holds, from there."""
+    whose frames it holds, from there. With `match`, only the questions containing that text (any case)."""
     t_end = time.perf_counter() + seconds if seconds else None
     def good(cells):
         ok = all(c["correct"] and c["ended"] for c in cells) and min(c["min_margin"] for c in cells) >= least
@@ -212,9 +213,13 @@ def search(engine: Engine, start: int, count: int, least: float, jitter: int, ep
                 print(f"--seconds {seconds:g} spent: stopped before seed {seed}", flush=True)
                 break
             _, qas = synth.generate(seed)
+            if match and not any(match.lower() in qa.question.lower() for qa in qas):
+                continue
             video = f"synth_{seed}.mp4" if clip is not None else str(render_seed(seed, Path(tmp)))
             probe = Probe(engine, video, clip)
             for i, qa in enumerate(qas):
+                if match and match.lower() not in qa.question.lower():
+                    continue
                 question = prompt(qa)
                 ok = True
                 screened = []
@@ -261,6 +266,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--device", default="cpu", help="where the model runs (default cpu; e.g. cuda)")
     ap.add_argument("--dtype", default="float32", help="the model's dtype (default float32; e.g. bfloat16 on cuda)")
+    ap.add_argument("--match", metavar="TEXT", help="--search: only the questions containing TEXT (any case), "
+                    "e.g. to keep the README's question and change only its clip")
     ap.add_argument("--seconds", type=float, help="--search: start no new seed after this many seconds")
     ap.add_argument("--decode-to", type=Path, metavar="DIR", help="only sample the README example and the "
                     "--search seeds into DIR (for --decoded on a machine without PyAV), then stop")
@@ -278,7 +285,8 @@ def main() -> None:
         return
     if args.search:
         near: list = []
-        found = search(engine, *args.search, args.min, args.jitter, args.eps, near, args.seconds, args.decoded)
+        found = search(engine, *args.search, args.min, args.jitter, args.eps, near, args.seconds, args.decoded,
+                       args.match)
         found.sort(key=lambda f: -f["min_margin"])
         for f in found[:5]:
             print()
