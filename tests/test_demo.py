@@ -92,3 +92,25 @@ def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, monke
     assert ahead["answer"] == direct["answer"] and ahead["correct"]
     assert ahead["margins"] == pytest.approx(direct["margins"], abs=1e-4)
     assert diag.search(engine, 2_000_000, 3, 2.0, 0, 0.0, decoded=tmp_path) == []  # no seed kept: none asked
+
+
+def test_margin_search_screens_only_the_questions_it_is_told_to(tmp_path, monkeypatch):
+    """diag_demo_margins.py --search … --match TEXT (how a new clip for the README's question is found): only the
+    clip's questions containing TEXT are asked. The README clip has several questions the model answers right
+    everywhere; with an unreachable --min each one answered right on every screening setting lands in `near`, so
+    `near` holds exactly the questions that were screened."""
+    import importlib
+    from pathlib import Path
+
+    from fastvid_cli.engine import Engine
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    diag = importlib.import_module("diag_demo_margins")
+    engine = Engine.load("demo", device="cpu")
+    diag.decode_to(engine, tmp_path, [SEED])
+    near: list = []
+    found = diag.search(engine, SEED, 1, 1e6, 0, 0.0, near, decoded=tmp_path, match="COLOUR IS THE DIAMOND")
+    assert found == [] and [(s, q, a) for _, s, q, a in near] == [(SEED, QA, ANSWER)]
+    assert near[0][0] >= MIN_MARGIN
+    assert diag.search(engine, SEED, 1, 1e6, 0, 0.0, near, decoded=tmp_path, match="no such words") == []
+    assert len(near) == 1  # nothing else was asked
