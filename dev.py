@@ -30,7 +30,7 @@ LOG = VENV / "setup.log"
 CPU_TORCH = "torch==2.13.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI's Linux/Windows torch wheels are the CUDA builds
 DEMO = ["ask", "examples/demo.mp4",
-        "What colour is the diamond? Answer the question using a single word or phrase.",
+        "What shape is the blue object? Answer the question using a single word or phrase.",
         "--model", "demo"]
 
 

@@ -50,8 +50,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 QUESTIONS = [
+    "What shape is the blue object? Answer the question using a single word or phrase.",
     "What colour is the diamond? Answer the question using a single word or phrase.",
-    "What shape is red? Answer the question using a single word or phrase.",
     "How many shapes appear in the video? Answer the question using a single word or phrase.",
     "What colour is the circle? Answer the question using a single word or phrase.",
     "What colour is the square? Answer the question using a single word or phrase.",

@@ -247,7 +247,7 @@ def test_batch_server_writes_the_records_of_a_local_run(runner, url, folder, tmp
     csv = tmp_path / "q.csv"
     csv.write_text("id,video,question\n"
                    f"a,{folder / 'demo.mp4'},{QUESTION}\n"
-                   f"b,{folder / 'demo.mp4'},What shape is red? Answer the question using a single word or phrase.\n"
+                   f"b,{folder / 'demo.mp4'},What colour is the circle? Answer the question using a single word or phrase.\n"
                    "c,missing.mp4,Where?\n"
                    f"d,{folder / 'demo.mp4'},How many shapes are there?\n")
     local = run(runner, ["batch", str(csv), "-o", str(tmp_path / "local.jsonl"), *LOCAL, "--max-new-tokens", "8"])
@@ -265,10 +265,10 @@ def test_batch_server_writes_the_records_of_a_local_run(runner, url, folder, tmp
 
 def test_eval_server(runner, url, folder, tmp_path):
     bench = tmp_path / "bench.jsonl"
-    lines = [{"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the diamond?",
-              "options": ["blue", "red", "green", "yellow"], "answer": "B"},
-             {"id": "q2", "video": str(folder / "demo.mp4"), "question": "Which shape is red?",
-              "options": ["circle", "square", "diamond", "triangle"], "answer": "C"}]
+    lines = [{"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the circle?",
+              "options": ["red", "blue", "green", "yellow"], "answer": "B"},
+             {"id": "q2", "video": str(folder / "demo.mp4"), "question": "Which shape is blue?",
+              "options": ["square", "diamond", "circle", "triangle"], "answer": "C"}]
     bench.write_text("".join(json.dumps(x) + "\n" for x in lines))
     args = ["eval", str(bench), "-r", "0.25", "--json"]
     local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
@@ -283,7 +283,7 @@ def test_eval_server(runner, url, folder, tmp_path):
 
 def test_chat_through_stdin_with_a_server(runner, url, folder):
     clip = str(folder / "demo.mp4")
-    lines = f"{QUESTION}\n\n/ratio 0.5\nWhat shape is red? Answer the question using a single word or phrase.\n"
+    lines = f"{QUESTION}\n\n/ratio 0.5\nWhat colour is the circle? Answer the question using a single word or phrase.\n"
     res = run(runner, ["chat", clip, "--server", url], input=lines)
     assert res.exit_code == 0, res.stderr
     answers = res.stdout.splitlines()
@@ -395,8 +395,8 @@ def test_the_fast_path_sends_select_as_the_typer_command_does(url, folder):
 
 def test_eval_server_select_records_the_frames_of_a_local_run(runner, url, folder, tmp_path):
     bench = tmp_path / "bench.jsonl"
-    bench.write_text(json.dumps({"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the diamond?",
-                                 "options": ["blue", "red", "green", "yellow"], "answer": "B"}) + "\n")
+    bench.write_text(json.dumps({"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the circle?",
+                                 "options": ["red", "blue", "green", "yellow"], "answer": "B"}) + "\n")
     args = ["eval", str(bench), "-r", "0.25", "--select", "8", "--no-reference", "--json"]
     local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
     remote = run(runner, [*args, "--server", url, "-o", str(tmp_path / "r.jsonl")])
@@ -414,7 +414,7 @@ def test_eval_server_select_records_the_frames_of_a_local_run(runner, url, folde
 def test_batch_server_select_writes_the_records_of_a_local_run(runner, url, folder, tmp_path):
     csv = tmp_path / "q.csv"
     csv.write_text(f"id,video,question\na,{folder / 'demo.mp4'},{QUESTION}\n"
-                   f"b,{folder / 'demo.mp4'},What shape is red? Answer the question using a single word or phrase.\n")
+                   f"b,{folder / 'demo.mp4'},What colour is the circle? Answer the question using a single word or phrase.\n")
     args = ["batch", str(csv), "--select", "4", "--max-new-tokens", "4"]
     local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
     remote = run(runner, [*args, "--server", url, "-o", str(tmp_path / "r.jsonl")])
@@ -428,7 +428,7 @@ def test_batch_server_select_writes_the_records_of_a_local_run(runner, url, fold
 
 def test_chat_select_through_stdin_with_a_server(runner, url, folder):
     clip = str(folder / "demo.mp4")
-    lines = f"{QUESTION}\nWhat shape is red? Answer the question using a single word or phrase.\n"
+    lines = f"{QUESTION}\nWhat colour is the circle? Answer the question using a single word or phrase.\n"
     local = run(runner, ["chat", clip, *LOCAL, "--select", "4", "--max-new-tokens", "4", "--json"], input=lines)
     remote = run(runner, ["chat", clip, "--server", url, "--select", "4", "--max-new-tokens", "4", "--json"],
                  input=lines)
