@@ -59,7 +59,7 @@ ALIASES: dict[str, Alias] = {
               "needs a 80 GB GPU in bf16, or --device auto over several", fps=2.0),
         Alias("qwen3-vl-30b-a3b", "Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen3_vl_moe", "31B", None,
               "mixture of experts, 3B active", fps=2.0),
-        Alias("demo", "fastvid_cli/demo/weights", "llava_onevision", "6M", 16,
+        Alias("demo", "fastvid_cli/demo/weights", "llava_onevision", "8M", 16,
               "tiny demo model shipped in the package: runs offline on any CPU (synthetic shapes videos only)"),
     ]
 }
