@@ -782,10 +782,10 @@ def test_feature_cache_serves_a_later_run(clips, engine, tiny_llava, tiny_salien
 
 def test_demo_model_short_form_end_to_end(tmp_path):
     """The shipped demo model, both forms on its documented clip (demo_example: synth seed 2_000_000, the blue
-    object is a circle): the short form scores its answer right at 1.0 and at fastvid 0.1 — answers the model gives there by a
-    logit margin of at least demo_example.MIN_MARGIN, checked first, so no CPU's rounding decides this test; the mc
-    run on the same output answers everything again (its records are not the short form's), and each rerun
-    resumes its own form."""
+    object is a circle): the short form scores its answer right at 1.0 and at fastvid 0.1 — answers the model gives
+    there by a logit margin of at least demo_example.MIN_MARGIN, checked first, so no CPU's rounding decides this
+    test; the mc run on the same output answers everything again (its records are not the short form's), and each
+    rerun resumes its own form."""
     from fastvid_cli import synth
 
     from demo_example import ANSWER, DEMO_CLIP, MIN_MARGIN, QA, SEED, ask

@@ -247,7 +247,7 @@ def test_batch_server_writes_the_records_of_a_local_run(runner, url, folder, tmp
     csv = tmp_path / "q.csv"
     csv.write_text("id,video,question\n"
                    f"a,{folder / 'demo.mp4'},{QUESTION}\n"
-                   f"b,{folder / 'demo.mp4'},What colour is the circle? Answer the question using a single word or phrase.\n"
+                   f"b,{folder / 'demo.mp4'},What colour is the circle? Answer in a single word.\n"
                    "c,missing.mp4,Where?\n"
                    f"d,{folder / 'demo.mp4'},How many shapes are there?\n")
     local = run(runner, ["batch", str(csv), "-o", str(tmp_path / "local.jsonl"), *LOCAL, "--max-new-tokens", "8"])
@@ -395,7 +395,8 @@ def test_the_fast_path_sends_select_as_the_typer_command_does(url, folder):
 
 def test_eval_server_select_records_the_frames_of_a_local_run(runner, url, folder, tmp_path):
     bench = tmp_path / "bench.jsonl"
-    bench.write_text(json.dumps({"id": "q1", "video": str(folder / "demo.mp4"), "question": "What colour is the circle?",
+    bench.write_text(json.dumps({"id": "q1", "video": str(folder / "demo.mp4"),
+                                 "question": "What colour is the circle?",
                                  "options": ["red", "blue", "green", "yellow"], "answer": "B"}) + "\n")
     args = ["eval", str(bench), "-r", "0.25", "--select", "8", "--no-reference", "--json"]
     local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
@@ -414,7 +415,7 @@ def test_eval_server_select_records_the_frames_of_a_local_run(runner, url, folde
 def test_batch_server_select_writes_the_records_of_a_local_run(runner, url, folder, tmp_path):
     csv = tmp_path / "q.csv"
     csv.write_text(f"id,video,question\na,{folder / 'demo.mp4'},{QUESTION}\n"
-                   f"b,{folder / 'demo.mp4'},What colour is the circle? Answer the question using a single word or phrase.\n")
+                   f"b,{folder / 'demo.mp4'},What colour is the circle? Answer in a single word.\n")
     args = ["batch", str(csv), "--select", "4", "--max-new-tokens", "4"]
     local = run(runner, [*args, *LOCAL, "-o", str(tmp_path / "l.jsonl")])
     remote = run(runner, [*args, "--server", url, "-o", str(tmp_path / "r.jsonl")])
