@@ -213,13 +213,12 @@ def search(engine: Engine, start: int, count: int, least: float, jitter: int, ep
                 print(f"--seconds {seconds:g} spent: stopped before seed {seed}", flush=True)
                 break
             _, qas = synth.generate(seed)
-            if match and not any(match.lower() in qa.question.lower() for qa in qas):
+            asked = [(i, qa) for i, qa in enumerate(qas) if not match or match.lower() in qa.question.lower()]
+            if not asked:
                 continue
             video = f"synth_{seed}.mp4" if clip is not None else str(render_seed(seed, Path(tmp)))
             probe = Probe(engine, video, clip)
-            for i, qa in enumerate(qas):
-                if match and match.lower() not in qa.question.lower():
-                    continue
+            for i, qa in asked:
                 question = prompt(qa)
                 ok = True
                 screened = []

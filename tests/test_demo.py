@@ -3,7 +3,10 @@ at every ratio and method, by a margin that no CPU's rounding can overturn (see 
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,7 +14,9 @@ from typer.testing import CliRunner
 from fastvid_cli.cli import app
 from fastvid_cli.models import DEMO_DIR
 
-from demo_example import ANSWER, DEMO_CLIP, METHODS, MIN_MARGIN, QA, QUESTION, RATIOS, SEED, ask
+from demo_example import ANSWER, DEMO_CLIP, METHODS, MIN_MARGIN, QA, QUESTION, RATIOS, SEED, _encoded, ask
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_demo_weights_ship_small_with_their_saliency_head():
@@ -71,18 +76,21 @@ def test_demo_clip_is_the_documented_synthetic_clip():
     assert (diff < 24).mean() > 0.98  # the file is that clip, through H.264
 
 
-def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def diag():
+    """benchmarks/diag_demo_margins.py, imported as its script runs it (benchmarks/ on sys.path)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("diag_demo_margins")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, diag):
     """benchmarks/diag_demo_margins.py --decode-to / --decoded (how the bf16 search runs on the GPU machine, which has
     no PyAV): frames kept from the CPU's sampling give the same answer and margins as decoding the file there, and
     a seed with no kept frames is not searched."""
-    import importlib
-    from pathlib import Path
-
-    from fastvid_cli.engine import Engine
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    diag = importlib.import_module("diag_demo_margins")
-    engine = Engine.load("demo", device="cpu")
+    engine = _encoded()[0]
     diag.decode_to(engine, tmp_path, [])
     kept = diag.load_decoded(tmp_path, None)
     assert kept is not None and kept.frames.shape[0] == len(kept.indices) == 16
@@ -94,19 +102,12 @@ def test_margin_probe_answers_the_same_from_frames_sampled_ahead(tmp_path, monke
     assert diag.search(engine, 2_000_000, 3, 2.0, 0, 0.0, decoded=tmp_path) == []  # no seed kept: none asked
 
 
-def test_margin_search_screens_only_the_questions_it_is_told_to(tmp_path, monkeypatch):
+def test_margin_search_screens_only_the_questions_it_is_told_to(tmp_path, diag):
     """diag_demo_margins.py --search … --match TEXT (how a new clip for the README's question is found): only the
     clip's questions containing TEXT are asked. The README clip has several questions the model answers right
     everywhere; with an unreachable --min each one answered right on every screening setting lands in `near`, so
     `near` holds exactly the questions that were screened."""
-    import importlib
-    from pathlib import Path
-
-    from fastvid_cli.engine import Engine
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    diag = importlib.import_module("diag_demo_margins")
-    engine = Engine.load("demo", device="cpu")
+    engine = _encoded()[0]
     diag.decode_to(engine, tmp_path, [SEED])
     near: list = []
     found = diag.search(engine, SEED, 1, 1e6, 0, 0.0, near, decoded=tmp_path, match=QUESTION.split("?")[0].upper())
